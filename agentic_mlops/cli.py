@@ -1,0 +1,175 @@
+"""The `agentic-mlops` command line: each subcommand runs one phase as a Prefect flow.
+
+Bad input ends with a one-line error and exit code 2; a failed run with exit code 1.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from agentic_mlops.settings import load_settings
+
+app = typer.Typer(
+    name="agentic-mlops",
+    help="Run the ML lifecycle as Prefect flows, with agents at its decision points.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+errors = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> None:
+    errors.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def where_to_look() -> str:
+    settings = load_settings()
+    lines = [f"Home: {settings.home}"]
+    tracking = settings.tracking_uri()
+    if tracking.startswith(("sqlite", "postgresql", "mysql")):
+        lines.append(f"MLflow UI: mlflow ui --backend-store-uri {tracking}")
+    else:
+        lines.append(f"MLflow UI: {tracking}")
+    lines.append(
+        "Prefect UI: PREFECT_HOME="
+        f"{settings.prefect_home} prefect server start  (then open http://127.0.0.1:4200)"
+    )
+    return "\n".join(lines)
+
+
+def print_training(result) -> None:
+    table = Table(title=f"{result.model_name} v{result.version}  ({', '.join(result.aliases)})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in result.metrics.items():
+        table.add_row(name, f"{value:.4f}")
+    console.print(table)
+    console.print(f"MLflow run {result.run_id}; data {result.data_source}", highlight=False)
+
+
+@app.command()
+def train(
+    data: Annotated[
+        Path | None, typer.Option(help="CSV or Parquet file, or a folder of batches.")
+    ] = None,
+    target: Annotated[str, typer.Option(help="Label column.")] = "churn",
+    rows: Annotated[int, typer.Option(help="Rows to generate when no --data is given.")] = 5_000,
+    scenario: Annotated[str, typer.Option(help="Drift scenario of generated data.")] = "none",
+    seed: Annotated[int, typer.Option(help="Seed for generation, split and model.")] = 42,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Train the churn model, log it to MLflow and register it as the challenger."""
+    from pydantic import ValidationError
+
+    from agentic_mlops.flows.train import TrainParameters
+    from agentic_mlops.flows.train import train as train_flow
+
+    try:
+        params = TrainParameters(
+            data_path=str(data) if data else None,
+            target=target,
+            rows=rows,
+            scenario=scenario,
+            seed=seed,
+        )
+    except ValidationError as error:
+        fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()))
+    with console.status("Training and registering the model..."):
+        state = train_flow(params, return_state=True)
+    if state.is_failed():
+        fail(state.message or "training failed", 2 if state.name == "InvalidData" else 1)
+    result = state.result()
+    if as_json:
+        console.print_json(result.model_dump_json())
+        return
+    print_training(result)
+    console.print(where_to_look(), highlight=False)
+
+
+@app.command()
+def generate(
+    out: Annotated[Path, typer.Option(help="File (.csv/.parquet) or, with --batches, a folder.")],
+    rows: Annotated[int, typer.Option(help="Rows per file.")] = 5_000,
+    scenario: Annotated[str, typer.Option(help="none, covariate, concept, quality, gradual.")] = (
+        "none"
+    ),
+    batches: Annotated[int, typer.Option(help="Write this many batch files into a folder.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the first batch.")] = 42,
+) -> None:
+    """Generate churn data with a drift scenario, as one file or a folder of batches."""
+    from agentic_mlops.tasks.batches import DataError, write_table
+    from agentic_mlops.tasks.churn import generate_batches, generate_churn
+
+    try:
+        if batches:
+            frames = generate_batches(batches, rows, seed, scenario)
+            for index, frame in enumerate(frames):
+                write_table(frame, out / f"batch-{index:04d}.parquet")
+            console.print(f"wrote {len(frames)} batches of {rows} rows to {out}")
+        else:
+            write_table(generate_churn(rows, seed, scenario), out)
+            console.print(f"wrote {rows} rows to {out}")
+    except (DataError, ValueError) as error:
+        fail(str(error))
+
+
+@app.command()
+def demo(
+    rows: Annotated[int, typer.Option(help="Rows of each generated training set.")] = 5_000,
+) -> None:
+    """Train a champion, then a challenger on drifted data, and show the registry."""
+    from agentic_mlops.flows.train import TrainParameters
+    from agentic_mlops.flows.train import train as train_flow
+    from agentic_mlops.tasks.registry import model_aliases
+
+    settings = load_settings()
+    steps = [
+        ("Training the first model on reference data", TrainParameters(rows=rows, seed=1)),
+        (
+            "Training a challenger after a price rise (covariate drift)",
+            TrainParameters(rows=rows, seed=2, scenario="covariate"),
+        ),
+    ]
+    for index, (title, params) in enumerate(steps, start=1):
+        console.rule(f"[bold]{index}/{len(steps)} {title}")
+        with console.status(title + "..."):
+            state = train_flow(params, return_state=True)
+        if state.is_failed():
+            fail(state.message or "training failed", 1)
+        print_training(state.result())
+    aliases = model_aliases(settings.model_name)
+    console.rule("[bold]Registry")
+    table = Table(title=f"Aliases of {settings.model_name}")
+    table.add_column("alias")
+    table.add_column("version", justify="right")
+    for alias, version in aliases.items():
+        table.add_row(alias, str(version))
+    console.print(table)
+    console.print(where_to_look(), highlight=False)
+
+
+@app.command()
+def where() -> None:
+    """Print where the embedded defaults keep their state, and how to open the UIs."""
+    console.print(where_to_look(), highlight=False)
+
+
+@app.command(name="settings")
+def show_settings() -> None:
+    """Print the settings in force as JSON (secrets masked)."""
+    settings = load_settings()
+    values = json.loads(settings.model_dump_json())
+    values["tracking_uri_in_force"] = settings.tracking_uri()
+    console.print_json(json.dumps(values))
+
+
+if __name__ == "__main__":
+    app()

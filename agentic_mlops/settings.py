@@ -1,0 +1,108 @@
+"""The one settings object: every path, URI and limit, read from `AGENTIC_MLOPS_*` variables.
+
+Everything the embedded defaults write lives under `home` (default `./.mlops/`): MLflow's
+SQLite database and artifacts, Prefect's home and database, data batches, reports and
+quarantine. Pointing at real servers is a matter of the standard variables each tool reads:
+`MLFLOW_TRACKING_URI` for MLflow and `PREFECT_API_URL` for Prefect.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Where agentic-mlops keeps its state and which limits it works within."""
+
+    model_config = SettingsConfigDict(env_prefix="AGENTIC_MLOPS_", extra="ignore")
+
+    home: Path = Field(
+        default=Path(".mlops"),
+        description="Home directory of the embedded defaults; every local file lives below it.",
+    )
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        description="MLflow tracking URI; else MLFLOW_TRACKING_URI, else SQLite in home.",
+    )
+    experiment_name: str = Field(
+        default="agentic-mlops", description="MLflow experiment that every run is logged to."
+    )
+    model_name: str = Field(
+        default="churn", description="Registered model name in the MLflow model registry."
+    )
+    target: str = Field(default="churn", description="Label column of the training data.")
+    agent_model: str = Field(
+        default="policy",
+        description="Model behind the agents: `policy` (deterministic, no LLM) or any "
+        "pydantic-ai model string such as `openai:gpt-4o`.",
+    )
+    agent_api_key: SecretStr | None = Field(
+        default=None, description="API key for the agents' model provider, when one is used."
+    )
+    seed: int = Field(default=42, description="Seed for data generation and model fitting.")
+    mlflow_retries: int = Field(
+        default=3, ge=0, le=10, description="Retries of a failed MLflow call, with backoff."
+    )
+    mlflow_retry_delay_seconds: float = Field(
+        default=1.0, ge=0, description="First backoff delay between MLflow retries (doubles)."
+    )
+
+    @field_validator("home", mode="after")
+    @classmethod
+    def _absolute_home(cls, home: Path) -> Path:
+        return home.expanduser().resolve()
+
+    @property
+    def mlflow_db(self) -> Path:
+        return self.home / "mlflow.db"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.home / "mlartifacts"
+
+    @property
+    def prefect_home(self) -> Path:
+        return self.home / "prefect"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.home / "quarantine"
+
+    def tracking_uri(self) -> str:
+        """The MLflow tracking URI in force: ours, the standard variable, or local SQLite."""
+        if self.mlflow_tracking_uri:
+            return self.mlflow_tracking_uri
+        if os.environ.get("MLFLOW_TRACKING_URI"):
+            return os.environ["MLFLOW_TRACKING_URI"]
+        return f"sqlite:///{self.mlflow_db}"
+
+    def uses_embedded_mlflow(self) -> bool:
+        return self.tracking_uri() == f"sqlite:///{self.mlflow_db}"
+
+    def ensure_dirs(self) -> None:
+        for folder in (
+            self.home,
+            self.artifacts_dir,
+            self.prefect_home,
+            self.data_dir,
+            self.reports_dir,
+            self.quarantine_dir,
+        ):
+            folder.mkdir(parents=True, exist_ok=True)
+
+
+def load_settings() -> Settings:
+    """Read the settings from the environment as it is now."""
+    return Settings()

@@ -1,0 +1,1 @@
+"""pydantic-ai agents, one decision point per module."""

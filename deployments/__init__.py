@@ -1,0 +1,1 @@
+"""Deployment assets: serving, work-pool templates and manifests."""

@@ -1,0 +1,1 @@
+"""Prefect flows: one pipeline phase per module, read top to bottom like a runbook."""

@@ -1,0 +1,133 @@
+"""Training and registry phase: load data, fit, evaluate, log to MLflow, register a challenger.
+
+Runbook:
+1. Load the training table (a file, a folder of batches, or freshly generated churn data).
+2. Split it into training and holdout rows, stratified by the label.
+3. Fit the preprocessing + gradient-boosting pipeline.
+4. Evaluate on the holdout: ROC AUC, accuracy, log loss, calibration, feature importance.
+5. Log params, metrics, the dataset and the model to MLflow in one run.
+6. Register the model as a new version with alias `challenger` (and `champion` if first).
+7. Publish a markdown summary as a keyed Prefect artifact.
+
+Bad data ends the run in a `Failed` state named `InvalidData` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import re
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.states import Failed, State
+from pydantic import BaseModel, Field
+
+from agentic_mlops.schemas import TrainingResult
+from agentic_mlops.settings import load_settings
+from agentic_mlops.tasks.churn import Scenario
+from agentic_mlops.tasks.registry import log_training_run, register_version, run_link
+from agentic_mlops.tasks.training import (
+    Hyperparameters,
+    evaluate_model,
+    fit_model,
+    load_training_data,
+    split_data,
+)
+
+
+class TrainParameters(BaseModel):
+    """Parameters of a training run; the Prefect UI shows them as a form."""
+
+    data_path: str | None = Field(
+        default=None,
+        description="CSV or Parquet file, or a folder of batches. Empty: generate churn data.",
+    )
+    target: str = Field(default="churn", description="Label column.")
+    rows: int = Field(default=5_000, ge=100, le=10_000_000, description="Rows to generate.")
+    scenario: Scenario = Field(default="none", description="Drift scenario of generated data.")
+    seed: int = Field(default=42, description="Seed for generation, the split and the model.")
+    test_size: float = Field(default=0.25, gt=0.05, lt=0.9, description="Holdout share.")
+    hyperparameters: Hyperparameters = Field(
+        default_factory=Hyperparameters, description="Gradient-boosting hyperparameters."
+    )
+    run_name: str | None = Field(default=None, description="Name of the MLflow run.")
+
+
+def artifact_key(*parts: str) -> str:
+    """A Prefect artifact key (lowercase letters, digits and dashes) from free-form parts."""
+    return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")
+
+
+def training_summary(result: TrainingResult, link: str) -> str:
+    rows = "\n".join(f"| {name} | {value:.4f} |" for name, value in result.metrics.items())
+    return (
+        f"# Training run: {result.model_name} v{result.version}\n\n"
+        f"Aliases: {', '.join(result.aliases) or 'none'}  \n"
+        f"Data: `{result.data_source}` ({result.rows} rows, digest `{result.dataset_digest}`)  \n"
+        f"MLflow run: `{result.run_id}`, {link}\n\n"
+        f"| metric | value |\n| --- | --- |\n{rows}\n"
+    )
+
+
+@flow(name="train", log_prints=True)
+def train(params: TrainParameters = TrainParameters()) -> TrainingResult | State:
+    """Train the churn model and register it as the new challenger."""
+    settings = load_settings()
+    settings.ensure_dirs()
+    logger = get_run_logger()
+    loaded = load_training_data(
+        params.data_path,
+        params.target,
+        settings.data_dir,
+        params.rows,
+        params.scenario,
+        params.seed,
+        return_state=True,
+    )
+    if loaded.is_failed():
+        logger.error("training data rejected: %s", loaded.message)
+        return Failed(name="InvalidData", message=loaded.message)
+    frame, source = loaded.result()
+    logger.info("training on %d rows from %s", len(frame), source)
+
+    split = split_data(frame, params.target, params.test_size, params.seed)
+    model = fit_model(split, params.hyperparameters, params.seed)
+    evaluation = evaluate_model(model, split.x_test, split.y_test, params.seed)
+    logger.info("holdout ROC AUC %.4f", evaluation.metrics["roc_auc"])
+
+    logged = log_training_run(
+        model,
+        split.x_train.assign(**{params.target: split.y_train}),
+        params.target,
+        {
+            **params.hyperparameters.model_dump(),
+            "seed": params.seed,
+            "test_size": params.test_size,
+            "rows": len(frame),
+        },
+        evaluation.metrics,
+        {
+            "calibration": evaluation.calibration,
+            "feature_importance": evaluation.feature_importance,
+        },
+        source,
+        params.run_name,
+    )
+    registered = register_version(logged)
+    result = TrainingResult(
+        model_name=registered.name,
+        version=registered.version,
+        aliases=list(registered.aliases),
+        run_id=logged.run_id,
+        experiment_id=logged.experiment_id,
+        metrics=evaluation.metrics,
+        data_source=source,
+        dataset_digest=logged.dataset_digest,
+        rows=len(frame),
+    )
+    create_markdown_artifact(
+        key=artifact_key(settings.model_name, "training-summary"),
+        markdown=training_summary(result, run_link(logged.run_id, logged.experiment_id)),
+        description=f"{registered.name} v{registered.version} training summary",
+    )
+    logger.info("registered %s v%d as %s", registered.name, registered.version, registered.aliases)
+    return result

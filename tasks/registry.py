@@ -1,0 +1,290 @@
+"""Everything that speaks to MLflow: tracking runs, logged models and the registry's aliases.
+
+Stages are not used; a model version's role is its alias: `champion` serves users,
+`challenger` is the newest candidate. The first version ever registered is both. Calls that
+can fail for transient reasons (a busy database, a server restarting) are retried with
+exponential backoff when run as Prefect tasks; errors in our own input are not retried.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import mlflow.data
+import mlflow.sklearn
+import pandas as pd
+import sklearn
+import sqlalchemy.exc
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.tasks import exponential_backoff
+from sklearn.pipeline import Pipeline
+
+from agentic_mlops.settings import Settings, load_settings
+from agentic_mlops.tasks.batches import DataError
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+PREVIOUS_CHAMPION = "previous-champion"
+MODEL_ARTIFACT = "model"
+SKOPS_TRUSTED_TYPES = [
+    "numpy.dtype",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+]
+"""Types our own pipeline stores that skops does not trust by default; we built the model."""
+_PERMANENT_ERROR_CODES = {
+    "RESOURCE_DOES_NOT_EXIST",
+    "INVALID_PARAMETER_VALUE",
+    "RESOURCE_ALREADY_EXISTS",
+    "BAD_REQUEST",
+    "PERMISSION_DENIED",
+}
+
+
+@dataclass(frozen=True)
+class LoggedRun:
+    """A finished training run and the model it logged."""
+
+    run_id: str
+    model_uri: str
+    experiment_id: str
+    dataset_digest: str
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    """A registered model version and the aliases it holds."""
+
+    name: str
+    version: int
+    run_id: str
+    aliases: tuple[str, ...]
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether an MLflow failure is worth retrying: not our input, not a missing resource."""
+    if isinstance(error, MlflowException):
+        return error.error_code not in _PERMANENT_ERROR_CODES
+    if isinstance(error, DataError | ValueError | TypeError | KeyError):
+        return False
+    return isinstance(
+        error, OSError | TimeoutError | sqlite3.OperationalError | sqlalchemy.exc.OperationalError
+    )
+
+
+def _retry_transient(task_obj: Any, task_run: Any, state: Any) -> bool:
+    try:
+        state.result()
+    except Exception as error:  # the state holds the task's exception
+        return is_transient(error)
+    return False
+
+
+def _mlflow_task(**options: Any):
+    settings = load_settings()
+    return task(
+        retries=settings.mlflow_retries,
+        retry_delay_seconds=exponential_backoff(backoff_factor=settings.mlflow_retry_delay_seconds),
+        retry_condition_fn=_retry_transient,
+        **options,
+    )
+
+
+def client(settings: Settings | None = None) -> MlflowClient:
+    """An MLflow client on the tracking URI in force, also made the fluent API's default."""
+    settings = settings or load_settings()
+    uri = settings.tracking_uri()
+    if settings.uses_embedded_mlflow():
+        settings.ensure_dirs()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def ensure_experiment(settings: Settings | None = None) -> str:
+    """The id of our experiment, created on first use with its artifacts under home."""
+    settings = settings or load_settings()
+    mlflow_client = client(settings)
+    experiment = mlflow_client.get_experiment_by_name(settings.experiment_name)
+    if experiment is not None:
+        return experiment.experiment_id
+    artifact_location = None
+    if not settings.tracking_uri().startswith(("http://", "https://", "databricks")):
+        # a database-backed store without a tracking server keeps artifacts under home
+        settings.artifacts_dir.mkdir(parents=True, exist_ok=True)
+        artifact_location = settings.artifacts_dir.as_uri()
+    try:
+        return mlflow_client.create_experiment(
+            settings.experiment_name, artifact_location=artifact_location
+        )
+    except MlflowException:
+        experiment = mlflow_client.get_experiment_by_name(settings.experiment_name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def as_model_input(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows shaped for a registered model: integer columns as floats.
+
+    The logged signature declares integer features as doubles, because a served row with a
+    missing value arrives as a float and MLflow refuses to turn floats into integers. MLflow
+    also refuses the int64 -> double cast, so every caller that scores goes through here.
+    """
+    integers = frame.select_dtypes("integer").columns
+    return frame.astype({column: "float64" for column in integers})
+
+
+def _pip_requirements() -> list[str]:
+    return [f"scikit-learn=={sklearn.__version__}", f"pandas=={pd.__version__}"]
+
+
+@_mlflow_task(name="log-training-run", cache_policy=NO_CACHE)
+def log_training_run(
+    model: Pipeline,
+    train_frame: pd.DataFrame,
+    target: str,
+    params: dict[str, Any],
+    metrics: dict[str, float],
+    extras: dict[str, Any],
+    data_source: str,
+    run_name: str | None = None,
+    settings: Settings | None = None,
+) -> LoggedRun:
+    """Log one training run: params and metrics in one batch, the dataset, the model.
+
+    Args:
+        model: The fitted pipeline.
+        train_frame: The training rows with their target, logged as an `mlflow.data` dataset.
+        target: Label column.
+        params: Hyperparameters and data settings.
+        metrics: Holdout metrics.
+        extras: JSON-serialisable evaluation details (calibration curve, feature importance),
+            each logged as `<key>.json`.
+        data_source: Where the data came from (a path, or `generated:...`).
+        run_name: Name of the run in MLflow.
+        settings: Settings in force.
+
+    Returns:
+        The run id, the model URI and the dataset digest.
+    """
+    settings = settings or load_settings()
+    experiment_id = ensure_experiment(settings)
+    mlflow_client = client(settings)
+    features = train_frame.drop(columns=[target])
+    with warnings.catch_warnings():
+        # MLflow warns that the dataset's inferred schema has integer columns; the model's
+        # signature declares them as doubles (see as_model_input), the dataset's is a record.
+        warnings.simplefilter("ignore", UserWarning)
+        dataset = mlflow.data.from_pandas(
+            train_frame, source=data_source, targets=target, name=f"{settings.model_name}-training"
+        )
+        dataset.schema  # noqa: B018 - computed here, inside the filter, then cached
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
+        run_id = run.info.run_id
+        mlflow_client.log_batch(
+            run_id,
+            metrics=[Metric(k, float(v), int(time.time() * 1000), 0) for k, v in metrics.items()],
+            params=[Param(k, str(v)) for k, v in params.items()],
+        )
+        mlflow.log_input(dataset, context="training")
+        mlflow.set_tags({"agentic_mlops.model_name": settings.model_name, "target": target})
+        with tempfile.TemporaryDirectory() as folder:
+            for key, value in extras.items():
+                path = Path(folder) / f"{key}.json"
+                path.write_text(json.dumps(value, indent=2))
+                mlflow_client.log_artifact(run_id, str(path))
+        example = as_model_input(features.head(5))
+        signature = infer_signature(example, model.predict_proba(example))
+        logged = mlflow.sklearn.log_model(
+            model,
+            name=MODEL_ARTIFACT,
+            signature=signature,
+            input_example=example,
+            pip_requirements=_pip_requirements(),
+            pyfunc_predict_fn="predict_proba",
+            skops_trusted_types=SKOPS_TRUSTED_TYPES,
+        )
+    return LoggedRun(run_id, logged.model_uri, experiment_id, dataset.digest)
+
+
+def alias_version(name: str, alias: str, settings: Settings | None = None) -> int | None:
+    """The version that holds an alias, or None when no version does."""
+    try:
+        return int(client(settings).get_model_version_by_alias(name, alias).version)
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST" or "alias" in str(error).lower():
+            return None
+        raise
+
+
+def set_alias(name: str, alias: str, version: int, settings: Settings | None = None) -> None:
+    """Point an alias at a version; setting it where it already points is harmless."""
+    client(settings).set_registered_model_alias(name, alias, str(version))
+
+
+@_mlflow_task(name="register-version", cache_policy=NO_CACHE)
+def register_version(
+    logged: LoggedRun, settings: Settings | None = None, description: str | None = None
+) -> RegisteredVersion:
+    """Register a logged model as a new version, mark it `challenger`, and `champion` if first.
+
+    Registering the same run twice returns its existing version instead of a duplicate, so a
+    retried flow does not pile up versions.
+    """
+    settings = settings or load_settings()
+    mlflow_client = client(settings)
+    name = settings.model_name
+    try:
+        mlflow_client.get_registered_model(name)
+    except MlflowException:
+        try:
+            mlflow_client.create_registered_model(
+                name, description="Customer churn classifier managed by agentic-mlops."
+            )
+        except MlflowException:
+            mlflow_client.get_registered_model(name)
+    existing = mlflow_client.search_model_versions(f"name='{name}' and run_id='{logged.run_id}'")
+    if existing:
+        version = max(int(v.version) for v in existing)
+    else:
+        created = mlflow_client.create_model_version(
+            name, logged.model_uri, run_id=logged.run_id, description=description
+        )
+        version = int(created.version)
+    set_alias(name, CHALLENGER, version, settings)
+    if alias_version(name, CHAMPION, settings) is None:
+        set_alias(name, CHAMPION, version, settings)
+    current = mlflow_client.get_model_version(name, str(version))
+    return RegisteredVersion(name, version, logged.run_id, tuple(sorted(current.aliases)))
+
+
+def model_aliases(name: str, settings: Settings | None = None) -> dict[str, int]:
+    """Every alias of a registered model and the version it points at."""
+    try:
+        model = client(settings).get_registered_model(name)
+    except MlflowException:
+        return {}
+    return {alias: int(version) for alias, version in sorted(model.aliases.items())}
+
+
+def run_link(run_id: str, experiment_id: str, settings: Settings | None = None) -> str:
+    """Where a person finds the run: its MLflow UI address, or the `mlflow ui` path."""
+    settings = settings or load_settings()
+    uri = settings.tracking_uri()
+    if uri.startswith("http"):
+        return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    page = f"#/experiments/{experiment_id}/runs/{run_id}"
+    return f"{page} (open with `mlflow ui --backend-store-uri {uri}`)"

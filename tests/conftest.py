@@ -1,0 +1,74 @@
+"""Shared fixtures: an isolated home per test, real MLflow on SQLite, real Prefect server.
+
+The environment is set before `agentic_mlops` is imported, because Prefect reads its settings
+at import time. MLflow's schema migrations are the slow part of a fresh SQLite store, so one
+migrated template database is made per session and copied into each test's home.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+_SESSION_HOME = Path(tempfile.mkdtemp(prefix="agentic-mlops-tests-"))
+os.environ["AGENTIC_MLOPS_HOME"] = str(_SESSION_HOME / "home")
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+for _name in (
+    "MLFLOW_TRACKING_URI",
+    "PREFECT_API_URL",
+    "PREFECT_HOME",
+    "AGENTIC_MLOPS_AGENT_MODEL",
+):
+    os.environ.pop(_name, None)
+
+import pytest  # noqa: E402
+from mlflow import MlflowClient  # noqa: E402
+from prefect.testing.utilities import prefect_test_harness  # noqa: E402
+
+from agentic_mlops.settings import Settings  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_server():
+    """One temporary Prefect server (its own SQLite database) for the whole session."""
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+    shutil.rmtree(_SESSION_HOME, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def mlflow_template() -> Path:
+    folder = _SESSION_HOME / "mlflow-template"
+    folder.mkdir(parents=True)
+    database = folder / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{database}").search_experiments()
+    return database
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mlflow_template: Path) -> Settings:
+    """A fresh home directory with an empty, migrated MLflow database; returns its settings."""
+    root = tmp_path / "home"
+    root.mkdir()
+    shutil.copy(mlflow_template, root / "mlflow.db")
+    monkeypatch.setenv("AGENTIC_MLOPS_HOME", str(root))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    settings = Settings()
+    settings.ensure_dirs()
+    return settings
+
+
+def artifacts_by_key(key: str) -> list[dict]:
+    """Every version of a keyed Prefect artifact, newest first, read through the REST API.
+
+    `Artifact.get` and `read_artifacts` in prefect 3.8.8 send null filter fields that the
+    server rejects with a 422, so the filter is posted as the server expects it.
+    """
+    from prefect.client.orchestration import get_client
+
+    body = {"artifacts": {"key": {"any_": [key]}}, "sort": "CREATED_DESC", "limit": 50, "offset": 0}
+    with get_client(sync_client=True) as client:
+        response = client.request("POST", "/artifacts/filter", json=body)
+    return response.json()

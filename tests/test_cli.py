@@ -1,0 +1,56 @@
+import json
+
+from typer.testing import CliRunner
+
+from agentic_mlops.cli import app
+from agentic_mlops.tasks.batches import read_table
+
+runner = CliRunner()
+
+
+def test_generate_one_file_and_a_folder_of_batches(tmp_path):
+    result = runner.invoke(app, ["generate", "--out", str(tmp_path / "d.csv"), "--rows", "50"])
+    assert result.exit_code == 0, result.output
+    assert len(read_table(tmp_path / "d.csv")) == 50
+    result = runner.invoke(
+        app,
+        [
+            "generate",
+            "--out",
+            str(tmp_path / "b"),
+            "--rows",
+            "20",
+            "--batches",
+            "3",
+            "--scenario",
+            "gradual",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "b").glob("batch-*.parquet"))) == 3
+
+
+def test_generate_rejects_an_unknown_scenario(tmp_path):
+    result = runner.invoke(app, ["generate", "--out", str(tmp_path / "d.csv"), "--scenario", "x"])
+    assert result.exit_code == 2 and "unknown scenario" in result.output
+
+
+def test_train_prints_json_and_registers(home, tmp_path):
+    data = tmp_path / "train.parquet"
+    runner.invoke(app, ["generate", "--out", str(data), "--rows", "400"])
+    result = runner.invoke(app, ["train", "--data", str(data), "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout[result.stdout.index("{") :])
+    assert payload["version"] == 1 and "champion" in payload["aliases"]
+
+
+def test_train_on_a_missing_file_exits_2_with_one_line(home, tmp_path):
+    result = runner.invoke(app, ["train", "--data", str(tmp_path / "absent.csv")])
+    assert result.exit_code == 2
+    assert "error:" in result.output and "no such file" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_train_rejects_invalid_parameters(home):
+    result = runner.invoke(app, ["train", "--rows", "5"])
+    assert result.exit_code == 2 and "rows" in result.output

@@ -1,0 +1,102 @@
+"""The installed package, its settings and its Prefect entrypoints."""
+
+import importlib.metadata
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from prefect.flows import load_flow_from_entrypoint
+
+from agentic_mlops.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_namespace_maps_the_root_folders():
+    import agentic_mlops.agents
+    import agentic_mlops.flows
+    import agentic_mlops.tasks
+
+    assert Path(agentic_mlops.flows.__file__).parent == ROOT / "flows"
+    assert Path(agentic_mlops.tasks.__file__).parent == ROOT / "tasks"
+    assert Path(agentic_mlops.agents.__file__).parent == ROOT / "agents"
+
+
+def test_nothing_generic_is_installed_at_the_top_level(tmp_path):
+    probe = (
+        "import importlib.util, json; "
+        "print(json.dumps({n: getattr(importlib.util.find_spec(n), 'origin', None) "
+        "for n in ['flows', 'tasks', 'agents', 'deployments', 'agentic_mlops.flows']}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, check=True
+    )
+    found = json.loads(out.stdout)
+    assert found["agentic_mlops.flows"] == str(ROOT / "flows" / "__init__.py")
+    for generic in ("flows", "tasks", "agents", "deployments"):
+        assert found[generic] is None or str(ROOT) not in found[generic]
+
+
+def test_console_script_is_declared():
+    scripts = importlib.metadata.entry_points(group="console_scripts")
+    assert any(e.name == "agentic-mlops" and e.value == "agentic_mlops.cli:app" for e in scripts)
+
+
+def test_prefect_yaml_entrypoints_load():
+    import yaml
+
+    config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    entrypoints = [d["entrypoint"] for d in config["deployments"]]
+    assert entrypoints
+    for entrypoint in entrypoints:
+        flow = load_flow_from_entrypoint(str(ROOT / entrypoint))
+        assert flow.name
+
+
+def test_home_holds_every_local_path(tmp_path, monkeypatch):
+    monkeypatch.setenv("AGENTIC_MLOPS_HOME", str(tmp_path / "h"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    settings = Settings()
+    for path in (
+        settings.mlflow_db,
+        settings.artifacts_dir,
+        settings.prefect_home,
+        settings.data_dir,
+        settings.reports_dir,
+        settings.quarantine_dir,
+    ):
+        assert (tmp_path / "h") in path.parents
+    assert settings.tracking_uri() == f"sqlite:///{tmp_path / 'h' / 'mlflow.db'}"
+
+
+def test_mlflow_tracking_uri_variable_wins_over_the_embedded_default(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "postgresql://u@127.0.0.1:5432/db")
+    assert Settings().tracking_uri() == "postgresql://u@127.0.0.1:5432/db"
+    assert not Settings().uses_embedded_mlflow()
+    monkeypatch.setenv("AGENTIC_MLOPS_MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert Settings().tracking_uri() == "http://127.0.0.1:5000"
+
+
+def test_agent_model_defaults_to_the_policy_and_secrets_stay_masked(monkeypatch):
+    assert Settings().agent_model == "policy"
+    monkeypatch.setenv("AGENTIC_MLOPS_AGENT_API_KEY", "sk-very-secret")
+    settings = Settings()
+    assert "sk-very-secret" not in settings.model_dump_json()
+    assert "sk-very-secret" not in repr(settings)
+
+
+def test_invalid_setting_is_a_clear_error(monkeypatch):
+    from pydantic import ValidationError
+
+    monkeypatch.setenv("AGENTIC_MLOPS_MLFLOW_RETRIES", "many")
+    with pytest.raises(ValidationError, match="mlflow_retries"):
+        Settings()
+
+
+def test_prefect_home_and_telemetry_defaults_are_applied():
+    import os
+
+    assert os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
+    assert os.environ["PREFECT_HOME"].endswith("prefect")
