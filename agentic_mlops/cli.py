@@ -82,7 +82,7 @@ def train(
         )
     except ValidationError as error:
         fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()))
-    with console.status("Training and registering the model..."):
+    with errors.status("Training and registering the model..."):
         state = train_flow(params, return_state=True)
     if state.is_failed():
         fail(state.message or "training failed", 2 if state.name == "InvalidData" else 1)
@@ -140,7 +140,7 @@ def demo(
     ]
     for index, (title, params) in enumerate(steps, start=1):
         console.rule(f"[bold]{index}/{len(steps)} {title}")
-        with console.status(title + "..."):
+        with errors.status(title + "..."):
             state = train_flow(params, return_state=True)
         if state.is_failed():
             fail(state.message or "training failed", 1)
@@ -154,6 +154,79 @@ def demo(
         table.add_row(alias, str(version))
     console.print(table)
     console.print(where_to_look(), highlight=False)
+
+
+@app.command(name="drift-check")
+def drift_check(
+    current: Annotated[Path, typer.Option(help="The new batch: a CSV or Parquet file.")],
+    reference: Annotated[
+        Path | None,
+        typer.Option(help="Reference data. Default: the champion's stored reference."),
+    ] = None,
+    target: Annotated[str | None, typer.Option(help="Label column, if the batch has one.")] = (
+        "churn"
+    ),
+    act: Annotated[
+        bool, typer.Option("--act/--no-act", help="Carry out the decision (retrain, ...).")
+    ] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Check a batch for quality problems and drift, triage it, and act on the decision."""
+    from agentic_mlops.flows.drift import DriftCheckParameters
+    from agentic_mlops.flows.drift import drift_check as drift_flow
+
+    for path in (current, reference):
+        if path is not None and not path.exists():
+            fail(f"{path}: no such file")
+    params = DriftCheckParameters(
+        current_path=str(current),
+        reference_path=str(reference) if reference else None,
+        target=target,
+        act=act,
+    )
+    with errors.status("Checking quality and drift, and triaging..."):
+        state = drift_flow(params, return_state=True)
+    if state.is_failed():
+        invalid = state.name in ("InvalidData", "NoReference")
+        fail(state.message or "drift check failed", 2 if invalid else 1)
+    result = state.result()
+    if as_json:
+        print(json.dumps(result.cli_json()))
+        return
+    print_drift(result)
+
+
+def print_drift(result) -> None:
+    quality = "passed" if result.quality.passed else "FAILED"
+    console.print(
+        f"Quality: {quality}"
+        + (f" (quarantined: {result.quarantined})" if result.quarantined else ""),
+        highlight=False,
+    )
+    for failure in result.quality.failures:
+        console.print(f"  - {failure}", highlight=False)
+    table = Table(
+        title=f"Drift of {result.batch_id}: share {result.drift_share:.2f}, "
+        f"dataset drift {result.dataset_drift}"
+    )
+    for column in ("column", "test", "score", "drifted"):
+        table.add_column(column)
+    for name, column in result.columns.items():
+        style = "bold red" if column.drifted else ""
+        table.add_row(name, column.test, f"{column.score:.4f}", str(column.drifted), style=style)
+    console.print(table)
+    decision = result.decision
+    console.print(
+        f"[bold]Decision: {decision.action}[/] ({decision.severity}, confidence "
+        f"{decision.confidence:.2f}, by {decision.agent_model})\n{decision.rationale}",
+        highlight=False,
+    )
+    if decision.overridden_by:
+        console.print(f"Guardrail: {decision.overridden_by}", highlight=False)
+    for action in result.actions_taken:
+        console.print(f"Done: {action}", highlight=False)
+    if result.report_path:
+        console.print(f"Evidently report: {result.report_path}", highlight=False)
 
 
 @app.command()

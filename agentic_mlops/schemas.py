@@ -17,3 +17,64 @@ class TrainingResult(BaseModel):
     data_source: str = Field(description="Where the training data came from.")
     dataset_digest: str = Field(description="MLflow dataset digest of the training rows.")
     rows: int = Field(description="Rows used for training and holdout together.")
+
+
+class QualitySummary(BaseModel):
+    """The data-quality verdict as the CLI prints it."""
+
+    passed: bool
+    batch_failed: bool = False
+    failures: list[str] = Field(default_factory=list)
+    failing_rows: int = 0
+
+
+class ColumnSummary(BaseModel):
+    """One column's drift verdict as the CLI prints it."""
+
+    drifted: bool
+    test: str
+    score: float
+
+
+class DecisionSummary(BaseModel):
+    """The triage decision that stood."""
+
+    action: str
+    severity: str
+    confidence: float
+    drifted_features: list[str]
+    rationale: str
+    agent_model: str = "policy"
+    overridden_by: str | None = None
+
+
+class DriftCheckResult(BaseModel):
+    """What one drift check found, decided and did."""
+
+    model_name: str
+    batch_id: str
+    quality: QualitySummary
+    dataset_drift: bool
+    drift_share: float
+    columns: dict[str, ColumnSummary]
+    skipped_columns: dict[str, str] = Field(default_factory=dict)
+    prediction_drift: bool | None = None
+    sequential_alarm: bool = False
+    decision: DecisionSummary
+    actions_taken: list[str] = Field(default_factory=list)
+    ledger_id: str | None = None
+    quarantined: str | None = None
+    report_path: str | None = None
+    retrained_version: int | None = None
+
+    def cli_json(self) -> dict:
+        """The documented `drift-check --json` object."""
+        return {
+            "quality": {"passed": self.quality.passed, "failures": self.quality.failures},
+            "dataset_drift": self.dataset_drift,
+            "drift_share": self.drift_share,
+            "columns": {name: column.model_dump() for name, column in self.columns.items()},
+            "decision": self.decision.model_dump(
+                include={"action", "severity", "confidence", "drifted_features", "rationale"}
+            ),
+        }

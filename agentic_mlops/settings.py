@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -42,6 +43,89 @@ class Settings(BaseSettings):
     )
     agent_api_key: SecretStr | None = Field(
         default=None, description="API key for the agents' model provider, when one is used."
+    )
+    agent_request_limit: int = Field(
+        default=8, ge=2, le=100, description="Most model requests one agent run may make."
+    )
+    agent_tool_calls_limit: int = Field(
+        default=24, ge=1, le=500, description="Most tool calls one agent run may make."
+    )
+    agent_timeout_seconds: float = Field(
+        default=60.0, gt=0, description="Wall-clock limit of one agent run; then the policy."
+    )
+    agent_tracing: bool = Field(
+        default=True, description="Trace agent runs to MLflow (mlflow.pydantic_ai autolog)."
+    )
+    triage_allowed_actions: list[Literal["none", "monitor", "retrain", "rollback", "escalate"]] = (
+        Field(
+            default=["none", "monitor", "retrain", "rollback", "escalate"],
+            description="Actions the drift triage may take; others are replaced by the policy.",
+        )
+    )
+    triage_important_drift: float = Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        description="Share of feature importance on drifted features that warrants retraining.",
+    )
+    triage_performance_drop: float = Field(
+        default=0.03, ge=0, le=1, description="ROC AUC drop on labelled data that warrants action."
+    )
+    triage_calibration_z: float = Field(
+        default=4.0,
+        gt=0,
+        description="|z| of observed vs predicted churn on labelled data "
+        "that counts as a performance problem (with the gap below).",
+    )
+    triage_calibration_gap: float = Field(
+        default=0.02,
+        ge=0,
+        le=1,
+        description="Smallest gap between observed and predicted churn rate that matters.",
+    )
+    triage_min_confidence: float = Field(
+        default=0.6, ge=0, le=1, description="Below it, a retrain or rollback goes to a person."
+    )
+    drift_share_threshold: float = Field(
+        default=0.5, gt=0, le=1, description="Share of drifted columns that is dataset drift."
+    )
+    drift_num_threshold: float = Field(
+        default=0.1,
+        gt=0,
+        description="Normed Wasserstein distance at which a numerical "
+        "column drifted (Evidently's default).",
+    )
+    drift_cat_threshold: float = Field(
+        default=0.1,
+        gt=0,
+        le=1,
+        description="Jensen-Shannon distance at which a categorical "
+        "column drifted (Evidently's default).",
+    )
+    drift_threads: int = Field(
+        default=2, ge=1, le=64, description="Threads that test columns in parallel."
+    )
+    drift_report_rows: int = Field(
+        default=50_000, ge=100, description="Most batch rows in Evidently's HTML report."
+    )
+    sequential_k: float = Field(
+        default=0.5, ge=0, description="CUSUM allowance per batch, in standard deviations."
+    )
+    sequential_h: float = Field(
+        default=8.0,
+        gt=0,
+        description="CUSUM alarm limit; 8 gives a false alarm about every "
+        "19,000 drift-free batches per column.",
+    )
+    sequential_min_effect: float = Field(
+        default=0.2,
+        ge=0,
+        le=1,
+        description="Share of a column's drift threshold its effect "
+        "must reach before its evidence adds up.",
+    )
+    quality_row_tolerance: float = Field(
+        default=0.05, ge=0, le=1, description="Share of failing rows above which a batch fails."
     )
     seed: int = Field(default=42, description="Seed for data generation and model fitting.")
     mlflow_retries: int = Field(

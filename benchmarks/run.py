@@ -63,8 +63,22 @@ def bench_training_flow_overhead() -> list[Row]:
     ]
 
 
+def _drift_throughput() -> list[Row]:
+    from benchmarks.drift import bench_drift_throughput
+
+    return bench_drift_throughput()
+
+
+def _sequential_detection() -> list[Row]:
+    from benchmarks.drift import bench_sequential_detection
+
+    return bench_sequential_detection()
+
+
 BENCHMARKS: dict[str, Callable[[], list[Row]]] = {
     "training_flow_overhead": bench_training_flow_overhead,
+    "drift_throughput": _drift_throughput,
+    "sequential_detection": _sequential_detection,
 }
 
 
@@ -98,6 +112,11 @@ def main(selected: list[str]) -> int:
             rows.extend({"benchmark": name, **row} for row in bench())
     RESULTS.mkdir(exist_ok=True)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
+    earlier = RESULTS / f"{stamp}.json"
+    if earlier.exists():
+        ran = {row["benchmark"] for row in rows}
+        kept = [r for r in json.loads(earlier.read_text())["results"] if r["benchmark"] not in ran]
+        rows = kept + rows
     report = {
         "date": stamp,
         "machine": {

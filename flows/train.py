@@ -7,7 +7,9 @@ Runbook:
 4. Evaluate on the holdout: ROC AUC, accuracy, log loss, calibration, feature importance.
 5. Log params, metrics, the dataset and the model to MLflow in one run.
 6. Register the model as a new version with alias `challenger` (and `champion` if first).
-7. Publish a markdown summary as a keyed Prefect artifact.
+7. Store the version's reference (drift profile with its scores, expectation suite, model
+   card, report sample) under home and in the MLflow run, for later drift checks.
+8. Publish a markdown summary as a keyed Prefect artifact.
 
 Bad data ends the run in a `Failed` state named `InvalidData` with a one-line message.
 """
@@ -24,6 +26,7 @@ from pydantic import BaseModel, Field
 from agentic_mlops.schemas import TrainingResult
 from agentic_mlops.settings import load_settings
 from agentic_mlops.tasks.churn import Scenario
+from agentic_mlops.tasks.reference import ModelCard, store_reference
 from agentic_mlops.tasks.registry import log_training_run, register_version, run_link
 from agentic_mlops.tasks.training import (
     Hyperparameters,
@@ -113,6 +116,19 @@ def train(params: TrainParameters = TrainParameters()) -> TrainingResult | State
         params.run_name,
     )
     registered = register_version(logged)
+    store_reference(
+        frame,
+        ModelCard(
+            model_name=registered.name,
+            version=registered.version,
+            target=params.target,
+            metrics=evaluation.metrics,
+            feature_importance=evaluation.feature_importance,
+            features=list(split.x_train.columns),
+            data_source=source,
+        ),
+        model.predict_proba(frame.drop(columns=[params.target]))[:, 1],
+    )
     result = TrainingResult(
         model_name=registered.name,
         version=registered.version,

@@ -11,6 +11,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.states import Failed, State
 
 SUPPORTED_SUFFIXES = (".csv", ".parquet", ".pq")
 
@@ -111,3 +114,12 @@ def write_table(frame: pd.DataFrame, path: str | Path) -> Path:
         frame.to_parquet(tmp, index=False)
     tmp.replace(path)
     return path
+
+
+@task(name="load-batch", cache_policy=NO_CACHE)
+def load_batch(path: str | Path) -> pd.DataFrame | State:
+    """One batch file, or a `Failed` state named `InvalidData` saying why it is unusable."""
+    try:
+        return read_table(path)
+    except DataError as error:
+        return Failed(name="InvalidData", message=str(error))

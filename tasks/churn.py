@@ -51,16 +51,19 @@ def churn_probability(frame: pd.DataFrame, concept_shift: float = 0.0) -> np.nda
     Args:
         frame: Customers with every column of `FEATURES`.
         concept_shift: 0 for the reference relationship, 1 for the fully changed one, in
-            which customers are far more sensitive to price and barely to support calls.
+            which customers are far more sensitive to price, support calls now keep
+            customers (a better support team) and contracts bind less.
 
     Returns:
         One probability per row.
     """
-    price_weight = 0.025 + 0.08 * concept_shift
-    support_weight = 0.35 * (1.0 - 0.8 * concept_shift)
+    price_weight = 0.025 + 0.06 * concept_shift
+    support_weight = 0.35 * (1.0 - 2.0 * concept_shift)
+    contract_weight = 1.3 * (1.0 - 0.7 * concept_shift)
     logit = (
         -1.6
-        + 1.3 * (frame["contract"] == "month_to_month")
+        + 0.9 * concept_shift
+        + contract_weight * (frame["contract"] == "month_to_month")
         - 0.6 * (frame["contract"] == "two_year")
         - 0.045 * frame["tenure_months"]
         + price_weight * (frame["monthly_charges"] - 70.0)

@@ -38,6 +38,7 @@ from agentic_mlops.tasks.batches import DataError
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 PREVIOUS_CHAMPION = "previous-champion"
+ROLLED_BACK = "rolled-back"
 MODEL_ARTIFACT = "model"
 SKOPS_TRUSTED_TYPES = [
     "numpy.dtype",
@@ -288,3 +289,118 @@ def run_link(run_id: str, experiment_id: str, settings: Settings | None = None) 
         return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
     page = f"#/experiments/{experiment_id}/runs/{run_id}"
     return f"{page} (open with `mlflow ui --backend-store-uri {uri}`)"
+
+
+@dataclass(frozen=True)
+class AliasMove:
+    """What an alias move did, so it can be undone: every alias touched and where it was."""
+
+    name: str
+    before: dict[str, int | None]
+    after: dict[str, int | None]
+
+    @property
+    def changed(self) -> bool:
+        return self.before != self.after
+
+
+def _apply_aliases(name: str, aliases: dict[str, int | None], settings: Settings | None) -> None:
+    mlflow_client = client(settings)
+    for alias, version in aliases.items():
+        if version is None:
+            if alias_version(name, alias, settings) is not None:
+                mlflow_client.delete_registered_model_alias(name, alias)
+        else:
+            set_alias(name, alias, version, settings)
+
+
+def promote_champion(name: str, version: int, settings: Settings | None = None) -> AliasMove:
+    """Make `version` the champion and remember the one it replaces as `previous-champion`.
+
+    Promoting the version that is already champion changes nothing.
+    """
+    champion = alias_version(name, CHAMPION, settings)
+    before = {
+        CHAMPION: champion,
+        PREVIOUS_CHAMPION: alias_version(name, PREVIOUS_CHAMPION, settings),
+    }
+    if champion == version:
+        return AliasMove(name, before, before)
+    after = {CHAMPION: version, PREVIOUS_CHAMPION: champion}
+    _apply_aliases(name, {PREVIOUS_CHAMPION: champion, CHAMPION: version}, settings)
+    return AliasMove(name, before, after)
+
+
+def rollback_champion(name: str, settings: Settings | None = None) -> AliasMove:
+    """Move `champion` back to `previous-champion`; with no previous champion, change nothing.
+
+    The rolled-back version keeps the alias `rolled-back`, and `previous-champion` is cleared,
+    so running the rollback twice does not bounce between versions.
+    """
+    champion = alias_version(name, CHAMPION, settings)
+    previous = alias_version(name, PREVIOUS_CHAMPION, settings)
+    before = {
+        CHAMPION: champion,
+        PREVIOUS_CHAMPION: previous,
+        ROLLED_BACK: alias_version(name, ROLLED_BACK, settings),
+    }
+    if previous is None or previous == champion:
+        return AliasMove(name, before, before)
+    after = {CHAMPION: previous, PREVIOUS_CHAMPION: None, ROLLED_BACK: champion}
+    _apply_aliases(
+        name, {ROLLED_BACK: champion, CHAMPION: previous, PREVIOUS_CHAMPION: None}, settings
+    )
+    return AliasMove(name, before, after)
+
+
+def undo_alias_move(move: AliasMove, settings: Settings | None = None) -> None:
+    """Put every alias a move touched back where it was (the registered undo of a move)."""
+    if move.changed:
+        _apply_aliases(move.name, move.before, settings)
+
+
+REFERENCE_ARTIFACT_PATH = "reference"
+
+
+def reference_dir(name: str, version: int, settings: Settings | None = None) -> Path:
+    """Where a model version's reference artifacts (profile, expectation suite, model card)
+    live under home."""
+    settings = settings or load_settings()
+    return settings.home / "models" / name / f"v{version}"
+
+
+def version_run_id(name: str, version: int, settings: Settings | None = None) -> str:
+    return client(settings).get_model_version(name, str(version)).run_id
+
+
+def log_reference(name: str, version: int, settings: Settings | None = None) -> None:
+    """Log a version's reference folder to its MLflow run, beside the model."""
+    folder = reference_dir(name, version, settings)
+    client(settings).log_artifacts(
+        version_run_id(name, version, settings), str(folder), REFERENCE_ARTIFACT_PATH
+    )
+
+
+def fetch_reference(name: str, version: int, settings: Settings | None = None) -> Path:
+    """A version's reference folder: the local copy, or downloaded from its MLflow run.
+
+    Raises:
+        DataError: the version has no reference artifacts (trained before they existed).
+    """
+    folder = reference_dir(name, version, settings)
+    if (folder / "model_card.json").exists():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        mlflow.artifacts.download_artifacts(
+            run_id=version_run_id(name, version, settings),
+            artifact_path=REFERENCE_ARTIFACT_PATH,
+            dst_path=str(folder.parent / f".download-v{version}"),
+            tracking_uri=(settings or load_settings()).tracking_uri(),
+        )
+    except (MlflowException, OSError) as error:
+        raise DataError(f"{name} v{version}: no reference artifacts ({error})") from error
+    downloaded = folder.parent / f".download-v{version}" / REFERENCE_ARTIFACT_PATH
+    for item in downloaded.iterdir():
+        item.replace(folder / item.name)
+    return folder

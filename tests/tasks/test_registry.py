@@ -85,3 +85,34 @@ def test_transient_errors_are_retried_and_input_errors_are_not():
     assert registry.is_transient(MlflowException("busy", error_code=TEMPORARILY_UNAVAILABLE))
     assert not registry.is_transient(MlflowException("no", error_code=RESOURCE_DOES_NOT_EXIST))
     assert not registry.is_transient(ValueError("bad input"))
+
+
+def test_promotion_rollback_and_undo_keep_exactly_one_champion(home, trained):
+    for _ in range(3):
+        registry.register_version.fn(log(home, trained), home)
+    move = registry.promote_champion("churn", 3, home)
+    assert registry.model_aliases("churn", home) == {
+        "challenger": 3,
+        "champion": 3,
+        "previous-champion": 1,
+    }
+    assert registry.promote_champion("churn", 3, home).changed is False
+
+    back = registry.rollback_champion("churn", home)
+    assert registry.model_aliases("churn", home) == {
+        "challenger": 3,
+        "champion": 1,
+        "rolled-back": 3,
+    }
+    again = registry.rollback_champion("churn", home)
+    assert again.changed is False and registry.alias_version("churn", "champion", home) == 1
+
+    registry.undo_alias_move(back, home)
+    registry.undo_alias_move(move, home)
+    assert registry.model_aliases("churn", home) == {"challenger": 3, "champion": 1}
+
+
+def test_rollback_without_a_previous_champion_changes_nothing(home, trained):
+    registry.register_version.fn(log(home, trained), home)
+    assert registry.rollback_champion("churn", home).changed is False
+    assert registry.alias_version("churn", "champion", home) == 1

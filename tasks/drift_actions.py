@@ -1,0 +1,213 @@
+"""Carrying out a drift-triage decision, and recording it.
+
+Each action is safe to run twice: retraining is keyed by the ledger entry (a deployment run
+gets it as its idempotency key; the in-process subflow re-registers the same run's version),
+rollback changes nothing when there is no previous champion left, and an escalation event
+carries the ledger id so a notification can be de-duplicated. Every decision goes to the
+ledger with its evidence, and its outcome is attached when the action finishes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect.deployments import run_deployment
+from prefect.events import emit_event
+from prefect.exceptions import ObjectNotFound
+
+from agentic_mlops.agents.drift_triage import TriageEvidence, TriageOutcome
+from agentic_mlops.schemas import DriftCheckResult
+from agentic_mlops.settings import Settings, load_settings
+from agentic_mlops.tasks import ledger, registry
+
+ESCALATED_EVENT = "agentic-mlops.drift.escalated"
+RETRAIN_REQUESTED_EVENT = "agentic-mlops.retrain.requested"
+TRAIN_DEPLOYMENT = "train/train"
+
+
+@task(name="record-triage", cache_policy=NO_CACHE)
+def record_triage(
+    outcome: TriageOutcome,
+    evidence: TriageEvidence,
+    model_version: int | None,
+    flow_run_id: str | None,
+    settings: Settings | None = None,
+) -> ledger.LedgerEntry:
+    """Append the triage decision, with the evidence it saw, to the ledger."""
+    evidence_json = evidence.model_dump(mode="json")
+    inputs_digest = ledger.digest(evidence_json)
+    decision = outcome.decision
+    return ledger.record_decision(
+        ledger.LedgerEntry(
+            id=ledger.decision_id(flow_run_id, "drift_triage", inputs_digest),
+            created_at=ledger.now(),
+            decision_point="drift_triage",
+            model_name=evidence.model_name,
+            model_version=model_version,
+            inputs_digest=inputs_digest,
+            action=decision.action,
+            severity=decision.severity,
+            confidence=decision.confidence,
+            rationale=decision.rationale,
+            evidence={
+                "used": list(decision.evidence_used),
+                "drifted_features": decision.drifted_features,
+                **evidence_json,
+            },
+            agent_model=outcome.agent_model,
+            overridden_by=outcome.overridden_by,
+            flow_run_id=flow_run_id,
+        ),
+        settings,
+    )
+
+
+def deployment_exists(name: str) -> bool:
+    """Whether a Prefect deployment of that `flow/deployment` name is registered."""
+    try:
+        with get_client(sync_client=True) as client:
+            client.read_deployment_by_name(name)
+    except (ObjectNotFound, ValueError):
+        return False
+    return True
+
+
+def start_retraining(
+    train_flow: Any, params: Any, ledger_id: str, settings: Settings | None = None
+) -> dict[str, Any]:
+    """Retrain: through the `train` deployment when one is registered, else as a subflow.
+
+    The deployment run is keyed by the ledger entry, so a retried drift check does not start
+    a second training run. The outcome (new challenger version, its holdout metrics) is
+    attached to the ledger entry when the training ran in-process.
+    """
+    settings = settings or load_settings()
+    emit_event(
+        event=RETRAIN_REQUESTED_EVENT,
+        resource={"prefect.resource.id": f"agentic-mlops.model.{settings.model_name}"},
+        payload={"ledger_id": ledger_id, "parameters": params.model_dump(mode="json")},
+    )
+    if deployment_exists(TRAIN_DEPLOYMENT):
+        run = run_deployment(
+            TRAIN_DEPLOYMENT,
+            parameters={"params": params.model_dump(mode="json")},
+            idempotency_key=f"retrain-{ledger_id}",
+            timeout=0,
+        )
+        ledger.record_outcome(ledger_id, {"training_flow_run": str(run.id)}, settings)
+        return {"how": "deployment", "flow_run_id": str(run.id), "summary": str(run.id)}
+    state = train_flow(params, return_state=True)
+    if state.is_failed():
+        ledger.record_outcome(ledger_id, {"retrain_failed": state.message}, settings)
+        return {"how": "subflow", "summary": f"failed: {state.message}"}
+    trained = state.result()
+    ledger.record_outcome(
+        ledger_id,
+        {
+            "challenger_version": trained.version,
+            "challenger_metrics": trained.metrics,
+            "training_run_id": trained.run_id,
+        },
+        settings,
+    )
+    return {
+        "how": "subflow",
+        "version": trained.version,
+        "summary": f"{trained.model_name} v{trained.version} registered as challenger",
+    }
+
+
+def roll_back(model_name: str, ledger_id: str, settings: Settings | None = None) -> str:
+    """Move `champion` back to the previous champion; record what moved."""
+    move = registry.rollback_champion(model_name, settings)
+    ledger.record_outcome(
+        ledger_id, {"aliases_before": move.before, "aliases_after": move.after}, settings
+    )
+    if not move.changed:
+        return "rollback: no previous champion, nothing moved"
+    return (
+        f"rollback: champion v{move.before[registry.CHAMPION]} -> v{move.after[registry.CHAMPION]}"
+    )
+
+
+def escalate(model_name: str, batch_id: str, outcome: TriageOutcome, ledger_id: str) -> str:
+    """Emit the escalation event that an automation routes to a person."""
+    decision = outcome.decision
+    emit_event(
+        event=ESCALATED_EVENT,
+        resource={
+            "prefect.resource.id": f"agentic-mlops.model.{model_name}",
+            "prefect.resource.name": model_name,
+        },
+        payload={
+            "ledger_id": ledger_id,
+            "batch_id": batch_id,
+            "severity": decision.severity,
+            "confidence": decision.confidence,
+            "rationale": decision.rationale,
+            "drifted_features": decision.drifted_features,
+        },
+    )
+    return f"escalate: emitted {ESCALATED_EVENT}"
+
+
+def ledger_markdown(entries: list[ledger.LedgerEntry]) -> str:
+    rows = "\n".join(
+        f"| {e.created_at} | {e.decision_point} | v{e.model_version} | **{e.action}** | "
+        f"{e.severity} | {e.confidence:.2f} | {e.agent_model} | "
+        f"{'yes' if e.overridden_by else ''} | {'yes' if e.outcome else ''} |"
+        for e in entries
+    )
+    return (
+        "# Decision ledger\n\n| time | decision point | model | action | severity | "
+        "confidence | decided by | guardrail | outcome |\n|---|---|---|---|---|---|---|---|---|\n"
+        f"{rows}\n"
+    )
+
+
+@task(name="publish-drift-artifacts", cache_policy=NO_CACHE)
+def publish_drift_artifacts(
+    result: DriftCheckResult, key_prefix: str, settings: Settings | None = None
+) -> None:
+    """Per-column table, decision summary, report link and the ledger, as keyed artifacts."""
+    settings = settings or load_settings()
+    create_table_artifact(
+        key=f"{key_prefix}-drift-columns",
+        table=[{"column": name, **column.model_dump()} for name, column in result.columns.items()],
+        description=f"Per-column drift of batch {result.batch_id}",
+    )
+    decision = result.decision
+    failures = "\n".join(f"- {f}" for f in result.quality.failures) or "- none"
+    create_markdown_artifact(
+        key=f"{key_prefix}-drift-triage",
+        markdown=(
+            f"# Drift check of `{result.batch_id}`\n\n"
+            f"**Decision: {decision.action}** ({decision.severity}, confidence "
+            f"{decision.confidence:.2f}, by `{decision.agent_model}`)\n\n{decision.rationale}\n\n"
+            f"Guardrail: {decision.overridden_by or 'none'}  \n"
+            f"Drift share {result.drift_share:.2f}, dataset drift {result.dataset_drift}, "
+            f"sequential alarm {result.sequential_alarm}  \n"
+            f"Drifted features: {', '.join(decision.drifted_features) or 'none'}  \n"
+            f"Actions: {'; '.join(result.actions_taken) or 'none'}  \n"
+            f"Quarantined: {result.quarantined or 'no'}  \nLedger entry: `{result.ledger_id}`\n\n"
+            f"## Quality failures\n{failures}\n"
+        ),
+        description=f"Triage of batch {result.batch_id}",
+    )
+    if result.report_path:
+        create_link_artifact(
+            key=f"{key_prefix}-drift-report",
+            link=f"file://{result.report_path}",
+            link_text="Evidently data drift report",
+            description=f"Evidently HTML report of batch {result.batch_id}",
+        )
+    entries = ledger.list_decisions(result.model_name, limit=20, settings=settings)
+    create_markdown_artifact(
+        key=f"{key_prefix}-decision-ledger",
+        markdown=ledger_markdown(entries),
+        description="The latest decisions and whether their outcome is known",
+    )

@@ -1,0 +1,336 @@
+"""A model version's reference: what new batches are compared with, stored beside the model.
+
+At training time the training rows are summarised once into a drift profile (with the
+model's scores, for prediction drift), an expectation suite, a model card (metrics, feature
+importance) and a small sample for Evidently's HTML report, saved under
+`home/models/<name>/v<version>/` and logged to the version's MLflow run. A drift check loads
+these instead of re-reading the training data. This module also scores a batch with the
+champion and assembles the triage agent's evidence.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.states import Failed, State
+from pydantic import BaseModel, Field
+from sklearn.metrics import roc_auc_score
+
+from agentic_mlops.agents.drift_triage import (
+    ColumnEvidence,
+    PerformanceEvidence,
+    QualityEvidence,
+    TriageEvidence,
+)
+from agentic_mlops.schemas import ColumnSummary
+from agentic_mlops.settings import Settings, load_settings
+from agentic_mlops.tasks import registry
+from agentic_mlops.tasks.batches import DataError, read_table, write_table
+from agentic_mlops.tasks.drift import (
+    DriftResult,
+    ReferenceProfile,
+    build_profile,
+    load_profile,
+    save_profile,
+)
+from agentic_mlops.tasks.ledger import DriftObservation, digest
+from agentic_mlops.tasks.quality import QualityResult, build_suite, load_suite, save_suite
+
+PROFILE_FILE = "profile.json"
+SUITE_FILE = "expectations.json"
+CARD_FILE = "model_card.json"
+SAMPLE_FILE = "sample.parquet"
+SAMPLE_ROWS = 5_000
+
+
+class ModelCard(BaseModel):
+    """What a drift check needs to know about the model a reference belongs to."""
+
+    model_name: str
+    version: int | None = None
+    target: str
+    metrics: dict[str, float] = Field(default_factory=dict)
+    feature_importance: dict[str, float] = Field(default_factory=dict)
+    features: list[str] = Field(default_factory=list)
+    data_source: str = ""
+
+
+@dataclass
+class Reference:
+    """A loaded reference: profile, suite, card, report sample, and the versions in play."""
+
+    profile: ReferenceProfile
+    suite: dict[str, Any]
+    card: ModelCard
+    sample: pd.DataFrame
+    version: int | None
+    previous_version: int | None
+    folder: Path
+
+    @property
+    def key(self) -> str:
+        """Identifies this reference, so sequential evidence is never mixed across references."""
+        return str(self.folder)
+
+
+@dataclass
+class BatchScores:
+    """The champion's (and previous champion's) churn scores for a batch."""
+
+    champion: np.ndarray | None = None
+    previous_champion: np.ndarray | None = None
+
+
+def save_reference(
+    folder: Path,
+    train_frame: pd.DataFrame,
+    card: ModelCard,
+    scores: np.ndarray | None,
+    seed: int = 42,
+) -> Path:
+    """Write the profile, suite, card and report sample of a training table into `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    features = train_frame.drop(columns=[card.target], errors="ignore")
+    save_profile(build_profile(features, prediction=scores), folder / PROFILE_FILE)
+    save_suite(
+        build_suite(train_frame, f"{card.model_name}-reference", card.target), folder / SUITE_FILE
+    )
+    (folder / CARD_FILE).write_text(card.model_dump_json(indent=2))
+    sample = train_frame.sample(min(SAMPLE_ROWS, len(train_frame)), random_state=seed)
+    write_table(sample, folder / SAMPLE_FILE)
+    return folder
+
+
+@task(name="save-reference", cache_policy=NO_CACHE)
+def store_reference(
+    train_frame: pd.DataFrame,
+    card: ModelCard,
+    scores: np.ndarray | None,
+    settings: Settings | None = None,
+) -> Path:
+    """Save a new version's reference under home and log it to the version's MLflow run."""
+    settings = settings or load_settings()
+    folder = registry.reference_dir(card.model_name, card.version, settings)
+    save_reference(folder, train_frame, card, scores, settings.seed)
+    registry.log_reference(card.model_name, card.version, settings)
+    return folder
+
+
+def load_reference(folder: Path, version: int | None, previous: int | None) -> Reference:
+    """Read a reference folder.
+
+    Raises:
+        DataError: a file is missing or corrupt.
+    """
+    try:
+        card = ModelCard.model_validate_json((folder / CARD_FILE).read_text())
+    except (OSError, ValueError) as error:
+        raise DataError(f"{folder / CARD_FILE}: unreadable model card ({error})") from error
+    return Reference(
+        profile=load_profile(folder / PROFILE_FILE),
+        suite=load_suite(folder / SUITE_FILE),
+        card=card,
+        sample=read_table(folder / SAMPLE_FILE),
+        version=version,
+        previous_version=previous,
+        folder=folder,
+    )
+
+
+@task(name="resolve-reference", cache_policy=NO_CACHE)
+def resolve_reference(
+    reference_path: str | None, target: str | None, settings: Settings | None = None
+) -> Reference | State:
+    """The reference a batch is checked against.
+
+    With `reference_path`, it is built from that file (the champion's card is used for
+    feature importance when one exists). Otherwise it is the champion's stored reference.
+
+    Returns:
+        The reference, or a `Failed` state named `NoReference` or `InvalidData`.
+    """
+    settings = settings or load_settings()
+    name = settings.model_name
+    champion = registry.alias_version(name, registry.CHAMPION, settings)
+    previous = registry.alias_version(name, registry.PREVIOUS_CHAMPION, settings)
+    try:
+        stored = (
+            load_reference(registry.fetch_reference(name, champion, settings), champion, previous)
+            if champion is not None
+            else None
+        )
+        if reference_path is None:
+            if stored is None:
+                return Failed(
+                    name="NoReference",
+                    message=f"no champion of {name!r} is registered: train a model first "
+                    "or give a reference file",
+                )
+            return stored
+        frame = read_table(reference_path)
+        target = target or (stored.card.target if stored else settings.target)
+        card = ModelCard(
+            model_name=name,
+            version=champion,
+            target=target,
+            metrics=stored.card.metrics if stored else {},
+            feature_importance=stored.card.feature_importance if stored else {},
+            features=[c for c in frame.columns if c != target],
+            data_source=str(Path(reference_path).resolve()),
+        )
+        folder = settings.reports_dir / "adhoc-reference" / file_digest(reference_path)
+        if (folder / CARD_FILE).exists():
+            return load_reference(folder, champion, previous)
+        scores = None
+        if champion is not None:
+            scores = score_with(
+                name, champion, frame.drop(columns=[target], errors="ignore"), settings
+            )
+        save_reference(folder, frame, card, scores, settings.seed)
+        return load_reference(folder, champion, previous)
+    except DataError as error:
+        return Failed(name="InvalidData", message=str(error))
+
+
+def file_digest(path: str) -> str:
+    """A digest of a file's identity (path, size, modification time), to cache what is built
+    from it."""
+    stat = Path(path).stat()
+    return digest([str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns])
+
+
+@lru_cache(maxsize=8)
+def _load_model(uri: str, tracking_uri: str) -> Any:
+    mlflow.set_tracking_uri(tracking_uri)
+    return mlflow.pyfunc.load_model(uri)
+
+
+def score_with(
+    name: str, version: int, frame: pd.DataFrame, settings: Settings | None = None
+) -> np.ndarray | None:
+    """Churn scores of a registered version for a batch, or None if the batch cannot be scored
+    (missing feature columns)."""
+    settings = settings or load_settings()
+    registry.client(settings)
+    model = _load_model(f"models:/{name}/{version}", settings.tracking_uri())
+    try:
+        scores = model.predict(registry.as_model_input(frame))
+    except Exception:  # schema enforcement errors name the column; the batch is just unscorable
+        return None
+    return np.asarray(scores)[:, 1]
+
+
+@task(name="score-batch", cache_policy=NO_CACHE)
+def score_batch(
+    frame: pd.DataFrame, ref: Reference, settings: Settings | None = None
+) -> BatchScores:
+    """Score a batch with the champion and the previous champion, when they exist."""
+    settings = settings or load_settings()
+    features = frame.drop(columns=[ref.card.target], errors="ignore")
+    if ref.version is None or features.empty:
+        return BatchScores()
+    name = ref.card.model_name
+    previous = (
+        score_with(name, ref.previous_version, features, settings)
+        if ref.previous_version is not None
+        else None
+    )
+    return BatchScores(score_with(name, ref.version, features, settings), previous)
+
+
+def labelled_performance(
+    frame: pd.DataFrame, target: str | None, ref: Reference, scores: BatchScores
+) -> PerformanceEvidence | None:
+    """The champion's ROC AUC on the batch's labels next to its training-time figure, and
+    calibration-in-the-large: observed against predicted churn, as a z-score."""
+    if (
+        not target
+        or target not in frame.columns
+        or scores.champion is None
+        or "roc_auc" not in ref.card.metrics
+    ):
+        return None
+    labels = frame[target]
+    if labels.isna().any() or labels.nunique() < 2:
+        return None
+    previous = (
+        float(roc_auc_score(labels, scores.previous_champion))
+        if scores.previous_champion is not None
+        else None
+    )
+    predicted = np.clip(scores.champion, 1e-6, 1 - 1e-6)
+    spread = math.sqrt(float(np.sum(predicted * (1 - predicted))))
+    return PerformanceEvidence(
+        reference=ref.card.metrics["roc_auc"],
+        current=float(roc_auc_score(labels, scores.champion)),
+        rows=len(frame),
+        previous_champion_current=previous,
+        observed_rate=float(labels.mean()),
+        predicted_rate=float(predicted.mean()),
+        calibration_z=float((labels.sum() - predicted.sum()) / spread),
+    )
+
+
+def quality_evidence(result: QualityResult) -> QualityEvidence:
+    return QualityEvidence(
+        passed=result.passed,
+        batch_failed=result.batch_failed,
+        failures=[f"{f.expectation} {f.column or ''}: {f.detail}".strip() for f in result.failures],
+        failing_row_share=result.failing_row_share,
+    )
+
+
+def triage_evidence(
+    ref: Reference,
+    quality: QualityResult,
+    drift: DriftResult,
+    observation: DriftObservation | None,
+    history: list[float],
+    performance: PerformanceEvidence | None,
+    frame: pd.DataFrame,
+    target: str | None,
+) -> TriageEvidence:
+    """Everything the triage agent may look at for one batch."""
+    labelled = bool(target) and target in frame.columns and frame[target].notna().all()
+    return TriageEvidence(
+        model_name=ref.card.model_name,
+        champion_version=ref.version,
+        previous_champion_version=ref.previous_version,
+        quality=quality_evidence(quality),
+        dataset_drift=drift.dataset_drift,
+        drift_share=drift.drift_share,
+        columns={
+            name: ColumnEvidence(
+                drifted=c.drifted, test=c.test, score=c.score, threshold=c.threshold
+            )
+            for name, c in drift.columns.items()
+        },
+        prediction_drifted=drift.prediction.drifted if drift.prediction else None,
+        skipped_columns=drift.skipped,
+        history_scores=[round(score, 4) for score in history],
+        sequential_alarm=bool(observation and observation.sequential_alarm),
+        feature_importance=ref.card.feature_importance,
+        labels_available=labelled and len(frame) >= 40,
+        performance=performance,
+    )
+
+
+def column_summaries(drift: DriftResult) -> dict[str, ColumnSummary]:
+    return {
+        name: ColumnSummary(drifted=c.drifted, test=c.test, score=round(c.score, 6))
+        for name, c in drift.columns.items()
+    }
+
+
+def card_json(card: ModelCard) -> str:
+    return json.dumps(card.model_dump(), indent=2)

@@ -1,0 +1,209 @@
+"""The drift check end to end on generated scenarios: real GX, Evidently, MLflow and Prefect."""
+
+import json
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from agentic_mlops.cli import app
+from agentic_mlops.flows.drift import DriftCheckParameters, drift_check
+from agentic_mlops.flows.train import TrainParameters, train
+from agentic_mlops.settings import Settings
+from agentic_mlops.tasks import ledger, registry
+from agentic_mlops.tasks.batches import write_table
+from agentic_mlops.tasks.churn import generate_batches, generate_churn
+from agentic_mlops.tasks.training import Hyperparameters
+from tests.conftest import artifacts_by_key
+
+FAST = Hyperparameters(max_iter=80)
+
+
+@pytest.fixture(scope="module")
+def trained_home(tmp_path_factory, mlflow_template):
+    """A home with a champion trained on reference data, made once per module."""
+    import os
+
+    root = tmp_path_factory.mktemp("trained") / "home"
+    root.mkdir()
+    shutil.copy(mlflow_template, root / "mlflow.db")
+    previous = os.environ["AGENTIC_MLOPS_HOME"]
+    os.environ["AGENTIC_MLOPS_HOME"] = str(root)
+    try:
+        train(TrainParameters(rows=4_000, seed=1, hyperparameters=FAST))
+    finally:
+        os.environ["AGENTIC_MLOPS_HOME"] = previous
+    return root
+
+
+@pytest.fixture
+def champion_home(trained_home, tmp_path, monkeypatch) -> Settings:
+    """A private copy of the trained home, so each test's history and ledger start empty."""
+    root = tmp_path / "home"
+    shutil.copytree(trained_home, root)
+    monkeypatch.setenv("AGENTIC_MLOPS_HOME", str(root))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return Settings()
+
+
+def batch(home, scenario, seed=100, rows=2_000, name=None):
+    path = home.home / "incoming" / (name or f"{scenario}-{seed}.parquet")
+    return write_table(generate_churn(rows, seed, scenario), path)
+
+
+def check(path, act=False, **extra):
+    return drift_check(DriftCheckParameters(current_path=str(path), act=act, **extra))
+
+
+def test_no_drift_means_no_action(champion_home):
+    result = check(batch(champion_home, "none"))
+    assert result.quality.passed and not result.dataset_drift
+    assert not any(c.drifted for c in result.columns.values())
+    assert result.decision.action == "none"
+    assert ledger.get_decision(result.ledger_id, champion_home).action == "none"
+
+
+def test_covariate_drift_on_prices_asks_for_retraining(champion_home):
+    result = check(batch(champion_home, "covariate"))
+    assert result.quality.passed
+    drifted = {name for name, c in result.columns.items() if c.drifted}
+    assert {"monthly_charges", "total_charges"} <= drifted
+    assert result.decision.action == "retrain"
+    assert "monthly_charges" in result.decision.drifted_features
+    assert result.report_path and result.report_path.endswith(".html")
+
+
+def test_concept_drift_is_caught_by_performance_not_by_inputs(champion_home):
+    result = check(batch(champion_home, "concept", rows=4_000))
+    assert not any(c.drifted for c in result.columns.values())
+    assert result.decision.action == "retrain"
+    assert "concept" in result.decision.rationale
+
+
+def test_concept_drift_without_labels_cannot_be_seen(champion_home):
+    path = champion_home.home / "incoming" / "concept-unlabelled.parquet"
+    write_table(generate_churn(2_000, 100, "concept").drop(columns=["churn"]), path)
+    result = check(path)
+    assert result.decision.action == "none"
+
+
+def test_broken_batch_is_quarantined_and_escalated(champion_home):
+    path = batch(champion_home, "quality")
+    content = path.read_bytes()
+    state = drift_check(DriftCheckParameters(current_path=str(path), act=True), return_state=True)
+    assert state.name == "Quarantined" and state.is_completed()
+    result = state.result()
+    assert not result.quality.passed and result.decision.action == "escalate"
+    assert not path.exists()
+    moved = champion_home.quarantine_dir / path.name
+    assert moved.read_bytes() == content
+    assert (champion_home.quarantine_dir / f"{path.name}.validation.json").exists()
+    joined = " ".join(result.quality.failures)
+    assert "support_calls" in joined and "PaymentMethod" in joined
+    assert any("escalate" in a for a in result.actions_taken)
+
+
+def test_gradual_drift_is_flagged_before_the_per_batch_test_alone(champion_home):
+    actions, per_batch = [], []
+    for index, frame in enumerate(generate_batches(8, 1_500, seed=200, scenario="gradual")):
+        path = write_table(frame, champion_home.home / "incoming" / f"g-{index:02d}.parquet")
+        result = check(path)
+        actions.append(result.decision.action)
+        per_batch.append(result.dataset_drift)
+    assert actions[0] == "none"
+    first_flag = next(i for i, a in enumerate(actions) if a != "none")
+    first_dataset_drift = next((i for i, d in enumerate(per_batch) if d), len(per_batch))
+    assert first_flag < first_dataset_drift
+    assert actions[-1] == "retrain"
+    assert len(ledger.drift_history("churn", settings=champion_home)) == 8
+
+
+def test_retrain_decision_registers_a_new_challenger_and_records_the_outcome(champion_home):
+    result = check(batch(champion_home, "covariate", rows=3_000), act=True)
+    assert result.decision.action == "retrain" and result.retrained_version == 2
+    assert registry.model_aliases("churn", champion_home) == {"challenger": 2, "champion": 1}
+    entry = ledger.get_decision(result.ledger_id, champion_home)
+    assert entry.outcome["challenger_version"] == 2
+    assert artifacts_by_key("churn-drift-columns")
+    assert "retrain" in artifacts_by_key("churn-decision-ledger")[0]["data"]
+
+
+def test_rollback_decision_moves_the_champion_back(champion_home):
+    worse = train(
+        TrainParameters(
+            rows=300, seed=9, scenario="concept", hyperparameters=Hyperparameters(max_iter=5)
+        )
+    )
+    registry.promote_champion("churn", worse.version, champion_home)
+    result = check(batch(champion_home, "none", rows=4_000), act=True)
+    assert result.decision.action == "rollback", result.decision.rationale
+    assert registry.alias_version("churn", "champion", champion_home) == 1
+
+
+runner = CliRunner()
+
+
+def test_cli_json_has_the_documented_shape(champion_home):
+    path = batch(champion_home, "covariate")
+    out = runner.invoke(app, ["drift-check", "--current", str(path), "--no-act", "--json"])
+    assert out.exit_code == 0, out.output
+    payload = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(payload) == {"quality", "dataset_drift", "drift_share", "columns", "decision"}
+    assert set(payload["quality"]) == {"passed", "failures"}
+    assert set(payload["columns"]["monthly_charges"]) == {"drifted", "test", "score"}
+    assert set(payload["decision"]) == {
+        "action",
+        "severity",
+        "confidence",
+        "drifted_features",
+        "rationale",
+    }
+    assert payload["decision"]["action"] == "retrain"
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda d: d / "absent.csv", "no such file"),
+        (lambda d: _write(d / "empty.csv", b""), "empty"),
+        (lambda d: _write(d / "bad.parquet", b"PAR1 garbage"), "unreadable"),
+        (
+            lambda d: write_table(generate_churn(50).rename(columns=str.upper), d / "x.csv"),
+            "no columns shared",
+        ),
+    ],
+)
+def test_cli_bad_input_exits_2_with_one_line(champion_home, tmp_path, make, message):
+    out = runner.invoke(app, ["drift-check", "--current", str(make(tmp_path)), "--json"])
+    assert out.exit_code == 2, out.output
+    assert message in out.output and "Traceback" not in out.output
+
+
+def test_cli_with_an_explicit_reference_file(champion_home, tmp_path):
+    reference = write_table(generate_churn(3_000, 5), tmp_path / "reference.csv")
+    current = batch(champion_home, "none")
+    out = runner.invoke(
+        app,
+        [
+            "drift-check",
+            "--reference",
+            str(reference),
+            "--current",
+            str(current),
+            "--no-act",
+            "--json",
+        ],
+    )
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout.strip().splitlines()[-1])["dataset_drift"] is False
+
+
+def test_without_a_champion_or_reference_the_check_says_so(home, tmp_path):
+    path = write_table(generate_churn(100), tmp_path / "b.csv")
+    state = drift_check(DriftCheckParameters(current_path=str(path)), return_state=True)
+    assert state.is_failed() and state.name == "NoReference"
+
+
+def _write(path, content):
+    path.write_bytes(content)
+    return path
