@@ -22,6 +22,8 @@ MLFLOW_DEFAULTS = {
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "GIT_PYTHON_REFRESH": "quiet",
+    # tracing looks up model prices in a catalog on GitHub; no network at run time
+    "MLFLOW_MODEL_CATALOG_URI": "",
 }
 
 

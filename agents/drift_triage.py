@@ -494,7 +494,8 @@ def triage(
 ) -> TriageOutcome:
     """Run the triage agent on one batch's evidence and apply the guardrails.
 
-    `model` overrides the setting (tests pass a scripted `FunctionModel` here). An LLM that
+    `model` overrides the setting (tests pass a scripted `FunctionModel` here). Every run,
+    the policy's included, is traced to MLflow when `agent_tracing` is on. An LLM that
     errors or times out falls back to the policy inside `FallbackModel`; a run
     that still fails (invalid output after retries, usage limits, overall timeout) is replaced
     by the policy's decision. The result is always a valid, guarded decision.
@@ -505,6 +506,10 @@ def triage(
         agent, agent_model = triage_agent(settings.agent_model, limits), settings.agent_model
     else:
         agent, agent_model = build_triage_agent(model, limits), model.model_name
+    if settings.agent_tracing:
+        from agentic_mlops.tasks.registry import trace_agent_runs
+
+        trace_agent_runs(settings)
     overridden_by = None
     try:
         result = agent.run_sync(

@@ -101,6 +101,9 @@ def markdown_table(rows: list[Row]) -> str:
 def main(selected: list[str]) -> int:
     home = tempfile.mkdtemp(prefix="agentic-mlops-bench-")
     os.environ.setdefault("AGENTIC_MLOPS_HOME", home)
+    from agentic_mlops.runtime import configure_environment
+
+    configure_environment()  # Prefect's and MLflow's offline defaults, before Prefect loads
     from prefect.testing.utilities import prefect_test_harness
 
     rows: list[Row] = []

@@ -14,6 +14,7 @@ import tempfile
 import time
 import warnings
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +136,29 @@ def ensure_experiment(settings: Settings | None = None) -> str:
         if experiment is None:
             raise
         return experiment.experiment_id
+
+
+@cache
+def _autolog_agents(tracking_uri: str, experiment_name: str) -> None:
+    import mlflow.pydantic_ai
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment(experiment_name)
+    mlflow.pydantic_ai.autolog(silent=True)
+
+
+def trace_agent_runs(settings: Settings | None = None) -> bool:
+    """Trace pydantic-ai agent runs (model calls, tool calls) to MLflow, once per process.
+
+    Best effort: tracing never blocks a decision, so a failure to set it up returns False.
+    """
+    settings = settings or load_settings()
+    try:
+        ensure_experiment(settings)
+        _autolog_agents(settings.tracking_uri(), settings.experiment_name)
+    except Exception:  # any tracking backend problem; the decision goes on untraced
+        return False
+    return True
 
 
 def as_model_input(frame: pd.DataFrame) -> pd.DataFrame:

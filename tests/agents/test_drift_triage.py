@@ -280,3 +280,41 @@ def test_instructions_in_data_change_nothing_and_reach_the_model_only_as_tool_re
         if isinstance(part, ToolReturnPart)
     ]
     assert any(INJECTION in text for text in returned)
+
+
+def test_miscalibration_on_labelled_data_is_a_performance_problem():
+    calibrated = PerformanceEvidence(
+        reference=0.8,
+        current=0.79,
+        rows=2000,
+        observed_rate=0.25,
+        predicted_rate=0.25,
+        calibration_z=0.1,
+    )
+    shifted = calibrated.model_copy(update={"observed_rate": 0.2, "calibration_z": -5.2})
+    assert policy_decision(evidence(performance=calibrated), LIMITS).action == "none"
+    decision = policy_decision(evidence(performance=shifted), LIMITS)
+    assert decision.action == "retrain" and "concept drift" in decision.rationale
+    tiny_gap = shifted.model_copy(update={"observed_rate": 0.24})
+    assert policy_decision(evidence(performance=tiny_gap), LIMITS).action == "none"
+
+
+def test_runs_are_traced_to_mlflow_without_reaching_the_network(home):
+    import os
+
+    import mlflow
+
+    from agentic_mlops.tasks.registry import ensure_experiment
+
+    assert os.environ["MLFLOW_MODEL_CATALOG_URI"] == ""
+    listener = scripted(
+        lambda m: {
+            "action": "monitor",
+            "severity": "low",
+            "confidence": 0.8,
+            "rationale": "watching",
+        }
+    )
+    triage(evidence(["monthly_charges"]), home, model=listener)
+    traces = mlflow.search_traces(locations=[ensure_experiment(home)], return_type="list")
+    assert traces and "Triage the latest batch" in str(traces[0].data.request)

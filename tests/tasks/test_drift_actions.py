@@ -1,0 +1,122 @@
+"""Carrying out triage decisions against the real Prefect server and MLflow."""
+
+import datetime as dt
+import time
+
+from prefect.client.orchestration import get_client
+
+from agentic_mlops.agents.drift_triage import TriageDecision, TriageOutcome
+from agentic_mlops.flows.train import TrainParameters, train
+from agentic_mlops.tasks import drift_actions, ledger
+
+
+def record(home, action="retrain"):
+    return ledger.record_decision(
+        ledger.LedgerEntry(
+            id=ledger.digest([action, time.time_ns()]),
+            created_at=ledger.now(),
+            decision_point="drift_triage",
+            model_name="churn",
+            inputs_digest="x",
+            action=action,
+            agent_model="policy",
+        ),
+        home,
+    )
+
+
+def events_named(name: str, since: dt.datetime, timeout: float = 20.0) -> list[dict]:
+    body = {
+        "filter": {
+            "event": {"name": [name]},
+            "occurred": {"since": since.isoformat(), "until": dt.datetime.now(dt.UTC).isoformat()},
+        },
+        "limit": 50,
+    }
+    deadline = time.monotonic() + timeout
+    while True:
+        body["filter"]["occurred"]["until"] = (
+            dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5)
+        ).isoformat()
+        with get_client(sync_client=True) as client:
+            found = client.request("POST", "/events/filter", json=body).json()["events"]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)
+
+
+def test_escalation_emits_an_event_an_automation_can_route(home):
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+    entry = record(home, "escalate")
+    outcome = TriageOutcome(
+        decision=TriageDecision(
+            action="escalate",
+            severity="high",
+            confidence=0.9,
+            rationale="broken data",
+            drifted_features=["monthly_charges"],
+        ),
+        agent_model="policy",
+    )
+    said = drift_actions.escalate("churn", "batch-7.parquet", outcome, entry.id)
+    assert drift_actions.ESCALATED_EVENT in said
+    events = events_named(drift_actions.ESCALATED_EVENT, since)
+    payloads = [e["payload"] for e in events if e["payload"].get("ledger_id") == entry.id]
+    assert payloads and payloads[0]["batch_id"] == "batch-7.parquet"
+    assert payloads[0]["drifted_features"] == ["monthly_charges"]
+
+
+def test_retrain_goes_through_the_deployment_once_per_decision(home):
+    deployment_id = train.to_deployment(name="train").apply()
+    try:
+        entry = record(home)
+        params = TrainParameters(rows=500, seed=3)
+        first = drift_actions.start_retraining(train, params, entry.id, home)
+        second = drift_actions.start_retraining(train, params, entry.id, home)
+        assert first["how"] == "deployment" and first["flow_run_id"] == second["flow_run_id"]
+        with get_client(sync_client=True) as client:
+            run = client.read_flow_run(first["flow_run_id"])
+        assert run.deployment_id == deployment_id
+        assert run.parameters["params"]["rows"] == 500
+        stored = ledger.get_decision(entry.id, home)
+        assert stored.outcome == {"training_flow_run": first["flow_run_id"]}
+        other = drift_actions.start_retraining(train, params, record(home).id, home)
+        assert other["flow_run_id"] != first["flow_run_id"]
+    finally:
+        with get_client(sync_client=True) as client:
+            client.delete_deployment(deployment_id)
+    assert not drift_actions.deployment_exists(drift_actions.TRAIN_DEPLOYMENT)
+
+
+def test_without_a_deployment_retraining_runs_in_process_and_records_the_outcome(home):
+    entry = record(home)
+    from agentic_mlops.tasks.training import Hyperparameters
+
+    done = drift_actions.start_retraining(
+        train,
+        TrainParameters(rows=400, hyperparameters=Hyperparameters(max_iter=10)),
+        entry.id,
+        home,
+    )
+    assert done["how"] == "subflow" and done["version"] == 1
+    assert ledger.get_decision(entry.id, home).outcome["challenger_version"] == 1
+
+
+def test_a_failed_retraining_is_recorded_not_raised(home, tmp_path):
+    entry = record(home)
+    done = drift_actions.start_retraining(
+        train, TrainParameters(data_path=str(tmp_path / "absent.csv")), entry.id, home
+    )
+    assert "failed" in done["summary"]
+    assert "no such file" in ledger.get_decision(entry.id, home).outcome["retrain_failed"]
+
+
+def test_rollback_without_a_previous_champion_moves_nothing_and_says_so(home):
+    from agentic_mlops.tasks.training import Hyperparameters
+
+    train(TrainParameters(rows=400, hyperparameters=Hyperparameters(max_iter=10)))
+    entry = record(home, "rollback")
+    said = drift_actions.roll_back("churn", entry.id, home)
+    assert "nothing moved" in said
+    outcome = ledger.get_decision(entry.id, home).outcome
+    assert outcome["aliases_after"]["champion"] == 1 == outcome["aliases_before"]["champion"]
