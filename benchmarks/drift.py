@@ -77,21 +77,45 @@ def bench_drift_throughput() -> list[Row]:
     worst = max(abs(ours.columns[n].score - theirs[n][1]) for n in shared)
     check_s = timings[2]
     return [
-        {"name": "drift: build reference profile once (1M x 50)", "value": round(profile_s, 2),
-         "unit": "s"},
-        {"name": "drift: check 1M x 50 vs stored profile, 1 thread", "value":
-         round(timings[1], 2), "unit": "s", "baseline": round(evidently_s, 2),
-         "ratio": round(evidently_s / timings[1], 1)},
-        {"name": "drift: check 1M x 50 vs stored profile, 2 threads", "value": round(check_s, 2),
-         "unit": "s", "target": "<= 10 s", "met": check_s <= 10},
-        {"name": "drift: Evidently DataDriftPreset, same data (baseline)",
-         "value": round(evidently_s, 2), "unit": "s"},
-        {"name": "drift: speed-up over Evidently (2 threads)",
-         "value": round(evidently_s / check_s, 1), "unit": "x", "baseline": round(evidently_s, 2),
-         "ratio": round(evidently_s / check_s, 1), "target": ">= 10x",
-         "met": evidently_s / check_s >= 10},
-        {"name": "drift: per-column verdicts agreeing with Evidently",
-         "value": f"{agree}/{len(shared)}", "target": "all", "met": agree == len(shared)},
+        {
+            "name": "drift: build reference profile once (1M x 50)",
+            "value": round(profile_s, 2),
+            "unit": "s",
+        },
+        {
+            "name": "drift: check 1M x 50 vs stored profile, 1 thread",
+            "value": round(timings[1], 2),
+            "unit": "s",
+            "baseline": round(evidently_s, 2),
+            "ratio": round(evidently_s / timings[1], 1),
+        },
+        {
+            "name": "drift: check 1M x 50 vs stored profile, 2 threads",
+            "value": round(check_s, 2),
+            "unit": "s",
+            "target": "<= 10 s",
+            "met": check_s <= 10,
+        },
+        {
+            "name": "drift: Evidently DataDriftPreset, same data (baseline)",
+            "value": round(evidently_s, 2),
+            "unit": "s",
+        },
+        {
+            "name": "drift: speed-up over Evidently (2 threads)",
+            "value": round(evidently_s / check_s, 1),
+            "unit": "x",
+            "baseline": round(evidently_s, 2),
+            "ratio": round(evidently_s / check_s, 1),
+            "target": ">= 10x",
+            "met": evidently_s / check_s >= 10,
+        },
+        {
+            "name": "drift: per-column verdicts agreeing with Evidently",
+            "value": f"{agree}/{len(shared)}",
+            "target": "all",
+            "met": agree == len(shared),
+        },
         {"name": "drift: largest |score - Evidently score|", "value": f"{worst:.2e}"},
     ]
 
@@ -108,8 +132,13 @@ def bench_sequential_detection(runs: int = 10, batches: int = 30, rows: int = 1_
         state, alarm, single = CusumState(), None, None
         for index, frame in enumerate(frames):
             result = compare_to_profile(profile, frame.drop(columns=["churn"]), settings=settings)
-            state = cusum_step(state, result, settings.sequential_k, settings.sequential_h,
-                               settings.sequential_min_effect)
+            state = cusum_step(
+                state,
+                result,
+                settings.sequential_k,
+                settings.sequential_h,
+                settings.sequential_min_effect,
+            )
             if alarm is None and state.alarm_columns:
                 alarm = index
             if single is None and any(c.drifted for c in result.columns.values()):
@@ -127,19 +156,31 @@ def bench_sequential_detection(runs: int = 10, batches: int = 30, rows: int = 1_
     for index in range(null_batches):
         frame = generate_churn(rows, 50_000 + index).drop(columns=["churn"])
         result = compare_to_profile(profile, frame, settings=settings)
-        state = cusum_step(state, result, settings.sequential_k, settings.sequential_h,
-                           settings.sequential_min_effect)
+        state = cusum_step(
+            state,
+            result,
+            settings.sequential_k,
+            settings.sequential_h,
+            settings.sequential_min_effect,
+        )
         per_batch_flags += any(c.drifted for c in result.columns.values())
         if state.alarm_columns:
             false_alarms += 1
             state = CusumState()
     return [
-        {"name": f"sequential: batches to detect gradual drift, CUSUM (mean of {runs})",
-         "value": round(float(np.mean(cusum)), 1), "unit": "batches",
-         "baseline": round(float(np.mean(single)), 1),
-         "ratio": round(float(np.mean(cusum)) / max(float(np.mean(single)), 1e-9), 2),
-         "target": "< single-batch test", "met": float(np.mean(cusum)) < float(np.mean(single))},
-        {"name": "sequential: false alarms per 100 drift-free batches, CUSUM",
-         "value": round(100 * false_alarms / null_batches, 2), "unit": "per 100",
-         "baseline": round(100 * per_batch_flags / null_batches, 2)},
+        {
+            "name": f"sequential: batches to detect gradual drift, CUSUM (mean of {runs})",
+            "value": round(float(np.mean(cusum)), 1),
+            "unit": "batches",
+            "baseline": round(float(np.mean(single)), 1),
+            "ratio": round(float(np.mean(cusum)) / max(float(np.mean(single)), 1e-9), 2),
+            "target": "< single-batch test",
+            "met": float(np.mean(cusum)) < float(np.mean(single)),
+        },
+        {
+            "name": "sequential: false alarms per 100 drift-free batches, CUSUM",
+            "value": round(100 * false_alarms / null_batches, 2),
+            "unit": "per 100",
+            "baseline": round(100 * per_batch_flags / null_batches, 2),
+        },
     ]
