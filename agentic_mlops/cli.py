@@ -123,36 +123,60 @@ def generate(
 
 @app.command()
 def demo(
-    rows: Annotated[int, typer.Option(help="Rows of each generated training set.")] = 5_000,
+    rows: Annotated[int, typer.Option(help="Rows of the training set and of each batch.")] = 5_000,
 ) -> None:
-    """Train a champion, then a challenger on drifted data, and show the registry."""
+    """Train a champion, then let the drift guardian check three production batches."""
+    from agentic_mlops.flows.drift import DriftCheckParameters
+    from agentic_mlops.flows.drift import drift_check as drift_flow
     from agentic_mlops.flows.train import TrainParameters
     from agentic_mlops.flows.train import train as train_flow
+    from agentic_mlops.tasks import ledger
+    from agentic_mlops.tasks.batches import write_table
+    from agentic_mlops.tasks.churn import generate_churn
     from agentic_mlops.tasks.registry import model_aliases
 
     settings = load_settings()
-    steps = [
-        ("Training the first model on reference data", TrainParameters(rows=rows, seed=1)),
-        (
-            "Training a challenger after a price rise (covariate drift)",
-            TrainParameters(rows=rows, seed=2, scenario="covariate"),
-        ),
+    settings.ensure_dirs()
+    console.rule("[bold]1/4 Training the first model on reference data")
+    with errors.status("Training and registering the champion..."):
+        state = train_flow(TrainParameters(rows=rows, seed=1), return_state=True)
+    if state.is_failed():
+        fail(state.message or "training failed", 1)
+    print_training(state.result())
+    batches = [
+        ("2/4 A normal week of production data", "none", 11),
+        ("3/4 After a price rise: charges up, churn behaviour changed", "gradual", 12),
+        ("4/4 A broken export: renamed and missing columns, nulls", "quality", 13),
     ]
-    for index, (title, params) in enumerate(steps, start=1):
-        console.rule(f"[bold]{index}/{len(steps)} {title}")
-        with errors.status(title + "..."):
-            state = train_flow(params, return_state=True)
+    for title, scenario, seed in batches:
+        console.rule(f"[bold]{title}")
+        path = write_table(
+            generate_churn(rows, seed, scenario),
+            settings.home / "incoming" / f"demo-{scenario}-{seed}.parquet",
+        )
+        with errors.status("Checking quality and drift, triaging, acting..."):
+            state = drift_flow(DriftCheckParameters(current_path=str(path)), return_state=True)
         if state.is_failed():
-            fail(state.message or "training failed", 1)
-        print_training(state.result())
-    aliases = model_aliases(settings.model_name)
-    console.rule("[bold]Registry")
+            fail(state.message or "drift check failed", 1)
+        print_drift(state.result())
+    console.rule("[bold]Registry and decision ledger")
     table = Table(title=f"Aliases of {settings.model_name}")
     table.add_column("alias")
     table.add_column("version", justify="right")
-    for alias, version in aliases.items():
+    for alias, version in model_aliases(settings.model_name).items():
         table.add_row(alias, str(version))
     console.print(table)
+    decisions = Table(title="Latest decisions")
+    for column in ("time", "action", "severity", "confidence", "outcome"):
+        decisions.add_column(column)
+    for entry in reversed(ledger.list_decisions(settings.model_name, limit=3)):
+        outcome = ", ".join(
+            f"{k}={v}" for k, v in (entry.outcome or {}).items() if not isinstance(v, dict)
+        )
+        decisions.add_row(
+            entry.created_at, entry.action, entry.severity or "", f"{entry.confidence:.2f}", outcome
+        )
+    console.print(decisions)
     console.print(where_to_look(), highlight=False)
 
 

@@ -74,7 +74,7 @@ class Settings(BaseSettings):
     triage_calibration_z: float = Field(
         default=4.0,
         gt=0,
-        description="|z| of observed vs predicted churn on labelled data "
+        description="|z| of the move in observed vs predicted churn since training "
         "that counts as a performance problem (with the gap below).",
     )
     triage_calibration_gap: float = Field(

@@ -217,8 +217,9 @@ def feature_importance(ctx: RunContext[TriageDeps]) -> dict[str, float]:
 def model_performance(ctx: RunContext[TriageDeps]) -> dict[str, Any]:
     """The champion's ROC AUC at training time and on this batch's labels, the previous
     champion's on the same batch, and calibration: the observed churn rate, the rate the
-    champion predicted and the z-score of their difference (about N(0, 1) for a calibrated
-    model), when the batch has labels; `available` is false otherwise."""
+    champion predicted and the z-score of how far their gap moved since the training holdout
+    (about N(0, 1) when the relationship is unchanged), when the batch has labels;
+    `available` is false otherwise."""
     performance = ctx.deps.evidence.performance
     if performance is None:
         return {"available": False}

@@ -62,7 +62,6 @@ def churn_probability(frame: pd.DataFrame, concept_shift: float = 0.0) -> np.nda
     contract_weight = 1.3 * (1.0 - 0.7 * concept_shift)
     logit = (
         -1.6
-        + 0.9 * concept_shift
         + contract_weight * (frame["contract"] == "month_to_month")
         - 0.6 * (frame["contract"] == "two_year")
         - 0.045 * frame["tenure_months"]

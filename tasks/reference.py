@@ -252,7 +252,8 @@ def labelled_performance(
     frame: pd.DataFrame, target: str | None, ref: Reference, scores: BatchScores
 ) -> PerformanceEvidence | None:
     """The champion's ROC AUC on the batch's labels next to its training-time figure, and
-    calibration-in-the-large: observed against predicted churn, as a z-score."""
+    whether observed churn moved away from predicted churn since training
+    (`calibration_shift_z`)."""
     if (
         not target
         or target not in frame.columns
@@ -269,7 +270,6 @@ def labelled_performance(
         else None
     )
     predicted = np.clip(scores.champion, 1e-6, 1 - 1e-6)
-    spread = math.sqrt(float(np.sum(predicted * (1 - predicted))))
     return PerformanceEvidence(
         reference=ref.card.metrics["roc_auc"],
         current=float(roc_auc_score(labels, scores.champion)),
@@ -277,8 +277,29 @@ def labelled_performance(
         previous_champion_current=previous,
         observed_rate=float(labels.mean()),
         predicted_rate=float(predicted.mean()),
-        calibration_z=float((labels.sum() - predicted.sum()) / spread),
+        calibration_z=calibration_shift_z(
+            labels.to_numpy(dtype=float), predicted, ref.card.metrics
+        ),
     )
+
+
+def calibration_shift_z(
+    labels: np.ndarray, predicted: np.ndarray, training: dict[str, float]
+) -> float:
+    """How far the gap between observed and predicted churn moved since the holdout, as z.
+
+    Under an unchanged relationship, (observed - predicted) has the same expectation on the
+    batch as on the training holdout, whatever the model's own bias; each side's variance is
+    sum p(1 - p) / n^2. Without holdout figures (older versions), the batch gap alone is used.
+    """
+    n = len(labels)
+    gap = (labels.sum() - predicted.sum()) / n
+    variance = float(np.sum(predicted * (1 - predicted))) / n**2
+    if {"positive_rate", "mean_prediction", "prediction_variance_sum"} <= set(training):
+        rows = training["holdout_rows"]
+        gap -= training["positive_rate"] - training["mean_prediction"]
+        variance += training["prediction_variance_sum"] / rows**2
+    return float(gap / math.sqrt(variance)) if variance > 0 else 0.0
 
 
 def quality_evidence(result: QualityResult) -> QualityEvidence:

@@ -9,10 +9,12 @@ exponential backoff when run as Prefect tasks; errors in our own input are not r
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import tempfile
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -104,14 +106,37 @@ def _mlflow_task(**options: Any):
     )
 
 
+_MLFLOW_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID")
+
+
+@contextmanager
+def _environment_kept():
+    """Undo what MLflow's setters write into the environment.
+
+    `mlflow.set_tracking_uri` and `set_experiment` also export `MLFLOW_*` variables, which
+    `Settings.tracking_uri` would then take for the user's choice: a process that switched
+    homes would keep writing to the first one.
+    """
+    before = {name: os.environ.get(name) for name in _MLFLOW_VARIABLES}
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def client(settings: Settings | None = None) -> MlflowClient:
     """An MLflow client on the tracking URI in force, also made the fluent API's default."""
     settings = settings or load_settings()
     uri = settings.tracking_uri()
     if settings.uses_embedded_mlflow():
         settings.ensure_dirs()
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    with _environment_kept():
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
@@ -142,9 +167,10 @@ def ensure_experiment(settings: Settings | None = None) -> str:
 def _autolog_agents(tracking_uri: str, experiment_name: str) -> None:
     import mlflow.pydantic_ai
 
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_experiment(experiment_name)
-    mlflow.pydantic_ai.autolog(silent=True)
+    with _environment_kept():
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_experiment(experiment_name)
+        mlflow.pydantic_ai.autolog(silent=True)
 
 
 def trace_agent_runs(settings: Settings | None = None) -> bool:

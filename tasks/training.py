@@ -169,6 +169,8 @@ def evaluate_model(
         "brier_score": float(brier_score_loss(y_true, scores)),
         "expected_calibration_error": expected_calibration_error(y_true, scores),
         "positive_rate": float(y_true.mean()),
+        "mean_prediction": float(np.mean(scores)),
+        "prediction_variance_sum": float(np.sum(scores * (1 - scores))),
         "holdout_rows": float(len(y_true)),
     }
     observed, predicted = calibration_curve(y_true, scores, n_bins=10, strategy="quantile")

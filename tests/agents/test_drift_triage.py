@@ -316,5 +316,10 @@ def test_runs_are_traced_to_mlflow_without_reaching_the_network(home):
         }
     )
     triage(evidence(["monthly_charges"]), home, model=listener)
+    mlflow.flush_trace_async_logging()
     traces = mlflow.search_traces(locations=[ensure_experiment(home)], return_type="list")
-    assert traces and "Triage the latest batch" in str(traces[0].data.request)
+    spans = {span.name for trace in traces for span in trace.data.spans}
+    assert "Agent.run_sync" in spans, spans
+    assert any(
+        "Triage the latest batch" in str(span.inputs) for t in traces for span in t.data.spans
+    )

@@ -7,11 +7,12 @@ import pytest
 from typer.testing import CliRunner
 
 from agentic_mlops.cli import app
+from agentic_mlops.flows.data_quality import DataQualityParameters, data_quality
 from agentic_mlops.flows.drift import DriftCheckParameters, drift_check
 from agentic_mlops.flows.train import TrainParameters, train
 from agentic_mlops.settings import Settings
 from agentic_mlops.tasks import ledger, registry
-from agentic_mlops.tasks.batches import write_table
+from agentic_mlops.tasks.batches import read_table, write_table
 from agentic_mlops.tasks.churn import generate_batches, generate_churn
 from agentic_mlops.tasks.training import Hyperparameters
 from tests.conftest import artifacts_by_key
@@ -207,3 +208,34 @@ def test_without_a_champion_or_reference_the_check_says_so(home, tmp_path):
 def _write(path, content):
     path.write_bytes(content)
     return path
+
+
+def test_a_few_bad_rows_are_quarantined_and_the_rest_is_checked(champion_home):
+    frame = generate_churn(2_000, 100)
+    frame.loc[[5, 50, 500], "contract"] = "lifetime_deal"
+    path = write_table(frame, champion_home.home / "incoming" / "few-bad.parquet")
+    result = check(path)
+    assert not result.quality.passed and not result.quality.batch_failed
+    assert result.quality.failing_rows == 3 and path.exists()
+    rows = read_table(champion_home.quarantine_dir / "few-bad.failing-rows.parquet")
+    assert sorted(rows["row"]) == [5, 50, 500] and set(rows["contract"]) == {"lifetime_deal"}
+    assert (champion_home.quarantine_dir / "few-bad.failing-rows.parquet.validation.json").exists()
+    assert result.decision.action == "none" and not result.dataset_drift
+
+
+def test_standalone_data_quality_flow(champion_home):
+    suite = champion_home.home / "models" / "churn" / "v1" / "expectations.json"
+    good = batch(champion_home, "none")
+    summary = data_quality(DataQualityParameters(current_path=str(good), suite_path=str(suite)))
+    assert summary.passed
+    broken = batch(champion_home, "quality")
+    state = data_quality(
+        DataQualityParameters(current_path=str(broken), suite_path=str(suite)), return_state=True
+    )
+    assert state.name == "Quarantined" and not broken.exists()
+    bad_suite = write_table(generate_churn(10), champion_home.home / "not-a-suite.csv")
+    state = data_quality(
+        DataQualityParameters(current_path=str(good), suite_path=str(bad_suite)),
+        return_state=True,
+    )
+    assert state.is_failed() and state.name == "InvalidData"

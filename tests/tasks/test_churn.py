@@ -47,8 +47,11 @@ def test_covariate_drift_raises_prices_and_keeps_the_relationship():
 def test_concept_drift_keeps_inputs_and_changes_the_label():
     reference, drifted = generate_churn(10_000, 1), generate_churn(10_000, 1, "concept")
     pd.testing.assert_frame_equal(reference[list(FEATURES)], drifted[list(FEATURES)])
-    expensive = reference["monthly_charges"] > 90
-    assert drifted.loc[expensive, TARGET].mean() > reference.loc[expensive, TARGET].mean() + 0.1
+    helped = reference["support_calls"] >= 3
+    assert drifted.loc[helped, TARGET].mean() < reference.loc[helped, TARGET].mean() - 0.15
+    expensive, cheap = reference["monthly_charges"] > 90, reference["monthly_charges"] < 50
+    gap = lambda frame: frame.loc[expensive, TARGET].mean() - frame.loc[cheap, TARGET].mean()  # noqa: E731
+    assert gap(drifted) > gap(reference)
 
 
 def test_quality_scenario_breaks_schema_values_and_nulls():

@@ -116,3 +116,19 @@ def test_rollback_without_a_previous_champion_changes_nothing(home, trained):
     registry.register_version.fn(log(home, trained), home)
     assert registry.rollback_champion("churn", home).changed is False
     assert registry.alias_version("churn", "champion", home) == 1
+
+
+def test_mlflow_setters_leave_the_environment_as_the_user_set_it(home, tmp_path, monkeypatch):
+    import os
+
+    registry.client(home)
+    registry.trace_agent_runs(home)
+    assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_EXPERIMENT_ID" not in os.environ
+    other = tmp_path / "other"
+    monkeypatch.setenv("AGENTIC_MLOPS_HOME", str(other))
+    from agentic_mlops.settings import Settings
+
+    assert Settings().tracking_uri() == f"sqlite:///{other.resolve()}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////tmp/chosen.db")
+    registry.client(home)
+    assert os.environ["MLFLOW_TRACKING_URI"] == "sqlite:////tmp/chosen.db"
