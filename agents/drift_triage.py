@@ -14,22 +14,13 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_ai import Agent, ModelRetry, RunContext
 from pydantic_ai.durable_exec.prefect import PrefectDurability
-from pydantic_ai.exceptions import AgentRunError, ModelAPIError
-from pydantic_ai.messages import (
-    ModelMessage,
-    ModelRequest,
-    ModelResponse,
-    ToolCallPart,
-    ToolReturnPart,
-)
 from pydantic_ai.models import Model
-from pydantic_ai.models.fallback import FallbackModel
-from pydantic_ai.models.function import AgentInfo, FunctionModel
-from pydantic_ai.usage import UsageLimits
+from pydantic_ai.models.function import FunctionModel
 
+from agentic_mlops.agents.decision_runtime import backed_by_policy, decide, policy_model
 from agentic_mlops.settings import Settings, load_settings
 
 Action = Literal["none", "monitor", "retrain", "rollback", "escalate"]
@@ -38,7 +29,6 @@ Severity = Literal["none", "low", "medium", "high"]
 EvidenceRef = Literal[
     "quality", "column_drift", "drift_history", "feature_importance", "performance", "registry"
 ]
-POLICY = "policy"
 
 
 class ColumnEvidence(BaseModel):
@@ -383,24 +373,11 @@ def evidence_from_tool_returns(returns: dict[str, Any]) -> TriageEvidence:
     )
 
 
-def policy_model(limits: TriageLimits) -> FunctionModel:
+def triage_policy(limits: TriageLimits) -> FunctionModel:
     """The policy as a pydantic-ai model: first call every tool, then decide from the returns."""
-
-    def respond(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
-        returns = {
-            part.tool_name: part.content
-            for message in messages
-            if isinstance(message, ModelRequest)
-            for part in message.parts
-            if isinstance(part, ToolReturnPart)
-        }
-        missing = [name for name in EVIDENCE_TOOLS if name not in returns]
-        if missing:
-            return ModelResponse(parts=[ToolCallPart(name, {}) for name in missing])
-        decision = policy_decision(evidence_from_tool_returns(returns), limits)
-        return ModelResponse(parts=[ToolCallPart(info.output_tools[0].name, decision.model_dump())])
-
-    return FunctionModel(respond, model_name=POLICY)
+    return policy_model(
+        EVIDENCE_TOOLS, lambda returns: policy_decision(evidence_from_tool_returns(returns), limits)
+    )
 
 
 def validate_decision(ctx: RunContext[TriageDeps], decision: TriageDecision) -> TriageDecision:
@@ -417,13 +394,8 @@ def build_triage_agent(
     model: Model | str, limits: TriageLimits
 ) -> Agent[TriageDeps, TriageDecision]:
     """The triage agent on a model: the policy itself, or any other model backed by the policy."""
-    policy = policy_model(limits)
-    if model == POLICY:
-        chosen: Model = policy
-    else:
-        chosen = FallbackModel(model, policy)
     agent = Agent(
-        chosen,
+        backed_by_policy(model, triage_policy(limits)),
         name="drift_triage",
         deps_type=TriageDeps,
         output_type=TriageDecision,
@@ -507,25 +479,13 @@ def triage(
         agent, agent_model = triage_agent(settings.agent_model, limits), settings.agent_model
     else:
         agent, agent_model = build_triage_agent(model, limits), model.model_name
-    if settings.agent_tracing:
-        from agentic_mlops.tasks.registry import trace_agent_runs
-
-        trace_agent_runs(settings)
-    overridden_by = None
-    try:
-        result = agent.run_sync(
-            "Triage the latest batch for the registered model and decide one action.",
-            deps=TriageDeps(evidence, limits),
-            usage_limits=UsageLimits(
-                request_limit=settings.agent_request_limit,
-                tool_calls_limit=settings.agent_tool_calls_limit,
-            ),
-            timeout=settings.agent_timeout_seconds,
-        )
-        decision = result.output
-    except (AgentRunError, ModelAPIError, ValidationError, TimeoutError) as error:
-        decision = policy_decision(evidence, limits)
-        overridden_by = f"model run failed ({type(error).__name__}): policy decided"
+    decision, overridden_by = decide(
+        agent,
+        "Triage the latest batch for the registered model and decide one action.",
+        TriageDeps(evidence, limits),
+        settings,
+        lambda: policy_decision(evidence, limits),
+    )
     decision, guarded = enforce_guardrails(decision, evidence, limits)
     reasons = "; ".join(r for r in (overridden_by, guarded) if r) or None
     return TriageOutcome(decision=decision, agent_model=agent_model, overridden_by=reasons)

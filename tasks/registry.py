@@ -454,3 +454,21 @@ def fetch_reference(name: str, version: int, settings: Settings | None = None) -
     for item in downloaded.iterdir():
         item.replace(folder / item.name)
     return folder
+
+
+@task(name="move-champion-alias", cache_policy=NO_CACHE)
+def move_champion_alias(name: str, version: int, settings: Settings | None = None) -> AliasMove:
+    """Make `version` the champion inside a promotion transaction; undone on rollback."""
+    from prefect.transactions import get_transaction
+
+    move = promote_champion(name, version, settings)
+    transaction = get_transaction()
+    if transaction is not None:
+        transaction.set("alias_move", move)
+        transaction.set("settings", settings)
+    return move
+
+
+@move_champion_alias.on_rollback
+def _undo_champion_alias(transaction) -> None:
+    undo_alias_move(transaction.get("alias_move"), transaction.get("settings"))

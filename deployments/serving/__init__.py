@@ -1,0 +1,1 @@
+"""Local serving: an MLflow pyfunc model server and a canary router, both aiohttp apps."""

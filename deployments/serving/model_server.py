@@ -1,0 +1,141 @@
+"""A model server for one MLflow pyfunc model: `POST /predict`, `GET /healthz`, `GET /metrics`.
+
+`POST /predict` takes one row (a JSON object) or `{"instances": [row, ...]}` and answers
+`{"predictions": [churn score, ...], "model": name, "version": n}`. Rows are scored in a
+worker thread so the event loop keeps answering health checks.
+
+Fault injection for drills and tests (`--fault-error-rate`, `--fault-latency-ms`) makes a
+share of requests fail with 503 or every request slower; both are off unless given.
+
+Run: `python -m agentic_mlops.deployments.serving.model_server --model-uri models:/churn/2
+--port 8081 [--tracking-uri URI]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import time
+from typing import Any
+
+import pandas as pd
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class ModelServer:
+    """Holds the loaded model and its Prometheus metrics."""
+
+    def __init__(
+        self,
+        model: Any,
+        name: str,
+        version: str,
+        fault_error_rate: float = 0.0,
+        fault_latency_ms: float = 0.0,
+        seed: int | None = None,
+    ) -> None:
+        self.model, self.name, self.version = model, name, version
+        self.fault_error_rate, self.fault_latency_ms = fault_error_rate, fault_latency_ms
+        self.random = random.Random(seed)
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "model_requests", "Predict requests.", ["code"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "model_latency_seconds",
+            "Predict latency.",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+    def score(self, rows: list[dict[str, Any]]) -> list[float]:
+        from agentic_mlops.tasks.registry import as_model_input
+
+        frame = as_model_input(pd.DataFrame(rows))
+        return [float(p[1]) for p in self.model.predict(frame)]
+
+    async def predict(self, request: web.Request) -> web.Response:
+        start = time.perf_counter()
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return self._answer(400, {"error": "body is not JSON"}, start)
+        rows = body.get("instances", [body]) if isinstance(body, dict) else None
+        if not rows or not all(isinstance(row, dict) for row in rows):
+            return self._answer(
+                400, {"error": 'send one row object or {"instances": [...]}'}, start
+            )
+        if self.fault_latency_ms:
+            await asyncio.sleep(self.fault_latency_ms / 1000)
+        if self.fault_error_rate and self.random.random() < self.fault_error_rate:
+            return self._answer(503, {"error": "injected fault"}, start)
+        try:
+            scores = await asyncio.to_thread(self.score, rows)
+        except Exception as error:  # schema enforcement and model errors name the problem
+            return self._answer(422, {"error": f"cannot score: {error}"}, start)
+        return self._answer(
+            200, {"predictions": scores, "model": self.name, "version": self.version}, start
+        )
+
+    def _answer(self, code: int, payload: dict[str, Any], start: float) -> web.Response:
+        self.requests.labels(code=str(code)).inc()
+        self.latency.observe(time.perf_counter() - start)
+        return web.json_response(payload, status=code)
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "model": self.name, "version": self.version})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(self.registry), content_type="text/plain", charset="utf-8"
+        )
+
+    def app(self) -> web.Application:
+        application = web.Application()
+        application.add_routes(
+            [
+                web.post("/predict", self.predict),
+                web.get("/healthz", self.healthz),
+                web.get("/metrics", self.metrics),
+            ]
+        )
+        return application
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-uri", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--tracking-uri")
+    parser.add_argument("--fault-error-rate", type=float, default=0.0)
+    parser.add_argument("--fault-latency-ms", type=float, default=0.0)
+    args = parser.parse_args(argv)
+
+    import mlflow.pyfunc
+
+    if args.tracking_uri:
+        mlflow.set_tracking_uri(args.tracking_uri)
+    model = mlflow.pyfunc.load_model(args.model_uri)
+    example = model.input_example
+    if example is not None:
+        model.predict(example)  # the first call is slow; pay it before /healthz says ready
+    name, _, version = args.model_uri.removeprefix("models:/").partition("/")
+    server = ModelServer(model, name, version, args.fault_error_rate, args.fault_latency_ms)
+    web.run_app(
+        server.app(),
+        host=args.host,
+        port=args.port,
+        print=None,
+        handle_signals=True,
+        access_log=None,
+    )
+
+
+if __name__ == "__main__":
+    main()

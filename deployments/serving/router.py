@@ -1,0 +1,299 @@
+"""The canary router: one address in front of the baseline and canary model servers.
+
+- `POST /predict` goes to the canary with probability `weight`, else to the baseline. The
+  answer carries `request_id` and `variant`. A canary that fails (5xx, refused connection) is
+  counted against the canary and the request is answered by the baseline instead, so users
+  never see a canary's failure and a rollback drops nothing.
+- `POST /feedback` `{"request_id", "label"}`: the delayed ground truth of a served request,
+  counted per variant (correct at 0.5, Brier score).
+- `GET /metrics`: Prometheus metrics per variant (requests, errors, latency histogram, score
+  histogram, feedback, correct, Brier sum) and the canary weight.
+- `GET /admin/state`, `POST /admin/state`: which servers are baseline and canary, and the
+  weight. A change takes effect at once for new requests; requests in flight finish where
+  they started. The state is written atomically to a file and read back at start.
+- `GET /admin/samples?after_request=N&after_feedback=M`: the raw observations since N and M
+  (bounded ring buffers), which the canary judge compares.
+
+Run: `python -m agentic_mlops.deployments.serving.router --port 8080 --state PATH`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import random
+import time
+import uuid
+from collections import OrderedDict, deque
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from pydantic import BaseModel, Field, ValidationError, model_validator
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+SCORE_BUCKETS = tuple(round(0.1 * i, 1) for i in range(1, 11))
+BASELINE, CANARY = "baseline", "canary"
+
+
+class Backend(BaseModel):
+    """A model server the router can send to."""
+
+    url: str = Field(description="Base address, e.g. http://127.0.0.1:8081")
+    version: int | None = Field(default=None, description="Registered model version it serves.")
+
+
+class RouterState(BaseModel):
+    """Where traffic goes."""
+
+    baseline: Backend | None = None
+    canary: Backend | None = None
+    weight: float = Field(default=0.0, ge=0.0, le=1.0, description="Share sent to the canary.")
+    generation: int = 0
+
+    @model_validator(mode="after")
+    def _canary_needs_a_server(self) -> RouterState:
+        if self.weight > 0 and self.canary is None:
+            raise ValueError("a canary weight above 0 needs a canary server")
+        return self
+
+
+class Router:
+    """The router's state, metrics and sample buffers."""
+
+    def __init__(self, state_path: Path, buffer: int = 200_000, seed: int | None = None):
+        self.state_path = state_path
+        self.state = RouterState()
+        if state_path.exists():
+            self.state = RouterState.model_validate_json(state_path.read_text())
+        self.random = random.Random(seed)
+        self.pending: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self.buffer = buffer
+        self.request_seq, self.feedback_seq = itertools.count(1), itertools.count(1)
+        self.requests: deque[tuple] = deque(maxlen=buffer)
+        self.feedback: deque[tuple] = deque(maxlen=buffer)
+        self.session: aiohttp.ClientSession | None = None
+        self.registry = CollectorRegistry()
+        labels = ["variant"]
+        self.m_requests = Counter(
+            "router_requests",
+            "Requests by variant and status.",
+            ["variant", "code"],
+            registry=self.registry,
+        )
+        self.m_errors = Counter(
+            "router_errors", "Failed model calls.", labels, registry=self.registry
+        )
+        self.m_failover = Counter(
+            "router_failover", "Canary failures answered by the baseline.", registry=self.registry
+        )
+        self.m_latency = Histogram(
+            "router_latency_seconds",
+            "Model call latency.",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.m_score = Histogram(
+            "router_score",
+            "Predicted churn scores.",
+            labels,
+            buckets=SCORE_BUCKETS,
+            registry=self.registry,
+        )
+        self.m_feedback = Counter(
+            "router_feedback", "Labels received.", labels, registry=self.registry
+        )
+        self.m_correct = Counter(
+            "router_correct",
+            "Labelled predictions that were right.",
+            labels,
+            registry=self.registry,
+        )
+        self.m_brier = Counter(
+            "router_brier_sum",
+            "Sum of Brier scores of labelled requests.",
+            labels,
+            registry=self.registry,
+        )
+        self.m_weight = Gauge(
+            "router_canary_weight", "Share of traffic to the canary.", registry=self.registry
+        )
+        self.m_weight.set(self.state.weight)
+
+    async def start(self, app: web.Application) -> None:
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=256, keepalive_timeout=30),
+            timeout=aiohttp.ClientTimeout(total=30),
+        )
+
+    async def stop(self, app: web.Application) -> None:
+        if self.session:
+            await self.session.close()
+
+    def choose(self, state: RouterState) -> str:
+        if state.canary is not None and self.random.random() < state.weight:
+            return CANARY
+        return BASELINE
+
+    async def call(self, backend: Backend, body: bytes) -> tuple[int, bytes]:
+        async with self.session.post(
+            f"{backend.url}/predict", data=body, headers={"Content-Type": "application/json"}
+        ) as response:
+            return response.status, await response.read()
+
+    async def observe(self, variant: str, backend: Backend, body: bytes):
+        start = time.perf_counter()
+        try:
+            status, payload = await self.call(backend, body)
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            status, payload = 599, b'{"error": "model server unreachable"}'
+        elapsed = time.perf_counter() - start
+        failed = status >= 500
+        self.m_latency.labels(variant).observe(elapsed)
+        if failed:
+            self.m_errors.labels(variant).inc()
+        return status, payload, elapsed, failed
+
+    async def predict(self, request: web.Request) -> web.Response:
+        state = self.state
+        if state.baseline is None:
+            return web.json_response({"error": "no model is being served"}, status=503)
+        body = await request.read()
+        variant = self.choose(state)
+        backend = state.canary if variant == CANARY else state.baseline
+        status, payload, elapsed, failed = await self.observe(variant, backend, body)
+        if failed and variant == CANARY:
+            self._record(CANARY, elapsed, True, None)
+            self.m_failover.inc()
+            variant = BASELINE
+            status, payload, elapsed, failed = await self.observe(variant, state.baseline, body)
+        self.m_requests.labels(variant, str(status)).inc()
+        if status != 200:
+            if failed:
+                self._record(variant, elapsed, True, None)
+            return web.Response(
+                body=payload, status=502 if failed else status, content_type="application/json"
+            )
+        answer = json.loads(payload)
+        scores = answer.get("predictions") or [None]
+        self._record(variant, elapsed, False, scores[0])
+        request_id = uuid.uuid4().hex
+        if scores[0] is not None:
+            for score in scores:
+                self.m_score.labels(variant).observe(score)
+            self.pending[request_id] = (variant, float(scores[0]))
+            if len(self.pending) > self.buffer:
+                self.pending.popitem(last=False)
+        answer.update(request_id=request_id, variant=variant)
+        return web.json_response(answer, headers={"X-Request-Id": request_id})
+
+    def _record(self, variant: str, elapsed: float, failed: bool, score: float | None) -> None:
+        """One observation: (sequence, variant, latency ms, error 0/1, first score)."""
+        self.requests.append(
+            (next(self.request_seq), variant, round(elapsed * 1000, 3), int(failed), score)
+        )
+
+    async def receive_feedback(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+            request_id, label = str(body["request_id"]), int(body["label"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            return web.json_response(
+                {"error": 'send {"request_id": str, "label": 0 or 1}'}, status=400
+            )
+        if label not in (0, 1):
+            return web.json_response({"error": "label must be 0 or 1"}, status=400)
+        served = self.pending.pop(request_id, None)
+        if served is None:
+            return web.json_response({"error": f"unknown request id {request_id}"}, status=404)
+        variant, score = served
+        correct = int((score >= 0.5) == bool(label))
+        brier = (score - label) ** 2
+        self.m_feedback.labels(variant).inc()
+        self.m_correct.labels(variant).inc(correct)
+        self.m_brier.labels(variant).inc(brier)
+        self.feedback.append((next(self.feedback_seq), variant, correct, round(brier, 6)))
+        return web.json_response({"variant": variant, "correct": bool(correct)})
+
+    async def get_state(self, request: web.Request) -> web.Response:
+        return web.json_response(self.state.model_dump())
+
+    async def set_state(self, request: web.Request) -> web.Response:
+        try:
+            changes = await request.json()
+            merged = {**self.state.model_dump(), **changes, "generation": self.state.generation + 1}
+            state = RouterState.model_validate(merged)
+        except ValidationError as error:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'state'}: {e['msg']}" for e in error.errors()
+            )
+            return web.json_response({"error": problems}, status=400)
+        except (json.JSONDecodeError, TypeError) as error:
+            return web.json_response({"error": f"send a JSON object ({error})"}, status=400)
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_path.with_name(f".{self.state_path.name}.tmp")
+        tmp.write_text(state.model_dump_json())
+        tmp.replace(self.state_path)
+        self.state = state
+        self.m_weight.set(state.weight)
+        return web.json_response(state.model_dump())
+
+    async def samples(self, request: web.Request) -> web.Response:
+        try:
+            after_request = int(request.query.get("after_request", 0))
+            after_feedback = int(request.query.get("after_feedback", 0))
+        except ValueError:
+            return web.json_response({"error": "after_* must be integers"}, status=400)
+        requests = [r for r in self.requests if r[0] > after_request]
+        feedback = [f for f in self.feedback if f[0] > after_feedback]
+        return web.json_response(
+            {
+                "requests": requests,
+                "feedback": feedback,
+                "last_request": self.requests[-1][0] if self.requests else after_request,
+                "last_feedback": self.feedback[-1][0] if self.feedback else after_feedback,
+                "state": self.state.model_dump(),
+            }
+        )
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", **self.state.model_dump()})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(self.registry), content_type="text/plain", charset="utf-8"
+        )
+
+    def app(self) -> web.Application:
+        application = web.Application()
+        application.on_startup.append(self.start)
+        application.on_cleanup.append(self.stop)
+        application.add_routes(
+            [
+                web.post("/predict", self.predict),
+                web.post("/feedback", self.receive_feedback),
+                web.get("/metrics", self.metrics),
+                web.get("/healthz", self.healthz),
+                web.get("/admin/state", self.get_state),
+                web.post("/admin/state", self.set_state),
+                web.get("/admin/samples", self.samples),
+            ]
+        )
+        return application
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--state", type=Path, required=True)
+    args = parser.parse_args(argv)
+    router = Router(args.state)
+    web.run_app(router.app(), host=args.host, port=args.port, print=None, access_log=None)
+
+
+if __name__ == "__main__":
+    main()
