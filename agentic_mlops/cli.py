@@ -254,6 +254,99 @@ def print_drift(result) -> None:
 
 
 @app.command()
+def serve(
+    port: Annotated[int, typer.Option(help="Router port on 127.0.0.1.")] = 8080,
+) -> None:
+    """Serve the champion behind the canary router until Ctrl-C, then stop every process."""
+    import signal
+    import time
+
+    from agentic_mlops.tasks import registry
+    from agentic_mlops.tasks.rollout import LocalRollout, ServingError, reconcile
+
+    settings = load_settings()
+    champion = registry.alias_version(settings.model_name, registry.CHAMPION, settings)
+    if champion is None:
+        fail(f"no champion of {settings.model_name!r}: run `agentic-mlops train` first")
+    backend = LocalRollout(settings)
+    try:
+        with errors.status(f"Starting the router and the model server of v{champion}..."):
+            url = backend.start_router(port)
+            backend.set_baseline(champion)
+            repaired = reconcile(settings.model_name, settings)
+    except ServingError as error:
+        backend.shutdown()
+        fail(str(error), 1)
+    if repaired:
+        console.print(f"Repaired: {repaired}", highlight=False)
+    console.print(
+        f"Serving {settings.model_name} v{champion} at {url}/predict "
+        f"(metrics {url}/metrics, feedback {url}/feedback). Ctrl-C stops.",
+        highlight=False,
+    )
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
+    try:
+        while not stop:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        backend.shutdown()
+        console.print("stopped")
+
+
+@app.command()
+def canary(
+    version: Annotated[
+        int | None, typer.Option(help="Version to roll out; default challenger.")
+    ] = (None),
+    steps: Annotated[str | None, typer.Option(help="Percentages, e.g. 5,25,50,100.")] = None,
+    step_seconds: Annotated[float | None, typer.Option(help="Longest analysis per step.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Roll a challenger out behind the router: step traffic, judge, promote or roll back."""
+    from pydantic import ValidationError
+
+    from agentic_mlops.flows.canary import CanaryParameters, canary_rollout
+
+    try:
+        params = CanaryParameters(
+            version=version,
+            steps=[int(s) for s in steps.split(",")] if steps else None,
+            step_seconds=step_seconds,
+        )
+    except (ValueError, ValidationError) as error:
+        fail(f"invalid parameters: {error}")
+    with errors.status("Rolling out the canary (traffic must reach the router)..."):
+        state = canary_rollout(params, return_state=True)
+    if state.is_failed():
+        invalid = state.name in ("InvalidParameters", "NoChallenger")
+        fail(state.message or "canary rollout failed", 2 if invalid else 1)
+    result = state.result()
+    if result is None:
+        console.print(state.message or state.name, highlight=False)
+        return
+    if as_json:
+        console.print_json(result.model_dump_json())
+        return
+    table = Table(title=f"Canary v{result.version}: {result.outcome}")
+    for column in ("weight", "judge", "score", "sequential", "action", "by"):
+        table.add_column(column)
+    for step in result.steps:
+        table.add_row(
+            f"{step.weight:.0%}",
+            step.verdict,
+            f"{step.score:.0f}",
+            step.sequential,
+            step.action,
+            step.decided_by,
+        )
+    console.print(table)
+    console.print(f"{result.reason}; champion is v{result.champion}", highlight=False)
+
+
+@app.command()
 def where() -> None:
     """Print where the embedded defaults keep their state, and how to open the UIs."""
     console.print(where_to_look(), highlight=False)

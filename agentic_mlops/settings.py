@@ -127,6 +127,33 @@ class Settings(BaseSettings):
     quality_row_tolerance: float = Field(
         default=0.05, ge=0, le=1, description="Share of failing rows above which a batch fails."
     )
+    canary_allowed_actions: list[
+        Literal["promote", "increase_traffic", "hold", "rollback", "ask_human"]
+    ] = Field(
+        default=["promote", "increase_traffic", "hold", "rollback", "ask_human"],
+        description="Actions the canary-promotion agent may take.",
+    )
+    canary_min_confidence: float = Field(
+        default=0.7, ge=0, le=1, description="Below it, a promote or rollback goes to a person."
+    )
+    canary_steps: list[int] = Field(
+        default=[5, 25, 50, 100], description="Canary traffic percentages, in order."
+    )
+    canary_step_seconds: float = Field(
+        default=60.0, gt=0, description="Longest analysis of one step."
+    )
+    canary_min_samples: int = Field(
+        default=200, ge=10, description="Requests per variant before a step can be judged."
+    )
+    canary_approval_timeout_seconds: int = Field(
+        default=3600, ge=1, description="How long a person has to answer; then rollback."
+    )
+    canary_poll_seconds: float = Field(
+        default=2.0, gt=0, description="How often a step re-reads metrics and the approval."
+    )
+    prometheus_url: str | None = Field(
+        default=None, description="Read canary metrics from this Prometheus, not the router."
+    )
     seed: int = Field(default=42, description="Seed for data generation and model fitting.")
     mlflow_retries: int = Field(
         default=3, ge=0, le=10, description="Retries of a failed MLflow call, with backoff."

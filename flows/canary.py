@@ -1,0 +1,392 @@
+"""Canary rollout: deploy the challenger beside the champion, step its traffic, judge, act.
+
+Runbook:
+1. Take the model's promotion lock (a Prefect global concurrency limit of 1): promotions of
+   one model never overlap. Repair any disagreement between the champion alias and the
+   router left by an interrupted run.
+2. Serve the champion as baseline and the challenger as canary at 0% (local processes).
+3. For each step (5%, 25%, 50% by default): set the canary's weight, collect per-request
+   metrics from the router until the sequential test decides or the step's time is up, run
+   the fixed-horizon judge, and ask the promotion agent. Its decision, bounded by guardrails,
+   is recorded in the ledger with the judge's table as an artifact.
+4. `ask_human` pauses the run with an approval form (approve / reject / extend, a comment)
+   showing the evidence; no answer before the timeout means rollback.
+5. Promote in one Prefect transaction: the `champion` alias moves and the router switches to
+   the canary at 100%; if either fails, both are undone. A journal file marks the promotion
+   until it commits, so a process killed in between is repaired by the next run.
+6. Roll back: all traffic to the champion, the canary's server stops; aliases unchanged.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect.concurrency.sync import concurrency
+from prefect.exceptions import ObjectNotFound
+from prefect.flow_runs import pause_flow_run
+from prefect.input import RunInput
+from prefect.runtime import flow_run
+from prefect.states import Completed, Failed, State
+from prefect.transactions import transaction
+from pydantic import BaseModel, Field
+
+from agentic_mlops.agents.canary_promotion import (
+    CanaryEvidence,
+    JudgeEvidence,
+    PromotionOutcome,
+    advise,
+)
+from agentic_mlops.flows.train import artifact_key
+from agentic_mlops.settings import Settings, load_settings
+from agentic_mlops.tasks import ledger, registry, rollout
+from agentic_mlops.tasks.canary_judge import JudgeResult, judge, sequential_judge
+from agentic_mlops.tasks.metrics import (
+    MetricsError,
+    RouterMetrics,
+    canary_metrics,
+    with_derived_metrics,
+)
+
+MAX_EXTRA_HOLDS = 2
+"""Holds a person or an LLM may add beyond the policy's own limit before the flow rolls back."""
+
+
+class CanaryParameters(BaseModel):
+    """Parameters of a canary rollout; the Prefect UI shows them as a form."""
+
+    version: int | None = Field(
+        default=None, description="Model version to roll out. Empty: the `challenger` alias."
+    )
+    steps: list[int] | None = Field(
+        default=None, description="Traffic percentages in order, ending at 100. Empty: settings."
+    )
+    step_seconds: float | None = Field(
+        default=None, gt=0, description="Longest analysis of one step. Empty: settings."
+    )
+    min_samples: int | None = Field(
+        default=None, ge=10, description="Requests per variant before judging. Empty: settings."
+    )
+    approval_timeout_seconds: int | None = Field(
+        default=None, ge=1, description="How long a person has to answer. Empty: settings."
+    )
+
+
+class CanaryApproval(RunInput):
+    """A person's answer to a paused canary."""
+
+    decision: Literal["approve", "reject", "extend"] = Field(
+        default="reject",
+        description="approve: go on (more traffic, or promote at the last step); reject: roll "
+        "back now; extend: stay at this weight and analyse again.",
+    )
+    comment: str = Field(default="", description="Why, for the decision ledger.")
+
+
+class CanaryStep(BaseModel):
+    """What happened at one traffic step."""
+
+    weight: float
+    verdict: str
+    score: float
+    sequential: str
+    action: str
+    decided_by: str
+    ledger_id: str
+
+
+class CanaryResult(BaseModel):
+    """The end of a rollout."""
+
+    model_name: str
+    version: int
+    outcome: Literal["promoted", "rolled_back"]
+    champion: int | None
+    steps: list[CanaryStep]
+    repaired: str | None = None
+    reason: str
+
+
+class StepAnalysis(BaseModel):
+    """The metrics, sequential test and judge of one step."""
+
+    judge: JudgeResult
+    sequential_outcome: Literal["continue", "promote", "rollback"]
+    sequential_reason: str
+    samples: dict[str, int]
+    metric_errors: int
+
+
+def _resolve(value, default):
+    return default if value is None else value
+
+
+@task(name="analyse-step", cache_policy=NO_CACHE)
+def analyse_step(
+    metrics: RouterMetrics, seconds: float, min_samples: int, settings: Settings
+) -> StepAnalysis:
+    """Collect until the sequential test decides or time is up, then judge the window.
+
+    The sequential test watches the critical metrics only: they alone may end a step early.
+
+    Reading the metrics fails closed: a failed read counts as no data, and three failures in a
+    row end the step with whatever was collected (which the judge then calls `nodata`).
+    """
+    specs = canary_metrics(min_samples)
+    gates = [spec for spec in specs if spec.critical]
+    deadline = time.monotonic() + seconds
+    values = {"baseline": {}, "canary": {}}
+    errors_in_a_row, errors = 0, 0
+    sequential = None
+    while True:
+        try:
+            values = with_derived_metrics(metrics.collect())
+            errors_in_a_row = 0
+        except MetricsError:
+            errors_in_a_row += 1
+            errors += 1
+            if errors_in_a_row >= 3:
+                break
+        sequential = sequential_judge(values["canary"], values["baseline"], gates)
+        if sequential.outcome != "continue" or time.monotonic() >= deadline:
+            break
+        time.sleep(min(settings.canary_poll_seconds, max(deadline - time.monotonic(), 0.05)))
+    return StepAnalysis(
+        judge=judge(values["canary"], values["baseline"], specs),
+        sequential_outcome=sequential.outcome if sequential else "continue",
+        sequential_reason=sequential.reason if sequential else "no data",
+        samples={v: len(values[v].get("error", [])) for v in ("baseline", "canary")},
+        metric_errors=errors,
+    )
+
+
+def evidence_markdown(evidence: CanaryEvidence, outcome: PromotionOutcome) -> str:
+    rows = "\n".join(
+        f"| {m.name} | {'yes' if m.critical else ''} | {m.classification} | "
+        f"{'' if m.effect is None else f'{m.effect:+.4g}'} | "
+        f"{'' if m.ci_low is None else f'[{m.ci_low:+.4g}, {m.ci_high:+.4g}]'} | "
+        f"{m.canary_n} / {m.baseline_n} |"
+        for m in evidence.judge.metrics
+    )
+    decision = outcome.decision
+    return (
+        f"## Canary v{evidence.challenger_version} vs champion v{evidence.champion_version} "
+        f"at {evidence.weight:.0%}\n\n"
+        f"**Judge: {evidence.judge.verdict}** (score {evidence.judge.score:.0f}); "
+        f"sequential test: {evidence.sequential_outcome}.\n\n"
+        "| metric | critical | class | canary - baseline | interval | n canary / baseline |\n"
+        f"|---|---|---|---|---|---|\n{rows}\n\n"
+        f"Agent ({outcome.agent_model}): **{decision.action}**, confidence "
+        f"{decision.confidence:.2f}. {decision.rationale}\n\n"
+        f"Guardrail: {outcome.overridden_by or 'none'}\n"
+    )
+
+
+def record_decision(
+    evidence: CanaryEvidence, outcome: PromotionOutcome, settings: Settings
+) -> ledger.LedgerEntry:
+    payload = evidence.model_dump(mode="json")
+    digest = ledger.digest(payload)
+    decision = outcome.decision
+    return ledger.record_decision(
+        ledger.LedgerEntry(
+            id=ledger.decision_id(flow_run.get_id(), "canary_promotion", digest),
+            created_at=ledger.now(),
+            decision_point="canary_promotion",
+            model_name=evidence.model_name,
+            model_version=evidence.challenger_version,
+            inputs_digest=digest,
+            action=decision.action,
+            confidence=decision.confidence,
+            rationale=decision.rationale,
+            evidence={"used": list(decision.evidence_used), **payload},
+            agent_model=outcome.agent_model,
+            overridden_by=outcome.overridden_by,
+            flow_run_id=flow_run.get_id(),
+        ),
+        settings,
+    )
+
+
+def ask_person(
+    evidence: CanaryEvidence, outcome: PromotionOutcome, timeout: int, settings: Settings
+) -> CanaryApproval:
+    """Pause for a person's answer; no answer in time is a rejection (rollback)."""
+    logger = get_run_logger()
+    description = evidence_markdown(evidence, outcome) + (
+        "\n**approve** to go on, **reject** to roll back, **extend** to keep analysing. "
+        f"No answer within {timeout} s rolls back."
+    )
+    try:
+        return pause_flow_run(
+            wait_for_input=CanaryApproval.with_initial_data(description=description),
+            timeout=timeout,
+            poll_interval=max(1, int(settings.canary_poll_seconds)),
+            key=f"approval-{round(evidence.weight * 100)}-{evidence.holds}",
+        )
+    except Exception as error:  # FlowPauseTimeout, or a resume without input
+        logger.warning("no approval (%s): rolling back", type(error).__name__)
+        return CanaryApproval(decision="reject", comment=f"no answer: {type(error).__name__}")
+
+
+def ensure_promotion_lock(name: str) -> str:
+    """The name of the model's global concurrency limit of 1, created on first use."""
+    limit = f"agentic-mlops-promote-{name}"
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(limit)
+        except ObjectNotFound:
+            from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+            try:
+                client.create_global_concurrency_limit(
+                    GlobalConcurrencyLimitCreate(name=limit, limit=1)
+                )
+            except Exception:  # created meanwhile by another run
+                client.read_global_concurrency_limit_by_name(limit)
+    return limit
+
+
+def promote(name: str, version: int, champion: int | None, settings: Settings) -> None:
+    """Move the alias and the traffic together, or neither."""
+    backend = rollout.LocalRollout(settings)
+    rollout.write_journal(
+        rollout.PromotionJournal(
+            model_name=name,
+            version=version,
+            previous_champion=champion,
+            router_before=backend.router_state(),
+        ),
+        settings,
+    )
+    with transaction(key=f"promote-{name}-v{version}-{flow_run.get_id()}"):
+        registry.move_champion_alias(name, version, settings)
+        rollout.switch_traffic(settings)
+    rollout.clear_journal(settings)
+
+
+@flow(name="canary-rollout", log_prints=True)
+def canary_rollout(params: CanaryParameters = CanaryParameters()) -> CanaryResult | State:
+    """Roll a challenger out step by step; promote it or roll it back."""
+    settings = load_settings()
+    settings.ensure_dirs()
+    logger = get_run_logger()
+    name = settings.model_name
+    version = params.version or registry.alias_version(name, registry.CHALLENGER, settings)
+    if version is None:
+        return Failed(name="NoChallenger", message=f"no challenger of {name!r} to roll out")
+    steps = _resolve(params.steps, settings.canary_steps)
+    if not steps or steps[-1] != 100 or sorted(steps) != steps or steps[0] <= 0:
+        return Failed(
+            name="InvalidParameters", message=f"steps must rise and end at 100, got {steps}"
+        )
+    seconds = _resolve(params.step_seconds, settings.canary_step_seconds)
+    min_samples = _resolve(params.min_samples, settings.canary_min_samples)
+    timeout = _resolve(params.approval_timeout_seconds, settings.canary_approval_timeout_seconds)
+
+    with concurrency(ensure_promotion_lock(name), occupy=1, timeout_seconds=3600, strict=True):
+        repaired = rollout.reconcile(name, settings)
+        if repaired:
+            logger.warning("repaired: %s", repaired)
+        champion = registry.alias_version(name, registry.CHAMPION, settings)
+        if champion is None or champion == version:
+            return Completed(name="NothingToDo", message=f"v{version} is already the champion")
+        backend = rollout.LocalRollout(settings)
+        router_url = backend.start_router()
+        backend.set_baseline(champion)
+        backend.deploy(version)
+        metrics = RouterMetrics(router_url)
+        history: list[CanaryStep] = []
+
+        def finish(outcome: str, reason: str) -> CanaryResult:
+            if outcome == "rolled_back":
+                backend.rollback()
+            else:
+                promote(name, version, champion, settings)
+            result = CanaryResult(
+                model_name=name,
+                version=version,
+                outcome=outcome,
+                steps=history,
+                champion=registry.alias_version(name, registry.CHAMPION, settings),
+                repaired=repaired,
+                reason=reason,
+            )
+            logger.info("canary v%d %s: %s", version, outcome, reason)
+            return result
+
+        index, holds = 0, 0
+        while index < len(steps) - 1:
+            weight = steps[index] / 100
+            backend.set_weight(weight)
+            metrics.mark()
+            analysis = analyse_step(metrics, seconds, min_samples, settings)
+            evidence = CanaryEvidence(
+                model_name=name,
+                champion_version=champion,
+                challenger_version=version,
+                weight=weight,
+                next_weight=steps[index + 1] / 100 if steps[index + 1] < 100 else None,
+                judge=JudgeEvidence.model_validate(analysis.judge.model_dump()),
+                sequential_outcome=analysis.sequential_outcome,
+                sequential_reason=analysis.sequential_reason,
+                holds=holds,
+            )
+            outcome = advise(evidence, settings)
+            action = outcome.decision.action
+            entry = record_decision(evidence, outcome, settings)
+            key = artifact_key(name, "canary")
+            create_table_artifact(
+                key=f"{key}-judge",
+                table=[m.model_dump() for m in evidence.judge.metrics],
+                description=f"Judge of v{version} at {weight:.0%}: {evidence.judge.verdict}",
+            )
+            create_markdown_artifact(
+                key=f"{key}-step",
+                markdown=evidence_markdown(evidence, outcome) + f"\nLedger entry: `{entry.id}`\n",
+                description=f"Canary v{version} at {weight:.0%}",
+            )
+            if action == "ask_human":
+                answer = ask_person(evidence, outcome, timeout, settings)
+                ledger.record_outcome(
+                    entry.id, {"human": answer.decision, "comment": answer.comment}, settings
+                )
+                action = {"approve": "increase_traffic", "reject": "rollback", "extend": "hold"}[
+                    answer.decision
+                ]
+                if action == "increase_traffic" and evidence.next_weight is None:
+                    action = "promote"
+            history.append(
+                CanaryStep(
+                    weight=weight,
+                    verdict=evidence.judge.verdict,
+                    score=evidence.judge.score,
+                    sequential=analysis.sequential_outcome,
+                    action=action,
+                    decided_by=outcome.agent_model,
+                    ledger_id=entry.id,
+                )
+            )
+            if action == "rollback":
+                return finish("rolled_back", outcome.decision.rationale)
+            if action == "promote":
+                break
+            if action == "hold":
+                holds += 1
+                if holds > evidence.max_holds + MAX_EXTRA_HOLDS:
+                    return finish("rolled_back", f"held {holds} times without a verdict")
+                continue
+            index, holds = index + 1, 0
+        try:
+            return finish("promoted", "every step passed its analysis")
+        except Exception as error:  # the transaction undid the alias move and the switch
+            backend.rollback()
+            logger.error("promotion of v%d failed and was undone: %s", version, error)
+            return Failed(
+                name="PromotionFailed",
+                message=f"promotion of v{version} failed and was undone: {error}",
+            )

@@ -1,0 +1,286 @@
+"""Per-variant canary metrics, read from the router (or a Prometheus server scraping it).
+
+The judge compares observations of the canary with those of the baseline. From the router
+they are per request: latency in ms and error (0/1) for every request, and, once the label
+arrives, the Brier score of the prediction. An analysis window starts with `mark()`; each
+`collect()` adds what arrived since and returns everything in the window. From Prometheus
+(`PrometheusMetrics`, chosen by `metrics_source` when `prometheus_url` is set) they are per
+interval instead: one error ratio, mean latency and mean Brier score per step of a range query.
+Every way of not getting data (router or Prometheus down, refused, malformed answer) raises
+`MetricsError`: the caller fails closed, and repeated errors abort the rollout.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from typing import TYPE_CHECKING
+
+import httpx
+import numpy as np
+
+from agentic_mlops.tasks.canary_judge import MetricSpec
+
+if TYPE_CHECKING:
+    from agentic_mlops.settings import Settings
+
+VARIANTS = ("baseline", "canary")
+
+
+class MetricsError(RuntimeError):
+    """The metrics source could not be read."""
+
+
+def canary_metrics(min_samples: int) -> list[MetricSpec]:
+    """What a canary is judged on.
+
+    Errors and (once labels arrive) Brier score are critical, and so is latency beyond a hard
+    limit of 50 ms: any of them failing rolls the canary back. The same latency observations
+    are also judged against a soft 5 ms limit as `latency_regression_ms`, not critical and of
+    half weight: a modest slowdown alone makes the analysis marginal (score 86) and a person
+    decides whether the canary's other qualities are worth it.
+    """
+    return [
+        MetricSpec(
+            name="error",
+            kind="binary",
+            direction="increase_is_bad",
+            critical=True,
+            tolerance=0.01,
+            min_samples=min_samples,
+            remove_outliers=False,
+        ),
+        MetricSpec(
+            name="latency_ms",
+            kind="continuous",
+            direction="increase_is_bad",
+            critical=True,
+            tolerance=50.0,
+            min_samples=min_samples,
+        ),
+        MetricSpec(
+            name="latency_regression_ms",
+            kind="continuous",
+            direction="increase_is_bad",
+            weight=0.5,
+            tolerance=5.0,
+            min_samples=min_samples,
+        ),
+        MetricSpec(
+            name="brier",
+            kind="continuous",
+            direction="increase_is_bad",
+            critical=True,
+            tolerance=0.02,
+            min_samples=max(min_samples // 2, 10),
+            remove_outliers=False,
+        ),
+    ]
+
+
+def with_derived_metrics(
+    values: dict[str, dict[str, np.ndarray]],
+) -> dict[str, dict[str, np.ndarray]]:
+    """Add the metrics judged on observations of another (`latency_regression_ms`)."""
+    return {
+        variant: {
+            **metrics,
+            **({"latency_regression_ms": metrics["latency_ms"]} if "latency_ms" in metrics else {}),
+        }
+        for variant, metrics in values.items()
+    }
+
+
+class RouterMetrics:
+    """Observations per variant from the router's `/admin/samples`, since `mark()`."""
+
+    def __init__(self, router_url: str, timeout: float = 5.0):
+        self.router_url = router_url.rstrip("/")
+        self.timeout = timeout
+        self.after_request = 0
+        self.after_feedback = 0
+        self.values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+
+    def _read(self) -> dict:
+        try:
+            response = httpx.get(
+                f"{self.router_url}/admin/samples",
+                params={"after_request": self.after_request, "after_feedback": self.after_feedback},
+                timeout=self.timeout,
+            )
+            response.raise_for_status()
+            payload = response.json()
+            payload["requests"], payload["feedback"]  # noqa: B018 - shape check
+        except (httpx.HTTPError, ValueError, KeyError) as error:
+            raise MetricsError(f"router metrics unavailable: {error}") from error
+        return payload
+
+    def mark(self) -> None:
+        """Start a new analysis window: forget what was collected, skip what came before."""
+        payload = self._read()
+        self.after_request = payload["last_request"]
+        self.after_feedback = payload["last_feedback"]
+        self.values.clear()
+
+    def collect(self) -> dict[str, dict[str, np.ndarray]]:
+        """Everything observed in the window so far, per variant and metric."""
+        payload = self._read()
+        for _, variant, latency_ms, error, _score in payload["requests"]:
+            self.values[variant]["latency_ms"].append(latency_ms)
+            self.values[variant]["error"].append(error)
+        for _, variant, _correct, brier in payload["feedback"]:
+            self.values[variant]["brier"].append(brier)
+        self.after_request = max(self.after_request, payload["last_request"])
+        self.after_feedback = max(self.after_feedback, payload["last_feedback"])
+        return {
+            variant: {
+                name: np.asarray(values, dtype=float)
+                for name, values in self.values[variant].items()
+            }
+            for variant in VARIANTS
+        }
+
+
+def interval_canary_metrics(min_samples: int) -> list[MetricSpec]:
+    """`canary_metrics` for per-interval values: an interval's error ratio lies anywhere in
+    [0, 1], so errors are compared as a continuous metric; `min_samples` counts intervals."""
+    return [
+        spec.model_copy(update={"kind": "continuous"}) if spec.kind == "binary" else spec
+        for spec in canary_metrics(min_samples)
+    ]
+
+
+class PrometheusMetrics:
+    """Per-interval values per variant from a Prometheus server scraping the router, since
+    `mark()`.
+
+    Each value is one interval of one variant: its error ratio, its mean latency in ms, its mean
+    Brier score. So `min_samples` counts intervals, not requests (20 intervals of 2 s are 40 s
+    of traffic), and the values are judged with `interval_canary_metrics`: `canary_metrics`
+    declares errors binary, which ratios are not, so it would judge them nodata.
+
+    `collect()` asks `/api/v1/query_range` for the steps from the mark plus one window to now,
+    every `step_seconds` (2 s). Each step's value covers a window of `step_seconds` plus
+    `scrape_interval_seconds` (3 s) ending at the step: consecutive windows share one scrape,
+    so what happened between two scrapes counts in exactly one value, and the first window
+    starts at the mark. Prometheus must scrape the router every `scrape_interval_seconds`.
+    A range query answers at most 11,000 steps, about six hours at 2 s.
+
+    An interval in which a variant had no calls (or no labels, for Brier) is 0 / 0 and is
+    dropped, never counted as 0: with too few intervals the judge says nodata. Errors are
+    divided by every model call (`router_latency_seconds_count`), not by the answers in
+    `router_requests_total`: a failed canary call answered by the baseline is counted there
+    under the baseline, which would make a canary failing half its calls look as failing all
+    of them. A variant that has had calls but no error series yet has an error ratio of 0.
+    """
+
+    def __init__(
+        self,
+        prometheus_url: str,
+        step_seconds: float = 2.0,
+        scrape_interval_seconds: float = 1.0,
+        matchers: str = "",
+        timeout: float = 5.0,
+    ):
+        """`matchers` are label matchers added to every selector, such as `job="router"`, for
+        a Prometheus that scrapes more than one router."""
+        if step_seconds <= 0 or scrape_interval_seconds <= 0:
+            raise ValueError("the step and the scrape interval must be positive")
+        self.prometheus_url = prometheus_url.rstrip("/")
+        self.step_seconds = step_seconds
+        self.window_seconds = step_seconds + scrape_interval_seconds
+        self.matchers = matchers
+        self.timeout = timeout
+        self.start: float | None = None
+        self.clock_offset = 0.0
+
+    def queries(self) -> dict[str, str]:
+        """The PromQL of each metric: one series per variant, one value per window."""
+        window = f"{round(self.window_seconds * 1000)}ms"
+
+        def rate(name: str) -> str:
+            selector = f"{name}{{{self.matchers}}}" if self.matchers else name
+            return f"sum by (variant) (rate({selector}[{window}]))"
+
+        calls = rate("router_latency_seconds_count")
+        return {
+            "error": f"({rate('router_errors_total')} or {calls} * 0) / {calls}",
+            "latency_ms": f"1000 * {rate('router_latency_seconds_sum')} / {calls}",
+            "brier": f"{rate('router_brier_sum_total')} / {rate('router_feedback_total')}",
+        }
+
+    def _api(self, path: str, params: dict[str, str]) -> dict:
+        try:
+            response = httpx.get(
+                f"{self.prometheus_url}{path}", params=params, timeout=self.timeout
+            )
+        except httpx.HTTPError as error:
+            raise MetricsError(f"prometheus unavailable: {error}") from error
+        try:
+            payload = response.json()
+        except ValueError:
+            payload = None
+        if (
+            response.status_code != 200
+            or not isinstance(payload, dict)
+            or payload.get("status") != "success"
+            or not isinstance(payload.get("data"), dict)
+        ):
+            detail = (
+                f"{payload.get('errorType')}: {payload.get('error')}"
+                if isinstance(payload, dict) and payload.get("status") == "error"
+                else response.text[:200]
+            )
+            raise MetricsError(f"prometheus {path} answered HTTP {response.status_code}: {detail}")
+        return payload["data"]
+
+    def mark(self) -> None:
+        """Start a new analysis window now, by Prometheus' clock."""
+        data = self._api("/api/v1/query", {"query": "time()"})
+        try:
+            if data["resultType"] != "scalar":
+                raise ValueError(f"a {data['resultType']} answer to time()")
+            now = float(data["result"][1])
+        except (KeyError, IndexError, TypeError, ValueError) as error:
+            raise MetricsError(f"malformed prometheus answer: {error}") from error
+        self.clock_offset = now - time.time()
+        self.start = now
+
+    def collect(self) -> dict[str, dict[str, np.ndarray]]:
+        """Every complete interval of the window so far, per variant and metric."""
+        if self.start is None:
+            raise MetricsError("no analysis window: call mark() first")
+        queries = self.queries()
+        values = {variant: {name: np.empty(0) for name in queries} for variant in VARIANTS}
+        first = self.start + self.window_seconds
+        end = time.time() + self.clock_offset
+        if end < first:
+            return values
+        for name, query in queries.items():
+            data = self._api(
+                "/api/v1/query_range",
+                {
+                    "query": query,
+                    "start": f"{first:.3f}",
+                    "end": f"{end:.3f}",
+                    "step": f"{self.step_seconds:g}",
+                },
+            )
+            try:
+                if data["resultType"] != "matrix":
+                    raise ValueError(f"a {data['resultType']} answer, not a matrix")
+                for series in data["result"]:
+                    variant = series["metric"].get("variant")
+                    if variant in values:
+                        points = np.asarray([float(v) for _, v in series["values"]])
+                        values[variant][name] = points[np.isfinite(points)]
+            except (AttributeError, KeyError, TypeError, ValueError) as error:
+                raise MetricsError(f"malformed prometheus answer for {name}: {error}") from error
+        return values
+
+
+def metrics_source(settings: Settings, router_url: str) -> RouterMetrics | PrometheusMetrics:
+    """Where a canary's metrics come from: `settings.prometheus_url` if set, else the router."""
+    if settings.prometheus_url:
+        return PrometheusMetrics(settings.prometheus_url)
+    return RouterMetrics(router_url)

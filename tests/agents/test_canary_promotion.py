@@ -1,0 +1,177 @@
+"""The canary-promotion agent: policy, guardrails within the judge's verdict, hostile models."""
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic_ai import models
+from pydantic_ai.messages import ModelResponse, ToolCallPart
+from pydantic_ai.models.function import AgentInfo, FunctionModel
+from pydantic_ai.models.test import TestModel
+
+from agentic_mlops.agents.canary_promotion import (
+    ACTIONS,
+    EVIDENCE_TOOLS,
+    CanaryEvidence,
+    JudgeEvidence,
+    MetricEvidence,
+    PromotionDecision,
+    PromotionLimits,
+    advise,
+    enforce_guardrails,
+    policy_decision,
+)
+from agentic_mlops.settings import Settings
+
+models.ALLOW_MODEL_REQUESTS = False
+LIMITS = PromotionLimits()
+SETTINGS = Settings(agent_tracing=False)
+
+
+def metric(name, classification="pass", critical=False):
+    return MetricEvidence(
+        name=name, classification=classification, critical=critical, canary_n=300, baseline_n=300
+    )
+
+
+def evidence(
+    verdict="pass", failing=(), nodata=(), next_weight=0.5, sequential="continue", holds=0
+):
+    metrics = [
+        metric(
+            name,
+            "nodata" if name in nodata else "high" if name in failing else "pass",
+            critical=name != "latency_ms",
+        )
+        for name in ("error", "latency_ms", "brier")
+    ]
+    critical = [m.name for m in metrics if m.critical and m.classification != "pass"]
+    return CanaryEvidence(
+        model_name="churn",
+        champion_version=1,
+        challenger_version=2,
+        weight=0.25,
+        next_weight=next_weight,
+        sequential_outcome=sequential,
+        holds=holds,
+        judge=JudgeEvidence(
+            verdict=verdict,
+            score=100.0 if verdict == "pass" else 60.0,
+            critical_failures=critical,
+            metrics=metrics,
+        ),
+    )
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        (evidence(), "increase_traffic"),
+        (evidence(next_weight=None), "promote"),
+        (evidence(sequential="promote"), "promote"),
+        (evidence("fail", failing=["error"]), "rollback"),
+        (evidence(sequential="rollback"), "rollback"),
+        (evidence("marginal", failing=["latency_ms"]), "ask_human"),
+        (evidence("fail", nodata=["brier"]), "hold"),
+        (evidence("fail", nodata=["brier"], holds=2), "rollback"),
+    ],
+    ids=[
+        "pass",
+        "last-step",
+        "sequential-pass",
+        "critical-fail",
+        "sequential-harm",
+        "marginal",
+        "no-data",
+        "no-data-after-holds",
+    ],
+)
+def test_policy_decisions(case, expected):
+    assert policy_decision(case, LIMITS).action == expected
+
+
+def test_the_agent_path_equals_the_policy():
+    case = evidence()
+    outcome = advise(case, SETTINGS)
+    assert outcome.decision == policy_decision(case, LIMITS) and outcome.overridden_by is None
+
+
+def test_test_model_wiring_yields_a_guarded_decision():
+    outcome = advise(evidence("fail", failing=["error"]), SETTINGS, model=TestModel())
+    assert outcome.decision.action in ACTIONS
+    assert outcome.decision.action not in ("promote", "increase_traffic")
+
+
+def scripted(output):
+    def respond(messages, info: AgentInfo) -> ModelResponse:
+        if len(messages) == 1:
+            return ModelResponse(parts=[ToolCallPart(name, {}) for name in EVIDENCE_TOOLS])
+        return ModelResponse(parts=[ToolCallPart(info.output_tools[0].name, output)])
+
+    return FunctionModel(respond, model_name="scripted-llm")
+
+
+PROMOTE = {"action": "promote", "confidence": 0.99, "rationale": "ship it"}
+
+
+def test_an_llm_can_never_promote_a_canary_that_failed_a_critical_metric():
+    outcome = advise(evidence("fail", failing=["error"]), SETTINGS, model=scripted(PROMOTE))
+    assert outcome.decision.action == "rollback" and "not allowed" in outcome.overridden_by
+
+
+def test_a_marginal_analysis_goes_to_a_person_whatever_the_llm_says():
+    outcome = advise(
+        evidence("marginal", failing=["latency_ms"]), SETTINGS, model=scripted(PROMOTE)
+    )
+    assert outcome.decision.action == "ask_human"
+
+
+def test_missing_data_is_never_promoted():
+    outcome = advise(evidence("fail", nodata=["brier"]), SETTINGS, model=scripted(PROMOTE))
+    assert outcome.decision.action == "ask_human"
+
+
+def test_low_confidence_and_forbidden_actions():
+    shy = scripted({"action": "rollback", "confidence": 0.3, "rationale": "hmm"})
+    assert advise(evidence(), SETTINGS, model=shy).decision.action == "ask_human"
+    limited = Settings(
+        agent_tracing=False, canary_allowed_actions=["hold", "rollback", "ask_human"]
+    )
+    outcome = advise(evidence(next_weight=None), limited, model=scripted(PROMOTE))
+    assert outcome.decision.action in limited.canary_allowed_actions
+
+
+def test_a_broken_model_falls_back_to_the_policy():
+    def broken(messages, info):
+        raise RuntimeError("provider down")
+
+    case = evidence("fail", failing=["error"])
+    outcome = advise(case, SETTINGS, model=FunctionModel(broken, model_name="llm"))
+    assert outcome.decision.action == "rollback"
+
+
+verdicts = st.sampled_from(["pass", "marginal", "fail"])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    verdict=verdicts,
+    failing=st.lists(st.sampled_from(["error", "latency_ms", "brier"]), unique=True),
+    nodata=st.lists(st.sampled_from(["error", "latency_ms", "brier"]), unique=True),
+    sequential=st.sampled_from(["continue", "promote", "rollback"]),
+    action=st.sampled_from(ACTIONS),
+    confidence=st.floats(0, 1),
+)
+def test_no_decision_advances_a_canary_past_a_judge_that_did_not_pass(
+    verdict, failing, nodata, sequential, action, confidence
+):
+    case = evidence(
+        verdict,
+        failing=[f for f in failing if f not in nodata],
+        nodata=nodata,
+        sequential=sequential,
+    )
+    decision = PromotionDecision(action=action, confidence=confidence, rationale="fuzz")
+    guarded, _ = enforce_guardrails(decision, case, LIMITS)
+    assert guarded.action in ACTIONS
+    if verdict != "pass" or case.judge.critical_failures or sequential == "rollback":
+        assert guarded.action not in ("promote", "increase_traffic")

@@ -1,0 +1,170 @@
+"""Canary rollouts end to end on loopback: real model servers, the router, simulated traffic."""
+
+import shutil
+import threading
+import time
+
+import httpx
+import pytest
+
+from agentic_mlops.flows.canary import CanaryParameters, canary_rollout
+from agentic_mlops.flows.train import TrainParameters, train
+from agentic_mlops.settings import Settings
+from agentic_mlops.tasks import ledger, registry
+from agentic_mlops.tasks.churn import generate_churn
+from agentic_mlops.tasks.rollout import LocalRollout
+from agentic_mlops.tasks.training import Hyperparameters
+
+FAST = Hyperparameters(max_iter=60)
+
+
+@pytest.fixture(scope="module")
+def two_versions(tmp_path_factory, mlflow_template):
+    """A home with champion v1 and a comparable challenger v2, trained once per module."""
+    import os
+
+    root = tmp_path_factory.mktemp("canary") / "home"
+    root.mkdir()
+    shutil.copy(mlflow_template, root / "mlflow.db")
+    previous = os.environ["AGENTIC_MLOPS_HOME"]
+    os.environ["AGENTIC_MLOPS_HOME"] = str(root)
+    try:
+        train(TrainParameters(rows=3_000, seed=1, hyperparameters=FAST))
+        train(TrainParameters(rows=3_000, seed=2, hyperparameters=FAST))
+    finally:
+        os.environ["AGENTIC_MLOPS_HOME"] = previous
+    return root
+
+
+@pytest.fixture
+def serving_home(two_versions, tmp_path, monkeypatch):
+    root = tmp_path / "home"
+    shutil.copytree(two_versions, root, ignore=shutil.ignore_patterns("serving"))
+    monkeypatch.setenv("AGENTIC_MLOPS_HOME", str(root))
+    monkeypatch.setenv("AGENTIC_MLOPS_CANARY_POLL_SECONDS", "0.5")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    settings = Settings()
+    backend = LocalRollout(settings)
+    yield settings
+    backend.shutdown()
+
+
+class Traffic:
+    """Customers calling the router, with each label sent back at once: bounded in count and
+    time, stopped by the test."""
+
+    def __init__(self, url: str, rate: float = 150.0, limit: int = 20_000, seconds: float = 120):
+        frame = generate_churn(5_000, 77)
+        self.labels = frame.pop("churn").tolist()
+        self.rows = frame.to_dict("records")
+        self.url, self.rate, self.limit, self.seconds = url, rate, limit, seconds
+        self.sent = self.failed = 0
+        self.variants: dict[str, int] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        deadline = time.monotonic() + self.seconds
+        with httpx.Client(timeout=10) as client:
+            while not self.stop.is_set() and self.sent < self.limit:
+                if time.monotonic() > deadline:
+                    break
+                index = self.sent % len(self.rows)
+                started = time.monotonic()
+                try:
+                    answer = client.post(f"{self.url}/predict", json=self.rows[index])
+                    if answer.status_code != 200:
+                        self.failed += 1
+                    else:
+                        body = answer.json()
+                        self.variants[body["variant"]] = self.variants.get(body["variant"], 0) + 1
+                        client.post(f"{self.url}/feedback", json={
+                            "request_id": body["request_id"], "label": self.labels[index]})
+                except httpx.HTTPError:
+                    self.failed += 1
+                self.sent += 1
+                time.sleep(max(0.0, 1 / self.rate - (time.monotonic() - started)))
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(timeout=30)
+
+
+def start_serving(settings, canary_faults=None):
+    backend = LocalRollout(settings)
+    url = backend.start_router()
+    backend.set_baseline(1)
+    if canary_faults:
+        backend.serve_version(2, **canary_faults)
+    return backend, url
+
+
+def rollout(**extra):
+    params = dict(version=2, steps=[10, 50, 100], step_seconds=25, min_samples=150)
+    return canary_rollout(CanaryParameters(**{**params, **extra}), return_state=True)
+
+
+def test_a_good_challenger_is_promoted_and_traffic_follows_the_alias(serving_home):
+    backend, url = start_serving(serving_home)
+    with Traffic(url) as traffic:
+        state = rollout()
+    result = state.result()
+    assert result.outcome == "promoted", result
+    assert registry.model_aliases("churn", serving_home)["champion"] == 2
+    router = backend.router_state()
+    assert router.baseline.version == 2 and router.canary is None and router.weight == 0
+    assert traffic.failed == 0 and traffic.variants.get("canary", 0) > 0
+    decisions = ledger.list_decisions("churn", decision_point="canary_promotion",
+                                      settings=serving_home)
+    assert decisions and {d.action for d in decisions} <= {"increase_traffic", "promote", "hold"}
+
+
+def test_a_canary_with_errors_is_rolled_back_without_users_seeing_them(serving_home):
+    backend, url = start_serving(serving_home, {"fault_error_rate": 0.25})
+    with Traffic(url) as traffic:
+        state = rollout()
+    result = state.result()
+    assert result.outcome == "rolled_back", result
+    assert registry.model_aliases("churn", serving_home)["champion"] == 1
+    router = backend.router_state()
+    assert router.baseline.version == 1 and router.canary is None
+    assert traffic.failed == 0
+    assert "2" not in backend.status().servers
+
+
+@pytest.mark.slow
+def test_a_slightly_slower_canary_waits_for_a_person_who_approves_it(serving_home):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.sorting import FlowRunSort
+    from prefect.flow_runs import resume_flow_run
+
+    backend, url = start_serving(serving_home, {"fault_latency_ms": 12})
+    answered = {}
+
+    def answer_the_form():
+        deadline = time.monotonic() + 150
+        with get_client(sync_client=True) as client:
+            while time.monotonic() < deadline and not answered:
+                for run in client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=20):
+                    if run.state and run.state.is_paused() and run.name not in answered:
+                        resume_flow_run(run.id, run_input={"decision": "approve",
+                                                           "comment": "latency is fine"})
+                        answered[run.name] = run.id
+                time.sleep(0.5)
+
+    person = threading.Thread(target=answer_the_form, daemon=True)
+    person.start()
+    with Traffic(url) as traffic:
+        state = rollout(steps=[50, 100])
+    person.join(timeout=5)
+    result = state.result()
+    assert answered, "the flow never paused for approval"
+    assert result.steps[0].verdict == "marginal" and result.steps[0].action == "promote"
+    assert result.outcome == "promoted" and traffic.failed == 0
+    entry = ledger.get_decision(result.steps[0].ledger_id, serving_home)
+    assert entry.action == "ask_human"
+    assert entry.outcome == {"human": "approve", "comment": "latency is fine"}
