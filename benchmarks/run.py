@@ -75,10 +75,24 @@ def _sequential_detection() -> list[Row]:
     return bench_sequential_detection()
 
 
+def _canary_judge() -> list[Row]:
+    from benchmarks.canary_judge import bench_canary_judge
+
+    return bench_canary_judge()
+
+
+def _router() -> list[Row]:
+    from benchmarks.serving import bench_router
+
+    return bench_router()
+
+
 BENCHMARKS: dict[str, Callable[[], list[Row]]] = {
     "training_flow_overhead": bench_training_flow_overhead,
     "drift_throughput": _drift_throughput,
     "sequential_detection": _sequential_detection,
+    "canary_judge": _canary_judge,
+    "router": _router,
 }
 
 

@@ -47,8 +47,10 @@ from agentic_mlops.tasks import ledger, registry, rollout
 from agentic_mlops.tasks.canary_judge import JudgeResult, judge, sequential_judge
 from agentic_mlops.tasks.metrics import (
     MetricsError,
+    PrometheusMetrics,
     RouterMetrics,
-    canary_metrics,
+    judged_metrics,
+    metrics_source,
     with_derived_metrics,
 )
 
@@ -127,7 +129,10 @@ def _resolve(value, default):
 
 @task(name="analyse-step", cache_policy=NO_CACHE)
 def analyse_step(
-    metrics: RouterMetrics, seconds: float, min_samples: int, settings: Settings
+    metrics: RouterMetrics | PrometheusMetrics,
+    seconds: float,
+    min_samples: int,
+    settings: Settings,
 ) -> StepAnalysis:
     """Collect until the sequential test decides or time is up, then judge the window.
 
@@ -136,7 +141,7 @@ def analyse_step(
     Reading the metrics fails closed: a failed read counts as no data, and three failures in a
     row end the step with whatever was collected (which the judge then calls `nodata`).
     """
-    specs = canary_metrics(min_samples)
+    specs = judged_metrics(metrics, min_samples, seconds)
     gates = [spec for spec in specs if spec.critical]
     deadline = time.monotonic() + seconds
     values = {"baseline": {}, "canary": {}}
@@ -263,10 +268,12 @@ def promote(name: str, version: int, champion: int | None, settings: Settings) -
         ),
         settings,
     )
-    with transaction(key=f"promote-{name}-v{version}-{flow_run.get_id()}"):
-        registry.move_champion_alias(name, version, settings)
-        rollout.switch_traffic(settings)
-    rollout.clear_journal(settings)
+    try:
+        with transaction(key=f"promote-{name}-v{version}-{flow_run.get_id()}"):
+            registry.move_champion_alias(name, version, settings)
+            rollout.switch_traffic(settings)
+    finally:
+        rollout.clear_journal(settings)  # committed, or undone by the transaction's hooks
 
 
 @flow(name="canary-rollout", log_prints=True)
@@ -299,7 +306,7 @@ def canary_rollout(params: CanaryParameters = CanaryParameters()) -> CanaryResul
         router_url = backend.start_router()
         backend.set_baseline(champion)
         backend.deploy(version)
-        metrics = RouterMetrics(router_url)
+        metrics = metrics_source(settings, router_url)
         history: list[CanaryStep] = []
 
         def finish(outcome: str, reason: str) -> CanaryResult:
@@ -319,11 +326,13 @@ def canary_rollout(params: CanaryParameters = CanaryParameters()) -> CanaryResul
             logger.info("canary v%d %s: %s", version, outcome, reason)
             return result
 
-        index, holds = 0, 0
+        index, holds, marked = 0, 0, None
         while index < len(steps) - 1:
             weight = steps[index] / 100
-            backend.set_weight(weight)
-            metrics.mark()
+            if marked != index:  # a held step keeps its window and analyses it for longer
+                backend.set_weight(weight)
+                metrics.mark()
+                marked = index
             analysis = analyse_step(metrics, seconds, min_samples, settings)
             evidence = CanaryEvidence(
                 model_name=name,

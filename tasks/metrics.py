@@ -284,3 +284,14 @@ def metrics_source(settings: Settings, router_url: str) -> RouterMetrics | Prome
     if settings.prometheus_url:
         return PrometheusMetrics(settings.prometheus_url)
     return RouterMetrics(router_url)
+
+
+def judged_metrics(
+    source: RouterMetrics | PrometheusMetrics, min_requests: int, step_seconds: float
+) -> list[MetricSpec]:
+    """The metric specs that fit a source: per request from the router; per interval from
+    Prometheus, where a step of `step_seconds` holds at most step / interval values."""
+    if isinstance(source, PrometheusMetrics):
+        intervals = int(step_seconds // source.step_seconds)
+        return interval_canary_metrics(max(min(min_requests, intervals // 2), 5))
+    return canary_metrics(min_requests)

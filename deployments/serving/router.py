@@ -122,6 +122,10 @@ class Router:
             "router_canary_weight", "Share of traffic to the canary.", registry=self.registry
         )
         self.m_weight.set(self.state.weight)
+        for variant in (BASELINE, CANARY):  # every series exists from the start, at 0
+            for counter in (self.m_errors, self.m_feedback, self.m_correct, self.m_brier):
+                counter.labels(variant)
+            self.m_latency.labels(variant)
 
     async def start(self, app: web.Application) -> None:
         self.session = aiohttp.ClientSession(

@@ -78,8 +78,10 @@ class Traffic:
                     else:
                         body = answer.json()
                         self.variants[body["variant"]] = self.variants.get(body["variant"], 0) + 1
-                        client.post(f"{self.url}/feedback", json={
-                            "request_id": body["request_id"], "label": self.labels[index]})
+                        client.post(
+                            f"{self.url}/feedback",
+                            json={"request_id": body["request_id"], "label": self.labels[index]},
+                        )
                 except httpx.HTTPError:
                     self.failed += 1
                 self.sent += 1
@@ -104,7 +106,7 @@ def start_serving(settings, canary_faults=None):
 
 
 def rollout(**extra):
-    params = dict(version=2, steps=[10, 50, 100], step_seconds=25, min_samples=150)
+    params = dict(version=2, steps=[25, 100], step_seconds=30, min_samples=150)
     return canary_rollout(CanaryParameters(**{**params, **extra}), return_state=True)
 
 
@@ -118,8 +120,9 @@ def test_a_good_challenger_is_promoted_and_traffic_follows_the_alias(serving_hom
     router = backend.router_state()
     assert router.baseline.version == 2 and router.canary is None and router.weight == 0
     assert traffic.failed == 0 and traffic.variants.get("canary", 0) > 0
-    decisions = ledger.list_decisions("churn", decision_point="canary_promotion",
-                                      settings=serving_home)
+    decisions = ledger.list_decisions(
+        "churn", decision_point="canary_promotion", settings=serving_home
+    )
     assert decisions and {d.action for d in decisions} <= {"increase_traffic", "promote", "hold"}
 
 
@@ -151,8 +154,9 @@ def test_a_slightly_slower_canary_waits_for_a_person_who_approves_it(serving_hom
             while time.monotonic() < deadline and not answered:
                 for run in client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=20):
                     if run.state and run.state.is_paused() and run.name not in answered:
-                        resume_flow_run(run.id, run_input={"decision": "approve",
-                                                           "comment": "latency is fine"})
+                        resume_flow_run(
+                            run.id, run_input={"decision": "approve", "comment": "latency is fine"}
+                        )
                         answered[run.name] = run.id
                 time.sleep(0.5)
 
@@ -168,3 +172,80 @@ def test_a_slightly_slower_canary_waits_for_a_person_who_approves_it(serving_hom
     entry = ledger.get_decision(result.steps[0].ledger_id, serving_home)
     assert entry.action == "ask_human"
     assert entry.outcome == {"human": "approve", "comment": "latency is fine"}
+
+
+def test_mlflow_unreachable_during_promotion_changes_nothing(serving_home, monkeypatch):
+    from agentic_mlops.flows.canary import promote
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    backend, _ = start_serving(serving_home)
+    backend.deploy(2)
+    backend.set_weight(0.5)
+    unreachable = serving_home.model_copy(
+        update={"mlflow_tracking_uri": "http://127.0.0.1:9", "mlflow_retries": 0}
+    )
+    with pytest.raises(Exception):  # noqa: B017 - whatever MLflow raises for a dead server
+        promote("churn", 2, 1, unreachable)
+    assert registry.alias_version("churn", "champion", serving_home) == 1
+    state = backend.router_state()
+    assert state.baseline.version == 1 and state.canary.version == 2 and state.weight == 0.5
+    assert not (serving_home.home / "serving" / "promotion.json").exists()
+
+
+def test_a_failed_traffic_switch_undoes_the_alias_move(serving_home, tmp_path):
+    from prefect.transactions import transaction
+
+    from agentic_mlops.tasks import rollout
+    from agentic_mlops.tasks.rollout import ServingError
+
+    start_serving(serving_home)
+    no_router = serving_home.model_copy(update={"home": tmp_path / "elsewhere"})
+    with pytest.raises(ServingError), transaction():
+        registry.move_champion_alias("churn", 2, serving_home)
+        rollout.switch_traffic(no_router)
+    assert registry.model_aliases("churn", serving_home) == {"challenger": 2, "champion": 1}
+
+
+def test_a_promotion_killed_between_alias_and_traffic_is_repaired(serving_home):
+    from agentic_mlops.tasks import rollout
+
+    backend, _ = start_serving(serving_home)
+    backend.deploy(2)
+    backend.set_weight(0.25)
+    before = backend.router_state()
+    rollout.write_journal(
+        rollout.PromotionJournal(
+            model_name="churn", version=2, previous_champion=1, router_before=before
+        ),
+        serving_home,
+    )
+    registry.promote_champion("churn", 2, serving_home)  # then the process died
+    repaired = rollout.reconcile("churn", serving_home)
+    assert "interrupted promotion of v2" in repaired
+    aliases = registry.model_aliases("churn", serving_home)
+    assert aliases["champion"] == 1 and list(aliases.values()).count(1) >= 1
+    assert backend.router_state().baseline.version == aliases["champion"]
+    assert rollout.reconcile("churn", serving_home) is None
+
+
+def test_a_router_serving_the_wrong_version_follows_the_champion(serving_home):
+    from agentic_mlops.tasks import rollout
+
+    backend, _ = start_serving(serving_home)
+    backend.set_baseline(2)
+    repaired = rollout.reconcile("churn", serving_home)
+    assert "now serves the champion v1" in repaired
+    assert backend.router_state().baseline.version == 1
+
+
+def test_unreachable_metrics_fail_closed(serving_home):
+    from agentic_mlops.flows.canary import analyse_step
+    from agentic_mlops.tasks.metrics import RouterMetrics
+
+    analysis = analyse_step.fn(
+        RouterMetrics("http://127.0.0.1:9", timeout=0.5), 5.0, 50, serving_home
+    )
+    assert analysis.metric_errors == 3 and analysis.judge.verdict == "fail"
+    assert {m.classification for m in analysis.judge.metrics} == {"nodata"}
+    assert analysis.sequential_outcome == "continue"
