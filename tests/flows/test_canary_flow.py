@@ -249,3 +249,21 @@ def test_unreachable_metrics_fail_closed(serving_home):
     assert analysis.metric_errors == 3 and analysis.judge.verdict == "fail"
     assert {m.classification for m in analysis.judge.metrics} == {"nodata"}
     assert analysis.sequential_outcome == "continue"
+
+
+def test_the_router_drops_no_request_while_weights_change_and_the_canary_is_removed(
+    serving_home,
+):
+    backend, url = start_serving(serving_home)
+    backend.deploy(2)
+    weights = [0.05, 0.25, 0.5, 1.0, 0.25, 0.0, 0.5]
+    with Traffic(url, rate=200, limit=4_000, seconds=30) as traffic:
+        for weight in weights * 2:
+            backend.set_weight(weight)
+            time.sleep(0.3)
+        backend.rollback()
+        time.sleep(1.0)
+    assert traffic.sent > 200 and traffic.failed == 0
+    assert traffic.variants.get("canary", 0) > 20
+    state = backend.router_state()
+    assert state.canary is None and "2" not in backend.status().servers
