@@ -54,3 +54,17 @@ def test_train_on_a_missing_file_exits_2_with_one_line(home, tmp_path):
 def test_train_rejects_invalid_parameters(home):
     result = runner.invoke(app, ["train", "--rows", "5"])
     assert result.exit_code == 2 and "rows" in result.output
+
+
+def test_serve_without_a_champion_says_what_to_do(home):
+    result = runner.invoke(app, ["serve", "--port", "0"])
+    assert result.exit_code == 2 and "agentic-mlops train" in result.output
+
+
+def test_canary_without_a_challenger_or_with_bad_steps_exits_2(home):
+    result = runner.invoke(app, ["canary"])
+    assert result.exit_code == 2 and "no challenger" in result.output
+    result = runner.invoke(app, ["canary", "--version", "1", "--steps", "50,20"])
+    assert result.exit_code == 2 and "steps must rise and end at 100" in result.output
+    result = runner.invoke(app, ["canary", "--version", "1", "--steps", "ten"])
+    assert result.exit_code == 2 and "invalid parameters" in result.output
