@@ -82,16 +82,24 @@ def start_retraining(
     """Retrain: through the `train` deployment when one is registered, else as a subflow.
 
     The deployment run is keyed by the ledger entry, so a retried drift check does not start
-    a second training run. The outcome (new challenger version, its holdout metrics) is
+    a second training run. The `agentic-mlops.retrain.requested` event it emits says the run
+    is already started (`agentic-mlops.retrain.started: yes`), so the train deployment's
+    trigger, which answers requests from elsewhere, does not start another. The outcome (new
+    challenger version, its holdout metrics) is
     attached to the ledger entry when the training ran in-process.
     """
     settings = settings or load_settings()
+    deployed = deployment_exists(TRAIN_DEPLOYMENT)
     emit_event(
         event=RETRAIN_REQUESTED_EVENT,
-        resource={"prefect.resource.id": f"agentic-mlops.model.{settings.model_name}"},
-        payload={"ledger_id": ledger_id, "parameters": params.model_dump(mode="json")},
+        resource={
+            "prefect.resource.id": f"agentic-mlops.model.{settings.model_name}",
+            "agentic-mlops.retrain.started": "yes",
+        },
+        payload={"ledger_id": ledger_id, "parameters": params.model_dump(mode="json"),
+                 "how": "deployment" if deployed else "subflow"},
     )
-    if deployment_exists(TRAIN_DEPLOYMENT):
+    if deployed:
         run = run_deployment(
             TRAIN_DEPLOYMENT,
             parameters={"params": params.model_dump(mode="json")},
