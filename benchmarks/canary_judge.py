@@ -1,33 +1,71 @@
-"""Canary judge benchmark: the sequential judge against one fixed-horizon look.
+"""Canary judge benchmark: the sequential judge against a fixed-horizon non-inferiority test.
 
-Simulated canaries of graded badness: the baseline errs on 1% of requests and the canaries on
-0.5%, 1%, 1.5%, 2%, 3% and 5%, with the error rate's tolerance at 0.01; latency is lognormal
-(median 100 ms, sigma 0.5) in both variants, with a tolerance of 10 ms. Both metrics are
-critical. Requests arrive in steps of 50 per variant, up to 20,000 per variant.
+Both tests promote a canary truly worse than the baseline by at least the tolerance with
+probability at most alpha (0.05); they differ in when they decide. Simulated canaries of graded
+badness: the baseline errs on 1% of requests, with lognormal latency (median 100 ms, sigma 0.5);
+the canaries err on 0.25% (and answer faster, median 90 ms: a clearly better canary), 0.5%, 1%,
+1.5%, 2%, 3%, 3.5% and 5%, with the baseline's latency. The error rate's tolerance is 0.01 and
+latency's 10 ms; both metrics are gates. Requests arrive in steps of 50 per variant, up to
+20,000 per variant.
 
-The sequential judge looks after every step and stops at its first promote or rollback (a
-run still undecided at the cap is counted apart). The fixed-horizon judge looks once, at the
-sample size giving about 80% power against a harm of twice the tolerance. Reported: mean
-requests per variant to a decision; the false-promotion rate of the worst-served canary among
-those worse by at least the tolerance (2%, 3%, 5%; the 2% one, at the margin, is the hard
-case); the false-rollback rate of the worst-served canary among those no worse (0.5%, 1%).
-The 1.5% canary is worse but within the tolerance, so either decision is acceptable for it.
-Fixed-horizon figures are the rows' baselines; runs are seeded, 200 per level by default.
+The sequential judge looks after every step and stops at its first promote or rollback (a run
+still undecided at the cap counts as the cap). The fixed-horizon test looks once, at the sample
+size that promotes a canary as good as the baseline with 80% power (in some rows 90%), and must
+decide there. Both see the same simulated traffic. Reported per level: promote and rollback
+rates and mean requests per variant to a decision. Then: requests to a decision for the clearly
+good canaries (no worse than the baseline: 0.25%, 0.5%, 1%) and the clearly bad ones (worse by
+at least 2.5 tolerances: 3.5%, 5%); for the canary exactly as good as the baseline, against the
+fixed test planned for the promotion rate the sequential judge reaches there (equal power); the
+false-promotion rate at exactly the tolerance (2%); the false-rollback rate of the worst-served
+canary no worse than the baseline. The 1.5% canary is worse but within the tolerance, so either
+decision is acceptable for it. For context, one row gives the promotion rate at the tolerance of
+the Kayenta-style `judge` run at a size planned against a harm of twice the tolerance, which
+bounds no false-promotion rate. Runs are seeded, 500 per level by default.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
 Row = dict[str, object]
 BASELINE_ERROR_RATE = 0.01
-CANARY_ERROR_RATES = (0.005, 0.01, 0.015, 0.02, 0.03, 0.05)
 ERROR_TOLERANCE = 0.01
 LATENCY_MEDIAN_MS, LATENCY_SIGMA = 100.0, 0.5
 LATENCY_TOLERANCE_MS = 10.0
 STEP = 50
 CAP = 20_000
 ALPHA = 0.05
+POWER, HIGH_POWER = 0.8, 0.9
+CLEARLY_BAD = 2.5
+"""Canaries worse by at least this many tolerances are "clearly bad"."""
+MAX_PLANNED_POWER = 0.999
+
+
+@dataclass(frozen=True)
+class Level:
+    """One simulated canary."""
+
+    error_rate: float
+    latency_median_ms: float = LATENCY_MEDIAN_MS
+
+    @property
+    def harm(self) -> float:
+        """The error rate's harm in tolerances (latency is never worse than the baseline's)."""
+        return (self.error_rate - BASELINE_ERROR_RATE) / ERROR_TOLERANCE
+
+    @property
+    def label(self) -> str:
+        faster = self.latency_median_ms != LATENCY_MEDIAN_MS
+        latency = f", median latency {self.latency_median_ms:g} ms" if faster else ""
+        return f"error {self.error_rate:.2%}{latency} ({self.harm:+.2g} tolerance)"
+
+
+LEVELS = (
+    Level(0.0025, 90.0),
+    *(Level(rate) for rate in (0.005, 0.01, 0.015, 0.02, 0.03, 0.035, 0.05)),
+)
 
 
 def _specs():
@@ -51,11 +89,13 @@ def _specs():
     ]
 
 
-def _requests(rng: np.random.Generator, error_rate: float) -> dict[str, np.ndarray]:
+def _requests(
+    rng: np.random.Generator, error_rate: float, latency_median_ms: float
+) -> dict[str, np.ndarray]:
     """`CAP` requests of one variant: error flags and latencies, in arrival order."""
     return {
         "error": (rng.random(CAP) < error_rate).astype(float),
-        "latency_ms": rng.lognormal(np.log(LATENCY_MEDIAN_MS), LATENCY_SIGMA, CAP),
+        "latency_ms": rng.lognormal(np.log(latency_median_ms), LATENCY_SIGMA, CAP),
     }
 
 
@@ -63,93 +103,168 @@ def _rate(outcomes: list[str], outcome: str) -> float:
     return sum(o == outcome for o in outcomes) / len(outcomes)
 
 
-def bench_canary_judge(runs: int = 200, seed: int = 7) -> list[Row]:
-    """Sequential against fixed-horizon judging over seeded simulated canaries (see module)."""
+def _horizon(power: float) -> int:
+    """The fixed test's planned values per variant: the largest over the two metrics."""
+    from agentic_mlops.tasks.canary_judge import noninferiority_sample_size
+
+    latency_mean = LATENCY_MEDIAN_MS * np.exp(LATENCY_SIGMA**2 / 2)
+    latency_sd = latency_mean * np.sqrt(np.exp(LATENCY_SIGMA**2) - 1)
+    errors, latency = _specs()
+    return max(
+        noninferiority_sample_size(errors, BASELINE_ERROR_RATE, alpha=ALPHA, power=power),
+        noninferiority_sample_size(latency, latency_mean, latency_sd, ALPHA, power),
+    )
+
+
+def bench_canary_judge(runs: int = 500, seed: int = 7) -> list[Row]:
+    """Sequential against fixed-horizon non-inferiority over seeded simulated canaries."""
     from agentic_mlops.tasks.canary_judge import (
         fixed_horizon_judge,
+        fixed_horizon_noninferiority,
         fixed_horizon_sample_size,
         replay_sequential,
     )
 
     specs = _specs()
-    latency_mean = LATENCY_MEDIAN_MS * np.exp(LATENCY_SIGMA**2 / 2)
-    latency_sd = latency_mean * np.sqrt(np.exp(LATENCY_SIGMA**2) - 1)
-    horizon = max(
-        fixed_horizon_sample_size(specs[0], BASELINE_ERROR_RATE, alpha=ALPHA),
-        fixed_horizon_sample_size(specs[1], float(latency_mean), float(latency_sd), alpha=ALPHA),
-    )
-    sequential: dict[float, list[str]] = {rate: [] for rate in CANARY_ERROR_RATES}
-    requests: dict[float, list[int]] = {rate: [] for rate in CANARY_ERROR_RATES}
-    fixed: dict[float, list[str]] = {rate: [] for rate in CANARY_ERROR_RATES}
-    for level, rate in enumerate(CANARY_ERROR_RATES):
+    horizon, long_horizon = _horizon(POWER), _horizon(HIGH_POWER)
+    kayenta_horizon = fixed_horizon_sample_size(specs[0], BASELINE_ERROR_RATE, alpha=ALPHA)
+    margin = next(level for level in LEVELS if level.harm == 1)
+    sequential: dict[Level, list[str]] = {level: [] for level in LEVELS}
+    requests: dict[Level, list[int]] = {level: [] for level in LEVELS}
+    fixed: dict[Level, list[str]] = {level: [] for level in LEVELS}
+    fixed_long: dict[Level, list[str]] = {level: [] for level in LEVELS}
+    kayenta: list[str] = []
+    for index, level in enumerate(LEVELS):
         for run in range(runs):
-            rng = np.random.default_rng([seed, level, run])
-            canary, baseline = _requests(rng, rate), _requests(rng, BASELINE_ERROR_RATE)
+            rng = np.random.default_rng([seed, index, run])
+            canary = _requests(rng, level.error_rate, level.latency_median_ms)
+            baseline = _requests(rng, BASELINE_ERROR_RATE, LATENCY_MEDIAN_MS)
             result, seen = replay_sequential(canary, baseline, specs, STEP, ALPHA)
-            sequential[rate].append(result.outcome)
-            requests[rate].append(seen)
-            fixed[rate].append(fixed_horizon_judge(canary, baseline, specs, horizon, ALPHA).outcome)
+            sequential[level].append(result.outcome)
+            requests[level].append(seen)
+            for outcomes, n in ((fixed, horizon), (fixed_long, long_horizon)):
+                decision = fixed_horizon_noninferiority(canary, baseline, specs, n, ALPHA)
+                outcomes[level].append(decision.outcome)
+            if level == margin:
+                old = fixed_horizon_judge(canary, baseline, specs, kayenta_horizon, ALPHA)
+                kayenta.append(old.outcome)
 
-    worse = [r for r in CANARY_ERROR_RATES if r - BASELINE_ERROR_RATE >= ERROR_TOLERANCE - 1e-12]
-    no_worse = [r for r in CANARY_ERROR_RATES if r <= BASELINE_ERROR_RATE]
-    seq_promote = max(_rate(sequential[r], "promote") for r in worse)
-    fix_promote = max(_rate(fixed[r], "promote") for r in worse)
-    seq_rollback = max(_rate(sequential[r], "rollback") for r in no_worse)
-    fix_rollback = max(_rate(fixed[r], "rollback") for r in no_worse)
-    mean_n = float(np.mean([requests[r] for r in CANARY_ERROR_RATES]))
-    undecided = float(np.mean([_rate(sequential[r], "continue") for r in CANARY_ERROR_RATES]))
+    good = [level for level in LEVELS if level.harm <= 0]
+    bad = [level for level in LEVELS if level.harm >= CLEARLY_BAD]
+    slack = 2 * np.sqrt(ALPHA * (1 - ALPHA) / runs)
+
+    def mean_requests(levels: list[Level]) -> float:
+        return float(np.mean([requests[level] for level in levels]))
+
+    def worst_rollback(outcomes: dict[Level, list[str]]) -> float:
+        return max(_rate(outcomes[level], "rollback") for level in good)
 
     rows: list[Row] = []
-    for rate in CANARY_ERROR_RATES:
-        mean_requests = float(np.mean(requests[rate]))
-        outcomes = sequential[rate]
-        rows.append(
+    for level in LEVELS:
+        outcomes = sequential[level]
+        mean_n = mean_requests([level])
+        rows += [
             {
-                "name": f"canary: error {rate:.1%} vs {BASELINE_ERROR_RATE:.0%}, sequential "
-                "promote/rollback/undecided (baseline: fixed-horizon promote)",
-                "value": f"{_rate(outcomes, 'promote'):.0%}/{_rate(outcomes, 'rollback'):.0%}/"
-                f"{_rate(outcomes, 'continue'):.0%}",
-                "baseline": f"{_rate(fixed[rate], 'promote'):.0%}",
-            }
-        )
-        rows.append(
+                "name": f"canary {level.label}: sequential promote/rollback/undecided "
+                f"(baseline: fixed non-inferiority promote/rollback at n={horizon})",
+                "value": f"{_rate(outcomes, 'promote'):.1%}/{_rate(outcomes, 'rollback'):.1%}/"
+                f"{_rate(outcomes, 'continue'):.1%}",
+                "baseline": f"{_rate(fixed[level], 'promote'):.1%}/"
+                f"{_rate(fixed[level], 'rollback'):.1%}",
+            },
             {
-                "name": f"canary: error {rate:.1%}, mean requests per variant to a decision",
-                "value": round(mean_requests),
+                "name": f"canary {level.label}: mean requests per variant to a decision",
+                "value": round(mean_n),
                 "unit": "requests",
                 "baseline": horizon,
-                "ratio": round(mean_requests / horizon, 2),
-            }
-        )
+                "ratio": round(mean_n / horizon, 2),
+            },
+        ]
+    for levels, kind in (
+        (good, "clearly good canaries (no worse than baseline)"),
+        (bad, f"clearly bad canaries (>= {CLEARLY_BAD:g}x tolerance worse)"),
+    ):
+        mean_n = mean_requests(levels)
+        for n, power in ((horizon, POWER), (long_horizon, HIGH_POWER)):
+            rows.append(
+                {
+                    "name": f"canary: requests per variant to a decision, {kind}, sequential "
+                    f"(baseline: fixed non-inferiority at {power:.0%} power)",
+                    "value": round(mean_n),
+                    "unit": "requests",
+                    "baseline": n,
+                    "ratio": round(mean_n / n, 2),
+                }
+            )
+    equal = next(level for level in LEVELS if level.harm == 0)
+    equal_power = min(_rate(sequential[equal], "promote"), MAX_PLANNED_POWER)
+    matched = _horizon(equal_power)
+    rows.append(
+        {
+            "name": f"canary {equal.label}: requests per variant to a decision, sequential "
+            f"(baseline: fixed non-inferiority planned for the sequential's {equal_power:.1%} "
+            "promotion rate there)",
+            "value": round(mean_requests([equal])),
+            "unit": "requests",
+            "baseline": matched,
+            "ratio": round(mean_requests([equal]) / matched, 2),
+        }
+    )
+    target = f"<= {ALPHA:g} (+ {slack:.3f} slack: 2 s.e. at {runs} runs)"
+    seq_promote = _rate(sequential[margin], "promote")
     rows += [
         {
-            "name": f"canary: mean requests per variant to a decision, all levels ({runs} runs "
-            f"each; cap {CAP} counted as {CAP})",
-            "value": round(mean_n),
-            "unit": "requests",
-            "baseline": horizon,
-            "ratio": round(mean_n / horizon, 2),
-        },
-        {
-            "name": "canary: sequential false-promotion rate, worst canary worse by >= tolerance",
+            "name": "canary: false-promotion rate at exactly the tolerance "
+            f"(error {margin.error_rate:.0%}), "
+            f"sequential (baseline: fixed at {POWER:.0%} power)",
             "value": round(seq_promote, 3),
             "unit": "share",
-            "baseline": round(fix_promote, 3),
-            "target": f"<= {ALPHA}",
-            "met": seq_promote <= ALPHA,
-        },
+            "baseline": round(_rate(fixed[margin], "promote"), 3),
+            "target": target,
+            "met": seq_promote <= ALPHA + slack,
+        }
+    ]
+    for outcomes, n, power in ((fixed, horizon, POWER), (fixed_long, long_horizon, HIGH_POWER)):
+        promoted = _rate(outcomes[margin], "promote")
+        rows.append(
+            {
+                "name": "canary: false-promotion rate at exactly the tolerance, fixed "
+                f"non-inferiority at {power:.0%} power (n={n})",
+                "value": round(promoted, 3),
+                "unit": "share",
+                "target": target,
+                "met": promoted <= ALPHA + slack,
+            }
+        )
+    seq_rollback = worst_rollback(sequential)
+    rows += [
         {
-            "name": "canary: sequential false-rollback rate, worst canary no worse",
+            "name": "canary: false-rollback rate, worst canary no worse than baseline, "
+            f"sequential (baseline: fixed at {POWER:.0%} power)",
             "value": round(seq_rollback, 3),
             "unit": "share",
-            "baseline": round(fix_rollback, 3),
+            "baseline": round(worst_rollback(fixed), 3),
             "target": f"<= {len(specs) * ALPHA:g} (alpha per metric)",
             "met": seq_rollback <= len(specs) * ALPHA,
         },
         {
-            "name": "canary: sequential runs undecided at the cap",
-            "value": round(undecided, 3),
+            "name": "canary: false-rollback rate, worst canary no worse than baseline, fixed "
+            f"non-inferiority at {HIGH_POWER:.0%} power (n={long_horizon})",
+            "value": round(worst_rollback(fixed_long), 3),
             "unit": "share",
+        },
+        {
+            "name": "canary: sequential runs undecided at the cap, all levels",
+            "value": round(float(np.mean([_rate(sequential[lv], "continue") for lv in LEVELS])), 3),
+            "unit": "share",
+        },
+        {
+            "name": "canary: for context, Kayenta-style judge at a size planned against 2x the "
+            f"tolerance (n={kayenta_horizon}): promotion rate at exactly the tolerance",
+            "value": round(_rate(kayenta, "promote"), 3),
+            "unit": "share",
+            "target": f"<= {ALPHA:g} (not designed to meet it)",
+            "met": _rate(kayenta, "promote") <= ALPHA + slack,
         },
     ]
     return rows

@@ -20,9 +20,14 @@ Prometheus are treated the same). Two judges read them:
   probability at most `alpha` (up to the normal approximation of the means).
 
 Both fail closed: a metric missing, or with fewer than `min_samples` usable values in either
-variant, is "nodata", which never passes and never promotes. `fixed_horizon_judge` and
-`fixed_horizon_sample_size` give the classical alternative, one look at a planned sample size,
-which `benchmarks/canary_judge.py` compares with the sequential judge.
+variant, is "nodata", which never passes and never promotes.
+
+`fixed_horizon_noninferiority` and `noninferiority_sample_size` give the classical alternative
+with the same guarantee: one look at a sample size planned to promote a canary as good as the
+baseline, promoting only if every metric's one-sided 1 - alpha upper bound of its harm is
+below its tolerance. `benchmarks/canary_judge.py` compares it with the sequential judge.
+`fixed_horizon_judge` runs `judge` at a planned size instead; it promotes unless harm is
+significant, so it does not bound false promotion.
 """
 
 from __future__ import annotations
@@ -146,6 +151,30 @@ class FixedHorizonResult(BaseModel):
     outcome: SequentialOutcome = Field(description="continue until `n` values are in.")
     n: int = Field(description="The planned values per variant.")
     analysis: JudgeResult | None = None
+
+
+class NonInferiorityMetric(BaseModel):
+    """One metric of the fixed-horizon non-inferiority test, oriented so that positive is harm."""
+
+    name: str
+    canary_n: int
+    baseline_n: int
+    harm: float | None = Field(
+        description="Canary minus baseline (mean or proportion), sign flipped for decrease_is_bad."
+    )
+    upper: float | None = Field(description="One-sided upper confidence bound of the harm.")
+    non_inferior: bool = Field(description="upper is below the tolerance; never for nodata.")
+
+
+class NonInferiorityResult(BaseModel):
+    """The one-look non-inferiority decision at a planned sample size."""
+
+    outcome: SequentialOutcome = Field(
+        description="continue until `n` values are in; then promote or rollback, never continue."
+    )
+    n: int = Field(description="The planned values per variant.")
+    metrics: dict[str, NonInferiorityMetric] = Field(default_factory=dict)
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -618,7 +647,8 @@ def fixed_horizon_judge(
     `judge` runs on the first `n` values of each, and only a "pass" promotes: "marginal" and
     "fail" roll back, since a canary in doubt is not promoted. This promotes unless a harmful
     change beyond tolerance is significant, so unlike `sequential_judge` it does not bound the
-    chance of promoting a canary worse by about the tolerance.
+    chance of promoting a canary worse by about the tolerance; `fixed_horizon_noninferiority`
+    is the fixed-horizon test that does.
 
     Args:
         canary: per-metric arrays of the canary's values so far, in arrival order.
@@ -687,6 +717,143 @@ def fixed_horizon_sample_size(
         variances = 2 * baseline_sd**2
     z = stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power)
     return max(spec.min_samples, math.ceil(z * z * variances / harm**2))
+
+
+def noninferiority_metric(
+    spec: MetricSpec, canary: Values, baseline: Values, alpha: float = 0.05
+) -> NonInferiorityMetric:
+    """One metric's one-sided upper confidence bound for its harm, at a single look.
+
+    Harm is what `sequential_metric` estimates, after the same cleaning: the difference in
+    proportions for binary metrics, bounded by Newcombe's score interval (`compare_proportions`
+    at 2 * alpha: its upper end is a one-sided 1 - alpha bound and, unlike the Wald bound, keeps
+    its level at error rates near 0), and the difference in means for continuous metrics,
+    bounded by the normal approximation with Welch's standard error.
+
+    Args:
+        spec: the metric.
+        canary: per-metric values of the canary.
+        baseline: per-metric values of the baseline.
+        alpha: one minus the bound's coverage.
+
+    Returns:
+        The estimate, its upper bound, the counts, and whether the bound is below the tolerance.
+    """
+    canary_sample, baseline_sample, nodata = _prepare(spec, canary, baseline)
+    counts = {
+        "canary_n": 0 if canary_sample is None else canary_sample.values.size,
+        "baseline_n": 0 if baseline_sample is None else baseline_sample.values.size,
+    }
+    if nodata is not None:
+        return NonInferiorityMetric(
+            name=spec.name, **counts, harm=None, upper=None, non_inferior=False
+        )
+    x, y = canary_sample.values, baseline_sample.values
+    sign = 1.0 if spec.direction == "increase_is_bad" else -1.0
+    if spec.kind == "binary":
+        difference, low, high, _ = compare_proportions(x, y, 2 * alpha)
+        harm, upper = sign * difference, high if sign > 0 else -low
+    else:
+        harm = sign * float(x.mean() - y.mean())
+        se = math.sqrt(x.var(ddof=1) / x.size + y.var(ddof=1) / y.size)
+        upper = harm + float(stats.norm.ppf(1 - alpha)) * se
+    return NonInferiorityMetric(
+        name=spec.name, **counts, harm=harm, upper=upper, non_inferior=upper < spec.tolerance
+    )
+
+
+def fixed_horizon_noninferiority(
+    canary: Values,
+    baseline: Values,
+    specs: list[MetricSpec],
+    n: int,
+    alpha: float = 0.05,
+) -> NonInferiorityResult:
+    """The fixed-horizon test with `sequential_judge`'s guarantee: one look, at `n` values.
+
+    Until every metric present has `n` values in both variants the outcome is "continue"; then
+    each metric's first `n` values are tested once and the test must decide: "promote" when
+    every metric's one-sided 1 - alpha upper bound of its harm is below its tolerance
+    (`noninferiority_metric`), "rollback" otherwise, a missing or short metric included. A
+    canary truly worse by at least the tolerance on some metric is promoted with probability
+    at most `alpha`, as with `sequential_judge`; promotion needs every metric to pass its own
+    test, so no correction for their number is needed. A canary no worse than the baseline is
+    rolled back with probability about 1 - power, for the power `n` was planned with
+    (`noninferiority_sample_size`).
+
+    Args:
+        canary: per-metric arrays of the canary's values so far, in arrival order.
+        baseline: per-metric arrays of the baseline's values so far, in arrival order.
+        specs: the metrics; names must be unique.
+        n: the planned values per variant.
+        alpha: the bound on false promotion.
+
+    Returns:
+        The outcome, `n`, and each metric's bound once the look has run.
+
+    Raises:
+        ValueError: no metrics, or repeated names.
+    """
+    _check_specs(specs)
+    present = [s.name for s in specs if s.name in canary and s.name in baseline]
+    short = [name for name in present if min(len(canary[name]), len(baseline[name])) < n]
+    if short:
+        return NonInferiorityResult(
+            outcome="continue", n=n, reason=f"waiting for {n} values of {', '.join(short)}."
+        )
+    first = [{name: values[:n] for name, values in v.items()} for v in (canary, baseline)]
+    metrics = {spec.name: noninferiority_metric(spec, *first, alpha) for spec in specs}
+    failing = [m for m in metrics.values() if not m.non_inferior]
+    if not failing:
+        return NonInferiorityResult(
+            outcome="promote", n=n, metrics=metrics, reason="every metric shown within tolerance."
+        )
+    bounds = ", ".join(
+        f"{m.name} ({'too few values' if m.upper is None else f'harm up to {m.upper:.4g}'})"
+        for m in failing
+    )
+    return NonInferiorityResult(
+        outcome="rollback", n=n, metrics=metrics, reason=f"not shown within tolerance: {bounds}."
+    )
+
+
+def noninferiority_sample_size(
+    spec: MetricSpec,
+    baseline_mean: float,
+    baseline_sd: float | None = None,
+    alpha: float = 0.05,
+    power: float = 0.8,
+) -> int:
+    """Values per variant for `fixed_horizon_noninferiority` to promote an equal canary.
+
+    The usual non-inferiority formula n = (z_(1 - alpha) + z_power)^2 * (var_c + var_b) / tol^2
+    for a true harm of 0: for binary metrics both variances are p(1 - p) at the baseline rate,
+    for continuous metrics both are `baseline_sd`^2. With several metrics, plan for the largest
+    n; the chance that all pass is then somewhat under `power`. Newcombe's bound is a little
+    wider than the normal one at low rates: at a 1% error rate and a tolerance of 0.01 the
+    power is 76% rather than 80%.
+
+    Args:
+        spec: the metric.
+        baseline_mean: the baseline's rate (binary) or mean (continuous).
+        baseline_sd: the baseline's standard deviation; required for continuous metrics.
+        alpha: the test's bound on false promotion.
+        power: the wanted chance of promoting a canary no worse than the baseline.
+
+    Returns:
+        Values needed per variant, at least `spec.min_samples`.
+
+    Raises:
+        ValueError: a continuous metric without `baseline_sd`.
+    """
+    if spec.kind == "binary":
+        variances = 2 * baseline_mean * (1 - baseline_mean)
+    elif baseline_sd is None:
+        raise ValueError(f"{spec.name} is continuous: its sample size needs baseline_sd")
+    else:
+        variances = 2 * baseline_sd**2
+    z = stats.norm.ppf(1 - alpha) + stats.norm.ppf(power)
+    return max(spec.min_samples, math.ceil(z * z * variances / spec.tolerance**2))
 
 
 @task(name="judge-canary", cache_policy=NO_CACHE)

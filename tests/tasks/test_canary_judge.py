@@ -12,10 +12,12 @@ from agentic_mlops.tasks.canary_judge import (
     check_canary,
     compare_proportions,
     fixed_horizon_judge,
+    fixed_horizon_noninferiority,
     fixed_horizon_sample_size,
     hodges_lehmann,
     judge,
     judge_canary,
+    noninferiority_sample_size,
     replay_sequential,
     sequential_judge,
 )
@@ -340,6 +342,82 @@ def test_fixed_horizon_sample_size():
     assert fixed_horizon_sample_size(ERRORS.model_copy(update={"tolerance": 0.5}), 0.01) == 50
     with pytest.raises(ValueError, match="baseline_sd"):
         fixed_horizon_sample_size(LATENCY, 113)
+
+
+def test_noninferiority_sample_size():
+    assert noninferiority_sample_size(ERRORS, 0.01) == 1225
+    assert noninferiority_sample_size(ERRORS, 0.01, power=0.9) == 1696
+    assert noninferiority_sample_size(LATENCY, 113, baseline_sd=60) == 1781
+    assert noninferiority_sample_size(ERRORS.model_copy(update={"tolerance": 0.5}), 0.01) == 50
+    with pytest.raises(ValueError, match="baseline_sd"):
+        noninferiority_sample_size(LATENCY, 113)
+
+
+def test_noninferiority_waits_then_promotes_an_equal_canary():
+    rng = np.random.default_rng(23)
+    canary = traffic(rng, 2_000, error_rate=0.005, latency_shift=-10)
+    baseline = traffic(rng, 2_000)
+    n = noninferiority_sample_size(ERRORS, 0.01)
+    assert fixed_horizon_noninferiority(canary, baseline, SPECS, n=2_500).outcome == "continue"
+    result = fixed_horizon_noninferiority(canary, baseline, SPECS, n)
+    assert result.outcome == "promote" and result.n == n
+    errors = result.metrics["error"]
+    assert errors.canary_n == n and errors.non_inferior
+    assert errors.harm < errors.upper < ERRORS.tolerance
+
+
+def test_noninferiority_rolls_back_a_canary_not_shown_within_tolerance():
+    rng = np.random.default_rng(24)
+    canary = traffic(rng, 2_000, error_rate=0.005, latency_shift=8)
+    baseline = traffic(rng, 2_000)
+    result = fixed_horizon_noninferiority(canary, baseline, SPECS, n=2_000)
+    assert result.outcome == "rollback"
+    assert result.metrics["error"].non_inferior
+    assert not result.metrics["latency_ms"].non_inferior
+    assert "latency_ms" in result.reason
+
+
+def test_noninferiority_fails_closed_on_a_missing_metric():
+    rng = np.random.default_rng(25)
+    canary = traffic(rng, 2_000, error_rate=0.005, latency_shift=-10)
+    baseline = traffic(rng, 2_000)
+    assert fixed_horizon_noninferiority(canary, baseline, SPECS, n=2_000).outcome == "promote"
+    del canary["latency_ms"]
+    result = fixed_horizon_noninferiority(canary, baseline, SPECS, n=2_000)
+    assert result.outcome == "rollback"
+    latency = result.metrics["latency_ms"]
+    assert latency.upper is None and not latency.non_inferior
+    assert "too few values" in result.reason
+
+
+def test_noninferiority_orients_decrease_is_bad_metrics():
+    rng = np.random.default_rng(26)
+    baseline = {"correct": (rng.random(3_000) < 0.9).astype(float)}
+    better = {"correct": (rng.random(3_000) < 0.92).astype(float)}
+    worse = {"correct": (rng.random(3_000) < 0.85).astype(float)}
+    promoted = fixed_horizon_noninferiority(better, baseline, [ACCURACY], n=3_000)
+    rolled_back = fixed_horizon_noninferiority(worse, baseline, [ACCURACY], n=3_000)
+    assert promoted.outcome == "promote" and promoted.metrics["correct"].harm < 0
+    assert rolled_back.outcome == "rollback" and rolled_back.metrics["correct"].harm > 0
+
+
+@pytest.mark.parametrize("metric", ["error", "loss"])
+def test_noninferiority_false_promotion_at_the_margin_stays_near_alpha(metric):
+    """400 canaries worse by exactly the tolerance, each tested once at the planned size."""
+    loss = MetricSpec(name="loss", kind="continuous", direction="increase_is_bad", tolerance=0.5)
+    spec = ERRORS if metric == "error" else loss
+    n = noninferiority_sample_size(spec, 0.01, baseline_sd=1.0)
+    promoted = 0
+    for run in range(400):
+        rng = np.random.default_rng([27, run])
+        if metric == "error":
+            canary = {"error": (rng.random(n) < 0.02).astype(float)}
+            baseline = {"error": (rng.random(n) < 0.01).astype(float)}
+        else:
+            canary = {"loss": rng.normal(spec.tolerance, 1, n)}
+            baseline = {"loss": rng.normal(0, 1, n)}
+        promoted += fixed_horizon_noninferiority(canary, baseline, [spec], n).outcome == "promote"
+    assert promoted / 400 < 0.08
 
 
 def test_prefect_tasks_judge_inside_a_flow():
