@@ -116,7 +116,7 @@ def test_concurrent_runs_on_a_prefect_server_and_mlflow_backed_by_postgres(tmp_p
             for seed in range(4)
         ]
         outputs = [run.communicate(timeout=300) for run in runs]
-        for run, (out, err) in zip(runs, outputs, strict=True):
+        for run, (_out, err) in zip(runs, outputs, strict=True):
             assert run.returncode == 0, err[-2000:]
         versions = sorted(json.loads(out[out.index("{") :])["version"] for out, _ in outputs)
         assert versions == [1, 2, 3, 4]
