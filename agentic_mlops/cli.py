@@ -347,6 +347,22 @@ def canary(
 
 
 @app.command()
+def notify(
+    webhook: Annotated[str, typer.Option(help="URL that receives {subject, body} as JSON.")],
+) -> None:
+    """Send every drift escalation to a webhook (a Prefect block and automation)."""
+    from agentic_mlops.deployments.automations import install_escalation_webhook
+
+    if not webhook.startswith(("http://", "https://")):
+        fail(f"{webhook}: not an http(s) URL")
+    block_id, automation_id = install_escalation_webhook(webhook)
+    console.print(
+        f"escalations go to {webhook} (block {block_id}, automation {automation_id})",
+        highlight=False,
+    )
+
+
+@app.command()
 def where() -> None:
     """Print where the embedded defaults keep their state, and how to open the UIs."""
     console.print(where_to_look(), highlight=False)
