@@ -163,8 +163,9 @@ def policy_decision(evidence: CanaryEvidence, limits: PromotionLimits) -> Promot
 
     In order: harm shown (judge fail on real data, or the sequential test) rolls back; a
     step without enough data holds, then rolls back after `max_holds`; a marginal analysis asks
-    a person; a pass promotes at the last step or when the sequential test already showed
-    non-inferiority, and otherwise increases traffic.
+    a person; a pass promotes once the sequential test shows non-inferiority (its false
+    promotion rate is bounded, the fixed judge's is not), holds at the last step while it has
+    not, then asks a person, and otherwise increases traffic.
     """
     judge = evidence.judge
 
@@ -210,16 +211,29 @@ def policy_decision(evidence: CanaryEvidence, limits: PromotionLimits) -> Promot
             f"The analysis is marginal (score {judge.score:.0f}): {judge.reason}",
             ["judge"],
         )
-    if evidence.next_weight is None or evidence.sequential_outcome == "promote":
-        why = (
-            "the last step passed"
-            if evidence.next_weight is None
-            else "the sequential test already shows non-inferiority on every metric"
-        )
+    if evidence.sequential_outcome == "promote":
         return decision(
             "promote",
             0.9,
-            f"The analysis passed (score {judge.score:.0f}) and {why}.",
+            f"The analysis passed (score {judge.score:.0f}) and the "
+            "sequential test shows non-inferiority on every critical metric.",
+            ["judge", "sequential", "traffic"],
+        )
+    if evidence.next_weight is None:
+        if evidence.holds < evidence.max_holds:
+            return decision(
+                "hold",
+                0.8,
+                "The last step passed the analysis, but "
+                "non-inferiority is not shown yet; collecting more before 100%.",
+                ["judge", "sequential", "traffic"],
+            )
+        return decision(
+            "ask_human",
+            0.6,
+            "The analysis passed, but the sequential test has not "
+            f"shown non-inferiority after {evidence.holds} holds: a person decides "
+            "whether to promote.",
             ["judge", "sequential", "traffic"],
         )
     return decision(
@@ -296,10 +310,21 @@ def enforce_guardrails(
     - promote or increase_traffic without a passing analysis (every critical metric passing,
       no harm shown by the sequential test) becomes rollback when the analysis failed on real
       data or harm was shown, and ask_human otherwise;
+    - promote after a passing analysis but without the sequential test's non-inferiority
+      becomes hold (then ask_human): only the sequential test bounds false promotions;
     - an action outside the allowed set is replaced by the policy's decision;
     - promote or rollback below the minimum confidence goes to a person.
     """
     judge = evidence.judge
+    if (
+        decision.action == "promote"
+        and evidence.sequential_outcome != "promote"
+        and (judge.verdict == "pass" and not judge.critical_failures)
+    ):
+        action = "hold" if evidence.holds < evidence.max_holds else "ask_human"
+        return decision.model_copy(update={"action": action}), (
+            "promotion needs the sequential test's non-inferiority (or a person): " + action
+        )
     advancing = decision.action in ("promote", "increase_traffic")
     if advancing and (
         judge.verdict != "pass"

@@ -24,6 +24,8 @@ import pandas as pd
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
+from agentic_mlops.tasks.registry import as_model_input
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -54,8 +56,6 @@ class ModelServer:
         )
 
     def score(self, rows: list[dict[str, Any]]) -> list[float]:
-        from agentic_mlops.tasks.registry import as_model_input
-
         frame = as_model_input(pd.DataFrame(rows))
         return [float(p[1]) for p in self.model.predict(frame)]
 
@@ -122,11 +122,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.tracking_uri:
         mlflow.set_tracking_uri(args.tracking_uri)
     model = mlflow.pyfunc.load_model(args.model_uri)
-    example = model.input_example
-    if example is not None:
-        model.predict(example)  # the first call is slow; pay it before /healthz says ready
     name, _, version = args.model_uri.removeprefix("models:/").partition("/")
     server = ModelServer(model, name, version, args.fault_error_rate, args.fault_latency_ms)
+    example = model.input_example
+    if example is not None:  # the first calls are slow; pay for them before /healthz says ready
+        for _ in range(3):
+            server.score(pd.DataFrame(example).to_dict("records"))
     web.run_app(
         server.app(),
         host=args.host,

@@ -66,7 +66,9 @@ def evidence(
     ("case", "expected"),
     [
         (evidence(), "increase_traffic"),
-        (evidence(next_weight=None), "promote"),
+        (evidence(next_weight=None), "hold"),
+        (evidence(next_weight=None, holds=2), "ask_human"),
+        (evidence(next_weight=None, sequential="promote"), "promote"),
         (evidence(sequential="promote"), "promote"),
         (evidence("fail", failing=["error"]), "rollback"),
         (evidence(sequential="rollback"), "rollback"),
@@ -76,7 +78,9 @@ def evidence(
     ],
     ids=[
         "pass",
-        "last-step",
+        "last-step-unproven",
+        "last-step-held",
+        "last-step-proven",
         "sequential-pass",
         "critical-fail",
         "sequential-harm",
@@ -175,3 +179,10 @@ def test_no_decision_advances_a_canary_past_a_judge_that_did_not_pass(
     assert guarded.action in ACTIONS
     if verdict != "pass" or case.judge.critical_failures or sequential == "rollback":
         assert guarded.action not in ("promote", "increase_traffic")
+    if sequential != "promote":
+        assert guarded.action != "promote"
+
+
+def test_an_llm_cannot_promote_on_the_fixed_judge_alone():
+    outcome = advise(evidence(next_weight=None), SETTINGS, model=scripted(PROMOTE))
+    assert outcome.decision.action == "hold" and "non-inferiority" in outcome.overridden_by

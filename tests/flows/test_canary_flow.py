@@ -106,7 +106,9 @@ def start_serving(settings, canary_faults=None):
 
 
 def rollout(**extra):
-    params = dict(version=2, steps=[25, 100], step_seconds=30, min_samples=150)
+    params = dict(
+        version=2, steps=[50, 100], step_seconds=40, min_samples=150, approval_timeout_seconds=30
+    )
     return canary_rollout(CanaryParameters(**{**params, **extra}), return_state=True)
 
 
@@ -267,3 +269,50 @@ def test_the_router_drops_no_request_while_weights_change_and_the_canary_is_remo
     assert traffic.variants.get("canary", 0) > 20
     state = backend.router_state()
     assert state.canary is None and "2" not in backend.status().servers
+
+
+@pytest.mark.slow
+def test_a_much_slower_canary_is_rolled_back(serving_home):
+    backend, url = start_serving(serving_home, {"fault_latency_ms": 120})
+    with Traffic(url) as traffic:
+        result = rollout().result()
+    assert result.outcome == "rolled_back", result
+    assert registry.alias_version("churn", "champion", serving_home) == 1
+    assert traffic.failed == 0
+
+
+@pytest.mark.slow
+def test_a_less_accurate_canary_is_rolled_back_on_its_feedback(serving_home):
+    worse = train(
+        TrainParameters(
+            rows=300,
+            seed=9,
+            scenario="concept",
+            hyperparameters=Hyperparameters(max_iter=3, learning_rate=0.02),
+        )
+    )
+    backend, url = start_serving(serving_home)
+    with Traffic(url) as traffic:
+        result = canary_rollout(
+            CanaryParameters(
+                version=worse.version,
+                steps=[50, 100],
+                step_seconds=40,
+                min_samples=150,
+                approval_timeout_seconds=30,
+            ),
+            return_state=True,
+        ).result()
+    assert result.outcome == "rolled_back", result
+    brier = [
+        m
+        for m in ledger.get_decision(result.steps[-1].ledger_id, serving_home).evidence["judge"][
+            "metrics"
+        ]
+        if m["name"] == "brier"
+    ]
+    assert brier and (
+        brier[0]["classification"] == "high" or result.steps[-1].sequential == "rollback"
+    )
+    assert registry.alias_version("churn", "champion", serving_home) == 1
+    assert traffic.failed == 0
