@@ -346,6 +346,48 @@ def canary(
     console.print(f"{result.reason}; champion is v{result.champion}", highlight=False)
 
 
+k8s = typer.Typer(help="Kubernetes: render the serving manifests for review or GitOps.")
+app.add_typer(k8s, name="k8s")
+
+
+@k8s.command("render")
+def k8s_render(
+    version: Annotated[int, typer.Option(help="Model version served as stable.")],
+    out: Annotated[Path, typer.Option(help="Folder that receives one YAML file per object.")],
+    model: Annotated[str | None, typer.Option(help="Registered model; default settings.")] = None,
+    image: Annotated[str, typer.Option(help="Model-server container image.")] = (
+        "agentic-mlops/model-server:latest"
+    ),
+    namespace: Annotated[str, typer.Option(help="Kubernetes namespace.")] = "default",
+    canary: Annotated[int | None, typer.Option(help="Also render this version as canary.")] = None,
+    weight: Annotated[float, typer.Option(help="Canary share of traffic, 0 to 1.")] = 0.0,
+) -> None:
+    """Write the Deployments, Service and route of a model version, validated offline."""
+    from agentic_mlops.deployments.kubernetes.manifests import (
+        KubernetesServing,
+        ManifestError,
+        write_manifests,
+    )
+
+    settings = load_settings()
+    try:
+        serving = KubernetesServing(
+            image=image, namespace=namespace, tracking_uri=settings.tracking_uri()
+        )
+        written = write_manifests(
+            model or settings.model_name,
+            version,
+            out,
+            serving,
+            canary_version=canary,
+            canary_weight=weight,
+        )
+    except (ManifestError, ValueError) as error:
+        fail(str(error))
+    for path in written:
+        console.print(str(path), highlight=False)
+
+
 @app.command()
 def notify(
     webhook: Annotated[str, typer.Option(help="URL that receives {subject, body} as JSON.")],

@@ -68,3 +68,31 @@ def test_canary_without_a_challenger_or_with_bad_steps_exits_2(home):
     assert result.exit_code == 2 and "steps must rise and end at 100" in result.output
     result = runner.invoke(app, ["canary", "--version", "1", "--steps", "ten"])
     assert result.exit_code == 2 and "invalid parameters" in result.output
+
+
+def test_k8s_render_writes_validated_manifests_and_refuses_bad_input(home, tmp_path):
+    import yaml
+
+    result = runner.invoke(
+        app,
+        [
+            "k8s",
+            "render",
+            "--version",
+            "3",
+            "--canary",
+            "4",
+            "--weight",
+            "0.25",
+            "--out",
+            str(tmp_path / "k8s"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    kinds = sorted(yaml.safe_load(p.read_text())["kind"] for p in (tmp_path / "k8s").iterdir())
+    assert kinds == ["Deployment", "Deployment", "Service"]
+    result = runner.invoke(
+        app, ["k8s", "render", "--version", "3", "--weight", "2", "--out", str(tmp_path / "bad")]
+    )
+    assert result.exit_code == 2 and "between 0 and 1" in result.output
+    assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())

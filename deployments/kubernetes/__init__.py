@@ -1,0 +1,1 @@
+"""Kubernetes serving: manifests of the model server rendered from templates, and validated."""
