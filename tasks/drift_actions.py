@@ -96,8 +96,11 @@ def start_retraining(
             "prefect.resource.id": f"agentic-mlops.model.{settings.model_name}",
             "agentic-mlops.retrain.started": "yes",
         },
-        payload={"ledger_id": ledger_id, "parameters": params.model_dump(mode="json"),
-                 "how": "deployment" if deployed else "subflow"},
+        payload={
+            "ledger_id": ledger_id,
+            "parameters": params.model_dump(mode="json"),
+            "how": "deployment" if deployed else "subflow",
+        },
     )
     if deployed:
         run = run_deployment(
