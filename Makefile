@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-all bench lint clean
+.PHONY: setup tools demo test test-all bench lint clean
 
 setup: $(STAMP)
 
@@ -20,7 +20,11 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -m "not slow" -q
 
-test-all: setup
+# the slow suite also reads canary metrics from a real Prometheus (Debian's package)
+tools:
+	@command -v prometheus >/dev/null || (apt-get update -qq && apt-get install -y -qq prometheus)
+
+test-all: setup tools
 	$(BIN)/python -m pytest -q
 
 bench: setup
