@@ -96,6 +96,11 @@ BENCHMARKS: dict[str, Callable[[], list[Row]]] = {
 }
 
 
+def plain(value: object) -> object:
+    """JSON for what benchmarks return besides plain types (numpy scalars)."""
+    return value.item() if hasattr(value, "item") else str(value)
+
+
 def markdown_table(rows: list[Row]) -> str:
     lines = ["| benchmark | value | baseline | ratio | target | met |", "|---|---|---|---|---|---|"]
     for row in rows:
@@ -143,10 +148,10 @@ def main(selected: list[str]) -> int:
         },
         "results": rows,
     }
-    (RESULTS / f"{stamp}.json").write_text(json.dumps(report, indent=2))
     table = markdown_table(rows)
+    print(table, flush=True)
+    (RESULTS / f"{stamp}.json").write_text(json.dumps(report, indent=2, default=plain))
     (RESULTS / f"{stamp}.md").write_text(table + "\n")
-    print(table)
     return 0
 
 
