@@ -15,12 +15,17 @@ from functools import cache
 from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
-from pydantic_ai import Agent, ModelRetry, RunContext
+from pydantic_ai import Agent, RunContext
 from pydantic_ai.durable_exec.prefect import PrefectDurability
 from pydantic_ai.models import Model
 from pydantic_ai.models.function import FunctionModel
 
-from agentic_mlops.agents.decision_runtime import backed_by_policy, decide, policy_model
+from agentic_mlops.agents.decision_runtime import (
+    allowed_action,
+    backed_by_policy,
+    decide,
+    policy_model,
+)
 from agentic_mlops.settings import Settings, load_settings
 
 Action = Literal["promote", "increase_traffic", "hold", "rollback", "ask_human"]
@@ -267,18 +272,6 @@ def promotion_policy(limits: PromotionLimits) -> FunctionModel:
     )
 
 
-def validate_decision(
-    ctx: RunContext[PromotionDeps], decision: PromotionDecision
-) -> PromotionDecision:
-    """Ask the model to try again when it names an action this deployment forbids."""
-    if decision.action not in ctx.deps.limits.allowed_actions:
-        raise ModelRetry(
-            f"action {decision.action!r} is not allowed here; choose one of "
-            f"{', '.join(ctx.deps.limits.allowed_actions)}"
-        )
-    return decision
-
-
 def build_promotion_agent(
     model: Model | str, limits: PromotionLimits
 ) -> Agent[PromotionDeps, PromotionDecision]:
@@ -293,7 +286,7 @@ def build_promotion_agent(
         capabilities=[PrefectDurability()],
         defer_model_check=True,
     )
-    agent.output_validator(validate_decision)
+    agent.output_validator(allowed_action)
     return agent
 
 

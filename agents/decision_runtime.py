@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
-from pydantic_ai import Agent
+from pydantic_ai import Agent, ModelRetry, RunContext
 from pydantic_ai.messages import (
     ModelMessage,
     ModelRequest,
@@ -58,6 +58,19 @@ def policy_model(
         return ModelResponse(parts=[ToolCallPart(info.output_tools[0].name, decision.model_dump())])
 
     return FunctionModel(respond, model_name=POLICY)
+
+
+def allowed_action(ctx: RunContext[Any], decision: Decision) -> Decision:
+    """Ask the model to try again when its decision names an action this deployment forbids.
+
+    Registered as an output validator; the deps must carry `limits.allowed_actions`.
+    """
+    allowed = ctx.deps.limits.allowed_actions
+    if decision.action not in allowed:
+        raise ModelRetry(
+            f"action {decision.action!r} is not allowed here; choose one of {', '.join(allowed)}"
+        )
+    return decision
 
 
 def backed_by_policy(model: Model | str, policy: FunctionModel) -> Model:

@@ -72,3 +72,21 @@ def artifacts_by_key(key: str) -> list[dict]:
     with get_client(sync_client=True) as client:
         response = client.request("POST", "/artifacts/filter", json=body)
     return response.json()
+
+
+def trained_home(tmp_path_factory, mlflow_template: Path, name: str, *trainings) -> Path:
+    """A home holding the versions trained from `trainings` (TrainParameters), in order; made
+    once per module by the modules' own fixtures and copied by each test."""
+    from agentic_mlops.flows.train import train
+
+    root = tmp_path_factory.mktemp(name) / "home"
+    root.mkdir()
+    shutil.copy(mlflow_template, root / "mlflow.db")
+    previous = os.environ["AGENTIC_MLOPS_HOME"]
+    os.environ["AGENTIC_MLOPS_HOME"] = str(root)
+    try:
+        for params in trainings:
+            train(params)
+    finally:
+        os.environ["AGENTIC_MLOPS_HOME"] = previous
+    return root

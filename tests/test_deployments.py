@@ -11,6 +11,7 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.sorting import DeploymentSort
 from prefect.deployments import run_deployment
+from prefect.events import emit_event
 from prefect.settings import PREFECT_API_URL
 
 from agentic_mlops.flows.train import TrainParameters, train
@@ -74,6 +75,41 @@ def test_deploy_all_then_a_worker_runs_the_drift_check(home):
             if "agentic-mlops.retrain.requested" in a["trigger"].get("expect", [])
         ]
         assert retrain and retrain[0]["trigger"]["match"]["agentic-mlops.retrain.started"] == "no"
+
+        train_id = found["train/train"].id
+        for started, rows in (("yes", 777), ("no", 888)):
+            emit_event(
+                event="agentic-mlops.retrain.requested",
+                resource={
+                    "prefect.resource.id": "agentic-mlops.model.churn",
+                    "agentic-mlops.retrain.started": started,
+                },
+                payload={"parameters": {"rows": rows, "scenario": "none"}},
+            )
+        requested = []
+        deadline = time.monotonic() + 60
+        while not requested and time.monotonic() < deadline:
+            with get_client(sync_client=True) as client:
+                requested = client.request(
+                    "POST",
+                    "/flow_runs/filter",
+                    json={
+                        "deployments": {"id": {"any_": [str(train_id)]}},
+                        "limit": 10,
+                    },
+                ).json()
+            time.sleep(0.5)
+        time.sleep(2)
+        with get_client(sync_client=True) as client:
+            requested = client.request(
+                "POST",
+                "/flow_runs/filter",
+                json={
+                    "deployments": {"id": {"any_": [str(train_id)]}},
+                    "limit": 10,
+                },
+            ).json()
+        assert [r["parameters"]["params"]["rows"] for r in requested] == [888]
 
         run = run_deployment(
             "drift-check/drift-check",

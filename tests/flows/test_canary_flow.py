@@ -14,6 +14,7 @@ from agentic_mlops.tasks import ledger, registry
 from agentic_mlops.tasks.churn import generate_churn
 from agentic_mlops.tasks.rollout import LocalRollout
 from agentic_mlops.tasks.training import Hyperparameters
+from tests.conftest import trained_home
 
 FAST = Hyperparameters(max_iter=60)
 
@@ -21,19 +22,13 @@ FAST = Hyperparameters(max_iter=60)
 @pytest.fixture(scope="module")
 def two_versions(tmp_path_factory, mlflow_template):
     """A home with champion v1 and a comparable challenger v2, trained once per module."""
-    import os
-
-    root = tmp_path_factory.mktemp("canary") / "home"
-    root.mkdir()
-    shutil.copy(mlflow_template, root / "mlflow.db")
-    previous = os.environ["AGENTIC_MLOPS_HOME"]
-    os.environ["AGENTIC_MLOPS_HOME"] = str(root)
-    try:
-        train(TrainParameters(rows=3_000, seed=1, hyperparameters=FAST))
-        train(TrainParameters(rows=3_000, seed=2, hyperparameters=FAST))
-    finally:
-        os.environ["AGENTIC_MLOPS_HOME"] = previous
-    return root
+    return trained_home(
+        tmp_path_factory,
+        mlflow_template,
+        "canary",
+        TrainParameters(rows=3_000, seed=1, hyperparameters=FAST),
+        TrainParameters(rows=3_000, seed=2, hyperparameters=FAST),
+    )
 
 
 @pytest.fixture

@@ -15,33 +15,27 @@ from agentic_mlops.tasks import ledger, registry
 from agentic_mlops.tasks.batches import read_table, write_table
 from agentic_mlops.tasks.churn import generate_batches, generate_churn
 from agentic_mlops.tasks.training import Hyperparameters
-from tests.conftest import artifacts_by_key
+from tests.conftest import artifacts_by_key, trained_home
 
 FAST = Hyperparameters(max_iter=80)
 
 
 @pytest.fixture(scope="module")
-def trained_home(tmp_path_factory, mlflow_template):
+def champion_v1(tmp_path_factory, mlflow_template):
     """A home with a champion trained on reference data, made once per module."""
-    import os
-
-    root = tmp_path_factory.mktemp("trained") / "home"
-    root.mkdir()
-    shutil.copy(mlflow_template, root / "mlflow.db")
-    previous = os.environ["AGENTIC_MLOPS_HOME"]
-    os.environ["AGENTIC_MLOPS_HOME"] = str(root)
-    try:
-        train(TrainParameters(rows=4_000, seed=1, hyperparameters=FAST))
-    finally:
-        os.environ["AGENTIC_MLOPS_HOME"] = previous
-    return root
+    return trained_home(
+        tmp_path_factory,
+        mlflow_template,
+        "trained",
+        TrainParameters(rows=4_000, seed=1, hyperparameters=FAST),
+    )
 
 
 @pytest.fixture
-def champion_home(trained_home, tmp_path, monkeypatch) -> Settings:
+def champion_home(champion_v1, tmp_path, monkeypatch) -> Settings:
     """A private copy of the trained home, so each test's history and ledger start empty."""
     root = tmp_path / "home"
-    shutil.copytree(trained_home, root)
+    shutil.copytree(champion_v1, root)
     monkeypatch.setenv("AGENTIC_MLOPS_HOME", str(root))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return Settings()

@@ -9,7 +9,6 @@ prometheus`): without it every test here fails, so `make test-all` cannot pass u
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import threading
@@ -23,7 +22,7 @@ import httpx
 import numpy as np
 import pytest
 
-from agentic_mlops.flows.train import TrainParameters, train
+from agentic_mlops.flows.train import TrainParameters
 from agentic_mlops.settings import Settings
 from agentic_mlops.tasks.canary_judge import judge
 from agentic_mlops.tasks.churn import generate_churn
@@ -37,6 +36,7 @@ from agentic_mlops.tasks.metrics import (
 )
 from agentic_mlops.tasks.rollout import LocalRollout, free_port
 from agentic_mlops.tasks.training import Hyperparameters
+from tests.conftest import trained_home
 
 pytestmark = pytest.mark.slow
 
@@ -118,19 +118,14 @@ def running_prometheus(binary: str, target: str, folder: Path) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def two_versions(tmp_path_factory, mlflow_template) -> Path:
     """A home with two small registered versions, trained once per module."""
-    root = tmp_path_factory.mktemp("prometheus") / "home"
-    root.mkdir()
-    shutil.copy(mlflow_template, root / "mlflow.db")
-    previous = os.environ["AGENTIC_MLOPS_HOME"]
-    os.environ["AGENTIC_MLOPS_HOME"] = str(root)
-    try:
-        for seed in (1, 2):
-            train(
-                TrainParameters(rows=1_000, seed=seed, hyperparameters=Hyperparameters(max_iter=10))
-            )
-    finally:
-        os.environ["AGENTIC_MLOPS_HOME"] = previous
-    return root
+    small = Hyperparameters(max_iter=10)
+    return trained_home(
+        tmp_path_factory,
+        mlflow_template,
+        "prometheus",
+        TrainParameters(rows=1_000, seed=1, hyperparameters=small),
+        TrainParameters(rows=1_000, seed=2, hyperparameters=small),
+    )
 
 
 @pytest.fixture(scope="module")
