@@ -107,3 +107,18 @@ def decide(
     except Exception as error:  # a provider, a tool or the output: any failure means the policy
         return fallback(), f"model run failed ({type(error).__name__}): policy decided"
     return result.output, None
+
+
+def decide_within(
+    agent: Agent[Any, Decision],
+    prompt: str,
+    deps: Any,
+    settings: Settings,
+    fallback: Callable[[], Decision],
+    guard: Callable[[Decision], tuple[Decision, str | None]],
+) -> tuple[Decision, str | None]:
+    """`decide`, then the agent's guardrails: the decision that stands and every reason it
+    is not the model's own (a failed run, a guardrail), or None."""
+    decision, overridden_by = decide(agent, prompt, deps, settings, fallback)
+    decision, guarded = guard(decision)
+    return decision, "; ".join(r for r in (overridden_by, guarded) if r) or None

@@ -23,7 +23,7 @@ from pydantic_ai.models.function import FunctionModel
 from agentic_mlops.agents.decision_runtime import (
     allowed_action,
     backed_by_policy,
-    decide,
+    decide_within,
     policy_model,
 )
 from agentic_mlops.settings import Settings, load_settings
@@ -474,13 +474,12 @@ def triage(
         agent, agent_model = triage_agent(settings.agent_model, limits), settings.agent_model
     else:
         agent, agent_model = build_triage_agent(model, limits), model.model_name
-    decision, overridden_by = decide(
+    decision, reasons = decide_within(
         agent,
         "Triage the latest batch for the registered model and decide one action.",
         TriageDeps(evidence, limits),
         settings,
         lambda: policy_decision(evidence, limits),
+        lambda decision: enforce_guardrails(decision, evidence, limits),
     )
-    decision, guarded = enforce_guardrails(decision, evidence, limits)
-    reasons = "; ".join(r for r in (overridden_by, guarded) if r) or None
     return TriageOutcome(decision=decision, agent_model=agent_model, overridden_by=reasons)
