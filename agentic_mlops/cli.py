@@ -95,6 +95,80 @@ def train(
 
 
 @app.command()
+def retrain(
+    data: Annotated[
+        Path | None, typer.Option(help="Training window: a file or a folder of batches.")
+    ] = None,
+    recent: Annotated[
+        Path | None, typer.Option(help="Recent production batch, to find uncovered segments.")
+    ] = None,
+    triage: Annotated[
+        str | None, typer.Option(help="Ledger id of the triage decision that asked for it.")
+    ] = None,
+    target: Annotated[str, typer.Option(help="Label column.")] = "churn",
+    rows: Annotated[int, typer.Option(help="Rows to generate when no --data is given.")] = 5_000,
+    scenario: Annotated[str, typer.Option(help="Drift scenario of generated data.")] = "none",
+    seed: Annotated[int, typer.Option(help="Seed for generation, splits, search, models.")] = 42,
+    max_trials: Annotated[int | None, typer.Option(help="Cap on the trial count.")] = None,
+    time_budget: Annotated[float | None, typer.Option(help="Cap on the search's seconds.")] = None,
+    synthesize: Annotated[
+        bool | None, typer.Option(help="Force synthetic rows on or off (default: advisor).")
+    ] = None,
+    hand_over: Annotated[
+        str, typer.Option(help="auto, deployment, event, subflow or none.")
+    ] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Search for a better model with Ray Tune (advised by the tuning agent), register it as
+    challenger and hand it to the canary rollout. Runs on RAY_ADDRESS when set."""
+    from pydantic import ValidationError
+
+    from agentic_mlops.flows.tune import RetrainParameters
+    from agentic_mlops.flows.tune import retrain as retrain_flow
+
+    try:
+        params = RetrainParameters(
+            data_path=str(data) if data else None,
+            recent_path=str(recent) if recent else None,
+            triage_ledger_id=triage,
+            target=target,
+            rows=rows,
+            scenario=scenario,
+            seed=seed,
+            max_trials=max_trials,
+            time_budget_seconds=time_budget,
+            synthesize=synthesize,
+            hand_over=hand_over,
+        )
+    except ValidationError as error:
+        fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()))
+    state = retrain_flow(params, return_state=True)
+    if state.is_failed():
+        fail(state.message or "retraining failed", 2 if state.name == "InvalidData" else 1)
+    result = state.result()
+    if as_json:
+        console.print_json(result.model_dump_json())
+        return
+    print_training(result.training)
+    comparison = result.comparison
+    champion = (
+        f"champion v{comparison.champion_version} {comparison.champion_roc_auc:.4f}"
+        if comparison.champion_roc_auc is not None
+        else "no champion yet"
+    )
+    console.print(
+        f"search: {result.trials} trials ({result.stopped_early} stopped early) in "
+        f"{result.search_seconds:.0f} s on {result.cluster}; best {result.best_family}; "
+        f"synthetic rows {result.synthetic_rows}\n"
+        f"holdout ROC AUC: challenger {comparison.challenger_roc_auc:.4f}, {champion}\n"
+        f"advisor ({result.advisor.agent_model}): {result.advisor.proposal.rationale}\n"
+        f"hand-over: {result.hand_over}",
+        highlight=False,
+    )
+    console.print(where_to_look(), highlight=False)
+
+
+@app.command()
 def generate(
     out: Annotated[Path, typer.Option(help="File (.csv/.parquet) or, with --batches, a folder.")],
     rows: Annotated[int, typer.Option(help="Rows per file.")] = 5_000,
@@ -123,60 +197,26 @@ def generate(
 
 @app.command()
 def demo(
-    rows: Annotated[int, typer.Option(help="Rows of the training set and of each batch.")] = 5_000,
+    wait_for_person: Annotated[
+        bool,
+        typer.Option(
+            "--wait-for-person",
+            help="Approval mode `all`: every retrain, rollback and promotion waits for your "
+            "answer in the Prefect UI.",
+        ),
+    ] = False,
+    no_bad_model: Annotated[
+        bool, typer.Option("--no-bad-model", help="Skip the second scenario (a worse model).")
+    ] = False,
 ) -> None:
-    """Train a champion, then let the drift guardian check three production batches."""
-    from agentic_mlops.flows.drift import DriftCheckParameters
-    from agentic_mlops.flows.drift import drift_check as drift_flow
-    from agentic_mlops.flows.train import TrainParameters
-    from agentic_mlops.flows.train import train as train_flow
-    from agentic_mlops.tasks import ledger
-    from agentic_mlops.tasks.batches import write_table
-    from agentic_mlops.tasks.churn import generate_churn
-    from agentic_mlops.tasks.registry import model_aliases
+    """The whole loop on the embedded defaults: serve a champion to simulated customers, let
+    drift arrive, and watch the system detect it, retrain, canary and promote; then catch a
+    worse model in its canary and roll it back."""
+    from agentic_mlops.demo import DemoPlan, run_demo
 
     settings = load_settings()
     settings.ensure_dirs()
-    console.rule("[bold]1/4 Training the first model on reference data")
-    with errors.status("Training and registering the champion..."):
-        state = train_flow(TrainParameters(rows=rows, seed=1), return_state=True)
-    if state.is_failed():
-        fail(state.message or "training failed", 1)
-    print_training(state.result())
-    batches = [
-        ("2/4 A normal week of production data", "none", 11),
-        ("3/4 After a price rise: charges up, churn behaviour changed", "gradual", 12),
-        ("4/4 A broken export: renamed and missing columns, nulls", "quality", 13),
-    ]
-    for title, scenario, seed in batches:
-        console.rule(f"[bold]{title}")
-        path = write_table(
-            generate_churn(rows, seed, scenario),
-            settings.home / "incoming" / f"demo-{scenario}-{seed}.parquet",
-        )
-        with errors.status("Checking quality and drift, triaging, acting..."):
-            state = drift_flow(DriftCheckParameters(current_path=str(path)), return_state=True)
-        if state.is_failed():
-            fail(state.message or "drift check failed", 1)
-        print_drift(state.result())
-    console.rule("[bold]Registry and decision ledger")
-    table = Table(title=f"Aliases of {settings.model_name}")
-    table.add_column("alias")
-    table.add_column("version", justify="right")
-    for alias, version in model_aliases(settings.model_name).items():
-        table.add_row(alias, str(version))
-    console.print(table)
-    decisions = Table(title="Latest decisions")
-    for column in ("time", "action", "severity", "confidence", "outcome"):
-        decisions.add_column(column)
-    for entry in reversed(ledger.list_decisions(settings.model_name, limit=3)):
-        outcome = ", ".join(
-            f"{k}={v}" for k, v in (entry.outcome or {}).items() if not isinstance(v, dict)
-        )
-        decisions.add_row(
-            entry.created_at, entry.action, entry.severity or "", f"{entry.confidence:.2f}", outcome
-        )
-    console.print(decisions)
+    run_demo(console, DemoPlan(bad_model=not no_bad_model), wait_for_person=wait_for_person)
     console.print(where_to_look(), highlight=False)
 
 
@@ -417,6 +457,25 @@ def show_settings() -> None:
     values = json.loads(settings.model_dump_json())
     values["tracking_uri_in_force"] = settings.tracking_uri()
     console.print_json(json.dumps(values))
+
+
+@app.command()
+def mcp(
+    http: Annotated[
+        bool, typer.Option("--http", help="Streamable HTTP instead of stdio (needs a token).")
+    ] = False,
+    host: Annotated[
+        str | None, typer.Option(help="HTTP address; default mcp_host (loopback).")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="HTTP port; default mcp_port.")] = None,
+) -> None:
+    """Serve the MCP server: stdio for a local assistant, or HTTP with a bearer token."""
+    from agentic_mlops.mcp_server import StartRefused, serve
+
+    try:
+        serve(http=http, host=host, port=port)
+    except StartRefused as error:
+        fail(str(error))
 
 
 if __name__ == "__main__":

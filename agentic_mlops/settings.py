@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -154,12 +154,129 @@ class Settings(BaseSettings):
     prometheus_url: str | None = Field(
         default=None, description="Read canary metrics from this Prometheus, not the router."
     )
+    approval_mode: Literal["all", "risky", "none"] = Field(
+        default="risky",
+        description="Which decisions wait for a person: all (every retrain, rollback and "
+        "promotion), risky (a promotion or rollback below its confidence threshold), none "
+        "(nobody is asked: an unclear canary rolls back).",
+    )
+    tune_num_cpus: int = Field(
+        default=2, ge=1, le=1_024, description="CPUs of the local Ray runtime a search starts."
+    )
+    tune_max_trials: int = Field(
+        default=12, ge=1, description="Trials of a search unless the advisor proposes fewer."
+    )
+    tune_max_trials_ceiling: int = Field(
+        default=64, ge=1, description="Most trials any search may run, whatever the advisor says."
+    )
+    tune_time_budget_seconds: float = Field(
+        default=120.0, gt=0, description="Default wall-clock budget of a search."
+    )
+    tune_time_budget_ceiling_seconds: float = Field(
+        default=1_800.0, gt=0, description="Longest search any advisor may ask for."
+    )
+    tune_search_algorithm: Literal["random", "optuna"] = Field(
+        default="optuna", description="Ray Tune search algorithm: random sampling or Optuna TPE."
+    )
+    tune_grace_steps: int = Field(
+        default=2, ge=1, description="ASHA: steps every trial runs before it can be stopped."
+    )
+    synthesis_enabled: bool = Field(
+        default=False,
+        description="Add SMOTE-NC rows for drifted, under-represented segments to every "
+        "retraining (otherwise only when the triage decision asks for it).",
+    )
+    synthesis_max_share: float = Field(
+        default=0.2,
+        gt=0,
+        le=1,
+        description="Most synthetic rows, as a share of real training rows.",
+    )
+    mcp_token: SecretStr | None = Field(
+        default=None, description="Bearer token the MCP server's HTTP transport requires."
+    )
+    mcp_act_enabled: bool = Field(
+        default=False,
+        description="Expose the MCP act tools (drift check, retrain, canary, promote, rollback).",
+    )
+    mcp_host: str = Field(default="127.0.0.1", description="Address the MCP HTTP transport binds.")
+    mcp_port: int = Field(
+        default=8765, ge=1, le=65_535, description="Port of the MCP HTTP transport."
+    )
+    mcp_servers: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Extra MCP servers the agents mount as toolsets (JSON list of "
+        "{name, command, args, url, read_only}); read-only unless told otherwise.",
+    )
     seed: int = Field(default=42, description="Seed for data generation and model fitting.")
     mlflow_retries: int = Field(
         default=3, ge=0, le=10, description="Retries of a failed MLflow call, with backoff."
     )
     mlflow_retry_delay_seconds: float = Field(
         default=1.0, ge=0, description="First backoff delay between MLflow retries (doubles)."
+    )
+    serving_log_enabled: bool = Field(
+        default=True, description="The router logs every answered row and label it receives."
+    )
+    serving_log_dir: Path | None = Field(
+        default=None, description="Folder of the router's log; empty: home/serving/<model>/log."
+    )
+    serving_log_max_bytes: int = Field(
+        default=16 * 1024 * 1024, ge=1_024, description="Size at which a log file is rotated."
+    )
+    serving_log_files: int = Field(
+        default=8, ge=1, le=10_000, description="Files kept per log (rows, labels); oldest go."
+    )
+    serving_log_flush_seconds: float = Field(
+        default=1.0, gt=0, description="How often the router writes its buffered log lines."
+    )
+    monitor_window_rows: int = Field(
+        default=5_000, ge=50, description="Most logged rows one monitor run looks at."
+    )
+    monitor_window_seconds: float = Field(
+        default=300.0, gt=0, description="Window of a first run's Prometheus metrics."
+    )
+    monitor_min_rows: int = Field(
+        default=200, ge=10, description="Fewest rows for prediction drift and estimates."
+    )
+    monitor_min_labels: int = Field(
+        default=100, ge=10, description="Fewest labels for online accuracy and calibration."
+    )
+    monitor_history_points: int = Field(
+        default=12, ge=3, description="Monitor runs a trend is fitted over."
+    )
+    monitor_trend_min_points: int = Field(
+        default=6, ge=3, description="Fewest points a trend is tested on."
+    )
+    monitor_trend_alpha: float = Field(
+        default=0.05, gt=0, lt=1, description="One-sided p-value under which a trend is real."
+    )
+    monitor_trend_horizon_seconds: float = Field(
+        default=3_600.0, gt=0, description="Flag a trend projected to cross its limit this soon."
+    )
+    monitor_max_error_rate: float = Field(
+        default=0.01, ge=0, le=1, description="Hard limit of the share of failed model calls."
+    )
+    monitor_max_latency_ms: float = Field(
+        default=50.0, gt=0, description="Hard limit of the 95th percentile model-call latency."
+    )
+    monitor_max_roc_auc_drop: float = Field(
+        default=0.05, ge=0, le=1, description="Hard limit of the ROC AUC drop from training."
+    )
+    monitor_max_brier_rise: float = Field(
+        default=0.02, ge=0, le=1, description="Hard limit of the Brier score rise from training."
+    )
+    monitor_max_ece: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="Calibration error beyond which a label-free estimate is not trusted.",
+    )
+    monitor_calibration_alpha: float = Field(
+        default=0.01, gt=0, lt=1, description="p-value under which scores are miscalibrated."
+    )
+    monitor_batches_kept: int = Field(
+        default=48, ge=1, description="Batch files of recent rows the monitor keeps."
     )
 
     @field_validator("home", mode="after")

@@ -26,6 +26,7 @@ from agentic_mlops.agents.decision_runtime import (
     decide_within,
     policy_model,
 )
+from agentic_mlops.agents.mcp_toolsets import mounted_toolsets
 from agentic_mlops.settings import Settings, load_settings
 
 Action = Literal["promote", "increase_traffic", "hold", "rollback", "ask_human"]
@@ -282,6 +283,7 @@ def build_promotion_agent(
         output_type=PromotionDecision,
         instructions=INSTRUCTIONS,
         tools=[judge_result, sequential_result, traffic_state],
+        toolsets=mounted_toolsets(model),
         retries=2,
         capabilities=[PrefectDurability()],
         defer_model_check=True,

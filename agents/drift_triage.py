@@ -26,6 +26,7 @@ from agentic_mlops.agents.decision_runtime import (
     decide_within,
     policy_model,
 )
+from agentic_mlops.agents.mcp_toolsets import mounted_toolsets
 from agentic_mlops.settings import Settings, load_settings
 
 Action = Literal["none", "monitor", "retrain", "rollback", "escalate"]
@@ -294,6 +295,20 @@ def policy_decision(evidence: TriageEvidence, limits: TriageLimits) -> TriageDec
             ["performance", "registry", "column_drift"],
         )
     miscalibrated = bool(performance and performance.miscalibrated(limits))
+    if (
+        performance
+        and (drop >= limits.performance_drop or miscalibrated)
+        and not evidence.labels_available
+    ):
+        return decide(
+            "escalate",
+            "high",
+            0.8,
+            f"Performance looks worse on {performance.rows} labelled rows (ROC AUC "
+            f"{performance.current:.3f} against {performance.reference:.3f}), but that is too "
+            "few labelled rows to retrain on; a person must look.",
+            ["performance", "registry"],
+        )
     if performance and (drop >= limits.performance_drop or miscalibrated):
         kind = "input drift" if drifted else "concept drift (inputs stable, labels changed)"
         found = [f"ROC AUC fell by {drop:.3f}"] if drop >= limits.performance_drop else []
@@ -403,6 +418,7 @@ def build_triage_agent(
             model_performance,
             registry_state,
         ],
+        toolsets=mounted_toolsets(model),
         retries=2,
         capabilities=[PrefectDurability()],
         defer_model_check=True,

@@ -238,6 +238,21 @@ def ask_person(
         return CanaryApproval(decision="reject", comment=f"no answer: {type(error).__name__}")
 
 
+def approval_gate(action: str, evidence: CanaryEvidence, settings: Settings) -> str:
+    """The humans-first mode over the agent's action.
+
+    `all`: a promotion, or the last increase (to 100%), waits for a person. `none`: nobody is
+    asked, so an unclear step rolls back. `risky` (default): the agent's guardrails already
+    send a promotion or rollback below the confidence threshold to a person.
+    """
+    to_full = action == "promote" or (action == "increase_traffic" and evidence.next_weight is None)
+    if settings.approval_mode == "all" and to_full:
+        return "ask_human"
+    if settings.approval_mode == "none" and action == "ask_human":
+        return "rollback"
+    return action
+
+
 def ensure_promotion_lock(name: str) -> str:
     """The name of the model's global concurrency limit of 1, created on first use."""
     limit = f"agentic-mlops-promote-{name}"
@@ -346,8 +361,18 @@ def canary_rollout(params: CanaryParameters = CanaryParameters()) -> CanaryResul
                 holds=holds,
             )
             outcome = advise(evidence, settings)
-            action = outcome.decision.action
             entry = record_decision(evidence, outcome, settings)
+            action = approval_gate(outcome.decision.action, evidence, settings)
+            if action != outcome.decision.action:
+                logger.info(
+                    "approval mode %s: %s becomes %s",
+                    settings.approval_mode,
+                    outcome.decision.action,
+                    action,
+                )
+                ledger.record_outcome(
+                    entry.id, {"approval_mode": settings.approval_mode, "action": action}, settings
+                )
             key = artifact_key(name, "canary")
             create_table_artifact(
                 key=f"{key}-judge",

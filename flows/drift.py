@@ -9,10 +9,13 @@ Runbook:
 4. Score the batch with the champion (and the previous champion), for prediction drift and,
    where the batch has labels, performance.
 5. Check drift against the reference profile (no re-read of the reference), save Evidently's
-   HTML report, and add the batch to the sequential (CUSUM) detector and the drift history.
+   HTML report of the columns it could test (a report that fails is logged, not fatal), and
+   add the batch to the sequential (CUSUM) detector and the drift history. A quarantined
+   batch with no testable column still goes on to the triage, which escalates it.
 6. Ask the drift-triage agent for a decision; the guardrails bound it; record it in the ledger.
-7. Act: `retrain` runs the training flow on the clean rows; `rollback` moves `champion` back
-   to the previous champion; `escalate` emits `agentic-mlops.drift.escalated`.
+7. Act: `retrain` runs the retrain flow (advisor, search, canary hand-over) on the clean
+   rows; `rollback` moves `champion` back to the previous champion; `escalate` emits
+   `agentic-mlops.drift.escalated`.
 """
 
 from __future__ import annotations
@@ -26,13 +29,14 @@ from pydantic import BaseModel, Field
 
 from agentic_mlops.agents.drift_triage import triage
 from agentic_mlops.flows.data_quality import check_quality
-from agentic_mlops.flows.train import TrainParameters, artifact_key, train
+from agentic_mlops.flows.train import artifact_key
+from agentic_mlops.flows.tune import RetrainParameters, retrain
 from agentic_mlops.schemas import DecisionSummary, DriftCheckResult
 from agentic_mlops.settings import load_settings
 from agentic_mlops.tasks import drift_actions as actions
 from agentic_mlops.tasks import ledger, reference
 from agentic_mlops.tasks.batches import load_batch
-from agentic_mlops.tasks.drift import detect_drift, drift_report, update_sequential
+from agentic_mlops.tasks.drift import DriftResult, detect_drift, drift_report, update_sequential
 
 
 class DriftCheckParameters(BaseModel):
@@ -83,16 +87,24 @@ def drift_check(params: DriftCheckParameters) -> DriftCheckResult | State:
     scores = reference.score_batch(rows, ref, settings)
     checked = detect_drift(ref.profile, rows, scores.champion, settings, return_state=True)
     if checked.is_failed():
-        return Failed(name="InvalidData", message=f"{params.current_path}: {checked.message}")
-    drift = checked.result()
-    report_path = drift_report(
+        error = checked.result(raise_on_failure=False)
+        if not broken:
+            return Failed(name="InvalidData", message=f"{params.current_path}: {error}")
+        drift = DriftResult.untested(ref.profile.columns, str(error), len(rows))
+    else:
+        drift = checked.result()
+    report = drift_report(
         ref.profile,
         ref.sample,
-        rows,
+        rows[list(drift.columns)],
         settings.reports_dir / model_name / f"{Path(batch_id).stem}-drift.html",
         settings.drift_report_rows,
         settings.seed,
+        return_state=True,
     )
+    report_path = report.result() if report.is_completed() else None
+    if report_path is None and report.is_failed():
+        logger.warning("Evidently report not written: %s", report.message)
     history = [o.drift_score for o in ledger.drift_history(model_name, 20, settings)]
     observation = None
     if not broken:
@@ -119,8 +131,13 @@ def drift_check(params: DriftCheckParameters) -> DriftCheckResult | State:
     if params.act and decision.action == "retrain":
         retrain_path = quality.clean_path or params.current_path
         trained = actions.start_retraining(
-            train,
-            TrainParameters(data_path=retrain_path, target=params.target or "churn"),
+            retrain,
+            RetrainParameters(
+                data_path=retrain_path,
+                recent_path=params.current_path,
+                triage_ledger_id=entry.id,
+                target=params.target or "churn",
+            ),
             entry.id,
             settings,
         )

@@ -17,19 +17,24 @@ Bad data ends the run in a `Failed` state named `InvalidData` with a one-line me
 from __future__ import annotations
 
 import re
+from typing import Any
 
+import pandas as pd
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.states import Failed, State
 from pydantic import BaseModel, Field
+from sklearn.pipeline import Pipeline
 
 from agentic_mlops.schemas import TrainingResult
-from agentic_mlops.settings import load_settings
+from agentic_mlops.settings import Settings, load_settings
 from agentic_mlops.tasks.churn import Scenario
 from agentic_mlops.tasks.reference import ModelCard, store_reference
-from agentic_mlops.tasks.registry import log_training_run, register_version, run_link
+from agentic_mlops.tasks.registry import LoggedRun, log_training_run, register_version, run_link
 from agentic_mlops.tasks.training import (
+    Evaluation,
     Hyperparameters,
+    Split,
     evaluate_model,
     fit_model,
     load_training_data,
@@ -71,49 +76,43 @@ def training_summary(result: TrainingResult, link: str) -> str:
     )
 
 
-@flow(name="train", log_prints=True)
-def train(params: TrainParameters = TrainParameters()) -> TrainingResult | State:
-    """Train the churn model and register it as the new challenger."""
-    settings = load_settings()
-    settings.ensure_dirs()
-    logger = get_run_logger()
-    loaded = load_training_data(
-        params.data_path,
-        params.target,
-        settings.data_dir,
-        params.rows,
-        params.scenario,
-        params.seed,
-        return_state=True,
+def publish_model(
+    model: Pipeline,
+    frame: pd.DataFrame,
+    split: Split,
+    target: str,
+    params: dict[str, Any],
+    evaluation: Evaluation,
+    source: str,
+    run_name: str | None = None,
+    parent_run_id: str | None = None,
+    extra_datasets: list[tuple[str, pd.DataFrame, dict[str, str]]] | None = None,
+    training_rows: pd.DataFrame | None = None,
+) -> tuple[TrainingResult, LoggedRun]:
+    """Log a fitted model to MLflow, register it as `challenger`, and store its reference.
+
+    `training_rows` are the rows the model was fitted on when they are not the split's own
+    (synthetic rows added); the reference is always built from the real `frame`.
+    """
+    fitted_on = (
+        training_rows
+        if training_rows is not None
+        else split.x_train.assign(**{target: split.y_train})
     )
-    if loaded.is_failed():
-        logger.error("training data rejected: %s", loaded.message)
-        return Failed(name="InvalidData", message=loaded.message)
-    frame, source = loaded.result()
-    logger.info("training on %d rows from %s", len(frame), source)
-
-    split = split_data(frame, params.target, params.test_size, params.seed)
-    model = fit_model(split, params.hyperparameters, params.seed)
-    evaluation = evaluate_model(model, split.x_test, split.y_test, params.seed)
-    logger.info("holdout ROC AUC %.4f", evaluation.metrics["roc_auc"])
-
     logged = log_training_run(
         model,
-        split.x_train.assign(**{params.target: split.y_train}),
-        params.target,
-        {
-            **params.hyperparameters.model_dump(),
-            "seed": params.seed,
-            "test_size": params.test_size,
-            "rows": len(frame),
-        },
+        fitted_on,
+        target,
+        params,
         evaluation.metrics,
         {
             "calibration": evaluation.calibration,
             "feature_importance": evaluation.feature_importance,
         },
         source,
-        params.run_name,
+        run_name,
+        parent_run_id=parent_run_id,
+        extra_datasets=extra_datasets,
     )
     registered = register_version(logged)
     store_reference(
@@ -121,13 +120,13 @@ def train(params: TrainParameters = TrainParameters()) -> TrainingResult | State
         ModelCard(
             model_name=registered.name,
             version=registered.version,
-            target=params.target,
+            target=target,
             metrics=evaluation.metrics,
             feature_importance=evaluation.feature_importance,
             features=list(split.x_train.columns),
             data_source=source,
         ),
-        model.predict_proba(frame.drop(columns=[params.target]))[:, 1],
+        model.predict_proba(frame.drop(columns=[target]))[:, 1],
     )
     result = TrainingResult(
         model_name=registered.name,
@@ -140,10 +139,64 @@ def train(params: TrainParameters = TrainParameters()) -> TrainingResult | State
         dataset_digest=logged.dataset_digest,
         rows=len(frame),
     )
+    return result, logged
+
+
+def training_table(params: Any, settings: Settings) -> tuple[pd.DataFrame, str] | State:
+    """The table a run's parameters name (`data_path`, or generated from `rows`, `scenario`,
+    `seed`) and its source, or the `Failed` state named `InvalidData` the run ends with."""
+    loaded = load_training_data(
+        params.data_path,
+        params.target,
+        settings.data_dir,
+        params.rows,
+        params.scenario,
+        params.seed,
+        return_state=True,
+    )
+    if loaded.is_failed():
+        get_run_logger().error("training data rejected: %s", loaded.message)
+        return Failed(name="InvalidData", message=loaded.message)
+    return loaded.result()
+
+
+@flow(name="train", log_prints=True)
+def train(params: TrainParameters = TrainParameters()) -> TrainingResult | State:
+    """Train the churn model and register it as the new challenger."""
+    settings = load_settings()
+    settings.ensure_dirs()
+    logger = get_run_logger()
+    loaded = training_table(params, settings)
+    if isinstance(loaded, State):
+        return loaded
+    frame, source = loaded
+    logger.info("training on %d rows from %s", len(frame), source)
+
+    split = split_data(frame, params.target, params.test_size, params.seed)
+    model = fit_model(split, params.hyperparameters, params.seed)
+    evaluation = evaluate_model(model, split.x_test, split.y_test, params.seed)
+    logger.info("holdout ROC AUC %.4f", evaluation.metrics["roc_auc"])
+
+    result, logged = publish_model(
+        model,
+        frame,
+        split,
+        params.target,
+        {
+            **params.hyperparameters.model_dump(),
+            "family": "gradient_boosting",
+            "seed": params.seed,
+            "test_size": params.test_size,
+            "rows": len(frame),
+        },
+        evaluation,
+        source,
+        params.run_name,
+    )
     create_markdown_artifact(
         key=artifact_key(settings.model_name, "training-summary"),
         markdown=training_summary(result, run_link(logged.run_id, logged.experiment_id)),
-        description=f"{registered.name} v{registered.version} training summary",
+        description=f"{result.model_name} v{result.version} training summary",
     )
-    logger.info("registered %s v%d as %s", registered.name, registered.version, registered.aliases)
+    logger.info("registered %s v%d as %s", result.model_name, result.version, result.aliases)
     return result

@@ -7,10 +7,12 @@ the CLI can print the message instead of a traceback.
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed, State
@@ -32,7 +34,8 @@ def read_table(path: str | Path) -> pd.DataFrame:
         The table, with at least one row and one column.
 
     Raises:
-        DataError: the file is missing, not a supported format, unreadable or empty.
+        DataError: the file is missing, not a supported format, unreadable, empty, or names a
+            column twice.
     """
     path = Path(path)
     if not path.exists():
@@ -45,18 +48,35 @@ def read_table(path: str | Path) -> pd.DataFrame:
     if path.stat().st_size == 0:
         raise DataError(f"{path}: file is empty")
     try:
-        frame = pd.read_csv(path) if suffix == ".csv" else pd.read_parquet(path)
-    except pd.errors.EmptyDataError as error:
+        names = _column_names(path, suffix)
+        duplicated = sorted({name for name in names if names.count(name) > 1})
+        if not duplicated:
+            frame = pd.read_csv(path) if suffix == ".csv" else pd.read_parquet(path)
+    except (pd.errors.EmptyDataError, StopIteration) as error:
         raise DataError(f"{path}: file is empty") from error
     except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as error:
-        raise DataError(f"{path}: unreadable {suffix[1:]} file ({error})") from error
+        raise DataError(f"{path}: unreadable {suffix[1:]} file ({_one_line(error)})") from error
     except Exception as error:  # pyarrow raises its own error types for corrupt files
-        raise DataError(f"{path}: unreadable {suffix[1:]} file ({error})") from error
+        raise DataError(f"{path}: unreadable {suffix[1:]} file ({_one_line(error)})") from error
+    if duplicated:
+        raise DataError(f"{path}: duplicated columns: {', '.join(duplicated)}")
     if frame.columns.empty:
         raise DataError(f"{path}: file has no columns")
     if frame.empty:
         raise DataError(f"{path}: file has no rows")
     return frame
+
+
+def _column_names(path: Path, suffix: str) -> list[str]:
+    """The column names as the file states them (pandas renames a repeated CSV header)."""
+    if suffix == ".csv":
+        with path.open(newline="") as handle:
+            return next(csv.reader(handle))
+    return pq.read_schema(path).names
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
 
 
 def batch_files(folder: str | Path) -> list[Path]:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
@@ -103,6 +104,17 @@ class DriftResult(BaseModel):
     dataset_drift: bool
     prediction: ColumnDrift | None = None
     rows: int
+
+    @classmethod
+    def untested(cls, columns: Iterable[str], reason: str, rows: int) -> DriftResult:
+        """The verdict on a batch none of whose columns could be tested, and why."""
+        return cls(
+            columns={},
+            skipped=dict.fromkeys(columns, reason),
+            drift_share=0.0,
+            dataset_drift=False,
+            rows=rows,
+        )
 
     @property
     def drift_score(self) -> float:

@@ -26,7 +26,7 @@ from agentic_mlops.tasks import ledger, registry
 
 ESCALATED_EVENT = "agentic-mlops.drift.escalated"
 RETRAIN_REQUESTED_EVENT = "agentic-mlops.retrain.requested"
-TRAIN_DEPLOYMENT = "train/train"
+RETRAIN_DEPLOYMENT = "retrain/retrain"
 
 
 @task(name="record-triage", cache_policy=NO_CACHE)
@@ -77,19 +77,19 @@ def deployment_exists(name: str) -> bool:
 
 
 def start_retraining(
-    train_flow: Any, params: Any, ledger_id: str, settings: Settings | None = None
+    retrain_flow: Any, params: Any, ledger_id: str, settings: Settings | None = None
 ) -> dict[str, Any]:
-    """Retrain: through the `train` deployment when one is registered, else as a subflow.
+    """Retrain: through the `retrain` deployment when one is registered, else as a subflow.
 
     The deployment run is keyed by the ledger entry, so a retried drift check does not start
-    a second training run. The `agentic-mlops.retrain.requested` event it emits says the run
-    is already started (`agentic-mlops.retrain.started: yes`), so the train deployment's
-    trigger, which answers requests from elsewhere, does not start another. The outcome (new
-    challenger version, its holdout metrics) is
-    attached to the ledger entry when the training ran in-process.
+    a second retraining. The `agentic-mlops.retrain.requested` event it emits says the run
+    is already started (`agentic-mlops.retrain.started: yes`), so the retrain deployment's
+    trigger, which answers requests from elsewhere, does not start another. The retrain flow
+    itself attaches the outcome (challenger version, holdout comparison with the champion)
+    to the ledger entry named in its parameters.
     """
     settings = settings or load_settings()
-    deployed = deployment_exists(TRAIN_DEPLOYMENT)
+    deployed = deployment_exists(RETRAIN_DEPLOYMENT)
     emit_event(
         event=RETRAIN_REQUESTED_EVENT,
         resource={
@@ -104,31 +104,25 @@ def start_retraining(
     )
     if deployed:
         run = run_deployment(
-            TRAIN_DEPLOYMENT,
+            RETRAIN_DEPLOYMENT,
             parameters={"params": params.model_dump(mode="json")},
             idempotency_key=f"retrain-{ledger_id}",
             timeout=0,
         )
-        ledger.record_outcome(ledger_id, {"training_flow_run": str(run.id)}, settings)
+        ledger.record_outcome(ledger_id, {"retrain_flow_run": str(run.id)}, settings)
         return {"how": "deployment", "flow_run_id": str(run.id), "summary": str(run.id)}
-    state = train_flow(params, return_state=True)
+    state = retrain_flow(params, return_state=True)
     if state.is_failed():
         ledger.record_outcome(ledger_id, {"retrain_failed": state.message}, settings)
         return {"how": "subflow", "summary": f"failed: {state.message}"}
-    trained = state.result()
-    ledger.record_outcome(
-        ledger_id,
-        {
-            "challenger_version": trained.version,
-            "challenger_metrics": trained.metrics,
-            "training_run_id": trained.run_id,
-        },
-        settings,
-    )
+    retrained = state.result()
+    trained = retrained.training
     return {
         "how": "subflow",
         "version": trained.version,
-        "summary": f"{trained.model_name} v{trained.version} registered as challenger",
+        "summary": f"{trained.model_name} v{trained.version} registered as challenger "
+        f"({retrained.best_family}, holdout ROC AUC "
+        f"{retrained.comparison.challenger_roc_auc:.3f}); {retrained.hand_over}",
     }
 
 
@@ -168,8 +162,10 @@ def escalate(model_name: str, batch_id: str, outcome: TriageOutcome, ledger_id: 
 
 def ledger_markdown(entries: list[ledger.LedgerEntry]) -> str:
     rows = "\n".join(
-        f"| {e.created_at} | {e.decision_point} | v{e.model_version} | **{e.action}** | "
-        f"{e.severity} | {e.confidence:.2f} | {e.agent_model} | "
+        f"| {e.created_at} | {e.decision_point} | "
+        f"{'' if e.model_version is None else f'v{e.model_version}'} | **{e.action}** | "
+        f"{e.severity or ''} | {'' if e.confidence is None else f'{e.confidence:.2f}'} | "
+        f"{e.agent_model} | "
         f"{'yes' if e.overridden_by else ''} | {'yes' if e.outcome else ''} |"
         for e in entries
     )

@@ -161,16 +161,21 @@ def record_outcome(
 ) -> LedgerEntry:
     """Attach the later outcome of a decision (did the retrained model beat the old one?).
 
+    Outcomes accumulate: keys already recorded stay unless this outcome names them again,
+    so each later step (retraining, canary, follow-up) adds what it learned.
+
     Raises:
         KeyError: no decision has that id.
     """
     with connect(settings) as db:
-        updated = db.execute(
+        row = db.execute("SELECT outcome FROM decisions WHERE id = ?", (entry_id,)).fetchone()
+        if row is None:
+            raise KeyError(f"no decision with id {entry_id!r}")
+        merged = {**json.loads(row["outcome"] or "{}"), **outcome}
+        db.execute(
             "UPDATE decisions SET outcome = ?, outcome_at = ? WHERE id = ?",
-            (json.dumps(outcome, default=str), now(), entry_id),
-        ).rowcount
-    if not updated:
-        raise KeyError(f"no decision with id {entry_id!r}")
+            (json.dumps(merged, default=str), now(), entry_id),
+        )
     return get_decision(entry_id, settings)
 
 

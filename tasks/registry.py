@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import tempfile
 import time
@@ -46,6 +47,7 @@ MODEL_ARTIFACT = "model"
 SKOPS_TRUSTED_TYPES = [
     "numpy.dtype",
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "sklearn.tree._tree.Tree",
 ]
 """Types our own pipeline stores that skops does not trust by default; we built the model."""
 _PERMANENT_ERROR_CODES = {
@@ -213,6 +215,8 @@ def log_training_run(
     data_source: str,
     run_name: str | None = None,
     settings: Settings | None = None,
+    parent_run_id: str | None = None,
+    extra_datasets: list[tuple[str, pd.DataFrame, dict[str, str]]] | None = None,
 ) -> LoggedRun:
     """Log one training run: params and metrics in one batch, the dataset, the model.
 
@@ -227,6 +231,9 @@ def log_training_run(
         data_source: Where the data came from (a path, or `generated:...`).
         run_name: Name of the run in MLflow.
         settings: Settings in force.
+        parent_run_id: Make the run a child of this one (a tuning search's parent run).
+        extra_datasets: More inputs as (context, rows, tags), e.g. synthetic training rows
+            with their lineage; logged under the name `<model>-<context>`.
 
     Returns:
         The run id, the model URI and the dataset digest.
@@ -243,7 +250,23 @@ def log_training_run(
             train_frame, source=data_source, targets=target, name=f"{settings.model_name}-training"
         )
         dataset.schema  # noqa: B018 - computed here, inside the filter, then cached
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
+        extras_in = [
+            (
+                context,
+                mlflow.data.from_pandas(
+                    rows,
+                    source=tags.get("source", data_source),
+                    targets=target,
+                    name=f"{settings.model_name}-{context}",
+                ),
+                tags,
+            )
+            for context, rows, tags in extra_datasets or []
+        ]
+        for _, extra, _ in extras_in:
+            extra.schema  # noqa: B018 - computed inside the filter, as above
+    run_tags = {"mlflow.parentRunId": parent_run_id} if parent_run_id else None
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=run_tags) as run:
         run_id = run.info.run_id
         mlflow_client.log_batch(
             run_id,
@@ -251,6 +274,8 @@ def log_training_run(
             params=[Param(k, str(v)) for k, v in params.items()],
         )
         mlflow.log_input(dataset, context="training")
+        for context, extra, tags in extras_in:
+            mlflow.log_input(extra, context=context, tags=tags)
         mlflow.set_tags({"agentic_mlops.model_name": settings.model_name, "target": target})
         with tempfile.TemporaryDirectory() as folder:
             for key, value in extras.items():
@@ -276,7 +301,12 @@ def alias_version(name: str, alias: str, settings: Settings | None = None) -> in
     try:
         return int(client(settings).get_model_version_by_alias(name, alias).version)
     except MlflowException as error:
-        if error.error_code == "RESOURCE_DOES_NOT_EXIST" or "alias" in str(error).lower():
+        message = str(error).lower()
+        unreachable = "api request" in message or "connection" in message
+        if not unreachable and (
+            error.error_code == "RESOURCE_DOES_NOT_EXIST"
+            or re.search(r"alias .*not found", message)
+        ):
             return None
         raise
 

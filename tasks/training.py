@@ -18,17 +18,15 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed, State
 from pydantic import BaseModel, Field
 from sklearn.calibration import calibration_curve
-from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.impute import SimpleImputer
 from sklearn.inspection import permutation_importance
 from sklearn.metrics import accuracy_score, brier_score_loss, log_loss, roc_auc_score
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import OneHotEncoder
 
 from agentic_mlops.tasks.batches import DataError, read_data, require_columns, write_table
 from agentic_mlops.tasks.churn import Scenario, generate_churn
+from agentic_mlops.tasks.models import preprocessor
 
 MIN_TRAINING_ROWS = 40
 
@@ -115,21 +113,7 @@ def build_pipeline(
     numeric: list[str], categorical: list[str], params: Hyperparameters, seed: int = 42
 ) -> Pipeline:
     """The unfitted preprocessing + gradient-boosting pipeline."""
-    preprocess = ColumnTransformer(
-        [
-            ("numeric", SimpleImputer(strategy="median"), numeric),
-            (
-                "categorical",
-                Pipeline(
-                    [
-                        ("impute", SimpleImputer(strategy="most_frequent")),
-                        ("encode", OneHotEncoder(handle_unknown="ignore", sparse_output=False)),
-                    ]
-                ),
-                categorical,
-            ),
-        ]
-    )
+    preprocess = preprocessor(numeric, categorical, scale=False)
     classifier = HistGradientBoostingClassifier(random_state=seed, **params.model_dump())
     return Pipeline([("preprocess", preprocess), ("classifier", classifier)])
 

@@ -15,6 +15,9 @@ from pathlib import Path
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="agentic-mlops-tests-"))
 os.environ["AGENTIC_MLOPS_HOME"] = str(_SESSION_HOME / "home")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+# retraining searches with a small budget in tests: seconds, not minutes
+os.environ.setdefault("AGENTIC_MLOPS_TUNE_MAX_TRIALS", "3")
+os.environ.setdefault("AGENTIC_MLOPS_TUNE_TIME_BUDGET_SECONDS", "60")
 for _name in (
     "MLFLOW_TRACKING_URI",
     "PREFECT_API_URL",
@@ -90,3 +93,13 @@ def trained_home(tmp_path_factory, mlflow_template: Path, name: str, *trainings)
     finally:
         os.environ["AGENTIC_MLOPS_HOME"] = previous
     return root
+
+
+def use_home_copy(source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """A private copy of a trained home (made once per module or session), in force for one
+    test, so each test's ledger, history and quarantine start empty; returns its settings."""
+    root = tmp_path / "home"
+    shutil.copytree(source, root)
+    monkeypatch.setenv("AGENTIC_MLOPS_HOME", str(root))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return Settings()

@@ -56,6 +56,25 @@ def test_train_rejects_invalid_parameters(home):
     assert result.exit_code == 2 and "rows" in result.output
 
 
+def test_retrain_prints_the_search_and_the_challenger(home):
+    result = runner.invoke(
+        app,
+        ["retrain", "--rows", "800", "--max-trials", "2", "--hand-over", "none", "--json"],
+    )
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout[result.stdout.index("{") :])
+    assert payload["training"]["version"] == 1 and payload["trials"] == 2
+    assert payload["advisor"]["agent_model"] == "policy"
+
+
+def test_retrain_refuses_bad_input_with_one_line(home, tmp_path):
+    result = runner.invoke(app, ["retrain", "--hand-over", "sideways"])
+    assert result.exit_code == 2 and "hand_over" in result.output
+    result = runner.invoke(app, ["retrain", "--data", str(tmp_path / "absent.csv")])
+    assert result.exit_code == 2 and "no such file" in result.output
+    assert "Traceback" not in result.output
+
+
 def test_serve_without_a_champion_says_what_to_do(home):
     result = runner.invoke(app, ["serve", "--port", "0"])
     assert result.exit_code == 2 and "agentic-mlops train" in result.output

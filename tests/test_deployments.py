@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 DEPLOYMENTS = {
     "train/train",
+    "retrain/retrain",
     "drift-check/drift-check",
     "data-quality/data-quality",
     "canary-rollout/canary",
@@ -76,7 +77,7 @@ def test_deploy_all_then_a_worker_runs_the_drift_check(home):
         ]
         assert retrain and retrain[0]["trigger"]["match"]["agentic-mlops.retrain.started"] == "no"
 
-        train_id = found["train/train"].id
+        train_id = found["retrain/retrain"].id
         for started, rows in (("yes", 777), ("no", 888)):
             emit_event(
                 event="agentic-mlops.retrain.requested",

@@ -1,7 +1,6 @@
 """The drift check end to end on generated scenarios: real GX, Evidently, MLflow and Prefect."""
 
 import json
-import shutil
 
 import pytest
 from typer.testing import CliRunner
@@ -15,7 +14,7 @@ from agentic_mlops.tasks import ledger, registry
 from agentic_mlops.tasks.batches import read_table, write_table
 from agentic_mlops.tasks.churn import generate_batches, generate_churn
 from agentic_mlops.tasks.training import Hyperparameters
-from tests.conftest import artifacts_by_key, trained_home
+from tests.conftest import artifacts_by_key, trained_home, use_home_copy
 
 FAST = Hyperparameters(max_iter=80)
 
@@ -34,11 +33,7 @@ def champion_v1(tmp_path_factory, mlflow_template):
 @pytest.fixture
 def champion_home(champion_v1, tmp_path, monkeypatch) -> Settings:
     """A private copy of the trained home, so each test's history and ledger start empty."""
-    root = tmp_path / "home"
-    shutil.copytree(champion_v1, root)
-    monkeypatch.setenv("AGENTIC_MLOPS_HOME", str(root))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return Settings()
+    return use_home_copy(champion_v1, tmp_path, monkeypatch)
 
 
 def batch(home, scenario, seed=100, rows=2_000, name=None):

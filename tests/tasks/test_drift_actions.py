@@ -7,6 +7,7 @@ from prefect.client.orchestration import get_client
 
 from agentic_mlops.agents.drift_triage import TriageDecision, TriageOutcome
 from agentic_mlops.flows.train import TrainParameters, train
+from agentic_mlops.flows.tune import RetrainParameters, retrain
 from agentic_mlops.tasks import drift_actions, ledger
 
 
@@ -67,45 +68,50 @@ def test_escalation_emits_an_event_an_automation_can_route(home):
 
 
 def test_retrain_goes_through_the_deployment_once_per_decision(home):
-    deployment_id = train.to_deployment(name="train").apply()
+    deployment_id = retrain.to_deployment(name="retrain").apply()
     try:
         entry = record(home)
-        params = TrainParameters(rows=500, seed=3)
-        first = drift_actions.start_retraining(train, params, entry.id, home)
-        second = drift_actions.start_retraining(train, params, entry.id, home)
+        params = RetrainParameters(rows=500, seed=3)
+        first = drift_actions.start_retraining(retrain, params, entry.id, home)
+        second = drift_actions.start_retraining(retrain, params, entry.id, home)
         assert first["how"] == "deployment" and first["flow_run_id"] == second["flow_run_id"]
         with get_client(sync_client=True) as client:
             run = client.read_flow_run(first["flow_run_id"])
         assert run.deployment_id == deployment_id
         assert run.parameters["params"]["rows"] == 500
         stored = ledger.get_decision(entry.id, home)
-        assert stored.outcome == {"training_flow_run": first["flow_run_id"]}
-        other = drift_actions.start_retraining(train, params, record(home).id, home)
+        assert stored.outcome == {"retrain_flow_run": first["flow_run_id"]}
+        other = drift_actions.start_retraining(retrain, params, record(home).id, home)
         assert other["flow_run_id"] != first["flow_run_id"]
     finally:
         with get_client(sync_client=True) as client:
             client.delete_deployment(deployment_id)
-    assert not drift_actions.deployment_exists(drift_actions.TRAIN_DEPLOYMENT)
+    assert not drift_actions.deployment_exists(drift_actions.RETRAIN_DEPLOYMENT)
 
 
 def test_without_a_deployment_retraining_runs_in_process_and_records_the_outcome(home):
     entry = record(home)
-    from agentic_mlops.tasks.training import Hyperparameters
-
     done = drift_actions.start_retraining(
-        train,
-        TrainParameters(rows=400, hyperparameters=Hyperparameters(max_iter=10)),
+        retrain,
+        RetrainParameters(
+            rows=600,
+            triage_ledger_id=entry.id,
+            max_trials=2,
+            time_budget_seconds=60,
+            hand_over="none",
+        ),
         entry.id,
         home,
     )
     assert done["how"] == "subflow" and done["version"] == 1
-    assert ledger.get_decision(entry.id, home).outcome["challenger_version"] == 1
+    outcome = ledger.get_decision(entry.id, home).outcome
+    assert outcome["challenger_version"] == 1 and outcome["champion_version"] is None
 
 
 def test_a_failed_retraining_is_recorded_not_raised(home, tmp_path):
     entry = record(home)
     done = drift_actions.start_retraining(
-        train, TrainParameters(data_path=str(tmp_path / "absent.csv")), entry.id, home
+        retrain, RetrainParameters(data_path=str(tmp_path / "absent.csv")), entry.id, home
     )
     assert "failed" in done["summary"]
     assert "no such file" in ledger.get_decision(entry.id, home).outcome["retrain_failed"]

@@ -1,0 +1,483 @@
+"""Retraining with a search: advisor -> (synthesis) -> tuning -> evaluate -> register -> canary.
+
+Runbook:
+1. Load the training window (a file, a folder of batches, or generated churn data) and split
+   off the holdout, stratified by the label; the rest is split again into fit and
+   validation rows for the search. Holdout and validation rows are always real.
+2. Read the triage decision that asked for this (`triage_ledger_id`) and, with a recent
+   production batch (`recent_path`), find the drifted features' segments the training
+   window barely covers.
+3. Ask the tuning advisor for the search (families, ranges, budget, synthesis); guardrails
+   bound it; record it in the ledger.
+4. If asked for, add SMOTE-NC rows for those segments to the fit rows only.
+5. Run the Ray Tune search (ASHA, random or Optuna TPE), each trial an MLflow child run of
+   one parent run.
+6. Refit the best configuration on all non-holdout rows; evaluate it and the current
+   champion on the same holdout.
+7. Log and register the refit as `challenger` (a child of the search run, with the
+   synthetic rows as a separate dataset), store its reference, record the outcome.
+8. Hand the challenger to the canary rollout: the `canary-rollout/canary` deployment, an
+   `agentic-mlops.canary.requested` event, or an in-process subflow.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.deployments import run_deployment
+from prefect.events import emit_event
+from prefect.runtime import flow_run
+from prefect.states import Failed, State
+from pydantic import BaseModel, Field
+from sklearn.metrics import brier_score_loss, roc_auc_score
+from sklearn.model_selection import train_test_split
+
+from agentic_mlops.agents.tuning_advisor import (
+    AdvisorEvidence,
+    AdvisorOutcome,
+    PastRun,
+    SegmentCoverage,
+    TriageContext,
+    advise,
+)
+from agentic_mlops.flows.train import artifact_key, publish_model, training_table
+from agentic_mlops.schemas import TrainingResult
+from agentic_mlops.settings import Settings, load_settings
+from agentic_mlops.tasks import ledger, registry
+from agentic_mlops.tasks.batches import DataError, read_data, write_table
+from agentic_mlops.tasks.churn import Scenario
+from agentic_mlops.tasks.drift_actions import deployment_exists
+from agentic_mlops.tasks.models import TuningData, family_pipeline
+from agentic_mlops.tasks.reference import score_with
+from agentic_mlops.tasks.synthesis import Segment, Synthesis, find_segments, synthesize
+from agentic_mlops.tasks.training import (
+    evaluate_model,
+    feature_columns,
+    split_data,
+)
+from agentic_mlops.tasks.tuning import (
+    SearchResult,
+    finish_search_run,
+    past_runs,
+    search,
+    start_search_run,
+)
+
+CANARY_DEPLOYMENT = "canary-rollout/canary"
+CANARY_REQUESTED_EVENT = "agentic-mlops.canary.requested"
+HandOver = Literal["auto", "deployment", "event", "subflow", "none"]
+
+
+class RetrainParameters(BaseModel):
+    """Parameters of a retraining; the Prefect UI shows them as a form."""
+
+    data_path: str | None = Field(
+        default=None,
+        description="Training window: CSV or Parquet file, or a folder of batches. "
+        "Empty: generate churn data.",
+    )
+    recent_path: str | None = Field(
+        default=None,
+        description="Recent production batch, to find drifted segments the window lacks.",
+    )
+    triage_ledger_id: str | None = Field(
+        default=None, description="Ledger id of the triage decision that asked for this."
+    )
+    target: str = Field(default="churn", description="Label column.")
+    rows: int = Field(default=5_000, ge=100, le=10_000_000, description="Rows to generate.")
+    scenario: Scenario = Field(default="none", description="Drift scenario of generated data.")
+    seed: int = Field(default=42, description="Seed for generation, splits, search and models.")
+    test_size: float = Field(default=0.25, gt=0.05, lt=0.9, description="Holdout share.")
+    validation_size: float = Field(
+        default=0.25, gt=0.05, lt=0.9, description="Share of non-holdout rows the search scores on."
+    )
+    max_trials: int | None = Field(
+        default=None, ge=1, description="Cap on the advisor's trial count. Empty: no cap."
+    )
+    time_budget_seconds: float | None = Field(
+        default=None, gt=0, description="Cap on the advisor's time budget. Empty: no cap."
+    )
+    synthesize: bool | None = Field(
+        default=None,
+        description="Force synthetic rows on (true) or off (false). Empty: the advisor decides.",
+    )
+    require_improvement: bool = Field(
+        default=True,
+        description="Hand over to the canary only if the challenger's holdout ROC AUC is at "
+        "least the champion's.",
+    )
+    hand_over: HandOver = Field(
+        default="auto",
+        description="auto: the canary deployment if registered, else an event; deployment; "
+        "event; subflow (run the canary here); none.",
+    )
+    run_name: str | None = Field(default=None, description="Name of the MLflow search run.")
+
+
+class HoldoutComparison(BaseModel):
+    """Challenger and champion on the same holdout rows."""
+
+    rows: int
+    challenger_roc_auc: float
+    champion_version: int | None
+    champion_roc_auc: float | None = None
+    challenger_brier: float
+    champion_brier: float | None = None
+
+    @property
+    def beats_champion(self) -> bool:
+        return self.champion_roc_auc is None or self.challenger_roc_auc >= self.champion_roc_auc
+
+
+class RetrainResult(BaseModel):
+    """What a retraining found, registered and handed over."""
+
+    training: TrainingResult
+    search_run_id: str
+    best_family: str
+    best_params: dict[str, Any]
+    trials: int
+    stopped_early: int
+    search_seconds: float
+    cluster: str
+    comparison: HoldoutComparison
+    synthetic_rows: int
+    advisor: AdvisorOutcome
+    ledger_id: str
+    hand_over: str
+
+
+def _triage_context(ledger_id: str | None, settings: Settings) -> TriageContext | None:
+    if not ledger_id:
+        return None
+    entry = ledger.get_decision(ledger_id, settings)
+    if entry is None:
+        raise DataError(f"no decision {ledger_id!r} in the ledger")
+    used = entry.evidence.get("used", [])
+    return TriageContext(
+        action=entry.action,
+        severity=entry.severity,
+        drifted_features=list(entry.evidence.get("drifted_features", [])),
+        performance_dropped="performance" in used and entry.action == "retrain",
+        rationale=entry.rationale,
+    )
+
+
+@task(name="advise-search", cache_policy=NO_CACHE)
+def advise_search(
+    evidence: AdvisorEvidence, settings: Settings, params: RetrainParameters
+) -> AdvisorOutcome:
+    """The advisor's guarded proposal, with the run's own caps and synthesis switch applied."""
+    outcome = advise(evidence, settings)
+    proposal = outcome.proposal
+    space = proposal.space.model_copy(
+        update={
+            "max_trials": min(proposal.space.max_trials, params.max_trials or 10**9),
+            "time_budget_seconds": min(
+                proposal.space.time_budget_seconds, params.time_budget_seconds or float("inf")
+            ),
+        }
+    )
+    update: dict[str, Any] = {"space": space}
+    if params.synthesize is False:
+        update |= {"synthesize": False, "segments": []}
+    elif params.synthesize and evidence.segments:
+        update |= {"synthesize": True, "segments": [s.name for s in evidence.segments]}
+    return outcome.model_copy(update={"proposal": proposal.model_copy(update=update)})
+
+
+def record_advice(
+    outcome: AdvisorOutcome, evidence: AdvisorEvidence, settings: Settings
+) -> ledger.LedgerEntry:
+    evidence_json = evidence.model_dump(mode="json")
+    inputs_digest = ledger.digest(evidence_json)
+    proposal = outcome.proposal
+    return ledger.record_decision(
+        ledger.LedgerEntry(
+            id=ledger.decision_id(flow_run.get_id(), "tuning_advisor", inputs_digest),
+            created_at=ledger.now(),
+            decision_point="tuning_advisor",
+            model_name=settings.model_name,
+            inputs_digest=inputs_digest,
+            action="search+synthesize" if proposal.synthesize else "search",
+            rationale=proposal.rationale,
+            evidence={
+                "proposal": proposal.model_dump(mode="json"),
+                "past_runs": len(evidence.past_runs),
+                "triage": evidence_json["triage"],
+                "segments": evidence_json["segments"],
+            },
+            agent_model=outcome.agent_model,
+            overridden_by=outcome.overridden_by,
+            flow_run_id=flow_run.get_id(),
+        ),
+        settings,
+    )
+
+
+@task(name="compare-on-holdout", cache_policy=NO_CACHE)
+def compare_on_holdout(
+    challenger_scores: np.ndarray, x_test: pd.DataFrame, y_test: pd.Series, settings: Settings
+) -> HoldoutComparison:
+    """The challenger's and the current champion's ROC AUC and Brier score on one holdout."""
+    y = y_test.to_numpy()
+    champion = registry.alias_version(settings.model_name, registry.CHAMPION, settings)
+    champion_scores = (
+        score_with(settings.model_name, champion, x_test, settings) if champion else None
+    )
+    return HoldoutComparison(
+        rows=len(y),
+        challenger_roc_auc=float(roc_auc_score(y, challenger_scores)),
+        challenger_brier=float(brier_score_loss(y, challenger_scores)),
+        champion_version=champion,
+        champion_roc_auc=(
+            float(roc_auc_score(y, champion_scores)) if champion_scores is not None else None
+        ),
+        champion_brier=(
+            float(brier_score_loss(y, champion_scores)) if champion_scores is not None else None
+        ),
+    )
+
+
+def hand_over(
+    how: HandOver, version: int, settings: Settings, ledger_id: str
+) -> tuple[str, str | None]:
+    """Start the canary rollout of the challenger; say how, and the flow run if one started."""
+    if how == "none":
+        return "none: not handed over", None
+    deployed = deployment_exists(CANARY_DEPLOYMENT)
+    if how == "deployment" or (how == "auto" and deployed):
+        if not deployed:
+            raise DataError(f"no {CANARY_DEPLOYMENT} deployment is registered")
+        run = run_deployment(
+            CANARY_DEPLOYMENT,
+            parameters={"params": {"version": version}},
+            idempotency_key=f"canary-{settings.model_name}-v{version}-{ledger_id}",
+            timeout=0,
+        )
+        return f"deployment {CANARY_DEPLOYMENT}: flow run {run.id}", str(run.id)
+    if how == "subflow":
+        from agentic_mlops.flows.canary import CanaryParameters, canary_rollout
+
+        state = canary_rollout(CanaryParameters(version=version), return_state=True)
+        outcome = state.result(raise_on_failure=False)
+        return f"subflow: {getattr(outcome, 'outcome', state.name)}", None
+    emit_event(
+        event=CANARY_REQUESTED_EVENT,
+        resource={"prefect.resource.id": f"agentic-mlops.model.{settings.model_name}"},
+        payload={"version": version, "ledger_id": ledger_id},
+    )
+    return f"event: emitted {CANARY_REQUESTED_EVENT}", None
+
+
+def search_markdown(result: SearchResult, comparison: HoldoutComparison, synth: int) -> str:
+    rows = "\n".join(
+        f"| {t.family} | {t.roc_auc:.4f} | {t.steps} | {'yes' if t.stopped_early else ''} |"
+        for t in sorted(result.trials, key=lambda t: -(t.roc_auc or 0))
+        if t.roc_auc is not None
+    )
+    champion = (
+        f"champion v{comparison.champion_version}: {comparison.champion_roc_auc:.4f}"
+        if comparison.champion_roc_auc is not None
+        else "no champion to compare with"
+    )
+    return (
+        f"# Retraining search ({result.algorithm}, "
+        f"{'ASHA' if result.early_stopping else 'no early stopping'}, on {result.cluster})\n\n"
+        f"{len(result.trials)} trials, {result.stopped_early} stopped early, "
+        f"{result.seconds:.0f} s; synthetic rows: {synth}\n\n"
+        f"Best: **{result.best_family}** {result.best_params}\n\n"
+        f"Holdout ROC AUC ({comparison.rows} rows): challenger "
+        f"{comparison.challenger_roc_auc:.4f}, {champion}\n\n"
+        f"| family | validation ROC AUC | steps | stopped early |\n|---|---|---|---|\n{rows}\n"
+    )
+
+
+@flow(name="retrain", log_prints=True)
+def retrain(params: RetrainParameters = RetrainParameters()) -> RetrainResult | State:
+    """Search for a better model on recent data, register it, and hand it to the canary."""
+    settings = load_settings()
+    settings.ensure_dirs()
+    logger = get_run_logger()
+    loaded = training_table(params, settings)
+    if isinstance(loaded, State):
+        return loaded
+    frame, source = loaded
+    try:
+        triage = _triage_context(params.triage_ledger_id, settings)
+        recent = read_data(params.recent_path) if params.recent_path else None
+    except (DataError, OSError) as error:
+        logger.error("retraining input rejected: %s", error)
+        return Failed(name="InvalidData", message=str(error))
+
+    split = split_data(frame, params.target, params.test_size, params.seed)
+    x_fit, x_val, y_fit, y_val = train_test_split(
+        split.x_train,
+        split.y_train,
+        test_size=params.validation_size,
+        random_state=params.seed,
+        stratify=split.y_train,
+    )
+    numeric, categorical = feature_columns(frame, params.target)
+    fit_rows = x_fit.assign(**{params.target: y_fit})
+    segments: list[Segment] = []
+    if recent is not None and triage and triage.drifted_features:
+        segments = find_segments(fit_rows, recent, triage.drifted_features)
+    evidence = AdvisorEvidence(
+        model_name=settings.model_name,
+        past_runs=[PastRun(**run) for run in past_runs(settings)],
+        triage=triage,
+        segments=[
+            SegmentCoverage(
+                name=s.name, training_share=s.training_share, recent_share=s.recent_share
+            )
+            for s in segments
+        ],
+    )
+    advice = advise_search(evidence, settings, params)
+    proposal = advice.proposal
+    logger.info("advisor (%s): %s", advice.agent_model, proposal.rationale)
+    advice_entry = record_advice(advice, evidence, settings)
+
+    synthesis: Synthesis | None = None
+    if proposal.synthesize:
+        chosen = [s for s in segments if s.name in proposal.segments]
+        synthesis = synthesize(
+            fit_rows,
+            params.target,
+            chosen,
+            max_rows=int(settings.synthesis_max_share * len(fit_rows)),
+            seed=params.seed,
+        )
+        logger.info("synthesised %s (skipped: %s)", synthesis.per_segment, synthesis.skipped)
+    synthetic = synthesis.rows if synthesis is not None else fit_rows.iloc[:0]
+
+    data = TuningData(
+        x_fit=pd.concat([x_fit, synthetic.drop(columns=[params.target])], ignore_index=True),
+        y_fit=pd.concat([y_fit, synthetic[params.target]], ignore_index=True).astype(int),
+        x_val=x_val,
+        y_val=y_val,
+        numeric=numeric,
+        categorical=categorical,
+        seed=params.seed,
+    )
+    parent_run_id, experiment_id = start_search_run(
+        proposal.space, settings, params.run_name or f"retrain-search-{settings.model_name}"
+    )
+    try:
+        found = search(data, proposal.space, parent_run_id, experiment_id, settings)
+    except Exception:
+        finish_search_run(parent_run_id, {}, settings, failed=True)
+        raise
+
+    train_rows = pd.concat(
+        [split.x_train.assign(**{params.target: split.y_train}), synthetic], ignore_index=True
+    )
+    model = family_pipeline(
+        found.best_family, found.best_params, numeric, categorical, params.seed
+    ).fit(train_rows.drop(columns=[params.target]), train_rows[params.target].astype(int))
+    evaluation = evaluate_model(model, split.x_test, split.y_test, params.seed)
+    comparison = compare_on_holdout(
+        model.predict_proba(split.x_test)[:, 1], split.x_test, split.y_test, settings
+    )
+    logger.info(
+        "holdout ROC AUC: challenger %.4f, champion %s",
+        comparison.challenger_roc_auc,
+        f"v{comparison.champion_version} {comparison.champion_roc_auc:.4f}"
+        if comparison.champion_roc_auc is not None
+        else "none",
+    )
+    extra = None
+    if synthesis is not None and len(synthesis.rows):
+        kept = write_table(
+            synthesis.rows,
+            settings.data_dir / "synthetic" / f"{settings.model_name}-{synthesis.digest()}.parquet",
+        )
+        extra = [("synthetic", synthesis.rows, {**synthesis.lineage(), "source": str(kept)})]
+    trained, _ = publish_model(
+        model,
+        frame,
+        split,
+        params.target,
+        {
+            "family": found.best_family,
+            **found.best_params,
+            "seed": params.seed,
+            "test_size": params.test_size,
+            "rows": len(frame),
+            "synthetic_rows": len(synthetic),
+        },
+        evaluation,
+        source,
+        f"retrain-best-{found.best_family}",
+        parent_run_id=parent_run_id,
+        extra_datasets=extra,
+        training_rows=train_rows,
+    )
+    finish_search_run(
+        parent_run_id,
+        {
+            "best_validation_roc_auc": found.best_roc_auc,
+            "holdout_roc_auc": comparison.challenger_roc_auc,
+            **(
+                {"champion_holdout_roc_auc": comparison.champion_roc_auc}
+                if comparison.champion_roc_auc is not None
+                else {}
+            ),
+            "trials": len(found.trials),
+            "stopped_early": found.stopped_early,
+            "search_seconds": found.seconds,
+            "synthetic_rows": len(synthetic),
+            "challenger_version": trained.version,
+        },
+        settings,
+    )
+    outcome = {
+        "challenger_version": trained.version,
+        "challenger_holdout_roc_auc": comparison.challenger_roc_auc,
+        "champion_version": comparison.champion_version,
+        "champion_holdout_roc_auc": comparison.champion_roc_auc,
+        "beat_champion": comparison.beats_champion,
+        "search_run_id": parent_run_id,
+    }
+    ledger.record_outcome(advice_entry.id, outcome, settings)
+    if params.triage_ledger_id:
+        ledger.record_outcome(params.triage_ledger_id, outcome, settings)
+
+    if params.require_improvement and not comparison.beats_champion:
+        handed = "none: the challenger did not beat the champion on the holdout"
+    else:
+        handed, _ = hand_over(params.hand_over, trained.version, settings, advice_entry.id)
+    logger.info("hand-over: %s", handed)
+
+    key = artifact_key(settings.model_name)
+    create_markdown_artifact(
+        key=f"{key}-retrain-search",
+        markdown=search_markdown(found, comparison, len(synthetic)),
+        description=f"Search behind {trained.model_name} v{trained.version}",
+    )
+    create_table_artifact(
+        key=f"{key}-retrain-trials",
+        table=[t.model_dump(mode="json") for t in found.trials],
+        description="Every trial of the latest retraining search",
+    )
+    return RetrainResult(
+        training=trained,
+        search_run_id=parent_run_id,
+        best_family=found.best_family,
+        best_params=found.best_params,
+        trials=len(found.trials),
+        stopped_early=found.stopped_early,
+        search_seconds=found.seconds,
+        cluster=found.cluster,
+        comparison=comparison,
+        synthetic_rows=len(synthetic),
+        advisor=advice,
+        ledger_id=advice_entry.id,
+        hand_over=handed,
+    )

@@ -1,0 +1,569 @@
+"""Hyperparameter and model-family search with Ray Tune, every trial tracked in MLflow.
+
+A `SearchSpace` names the families to try, a range per hyperparameter, a trial and time
+budget and the search algorithm (random sampling or Optuna's TPE). `run_search` runs it on
+the local Ray runtime (`tune_num_cpus` CPUs) or, when `RAY_ADDRESS` is set, on that cluster;
+the ASHA scheduler ends trials that trail their peers after the first steps. Each trial is an
+MLflow child run of the search's parent run, with its parameters and its validation ROC AUC
+at every step; the driver logs them, so workers need no access to the tracking store.
+
+With the same seed a search samples the same configurations wherever it runs; with one trial
+at a time (`max_concurrent_trials=1`) ASHA also stops the same trials, so the best
+configuration does not depend on the cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import MissingContextError
+from pydantic import BaseModel, Field, model_validator
+
+from agentic_mlops.settings import Settings, load_settings
+from agentic_mlops.tasks.models import (
+    FAMILIES,
+    PARAMETER_BOUNDS,
+    STEPS,
+    ModelFamily,
+    TuningData,
+    family_params,
+    ray_trial,
+)
+
+Algorithm = Literal["random", "optuna"]
+METRIC = "roc_auc"
+
+
+class ParameterRange(BaseModel):
+    """The values one hyperparameter is sampled from; `log` samples on a log scale."""
+
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ParameterRange:
+        if self.low > self.high:
+            raise ValueError(f"low {self.low} is above high {self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log-scale range needs low > 0, got {self.low}")
+        return self
+
+
+DEFAULT_RANGES: dict[str, dict[str, ParameterRange]] = {
+    "gradient_boosting": {
+        "learning_rate": ParameterRange(low=0.02, high=0.3, log=True),
+        "max_iter": ParameterRange(low=50, high=300),
+        "max_leaf_nodes": ParameterRange(low=8, high=64, log=True),
+        "min_samples_leaf": ParameterRange(low=5, high=100, log=True),
+        "l2_regularization": ParameterRange(low=0.0, high=2.0),
+    },
+    "random_forest": {
+        "n_estimators": ParameterRange(low=50, high=300),
+        "max_depth": ParameterRange(low=4, high=20),
+        "min_samples_leaf": ParameterRange(low=1, high=50, log=True),
+        "max_features": ParameterRange(low=0.2, high=0.9),
+    },
+    "logistic_regression": {
+        "C": ParameterRange(low=0.001, high=100.0, log=True),
+        "max_iter": ParameterRange(low=100, high=1_000),
+    },
+}
+"""Where a search looks when nothing is known yet: the middle of each parameter's bounds."""
+
+
+class SearchSpace(BaseModel):
+    """What a search tries: families, a range per hyperparameter, budget and algorithm.
+
+    A family given without some parameter searches it over `DEFAULT_RANGES`. Ranges must lie
+    within the parameter's bounds (`models.PARAMETER_BOUNDS`) and integer parameters need
+    a range that holds an integer.
+    """
+
+    families: dict[ModelFamily, dict[str, ParameterRange]] = Field(
+        min_length=1, description="Model families to try, each with its parameter ranges."
+    )
+    max_trials: int = Field(ge=1, description="Most trials (configurations) to run.")
+    time_budget_seconds: float = Field(gt=0, description="Wall-clock budget of the search.")
+    algorithm: Algorithm = Field(default="optuna", description="random or optuna (TPE).")
+
+    @model_validator(mode="after")
+    def _within_bounds(self) -> SearchSpace:
+        problems = []
+        for family, ranges in self.families.items():
+            bounds = PARAMETER_BOUNDS[family]
+            for name, span in ranges.items():
+                if name not in bounds:
+                    problems.append(f"{family} has no parameter {name!r}")
+                    continue
+                bound = bounds[name]
+                if span.low < bound.low or span.high > bound.high:
+                    problems.append(
+                        f"{family}.{name} range [{span.low}, {span.high}] leaves its bounds "
+                        f"[{bound.low}, {bound.high}]"
+                    )
+                if bound.integer and int(span.high) < span.low:
+                    problems.append(f"{family}.{name} range holds no integer")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def ranges(self, family: str) -> dict[str, ParameterRange]:
+        """Every parameter's range for a family: the given ones, the defaults for the rest."""
+        return {**DEFAULT_RANGES[family], **self.families.get(family, {})}
+
+
+def default_space(settings: Settings, families: tuple[str, ...] = FAMILIES) -> SearchSpace:
+    """The search a retraining runs when nothing better is known."""
+    return SearchSpace(
+        families={family: {} for family in families},
+        max_trials=settings.tune_max_trials,
+        time_budget_seconds=settings.tune_time_budget_seconds,
+        algorithm=settings.tune_search_algorithm,
+    )
+
+
+def _domain(family: str, name: str, span: ParameterRange) -> Any:
+    from ray import tune
+
+    bound = PARAMETER_BOUNDS[family][name]
+    if bound.integer:
+        low, high = int(max(round(span.low), bound.low)), int(round(span.high))
+        if low >= high:
+            return low
+        return tune.lograndint(low, high + 1) if span.log else tune.randint(low, high + 1)
+    if span.low == span.high:
+        return span.low
+    return tune.loguniform(span.low, span.high) if span.log else tune.uniform(span.low, span.high)
+
+
+def param_space(space: SearchSpace) -> dict[str, Any]:
+    """Ray Tune's flat search space: `family` plus a `family.parameter` key per parameter."""
+    from ray import tune
+
+    flat: dict[str, Any] = {"family": tune.choice(sorted(space.families))}
+    for family in sorted(space.families):
+        for name, span in space.ranges(family).items():
+            flat[f"{family}.{name}"] = _domain(family, name, span)
+    return flat
+
+
+class TrialSummary(BaseModel):
+    """One finished trial."""
+
+    trial_id: str
+    family: str
+    params: dict[str, Any]
+    roc_auc: float | None = Field(description="Validation ROC AUC at its last step.")
+    steps: int
+    stopped_early: bool
+    seconds: float
+    status: str
+    run_id: str | None = None
+
+
+class SearchResult(BaseModel):
+    """What a search found and what it cost."""
+
+    best_family: str
+    best_params: dict[str, Any]
+    best_roc_auc: float
+    best_run_id: str | None
+    trials: list[TrialSummary]
+    seconds: float
+    cluster: str = Field(description="`local` or the Ray cluster address the search ran on.")
+    algorithm: str
+    early_stopping: bool
+    time_to_target_seconds: float | None = Field(
+        default=None, description="When a reported ROC AUC first reached the target, if set."
+    )
+
+    @property
+    def stopped_early(self) -> int:
+        return sum(t.stopped_early for t in self.trials)
+
+
+def _trial_params(config: dict[str, Any]) -> dict[str, Any]:
+    family, params = family_params(config)
+    bounds = PARAMETER_BOUNDS[family]
+    return {k: int(round(v)) if bounds[k].integer else float(v) for k, v in params.items()}
+
+
+def _log(message: str, *args: Any) -> None:
+    try:
+        get_run_logger().info(message, *args)
+    except MissingContextError:
+        print(message % args, flush=True)
+
+
+@dataclass
+class _TrialRecord:
+    run_id: str | None
+    started: float
+    last: dict[str, Any] = field(default_factory=dict)
+
+
+def _tracking_callback(
+    tracking_uri: str | None,
+    experiment_id: str | None,
+    parent_run_id: str | None,
+    model_name: str,
+    max_trials: int,
+    target: float | None,
+) -> Any:
+    """A Ray Tune callback that logs each trial as an MLflow child run and shows progress."""
+    from ray.tune import Callback
+
+    class TrackTrials(Callback):
+        def __init__(self) -> None:
+            self.client = MlflowClient(tracking_uri) if tracking_uri and parent_run_id else None
+            self.records: dict[str, _TrialRecord] = {}
+            self.started = time.perf_counter()
+            self.reached_target: float | None = None
+            self.best = float("-inf")
+            self.finished = 0
+
+        def on_trial_start(self, iteration, trials, trial, **info) -> None:
+            run_id = None
+            family, _ = family_params(trial.config)
+            if self.client is not None:
+                run = self.client.create_run(
+                    experiment_id,
+                    run_name=f"trial-{len(self.records) + 1:03d}-{family}",
+                    tags={
+                        "mlflow.parentRunId": parent_run_id,
+                        "agentic_mlops.model_name": model_name,
+                        "agentic_mlops.kind": "tuning-trial",
+                        "agentic_mlops.trial_id": trial.trial_id,
+                    },
+                )
+                run_id = run.info.run_id
+                params = {"family": family, **_trial_params(trial.config)}
+                self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+            self.records[trial.trial_id] = _TrialRecord(run_id, time.perf_counter())
+
+        def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+            record = self.records.get(trial.trial_id)
+            if record is None:
+                return
+            record.last = result
+            score = float(result[METRIC])
+            if target is not None and score >= target and self.reached_target is None:
+                self.reached_target = time.perf_counter() - self.started
+            if record.run_id is not None:
+                stamp = int(time.time() * 1000)
+                step = int(result["training_iteration"])
+                self.client.log_batch(
+                    record.run_id,
+                    metrics=[
+                        Metric(METRIC, score, stamp, step),
+                        Metric("elapsed_seconds", float(result["elapsed_seconds"]), stamp, step),
+                    ],
+                )
+
+        def _finish(self, trial, status: str) -> None:
+            record = self.records.get(trial.trial_id)
+            if record is None:
+                return
+            steps = int(record.last.get("training_iteration", 0))
+            score = record.last.get(METRIC)
+            self.finished += 1
+            if score is not None:
+                self.best = max(self.best, float(score))
+            if record.run_id is not None:
+                self.client.log_batch(
+                    record.run_id,
+                    tags=[
+                        RunTag("agentic_mlops.steps", str(steps)),
+                        RunTag("agentic_mlops.stopped_early", str(steps < STEPS).lower()),
+                    ],
+                )
+                self.client.set_terminated(record.run_id, status)
+            _log(
+                "trial %d/%d %s: ROC AUC %s after %d/%d steps%s (best so far %.4f)",
+                self.finished,
+                max_trials,
+                family_params(trial.config)[0],
+                f"{score:.4f}" if score is not None else "n/a",
+                steps,
+                STEPS,
+                ", stopped early" if status == "FINISHED" and steps < STEPS else "",
+                self.best if self.best > float("-inf") else float("nan"),
+            )
+
+        def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+            self._finish(trial, "FINISHED")
+
+        def on_trial_error(self, iteration, trials, trial, **info) -> None:
+            self._finish(trial, "FAILED")
+
+    return TrackTrials()
+
+
+def ray_address() -> str | None:
+    """The Ray cluster to run on: `RAY_ADDRESS`, or None for a local runtime."""
+    return os.environ.get("RAY_ADDRESS") or None
+
+
+def ensure_ray(settings: Settings) -> str:
+    """Connect to the cluster in `RAY_ADDRESS` or start a local runtime; say which.
+
+    A runtime already started in this process is reused.
+    """
+    import ray
+
+    address = ray_address()
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # no experiment banner on the terminal
+    if not ray.is_initialized():
+        ray.init(
+            address=address,
+            num_cpus=None if address else settings.tune_num_cpus,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+        )
+    return address or "local"
+
+
+def run_search(
+    data: TuningData,
+    space: SearchSpace,
+    settings: Settings | None = None,
+    *,
+    parent_run_id: str | None = None,
+    experiment_id: str | None = None,
+    early_stopping: bool = True,
+    max_concurrent_trials: int | None = None,
+    target_roc_auc: float | None = None,
+    seed: int | None = None,
+) -> SearchResult:
+    """Run the search and summarise its trials.
+
+    Args:
+        data: Fit and validation rows (the holdout stays out of the search).
+        space: Families, ranges, budget and algorithm.
+        settings: Settings in force (Ray CPUs, seed, ASHA grace steps, MLflow).
+        parent_run_id: MLflow run that every trial becomes a child of; None logs nothing.
+        experiment_id: The parent run's experiment.
+        early_stopping: ASHA when true, else every trial runs all its steps.
+        max_concurrent_trials: Trials at once; default: as many as the cluster's CPUs allow.
+        target_roc_auc: Record when a reported validation ROC AUC first reaches it.
+        seed: Seed of the search algorithm; default: settings.
+
+    Raises:
+        RuntimeError: no trial reported a result (all failed, or the budget ran out first).
+    """
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import BasicVariantGenerator
+    from ray.tune.search.optuna import OptunaSearch
+
+    settings = settings or load_settings()
+    seed = settings.seed if seed is None else seed
+    cluster = ensure_ray(settings)
+    if space.algorithm == "optuna":
+        search_alg: Any = OptunaSearch(metric=METRIC, mode="max", seed=seed)
+    else:
+        search_alg = BasicVariantGenerator(
+            random_state=seed, max_concurrent=max_concurrent_trials or 0
+        )
+    scheduler = (
+        ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=STEPS,
+            grace_period=settings.tune_grace_steps,
+            reduction_factor=3,
+        )
+        if early_stopping
+        else FIFOScheduler()
+    )
+    callback = _tracking_callback(
+        settings.tracking_uri() if parent_run_id else None,
+        experiment_id,
+        parent_run_id,
+        settings.model_name,
+        space.max_trials,
+        target_roc_auc,
+    )
+    storage = settings.home / "ray_results"
+    storage.mkdir(parents=True, exist_ok=True)
+    tuner = tune.Tuner(
+        tune.with_resources(tune.with_parameters(ray_trial, data=data), {"cpu": 1}),
+        param_space=param_space(space),
+        tune_config=tune.TuneConfig(
+            metric=METRIC,
+            mode="max",
+            search_alg=search_alg,
+            scheduler=scheduler,
+            num_samples=space.max_trials,
+            max_concurrent_trials=max_concurrent_trials if space.algorithm == "optuna" else None,
+            time_budget_s=space.time_budget_seconds,
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=f"{settings.model_name}-search-{int(time.time() * 1000)}",
+            storage_path=str(storage),
+            callbacks=[callback],
+            verbose=0,
+        ),
+    )
+    started = time.perf_counter()
+    grid = tuner.fit()
+    seconds = time.perf_counter() - started
+    trials = []
+    for result in grid:
+        metrics = result.metrics or {}
+        config = result.config or {}
+        if "family" not in config:
+            continue
+        trial_id = metrics.get("trial_id", "")
+        record = callback.records.get(trial_id)
+        steps = int(metrics.get("training_iteration", 0))
+        trials.append(
+            TrialSummary(
+                trial_id=trial_id,
+                family=config["family"],
+                params=_trial_params(config),
+                roc_auc=metrics.get(METRIC),
+                steps=steps,
+                stopped_early=0 < steps < STEPS,
+                seconds=float(metrics.get("elapsed_seconds", 0.0)),
+                status="error" if result.error else "finished",
+                run_id=record.run_id if record else None,
+            )
+        )
+    scored = [t for t in trials if t.roc_auc is not None and t.steps == STEPS]
+    if not scored:
+        raise RuntimeError(
+            f"the search finished no trial ({len(trials)} started in {seconds:.0f} s): "
+            "raise the time budget or the trial count"
+        )
+    best = max(scored, key=lambda t: (t.roc_auc, -t.seconds))
+    return SearchResult(
+        best_family=best.family,
+        best_params=best.params,
+        best_roc_auc=float(best.roc_auc),
+        best_run_id=best.run_id,
+        trials=trials,
+        seconds=seconds,
+        cluster=cluster,
+        algorithm=space.algorithm,
+        early_stopping=early_stopping,
+        time_to_target_seconds=callback.reached_target,
+    )
+
+
+@task(name="tune-search", cache_policy=NO_CACHE)
+def search(
+    data: TuningData,
+    space: SearchSpace,
+    parent_run_id: str | None,
+    experiment_id: str | None,
+    settings: Settings | None = None,
+) -> SearchResult:
+    """`run_search` as a Prefect task, logging the outcome."""
+    result = run_search(
+        data, space, settings, parent_run_id=parent_run_id, experiment_id=experiment_id
+    )
+    _log(
+        "search on %s: %d trials (%d stopped early) in %.0f s; best %s ROC AUC %.4f",
+        result.cluster,
+        len(result.trials),
+        result.stopped_early,
+        result.seconds,
+        result.best_family,
+        result.best_roc_auc,
+    )
+    return result
+
+
+def past_runs(settings: Settings | None = None, limit: int = 200) -> list[dict[str, Any]]:
+    """This model's earlier training runs and tuning trials with a ROC AUC, newest first:
+    family, hyperparameters within the family's bounds, ROC AUC and seconds taken."""
+    from agentic_mlops.tasks.registry import client, ensure_experiment
+
+    settings = settings or load_settings()
+    mlflow_client = client(settings)
+    runs = mlflow_client.search_runs(
+        [ensure_experiment(settings)],
+        filter_string=f"tags.`agentic_mlops.model_name` = '{settings.model_name}' "
+        "and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=limit,
+    )
+    found = []
+    for run in runs:
+        score = run.data.metrics.get(METRIC)
+        family = run.data.params.get("family", "gradient_boosting")
+        if score is None or family not in PARAMETER_BOUNDS:
+            continue
+        params = {}
+        for name in PARAMETER_BOUNDS[family]:
+            try:
+                params[name] = float(run.data.params[name])
+            except (KeyError, ValueError):
+                continue
+        kind = run.data.tags.get("agentic_mlops.kind", "training")
+        if kind == "tuning-search":
+            continue
+        seconds = run.data.metrics.get("elapsed_seconds")
+        if seconds is None and run.info.end_time and run.info.start_time:
+            seconds = (run.info.end_time - run.info.start_time) / 1000
+        found.append(
+            {
+                "family": family,
+                "params": params,
+                "roc_auc": float(score),
+                "seconds": seconds,
+                "kind": kind,
+            }
+        )
+    return found
+
+
+def start_search_run(space: SearchSpace, settings: Settings, run_name: str) -> tuple[str, str]:
+    """Open the MLflow parent run a search's trials become children of: (run id, experiment)."""
+    from agentic_mlops.tasks.registry import client, ensure_experiment
+
+    experiment_id = ensure_experiment(settings)
+    mlflow_client = client(settings)
+    run = mlflow_client.create_run(
+        experiment_id,
+        run_name=run_name,
+        tags={
+            "agentic_mlops.model_name": settings.model_name,
+            "agentic_mlops.kind": "tuning-search",
+        },
+    )
+    mlflow_client.log_batch(
+        run.info.run_id,
+        params=[
+            Param("families", ",".join(sorted(space.families))),
+            Param("max_trials", str(space.max_trials)),
+            Param("time_budget_seconds", str(space.time_budget_seconds)),
+            Param("algorithm", space.algorithm),
+        ],
+    )
+    mlflow_client.log_dict(run.info.run_id, space.model_dump(mode="json"), "search_space.json")
+    return run.info.run_id, experiment_id
+
+
+def finish_search_run(
+    run_id: str, metrics: dict[str, float], settings: Settings, failed: bool = False
+) -> None:
+    """Record a search's summary figures on its parent run and close it."""
+    from agentic_mlops.tasks.registry import client
+
+    mlflow_client = client(settings)
+    stamp = int(time.time() * 1000)
+    mlflow_client.log_batch(
+        run_id, metrics=[Metric(k, float(v), stamp, 0) for k, v in metrics.items()]
+    )
+    mlflow_client.set_terminated(run_id, "FAILED" if failed else "FINISHED")

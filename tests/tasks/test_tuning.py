@@ -1,0 +1,197 @@
+"""The Ray Tune search: real Ray runtime (local and a `ray start --head` cluster), real MLflow."""
+
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from pydantic import ValidationError
+from sklearn.model_selection import train_test_split
+
+from agentic_mlops.tasks.churn import generate_churn
+from agentic_mlops.tasks.models import STEPS, TuningData, family_pipeline
+from agentic_mlops.tasks.training import feature_columns
+from agentic_mlops.tasks.tuning import (
+    ParameterRange,
+    SearchResult,
+    SearchSpace,
+    finish_search_run,
+    past_runs,
+    run_search,
+    start_search_run,
+)
+
+
+def make_data() -> TuningData:
+    frame = generate_churn(2_000, 5)
+    numeric, categorical = feature_columns(frame, "churn")
+    x_fit, x_val, y_fit, y_val = train_test_split(
+        frame.drop(columns="churn"),
+        frame["churn"],
+        test_size=0.3,
+        random_state=5,
+        stratify=frame["churn"],
+    )
+    return TuningData(x_fit, y_fit, x_val, y_val, numeric, categorical, seed=5)
+
+
+@pytest.fixture(scope="module")
+def data() -> TuningData:
+    return make_data()
+
+
+def search_in_this_process() -> None:
+    """Run the cluster test's search and print its result (the test starts it as a driver)."""
+    from agentic_mlops.settings import Settings
+
+    space = small_space(trials=3, algorithm="random")
+    result = run_search(make_data(), space, Settings(), max_concurrent_trials=1)
+    print("RESULT " + result.model_dump_json())
+
+
+def small_space(trials=4, algorithm="optuna", families=None) -> SearchSpace:
+    families = families or {
+        "gradient_boosting": {"max_iter": ParameterRange(low=16, high=40)},
+        "random_forest": {"n_estimators": ParameterRange(low=16, high=40)},
+        "logistic_regression": {},
+    }
+    return SearchSpace(
+        families=families, max_trials=trials, time_budget_seconds=120, algorithm=algorithm
+    )
+
+
+@pytest.mark.parametrize(
+    "families, message",
+    [
+        ({"gradient_boosting": {"learning_rate": {"low": 0.5, "high": 0.1}}}, "above high"),
+        ({"gradient_boosting": {"learning_rate": {"low": 0.1, "high": 5.0}}}, "leaves its bounds"),
+        ({"random_forest": {"learning_rate": {"low": 0.1, "high": 0.2}}}, "no parameter"),
+        ({"logistic_regression": {"C": {"low": 0.0, "high": 1.0, "log": True}}}, "log-scale"),
+        ({"random_forest": {"max_depth": {"low": 3.2, "high": 3.7}}}, "holds no integer"),
+        ({"xgboost": {}}, "xgboost"),
+        ({}, "at least 1"),
+    ],
+)
+def test_invalid_search_spaces_are_rejected(families, message):
+    with pytest.raises(ValidationError, match=message):
+        SearchSpace(families=families, max_trials=4, time_budget_seconds=10)
+
+
+def test_family_pipelines_refuse_unknown_parameters():
+    with pytest.raises(ValueError, match="no parameter"):
+        family_pipeline("logistic_regression", {"n_estimators": 3}, ["a"], [])
+
+
+def test_trials_are_child_runs_with_metrics_per_step(home, data):
+    space = small_space(trials=5)
+    parent, experiment = start_search_run(space, home, "search-test")
+    result = run_search(data, space, home, parent_run_id=parent, experiment_id=experiment)
+    finish_search_run(parent, {"best": result.best_roc_auc}, home)
+
+    client = MlflowClient(home.tracking_uri())
+    children = client.search_runs(
+        [experiment], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'"
+    )
+    assert len(children) == len(result.trials) == 5
+    by_id = {run.info.run_id: run for run in children}
+    for trial in result.trials:
+        run = by_id[trial.run_id]
+        assert run.data.params["family"] == trial.family
+        history = client.get_metric_history(trial.run_id, "roc_auc")
+        assert [m.step for m in history] == list(range(1, trial.steps + 1))
+        assert history[-1].value == pytest.approx(trial.roc_auc)
+        assert run.data.tags["agentic_mlops.stopped_early"] == str(trial.steps < STEPS).lower()
+        assert run.info.status == "FINISHED"
+    best = max((t for t in result.trials if t.steps == STEPS), key=lambda t: t.roc_auc)
+    assert (result.best_family, result.best_roc_auc) == (best.family, best.roc_auc)
+    assert result.best_run_id == best.run_id
+    parent_run = client.get_run(parent)
+    assert parent_run.data.metrics["best"] == pytest.approx(result.best_roc_auc)
+    assert parent_run.data.params["families"] == (
+        "gradient_boosting,logistic_regression,random_forest"
+    )
+    # the trials are this model's history for the next advisor
+    history = past_runs(home)
+    assert sum(run["kind"] == "tuning-trial" for run in history) == 5
+
+
+def test_asha_stops_trailing_trials_and_fifo_does_not(home, data):
+    space = small_space(trials=6, algorithm="random")
+    asha = run_search(data, space, home, early_stopping=True)
+    fifo = run_search(data, space, home, early_stopping=False)
+    assert all(t.steps == STEPS for t in fifo.trials)
+    assert asha.stopped_early >= 1
+    # the same seed samples the same configurations with or without early stopping
+    key = lambda r: sorted(str(sorted(t.params.items())) for t in r.trials)  # noqa: E731
+    assert key(asha) == key(fifo)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_ray_address_is_honoured_and_results_match_local(home, data):
+    import ray
+
+    ray_bin = Path(sys.executable).parent / "ray"
+    space = small_space(trials=3, algorithm="random")
+    ray.shutdown()
+    local = run_search(data, space, home, max_concurrent_trials=1)
+    ray.shutdown()
+
+    port = _free_port()
+    temp_dir = Path(tempfile.mkdtemp(prefix="ray-"))  # short: Ray's socket paths must fit
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(16),
+    }
+    started = subprocess.run(
+        [
+            str(ray_bin),
+            "start",
+            "--head",
+            "--node-ip-address=127.0.0.1",
+            f"--port={port}",
+            "--num-cpus=2",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            f"--temp-dir={temp_dir}",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert started.returncode == 0, started.stderr[-2000:]
+    try:
+        driver = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "from tests.tasks.test_tuning import search_in_this_process as run; run()",
+            ],
+            env={**env, "RAY_ADDRESS": f"127.0.0.1:{port}", "AGENTIC_MLOPS_HOME": str(home.home)},
+            cwd=Path(__file__).parents[2],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        subprocess.run([str(ray_bin), "stop", "--force"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    assert driver.returncode == 0, driver.stderr[-3000:]
+    line = next(x for x in driver.stdout.splitlines() if x.startswith("RESULT "))
+    remote = SearchResult.model_validate_json(line.removeprefix("RESULT "))
+    assert remote.cluster == f"127.0.0.1:{port}" and local.cluster == "local"
+    summary = lambda r: [(t.family, t.params, round(t.roc_auc, 10), t.steps) for t in r.trials]  # noqa: E731
+    assert sorted(summary(remote), key=str) == sorted(summary(local), key=str)
+    assert (remote.best_family, remote.best_params) == (local.best_family, local.best_params)
