@@ -13,8 +13,12 @@
   they started. The state is written atomically to a file and read back at start.
 - `GET /admin/samples?after_request=N&after_feedback=M`: the raw observations since N and M
   (bounded ring buffers), which the canary judge compares.
+- Every answered row and every accepted label is appended to the request log
+  (`request_log.py`: JSON lines under `home/serving/<model>/log/`, rotated and bounded), which
+  the monitor reads; `POST /admin/flush-log` writes what is buffered at once.
 
-Run: `python -m agentic_mlops.deployments.serving.router --port 8080 --state PATH`.
+Run: `python -m agentic_mlops.deployments.serving.router --port 8080 --state PATH
+[--request-log DIR]`; the log's folder and bounds come from the `serving_log_*` settings.
 """
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, Field, ValidationError, model_validator
+
+from agentic_mlops.deployments.serving.request_log import RequestLog
+from agentic_mlops.settings import load_settings
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 SCORE_BUCKETS = tuple(round(0.1 * i, 1) for i in range(1, 11))
@@ -64,8 +71,15 @@ class RouterState(BaseModel):
 class Router:
     """The router's state, metrics and sample buffers."""
 
-    def __init__(self, state_path: Path, buffer: int = 200_000, seed: int | None = None):
+    def __init__(
+        self,
+        state_path: Path,
+        buffer: int = 200_000,
+        seed: int | None = None,
+        request_log: RequestLog | None = None,
+    ):
         self.state_path = state_path
+        self.request_log = request_log
         self.state = RouterState()
         if state_path.exists():
             self.state = RouterState.model_validate_json(state_path.read_text())
@@ -135,10 +149,14 @@ class Router:
             connector=aiohttp.TCPConnector(limit=256, keepalive_timeout=30),
             timeout=aiohttp.ClientTimeout(total=30),
         )
+        if self.request_log is not None:
+            await self.request_log.start()
 
     async def stop(self, app: web.Application) -> None:
         if self.session:
             await self.session.close()
+        if self.request_log is not None:
+            await self.request_log.stop()
 
     def choose(self, state: RouterState) -> str:
         if state.canary is not None and self.random.random() < state.weight:
@@ -194,6 +212,9 @@ class Router:
             self.pending[request_id] = (variant, float(scores[0]))
             if len(self.pending) > self.buffer:
                 self.pending.popitem(last=False)
+            if self.request_log is not None:
+                served_by = state.canary if variant == CANARY else state.baseline
+                self.request_log.served(request_id, variant, served_by.version, scores, body)
         answer.update(request_id=request_id, variant=variant)
         return web.json_response(answer, headers={"X-Request-Id": request_id})
 
@@ -223,6 +244,8 @@ class Router:
         self.m_correct.labels(variant).inc(correct)
         self.m_brier.labels(variant).inc(brier)
         self.feedback.append((next(self.feedback_seq), variant, correct, round(brier, 6)))
+        if self.request_log is not None:
+            self.request_log.labelled(request_id, label)
         return web.json_response({"variant": variant, "correct": bool(correct)})
 
     async def get_state(self, request: web.Request) -> web.Response:
@@ -266,6 +289,13 @@ class Router:
             }
         )
 
+    async def flush_log(self, request: web.Request) -> web.Response:
+        """Write the request log's buffers now; the lines written and the log's counts."""
+        if self.request_log is None:
+            return web.json_response({"error": "the request log is off"}, status=404)
+        written = self.request_log.flush()
+        return web.json_response({"written": written, **self.request_log.stats()})
+
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", **self.state.model_dump()})
 
@@ -287,6 +317,7 @@ class Router:
                 web.get("/admin/state", self.get_state),
                 web.post("/admin/state", self.set_state),
                 web.get("/admin/samples", self.samples),
+                web.post("/admin/flush-log", self.flush_log),
             ]
         )
         return application
@@ -297,8 +328,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--state", type=Path, required=True)
+    parser.add_argument("--request-log", type=Path, help="Folder of the request log.")
     args = parser.parse_args(argv)
-    router = Router(args.state)
+    settings = load_settings()
+    if args.request_log is not None:
+        settings = settings.model_copy(update={"serving_log_dir": args.request_log})
+    router = Router(args.state, request_log=RequestLog.from_settings(settings))
     web.run_app(router.app(), host=args.host, port=args.port, print=None, access_log=None)
 
 

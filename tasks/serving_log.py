@@ -1,0 +1,224 @@
+"""Reading the router's request log: production rows with their scores, and their labels.
+
+The router writes the log (`deployments/serving/request_log.py`); this module turns it into
+tables. A logged request becomes one row per instance it carried, with `ts` (seconds since
+the epoch), `request_id`, `variant`, `version` (the model version that answered), `row_index`
+(its place in the request) and `score`, beside the features as the client sent them. A label
+joins the first row of its request by `request_id`, as the router's own feedback counts it.
+
+The router may be writing while the log is read: a line cut short at the end of a file, or a
+file rotated away meanwhile, is skipped, never an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from agentic_mlops.deployments.serving.request_log import LABELS, REQUESTS, log_files
+from agentic_mlops.tasks.batches import write_table
+
+META_COLUMNS = ("ts", "request_id", "variant", "version", "row_index", "score")
+LABEL_COLUMNS = ("request_id", "label", "label_ts")
+
+
+def _lines(path: Path) -> list[dict]:
+    """The complete, valid JSON lines of one log file."""
+    try:
+        content = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    records = []
+    for line in content.split(b"\n"):
+        if not line:
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and "request_id" in record and "ts" in record:
+            records.append(record)
+    return records
+
+
+def _newest_first(folder: Path, kind: str) -> Iterator[list[dict]]:
+    """The records of each file of a log, newest file first, each file's records in order."""
+    for path in reversed(log_files(folder, kind)):
+        yield _lines(path)
+
+
+def _expand(record: dict) -> list[dict]:
+    """The rows of one logged request, with their scores."""
+    body = record.get("row")
+    instances = body.get("instances", [body]) if isinstance(body, dict) else []
+    scores = record.get("scores") or []
+    meta = {key: record.get(key) for key in ("ts", "request_id", "variant", "version")}
+    return [
+        {
+            **row,
+            **meta,
+            "row_index": index,
+            "score": scores[index] if index < len(scores) else None,
+        }
+        for index, row in enumerate(instances)
+        if isinstance(row, dict)
+    ]
+
+
+def _table(records: Iterable[dict]) -> pd.DataFrame:
+    rows = [row for record in records for row in _expand(record)]
+    if not rows:
+        return pd.DataFrame(columns=list(META_COLUMNS))
+    frame = pd.DataFrame.from_records(rows)
+    frame["score"] = pd.to_numeric(frame["score"], errors="coerce")
+    frame["version"] = pd.to_numeric(frame["version"], errors="coerce").astype("Int64")
+    return frame
+
+
+def _recent(folder: Path, kind: str, since: float | None, limit: int | None) -> list[dict]:
+    """The records of a log after `since`, at least the newest `limit` of them, oldest first."""
+    kept: list[list[dict]] = []
+    count = 0
+    for records in _newest_first(folder, kind):
+        fresh = [r for r in records if since is None or r["ts"] > since]
+        kept.append(fresh)
+        count += len(fresh)
+        if (limit is not None and count >= limit) or len(fresh) < len(records):
+            break
+    return [record for records in reversed(kept) for record in records]
+
+
+def recent_requests(
+    folder: Path, since: float | None = None, limit: int | None = None
+) -> pd.DataFrame:
+    """The logged rows after `since` (seconds since the epoch), the newest `limit` of them,
+    oldest first."""
+    frame = _table(_recent(folder, REQUESTS, since, limit))
+    return frame.tail(limit).reset_index(drop=True) if limit is not None else frame
+
+
+def requests_by_id(folder: Path, request_ids: Iterable[str]) -> pd.DataFrame:
+    """The logged rows of the given requests (as far back as the log goes), oldest first."""
+    wanted = set(request_ids)
+    kept: list[list[dict]] = []
+    for records in _newest_first(folder, REQUESTS):
+        if not wanted:
+            break
+        found = [r for r in records if r["request_id"] in wanted]
+        wanted -= {r["request_id"] for r in found}
+        kept.append(found)
+    return _table(record for records in reversed(kept) for record in records)
+
+
+def labels(folder: Path, since: float | None = None, limit: int | None = None) -> pd.DataFrame:
+    """The labels received after `since`, the newest `limit`, oldest first; a request labelled
+    twice keeps its last label."""
+    records = [r for r in _recent(folder, LABELS, since, limit) if r.get("label") in (0, 1)]
+    frame = pd.DataFrame(
+        {
+            "request_id": [r["request_id"] for r in records],
+            "label": [int(r["label"]) for r in records],
+            "label_ts": [float(r["ts"]) for r in records],
+        },
+        columns=list(LABEL_COLUMNS),
+    )
+    frame = frame.drop_duplicates("request_id", keep="last").reset_index(drop=True)
+    return frame.tail(limit).reset_index(drop=True) if limit is not None else frame
+
+
+def labelled_requests(folder: Path, received: pd.DataFrame) -> pd.DataFrame:
+    """The logged rows the given labels belong to, with `label` and `label_ts`, in label order.
+
+    A label whose request has left the log (rotated away) is dropped.
+    """
+    if received.empty:
+        return pd.DataFrame(columns=[*META_COLUMNS, *LABEL_COLUMNS[1:]])
+    rows = requests_by_id(folder, received["request_id"])
+    if rows.empty:
+        return pd.DataFrame(columns=[*META_COLUMNS, *LABEL_COLUMNS[1:]])
+    first_rows = rows[rows["row_index"] == 0].drop_duplicates("request_id", keep="last")
+    joined = received.merge(first_rows, on="request_id", how="inner")
+    return joined.sort_values("label_ts", kind="stable").reset_index(drop=True)
+
+
+def with_labels(rows: pd.DataFrame, received: pd.DataFrame) -> pd.DataFrame:
+    """`rows` with `label` (NaN while unknown) and `label_ts` joined by request id."""
+    by_id = received.set_index("request_id")
+    first = rows["row_index"] == 0
+    joined = rows.copy()
+    joined["label"] = np.where(first, rows["request_id"].map(by_id["label"]), np.nan)
+    joined["label_ts"] = np.where(first, rows["request_id"].map(by_id["label_ts"]), np.nan)
+    return joined
+
+
+def as_batch(
+    rows: pd.DataFrame, like: pd.DataFrame | None = None, target: str | None = None
+) -> pd.DataFrame:
+    """Logged rows as a data batch: their feature columns (those of `like`, a reference
+    sample, when given, cast to its types where the values allow), and the label as `target`
+    when given.
+
+    JSON leaves a number's type to the client (`12` for a float column); the casts undo that,
+    so quality and drift checks see the types the model was trained on.
+    """
+    logged = {*META_COLUMNS, *LABEL_COLUMNS}
+    if like is None:
+        columns = [c for c in rows.columns if c not in logged and c != target]
+    else:
+        columns = [c for c in like.columns if c in rows.columns and c != target]
+    batch = rows[columns].copy()
+    for column in columns if like is not None else []:
+        with contextlib.suppress(TypeError, ValueError):
+            batch[column] = batch[column].astype(like[column].dtype)
+    if target is not None and "label" in rows.columns:
+        batch[target] = rows["label"].astype("int64")
+    return batch.reset_index(drop=True)
+
+
+def write_batch(batch: pd.DataFrame, folder: Path, name: str, keep: int) -> Path:
+    """Write a batch of logged rows as Parquet into `folder`; keep the newest `keep` files."""
+    path = write_table(batch, folder / f"{name}.parquet")
+    for old in sorted(folder.glob("*.parquet"), key=lambda p: p.stat().st_mtime)[:-keep]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+@dataclass
+class LogWindow:
+    """What the log holds that a monitor run has not seen yet, and the latest labelled rows."""
+
+    rows: pd.DataFrame
+    """Rows logged since the last run (the newest `limit`)."""
+    labelled: pd.DataFrame
+    """Rows whose labels arrived since the last run, with `label`."""
+    recent_labelled: pd.DataFrame
+    """The latest `limit` labelled rows, new or not, with `label`."""
+    labels_ts: float | None = None
+    """The newest label read, joined to a row or not (its row may have been rotated away)."""
+
+    @property
+    def rows_ts(self) -> float | None:
+        return float(self.rows["ts"].max()) if len(self.rows) else None
+
+
+@task(name="read-request-log", cache_policy=NO_CACHE)
+def read_window(
+    folder: Path, rows_since: float | None, labels_since: float | None, limit: int
+) -> LogWindow:
+    """The rows and labels logged after the given times, and the latest labelled rows."""
+    new_labels = labels(folder, since=labels_since, limit=limit)
+    latest_labels = labels(folder, limit=limit)
+    return LogWindow(
+        rows=recent_requests(folder, since=rows_since, limit=limit),
+        labelled=labelled_requests(folder, new_labels),
+        recent_labelled=labelled_requests(folder, latest_labels),
+        labels_ts=float(new_labels["label_ts"].max()) if len(new_labels) else None,
+    )
