@@ -1,0 +1,276 @@
+"""The closed loop: monitor -> triage -> retrain (search) -> canary -> promote or roll back.
+
+Runbook:
+1. Get the recent production rows with their delayed labels: a given batch, or the monitor's
+   window from the router's input log.
+2. Drift check with the triage agent, without acting: the decision and its ledger entry.
+3. Follow up earlier decisions: a promotion whose model the triage now wants rolled back did
+   not hold; otherwise it held. Recorded on the promotion's ledger entry.
+4. Humans-first: with `approval_mode=all`, a retrain or rollback waits for a person's answer
+   in the Prefect UI (no answer: nothing is done and the decision is escalated).
+5. Act:
+   - `retrain` runs the retrain subflow (advisor, synthesis, Ray Tune, holdout comparison)
+     and, when the challenger beats the champion, the canary subflow;
+   - `rollback` moves `champion` back and the router's traffic with it;
+   - `escalate` emits the escalation event.
+   Every step's result goes to the outcome of the triage decision that started it, so the
+   ledger links decision -> retraining -> canary -> promotion.
+6. Report: the decisions and their outcomes over time as a table artifact and a PNG plot.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from prefect import flow, get_run_logger, pause_flow_run
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.input import RunInput
+from prefect.states import Failed, State
+from pydantic import BaseModel, Field
+
+from agentic_mlops.flows.canary import CanaryParameters, canary_rollout
+from agentic_mlops.flows.drift import DriftCheckParameters, drift_check
+from agentic_mlops.flows.train import artifact_key
+from agentic_mlops.flows.tune import RetrainParameters, retrain
+from agentic_mlops.schemas import DriftCheckResult
+from agentic_mlops.settings import Settings, load_settings
+from agentic_mlops.tasks import drift_actions as actions
+from agentic_mlops.tasks import ledger, registry, rollout
+from agentic_mlops.tasks.drift_actions import TriageOutcome
+from agentic_mlops.tasks.lifecycle_report import decision_rows, plot_decisions
+
+
+class LifecycleParameters(BaseModel):
+    """Parameters of one turn of the loop; the Prefect UI shows them as a form."""
+
+    batch_path: str | None = Field(
+        default=None,
+        description="Recent production rows with delayed labels (CSV or Parquet). Empty: the "
+        "monitor's window from the router's input log.",
+    )
+    target: str = Field(default="churn", description="Label column.")
+    retrain_max_trials: int | None = Field(default=None, ge=1, description="Cap on trials.")
+    retrain_time_budget_seconds: float | None = Field(
+        default=None, gt=0, description="Cap on the search's seconds."
+    )
+    require_improvement: bool = Field(
+        default=True,
+        description="Canary a challenger only if it beats the champion on the holdout.",
+    )
+    canary_steps: list[int] | None = Field(default=None, description="Empty: settings.")
+    canary_step_seconds: float | None = Field(default=None, gt=0, description="Empty: settings.")
+    canary_min_samples: int | None = Field(default=None, ge=10, description="Empty: settings.")
+    approval_timeout_seconds: int | None = Field(
+        default=None, ge=1, description="How long a person has to answer. Empty: settings."
+    )
+
+
+class LifecycleApproval(RunInput):
+    """A person's answer before a retrain or rollback (approval mode `all`)."""
+
+    decision: Literal["approve", "reject"] = Field(
+        default="reject", description="approve: carry it out; reject: do nothing."
+    )
+    comment: str = Field(default="", description="Why, for the decision ledger.")
+
+
+class LifecycleResult(BaseModel):
+    """What one turn of the loop saw, decided and did."""
+
+    model_name: str
+    batch: str
+    decision: str
+    ledger_id: str | None
+    retrained_version: int | None = None
+    beat_champion: bool | None = None
+    canary: str | None = None
+    champion: int | None = None
+    aliases: dict[str, int] = Field(default_factory=dict)
+    followed_up: dict[str, bool] = Field(default_factory=dict)
+    steps: list[str] = Field(default_factory=list)
+    plot_path: str | None = None
+
+
+def follow_up_promotions(decision: str, settings: Settings) -> dict[str, bool]:
+    """Whether earlier promotions held: a promoted champion the triage now wants rolled back
+    did not; one that still serves without a rollback call did. Recorded once per promotion."""
+    champion = registry.alias_version(settings.model_name, registry.CHAMPION, settings)
+    judged = {}
+    for entry in ledger.list_decisions(
+        settings.model_name, action="promote", decision_point="canary_promotion", settings=settings
+    ):
+        outcome = entry.outcome or {}
+        if "held" in outcome or entry.model_version is None:
+            continue
+        if entry.model_version != champion:
+            held, note = False, f"no longer champion (v{champion} is)"
+        elif decision == "rollback":
+            held, note = False, "the next triage asked to roll it back"
+        else:
+            held, note = True, f"still champion; the next triage decided {decision}"
+        ledger.record_outcome(entry.id, {"held": held, "note": note}, settings)
+        judged[entry.id] = held
+    return judged
+
+
+def approved(decision: str, settings: Settings, timeout: int | None) -> tuple[bool, str]:
+    """Ask a person before a retrain or rollback when every decision needs approval."""
+    if settings.approval_mode != "all":
+        return True, f"approval mode {settings.approval_mode}: no approval needed"
+    wait = timeout or settings.canary_approval_timeout_seconds
+    try:
+        answer = pause_flow_run(
+            wait_for_input=LifecycleApproval.with_initial_data(
+                description=f"The drift triage decided **{decision}**. Approve to carry it out."
+            ),
+            timeout=wait,
+            key=f"lifecycle-{decision}",
+        )
+    except Exception as error:  # FlowPauseTimeout, or a resume without input
+        return False, f"no answer ({type(error).__name__})"
+    return answer.decision == "approve", f"{answer.decision}: {answer.comment}".strip(": ")
+
+
+def _router_follows_champion(settings: Settings) -> None:
+    """After a rollback, the router's baseline serves the champion again (when it runs)."""
+    backend = rollout.LocalRollout(settings)
+    champion = registry.alias_version(settings.model_name, registry.CHAMPION, settings)
+    if champion is not None and backend.record().router is not None:
+        backend.set_baseline(champion)
+
+
+@flow(name="lifecycle", log_prints=True)
+def lifecycle(params: LifecycleParameters = LifecycleParameters()) -> LifecycleResult | State:
+    """One turn of the loop: check recent production data, decide, and carry it through."""
+    settings = load_settings()
+    settings.ensure_dirs()
+    logger = get_run_logger()
+    name = settings.model_name
+    steps: list[str] = []
+
+    batch = params.batch_path
+    if batch is None:
+        from agentic_mlops.flows.monitor import collect_window
+
+        batch = collect_window(settings)
+        if batch is None:
+            return Failed(name="NoTraffic", message="the router has logged no labelled rows yet")
+    checked = drift_check(
+        DriftCheckParameters(current_path=batch, target=params.target, act=False),
+        return_state=True,
+    )
+    if checked.is_failed():
+        return Failed(name=checked.name, message=f"drift check failed: {checked.message}")
+    check: DriftCheckResult = checked.result()
+    decision, entry_id = check.decision.action, check.ledger_id
+    steps.append(f"triage: {decision} ({check.decision.rationale})")
+    logger.info("triage decided %s: %s", decision, check.decision.rationale)
+    followed = follow_up_promotions(decision, settings)
+
+    result = LifecycleResult(
+        model_name=name, batch=batch, decision=decision, ledger_id=entry_id, followed_up=followed
+    )
+    if decision in ("retrain", "rollback"):
+        ok, why = approved(decision, settings, params.approval_timeout_seconds)
+        if not ok:
+            steps.append(f"not approved: {why}")
+            ledger.record_outcome(entry_id, {"human": "reject", "comment": why}, settings)
+            decision = "escalate"
+        elif settings.approval_mode == "all":
+            ledger.record_outcome(entry_id, {"human": "approve", "comment": why}, settings)
+    if decision == "retrain":
+        result = result.model_copy(update=_retrain_and_canary(params, batch, entry_id, settings))
+        steps.extend(result.steps)
+    elif decision == "rollback":
+        steps.append(actions.roll_back(name, entry_id, settings))
+        _router_follows_champion(settings)
+    elif decision == "escalate":
+        outcome = TriageOutcome.model_validate(
+            {"decision": check.decision.model_dump(), "agent_model": check.decision.agent_model}
+        )
+        steps.append(actions.escalate(name, check.batch_id, outcome, entry_id))
+
+    result.steps = steps
+    result.aliases = registry.model_aliases(name, settings)
+    result.champion = result.aliases.get(registry.CHAMPION)
+    result.plot_path = str(_report(settings))
+    create_markdown_artifact(
+        key=artifact_key(name, "lifecycle"),
+        markdown=f"# Lifecycle turn on `{batch}`\n\n"
+        + "\n".join(f"1. {step}" for step in steps)
+        + f"\n\nAliases: {result.aliases}  \nDecisions and outcomes: `{result.plot_path}`\n",
+        description=f"{name}: {decision}",
+    )
+    logger.info("lifecycle: %s; aliases %s", decision, result.aliases)
+    return result
+
+
+def _retrain_and_canary(
+    params: LifecycleParameters, batch: str, entry_id: str, settings: Settings
+) -> dict[str, Any]:
+    logger = get_run_logger()
+    state = retrain(
+        RetrainParameters(
+            data_path=batch,
+            recent_path=batch,
+            triage_ledger_id=entry_id,
+            target=params.target,
+            max_trials=params.retrain_max_trials,
+            time_budget_seconds=params.retrain_time_budget_seconds,
+            require_improvement=params.require_improvement,
+            hand_over="none",
+        ),
+        return_state=True,
+    )
+    if state.is_failed():
+        ledger.record_outcome(entry_id, {"retrain_failed": state.message}, settings)
+        return {"steps": [f"retrain failed: {state.message}"]}
+    retrained = state.result()
+    version, comparison = retrained.training.version, retrained.comparison
+    champion_auc = (
+        "none" if comparison.champion_roc_auc is None else f"{comparison.champion_roc_auc:.3f}"
+    )
+    steps = [
+        f"retrain: v{version} ({retrained.best_family}, {retrained.trials} trials), holdout "
+        f"ROC AUC {comparison.challenger_roc_auc:.3f} vs champion {champion_auc}"
+    ]
+    update: dict[str, Any] = {
+        "retrained_version": version,
+        "beat_champion": comparison.beats_champion,
+    }
+    if params.require_improvement and not comparison.beats_champion:
+        steps.append("no canary: the challenger did not beat the champion on the holdout")
+        return {**update, "steps": steps}
+    canary_state = canary_rollout(
+        CanaryParameters(
+            version=version,
+            steps=params.canary_steps,
+            step_seconds=params.canary_step_seconds,
+            min_samples=params.canary_min_samples,
+            approval_timeout_seconds=params.approval_timeout_seconds,
+        ),
+        return_state=True,
+    )
+    if canary_state.is_failed():
+        steps.append(f"canary failed: {canary_state.message}")
+        ledger.record_outcome(entry_id, {"canary": "failed"}, settings)
+        return {**update, "canary": "failed", "steps": steps}
+    canary = canary_state.result()
+    outcome = getattr(canary, "outcome", canary_state.name)
+    steps.append(f"canary v{version}: {outcome} ({getattr(canary, 'reason', '')})")
+    logger.info("canary of v%d: %s", version, outcome)
+    for entry in (entry_id, retrained.ledger_id):
+        ledger.record_outcome(entry, {"canary": outcome, "canaried_version": version}, settings)
+    if getattr(canary, "steps", None):
+        ledger.record_outcome(canary.steps[-1].ledger_id, {"carried_out": outcome}, settings)
+    return {**update, "canary": outcome, "steps": steps}
+
+
+def _report(settings: Settings):
+    rows = decision_rows(settings)
+    create_table_artifact(
+        key=artifact_key(settings.model_name, "decisions-and-outcomes"),
+        table=rows,
+        description="Every decision, who made it, and what happened after",
+    )
+    return plot_decisions(settings.reports_dir / settings.model_name / "lifecycle.png", settings)
