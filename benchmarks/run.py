@@ -87,12 +87,33 @@ def _router() -> list[Row]:
     return bench_router()
 
 
+def _tuning() -> list[Row]:
+    from benchmarks.tuning import bench_tuning_time_to_target
+
+    return bench_tuning_time_to_target()
+
+
+def _drift_streams() -> list[Row]:
+    from benchmarks.drift_streams import bench_drift_streams
+
+    return bench_drift_streams()
+
+
+def _prefect_overhead() -> list[Row]:
+    from benchmarks.prefect_overhead import bench_prefect_overhead
+
+    return bench_prefect_overhead()
+
+
 BENCHMARKS: dict[str, Callable[[], list[Row]]] = {
     "training_flow_overhead": bench_training_flow_overhead,
     "drift_throughput": _drift_throughput,
     "sequential_detection": _sequential_detection,
     "canary_judge": _canary_judge,
     "router": _router,
+    "tuning_time_to_target": _tuning,
+    "drift_streams": _drift_streams,
+    "prefect_overhead": _prefect_overhead,
 }
 
 
