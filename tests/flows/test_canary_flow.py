@@ -21,13 +21,16 @@ FAST = Hyperparameters(max_iter=60)
 
 @pytest.fixture(scope="module")
 def two_versions(tmp_path_factory, mlflow_template):
-    """A home with champion v1 and a comparable challenger v2, trained once per module."""
+    """A home with champion v1 and a challenger v2 exactly as good (the same recipe on the same
+    rows), trained once per module: any real gap in quality would eat into the Brier margin, and
+    whether the sequential test shows non-inferiority in time would then hang on how much traffic
+    a loaded machine manages to send."""
     return trained_home(
         tmp_path_factory,
         mlflow_template,
         "canary",
         TrainParameters(rows=3_000, seed=1, hyperparameters=FAST),
-        TrainParameters(rows=3_000, seed=2, hyperparameters=FAST),
+        TrainParameters(rows=3_000, seed=1, hyperparameters=FAST),
     )
 
 
