@@ -12,8 +12,14 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+FALLBACK_ACTIONS = {
+    "triage_allowed_actions": ("escalate",),
+    "canary_allowed_actions": ("hold", "rollback", "ask_human"),
+}
+"""What each agent's guardrails fall back to when they refuse a decision."""
 
 
 class Settings(BaseSettings):
@@ -283,6 +289,19 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute_home(cls, home: Path) -> Path:
         return home.expanduser().resolve()
+
+    @field_validator("triage_allowed_actions", "canary_allowed_actions", mode="after")
+    @classmethod
+    def _keep_the_fallbacks(cls, actions: list[str], info: ValidationInfo) -> list[str]:
+        """A decision the guardrails refuse is replaced by a safe one; that one must be allowed,
+        or a refused decision would have nowhere to go."""
+        missing = [a for a in FALLBACK_ACTIONS[info.field_name] if a not in actions]
+        if missing:
+            raise ValueError(
+                f"must include {', '.join(missing)}: the guardrails fall back to "
+                f"{'it' if len(missing) == 1 else 'them'} when they refuse a decision"
+            )
+        return actions
 
     @property
     def mlflow_db(self) -> Path:

@@ -95,6 +95,31 @@ def test_invalid_setting_is_a_clear_error(monkeypatch):
         Settings()
 
 
+@pytest.mark.parametrize(
+    ("variable", "actions", "missing"),
+    [
+        ("TRIAGE_ALLOWED_ACTIONS", '["none", "retrain"]', "escalate"),
+        ("CANARY_ALLOWED_ACTIONS", '["promote", "hold"]', "rollback, ask_human"),
+    ],
+)
+def test_allowed_actions_without_the_guardrails_fallbacks_are_refused(
+    monkeypatch, variable, actions, missing
+):
+    from pydantic import ValidationError
+
+    monkeypatch.setenv(f"AGENTIC_MLOPS_{variable}", actions)
+    with pytest.raises(ValidationError, match=f"must include {missing}"):
+        Settings()
+
+
+def test_the_fewest_allowed_actions_are_the_fallbacks(monkeypatch):
+    monkeypatch.setenv("AGENTIC_MLOPS_TRIAGE_ALLOWED_ACTIONS", '["escalate"]')
+    monkeypatch.setenv("AGENTIC_MLOPS_CANARY_ALLOWED_ACTIONS", '["hold", "rollback", "ask_human"]')
+    settings = Settings()
+    assert settings.triage_allowed_actions == ["escalate"]
+    assert settings.canary_allowed_actions == ["hold", "rollback", "ask_human"]
+
+
 def test_prefect_home_and_telemetry_defaults_are_applied():
     import os
 
