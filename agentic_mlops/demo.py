@@ -14,10 +14,11 @@ caught.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from rich.console import Console
@@ -205,7 +206,7 @@ def run_demo(
         highlight=False,
     )
     backend.shutdown()
-    return {
+    state = {
         "aliases": aliases,
         "router": router.model_dump(),
         "results": {k: v.model_dump() for k, v in results.items()},
@@ -213,3 +214,12 @@ def run_demo(
         "plot": plot,
         "traffic": traffic.counts,
     }
+    write_summary(state, settings.reports_dir / "demo-summary.json")
+    return state
+
+
+def write_summary(state: dict, path) -> None:
+    """Keep the demo's final state as JSON beside the reports, for `make bench` and for anyone
+    comparing one run with the next."""
+    plain = {**state, "traffic": asdict(state["traffic"])}
+    path.write_text(json.dumps(plain, indent=2, default=str))

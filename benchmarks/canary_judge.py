@@ -260,11 +260,10 @@ def bench_canary_judge(runs: int = 500, seed: int = 7) -> list[Row]:
         },
         {
             "name": "canary: for context, Kayenta-style judge at a size planned against 2x the "
-            f"tolerance (n={kayenta_horizon}): promotion rate at exactly the tolerance",
+            f"tolerance (n={kayenta_horizon}): promotion rate at exactly the tolerance (it "
+            "promotes unless harm is significant, so it does not bound false promotion)",
             "value": round(_rate(kayenta, "promote"), 3),
             "unit": "share",
-            "target": f"<= {ALPHA:g} (not designed to meet it)",
-            "met": _rate(kayenta, "promote") <= ALPHA + slack,
         },
     ]
     return rows

@@ -514,6 +514,7 @@ def bench_drift_streams() -> list[Row]:
                 f"inputs unchanged), {reading}"
                 + (" (needs labels)" if reading.startswith("ADWIN") else ", inputs only"),
                 "value": f"{n_concept - missed}/{n_concept}",
+                "headline": True,
             }
         )
     adwin_delay = _mean_delay(by("ADWIN on errors", everything))

@@ -257,6 +257,7 @@ def bench_prefect_overhead(repeats: int = REPEATS) -> list[Row]:
             f"{len(per_task)} tasks",
             "value": round(statistics.median(per_task), 1),
             "unit": "ms",
+            "headline": True,
         },
         {
             "name": f"prefect overhead: a flow run doing nothing, median of {repeats}",
@@ -270,6 +271,7 @@ def bench_prefect_overhead(repeats: int = REPEATS) -> list[Row]:
             "unit": "ms",
             "baseline": round(direct_total, 1),
             "ratio": round(flow_ms / direct_total, 2),
+            "headline": True,
         },
         {
             "name": f"prefect overhead: drift check flow, added per task run beyond an empty "

@@ -75,6 +75,7 @@ def bench_tuning_time_to_target() -> list[dict]:
             "unit": "s",
             "baseline": round(full.seconds, 1),
             "ratio": round(asha.seconds / full.seconds, 2),
+            "headline": True,
         },
         {
             "name": "tuning: best validation ROC AUC, ASHA vs none",

@@ -1,5 +1,6 @@
 """The closed loop: a lifecycle turn, approval modes, the report, and both demo scenarios."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -93,3 +94,6 @@ def test_the_demo_promotes_the_fix_and_rolls_back_the_bad_model(home):
         "churn", action="promote", decision_point="canary_promotion", settings=home
     )
     assert promoted and promoted[0].outcome["held"] is True
+    summary = json.loads((home.reports_dir / "demo-summary.json").read_text())
+    assert summary["aliases"] == state["aliases"] and summary["traffic"]["failed"] == 0
+    assert 0 < summary["timings"]["drift onset to new champion"] < summary["timings"]["total"]
