@@ -27,7 +27,7 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 from pydantic import BaseModel, Field
 
-from agentic_mlops.agents.drift_triage import triage
+from agentic_mlops.agents.drift_triage import ServingEvidence, triage
 from agentic_mlops.flows.data_quality import check_quality
 from agentic_mlops.flows.train import artifact_key
 from agentic_mlops.flows.tune import RetrainParameters, retrain
@@ -52,6 +52,11 @@ class DriftCheckParameters(BaseModel):
     )
     batch_id: str | None = Field(default=None, description="Name of the batch; its file name.")
     act: bool = Field(default=True, description="Carry out the decision (retrain, rollback...).")
+    serving: ServingEvidence | None = Field(
+        default=None,
+        description="What the monitor saw in serving before sending this batch; set by the "
+        "monitor flow, empty otherwise.",
+    )
 
 
 @flow(name="drift-check", log_prints=True)
@@ -113,7 +118,15 @@ def drift_check(params: DriftCheckParameters) -> DriftCheckResult | State:
     performance = reference.labelled_performance(rows, params.target, ref, scores)
 
     evidence = reference.triage_evidence(
-        ref, quality.result, drift, observation, history, performance, rows, params.target
+        ref,
+        quality.result,
+        drift,
+        observation,
+        history,
+        performance,
+        rows,
+        params.target,
+        params.serving,
     )
     outcome = triage(evidence, settings)
     decision = outcome.decision

@@ -30,6 +30,7 @@ from agentic_mlops.agents.drift_triage import (
     ColumnEvidence,
     PerformanceEvidence,
     QualityEvidence,
+    ServingEvidence,
     TriageEvidence,
 )
 from agentic_mlops.schemas import ColumnSummary
@@ -320,8 +321,10 @@ def triage_evidence(
     performance: PerformanceEvidence | None,
     frame: pd.DataFrame,
     target: str | None,
+    serving: ServingEvidence | None = None,
 ) -> TriageEvidence:
-    """Everything the triage agent may look at for one batch."""
+    """Everything the triage agent may look at for one batch, and what the monitor saw in
+    serving when it was the monitor that sent the batch."""
     labelled = bool(target) and target in frame.columns and frame[target].notna().all()
     return TriageEvidence(
         model_name=ref.card.model_name,
@@ -343,6 +346,7 @@ def triage_evidence(
         feature_importance=ref.card.feature_importance,
         labels_available=labelled and len(frame) >= 40,
         performance=performance,
+        serving=serving,
     )
 
 

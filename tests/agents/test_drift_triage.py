@@ -23,6 +23,7 @@ from agentic_mlops.agents.drift_triage import (
     ColumnEvidence,
     PerformanceEvidence,
     QualityEvidence,
+    ServingEvidence,
     TriageEvidence,
     TriageLimits,
     enforce_guardrails,
@@ -109,6 +110,50 @@ def test_policy_decisions(case, expected):
     decision = policy_decision(case, LIMITS)
     assert decision.action == expected
     assert set(decision.drifted_features) <= set(case.drifted())
+
+
+FALLING = ServingEvidence(
+    rows=900, reference_roc_auc=0.82, estimated_roc_auc=0.74, estimate_trusted=True
+)
+TRENDING = ServingEvidence(
+    rows=900, alerts=["error_rate is worsening: its limit 0.02 in about 40 min"]
+)
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        (evidence(labels_available=False, serving=FALLING), "escalate"),
+        (
+            evidence(
+                labels_available=False,
+                serving=FALLING.model_copy(update={"estimate_trusted": False}),
+            ),
+            "none",
+        ),
+        (evidence(serving=FALLING), "none"),
+        (evidence(serving=TRENDING), "monitor"),
+        (evidence(serving=ServingEvidence(rows=900)), "none"),
+    ],
+    ids=[
+        "estimated-drop-without-labels",
+        "untrusted-estimate",
+        "labels-say-fine",
+        "serving-alert",
+        "quiet-serving",
+    ],
+)
+def test_what_the_monitor_saw_in_serving_reaches_the_policy(case, expected):
+    decision = policy_decision(case, LIMITS)
+    assert decision.action == expected
+    assert ("serving" in decision.evidence_used) == (expected in ("escalate", "monitor"))
+
+
+def test_serving_evidence_survives_the_agents_tool_calls():
+    case = evidence(labels_available=False, serving=FALLING)
+    outcome = triage(case, Settings(agent_tracing=False))
+    assert outcome.decision == policy_decision(case, LIMITS)
+    assert outcome.decision.action == "escalate" and "0.740" in outcome.decision.rationale
 
 
 def test_policy_through_the_agent_equals_the_policy_function():
