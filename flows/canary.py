@@ -1,9 +1,10 @@
 """Canary rollout: deploy the challenger beside the champion, step its traffic, judge, act.
 
 Runbook:
-1. Take the model's promotion lock (a Prefect global concurrency limit of 1): promotions of
-   one model never overlap. Repair any disagreement between the champion alias and the
-   router left by an interrupted run.
+1. Take the model's promotion lock (a Prefect global concurrency limit of 1, leased for a
+   minute and renewed while the run lives): promotions of one model never overlap, and a
+   killed run's lock is freed when its lease runs out. Repair any disagreement between the
+   champion alias and the router left by an interrupted run, and mark that run `Crashed`.
 2. Serve the champion as baseline and the challenger as canary at 0% (local processes).
 3. For each step (5%, 25%, 50% by default): set the canary's weight, collect per-request
    metrics from the router until the sequential test decides or the step's time is up, run
@@ -15,6 +16,9 @@ Runbook:
    the canary at 100%; if either fails, both are undone. A journal file marks the promotion
    until it commits, so a process killed in between is repaired by the next run.
 6. Roll back: all traffic to the champion, the canary's server stops; aliases unchanged.
+   Metrics that cannot be read are no data (fail closed); a router or model server that fails
+   ends the run `Failed`, named `ServingUnavailable` (or `PromotionFailed`), the canary
+   removed if the router still answers.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from prefect.exceptions import ObjectNotFound
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from prefect.runtime import flow_run
-from prefect.states import Completed, Failed, State
+from prefect.states import Completed, Crashed, Failed, State
 from prefect.transactions import transaction
 from pydantic import BaseModel, Field
 
@@ -56,6 +60,9 @@ from agentic_mlops.tasks.metrics import (
 
 MAX_EXTRA_HOLDS = 2
 """Holds a person or an LLM may add beyond the policy's own limit before the flow rolls back."""
+LOCK_LEASE_SECONDS = 60
+"""Lease of the promotion lock, renewed while the run lives (Prefect's shortest): a run that is
+killed frees the lock once its lease expires, and the Prefect server's repossessor sees it."""
 
 
 class CanaryParameters(BaseModel):
@@ -195,25 +202,20 @@ def record_decision(
     evidence: CanaryEvidence, outcome: PromotionOutcome, settings: Settings
 ) -> ledger.LedgerEntry:
     payload = evidence.model_dump(mode="json")
-    digest = ledger.digest(payload)
     decision = outcome.decision
-    return ledger.record_decision(
-        ledger.LedgerEntry(
-            id=ledger.decision_id(flow_run.get_id(), "canary_promotion", digest),
-            created_at=ledger.now(),
-            decision_point="canary_promotion",
-            model_name=evidence.model_name,
-            model_version=evidence.challenger_version,
-            inputs_digest=digest,
-            action=decision.action,
-            confidence=decision.confidence,
-            rationale=decision.rationale,
-            evidence={"used": list(decision.evidence_used), **payload},
-            agent_model=outcome.agent_model,
-            overridden_by=outcome.overridden_by,
-            flow_run_id=flow_run.get_id(),
-        ),
+    return ledger.record_agent_decision(
+        "canary_promotion",
+        payload,
+        flow_run.get_id(),
         settings,
+        model_name=evidence.model_name,
+        model_version=evidence.challenger_version,
+        action=decision.action,
+        confidence=decision.confidence,
+        rationale=decision.rationale,
+        evidence={"used": list(decision.evidence_used), **payload},
+        agent_model=outcome.agent_model,
+        overridden_by=outcome.overridden_by,
     )
 
 
@@ -280,6 +282,7 @@ def promote(name: str, version: int, champion: int | None, settings: Settings) -
             version=version,
             previous_champion=champion,
             router_before=backend.router_state(),
+            flow_run_id=flow_run.get_id(),
         ),
         settings,
     )
@@ -289,6 +292,41 @@ def promote(name: str, version: int, champion: int | None, settings: Settings) -
             rollout.switch_traffic(settings)
     finally:
         rollout.clear_journal(settings)  # committed, or undone by the transaction's hooks
+
+
+def mark_interrupted(journal: rollout.PromotionJournal | None, repaired: str | None) -> None:
+    """Mark the run that left a promotion journal `Crashed`, saying what was repaired.
+
+    Called with the promotion lock held, so that run no longer holds it: it was killed, yet
+    Prefect still shows it running, as nothing reports the death of a process.
+    """
+    if journal is None or journal.flow_run_id in (None, flow_run.get_id()):
+        return
+    with get_client(sync_client=True) as client:
+        try:
+            earlier = client.read_flow_run(journal.flow_run_id)
+        except ObjectNotFound:  # recorded by another Prefect server
+            return
+        if earlier.state is None or not earlier.state.is_final():
+            client.set_flow_run_state(
+                earlier.id,
+                Crashed(message=f"killed while promoting v{journal.version}; {repaired}"),
+                force=True,
+            )
+
+
+def failed_rollout(
+    name: str, message: str, backend: rollout.LocalRollout, champion: int | None
+) -> State:
+    """End a rollout that could not finish: the canary loses its traffic if the router still
+    answers, the champion is unchanged, and the state says so on one line."""
+    try:
+        backend.rollback()
+    except rollout.ServingError as error:
+        message += f"; the canary could not be removed ({error})"
+    message = f"{message}; champion v{champion} unchanged"
+    get_run_logger().error(message)
+    return Failed(name=name, message=" ".join(message.split()))
 
 
 @flow(name="canary-rollout", log_prints=True)
@@ -310,117 +348,138 @@ def canary_rollout(params: CanaryParameters = CanaryParameters()) -> CanaryResul
     min_samples = _resolve(params.min_samples, settings.canary_min_samples)
     timeout = _resolve(params.approval_timeout_seconds, settings.canary_approval_timeout_seconds)
 
-    with concurrency(ensure_promotion_lock(name), occupy=1, timeout_seconds=3600, strict=True):
+    lock = ensure_promotion_lock(name)
+    with concurrency(
+        lock, occupy=1, timeout_seconds=3600, lease_duration=LOCK_LEASE_SECONDS, strict=True
+    ):
+        interrupted = rollout.read_journal(settings)
         repaired = rollout.reconcile(name, settings)
         if repaired:
             logger.warning("repaired: %s", repaired)
+            mark_interrupted(interrupted, repaired)
         champion = registry.alias_version(name, registry.CHAMPION, settings)
         if champion is None or champion == version:
             return Completed(name="NothingToDo", message=f"v{version} is already the champion")
         backend = rollout.LocalRollout(settings)
-        router_url = backend.start_router()
-        backend.set_baseline(champion)
-        backend.deploy(version)
-        metrics = metrics_source(settings, router_url)
-        history: list[CanaryStep] = []
-
-        def finish(outcome: str, reason: str) -> CanaryResult:
-            if outcome == "rolled_back":
-                backend.rollback()
-            else:
-                promote(name, version, champion, settings)
-            result = CanaryResult(
-                model_name=name,
-                version=version,
-                outcome=outcome,
-                steps=history,
-                champion=registry.alias_version(name, registry.CHAMPION, settings),
-                repaired=repaired,
-                reason=reason,
-            )
-            logger.info("canary v%d %s: %s", version, outcome, reason)
-            return result
-
-        index, holds, marked = 0, 0, None
-        while index < len(steps) - 1:
-            weight = steps[index] / 100
-            if marked != index:  # a held step keeps its window and analyses it for longer
-                backend.set_weight(weight)
-                metrics.mark()
-                marked = index
-            analysis = analyse_step(metrics, seconds, min_samples, settings)
-            evidence = CanaryEvidence(
-                model_name=name,
-                champion_version=champion,
-                challenger_version=version,
-                weight=weight,
-                next_weight=steps[index + 1] / 100 if steps[index + 1] < 100 else None,
-                judge=JudgeEvidence.model_validate(analysis.judge.model_dump()),
-                sequential_outcome=analysis.sequential_outcome,
-                sequential_reason=analysis.sequential_reason,
-                holds=holds,
-            )
-            outcome = advise(evidence, settings)
-            entry = record_decision(evidence, outcome, settings)
-            action = approval_gate(outcome.decision.action, evidence, settings)
-            if action != outcome.decision.action:
-                logger.info(
-                    "approval mode %s: %s becomes %s",
-                    settings.approval_mode,
-                    outcome.decision.action,
-                    action,
-                )
-                ledger.record_outcome(
-                    entry.id, {"approval_mode": settings.approval_mode, "action": action}, settings
-                )
-            key = artifact_key(name, "canary")
-            create_table_artifact(
-                key=f"{key}-judge",
-                table=[m.model_dump() for m in evidence.judge.metrics],
-                description=f"Judge of v{version} at {weight:.0%}: {evidence.judge.verdict}",
-            )
-            create_markdown_artifact(
-                key=f"{key}-step",
-                markdown=evidence_markdown(evidence, outcome) + f"\nLedger entry: `{entry.id}`\n",
-                description=f"Canary v{version} at {weight:.0%}",
-            )
-            if action == "ask_human":
-                answer = ask_person(evidence, outcome, timeout, settings)
-                ledger.record_outcome(
-                    entry.id, {"human": answer.decision, "comment": answer.comment}, settings
-                )
-                action = {"approve": "increase_traffic", "reject": "rollback", "extend": "hold"}[
-                    answer.decision
-                ]
-                if action == "increase_traffic" and evidence.next_weight is None:
-                    action = "promote"
-            history.append(
-                CanaryStep(
-                    weight=weight,
-                    verdict=evidence.judge.verdict,
-                    score=evidence.judge.score,
-                    sequential=analysis.sequential_outcome,
-                    action=action,
-                    decided_by=outcome.agent_model,
-                    ledger_id=entry.id,
-                )
-            )
-            if action == "rollback":
-                return finish("rolled_back", outcome.decision.rationale)
-            if action == "promote":
-                break
-            if action == "hold":
-                holds += 1
-                if holds > evidence.max_holds + MAX_EXTRA_HOLDS:
-                    return finish("rolled_back", f"held {holds} times without a verdict")
-                continue
-            index, holds = index + 1, 0
         try:
-            return finish("promoted", "every step passed its analysis")
-        except Exception as error:  # the transaction undid the alias move and the switch
-            backend.rollback()
-            logger.error("promotion of v%d failed and was undone: %s", version, error)
-            return Failed(
-                name="PromotionFailed",
-                message=f"promotion of v{version} failed and was undone: {error}",
+            router_url = backend.start_router()
+            backend.set_baseline(champion)
+            backend.deploy(version)
+            metrics = metrics_source(settings, router_url)
+            history: list[CanaryStep] = []
+
+            def finish(outcome: str, reason: str) -> CanaryResult:
+                if outcome == "rolled_back":
+                    backend.rollback()
+                else:
+                    promote(name, version, champion, settings)
+                result = CanaryResult(
+                    model_name=name,
+                    version=version,
+                    outcome=outcome,
+                    steps=history,
+                    champion=registry.alias_version(name, registry.CHAMPION, settings),
+                    repaired=repaired,
+                    reason=reason,
+                )
+                logger.info("canary v%d %s: %s", version, outcome, reason)
+                return result
+
+            index, holds, marked = 0, 0, None
+            while index < len(steps) - 1:
+                weight = steps[index] / 100
+                if marked != index:  # a held step keeps its window and analyses it for longer
+                    backend.set_weight(weight)
+                    try:
+                        metrics.mark()
+                    except MetricsError as error:  # nothing to judge by: fail closed
+                        return finish("rolled_back", f"no metrics to judge the canary: {error}")
+                    marked = index
+                analysis = analyse_step(metrics, seconds, min_samples, settings)
+                evidence = CanaryEvidence(
+                    model_name=name,
+                    champion_version=champion,
+                    challenger_version=version,
+                    weight=weight,
+                    next_weight=steps[index + 1] / 100 if steps[index + 1] < 100 else None,
+                    judge=JudgeEvidence.model_validate(analysis.judge.model_dump()),
+                    sequential_outcome=analysis.sequential_outcome,
+                    sequential_reason=analysis.sequential_reason,
+                    holds=holds,
+                )
+                outcome = advise(evidence, settings)
+                entry = record_decision(evidence, outcome, settings)
+                action = approval_gate(outcome.decision.action, evidence, settings)
+                if action != outcome.decision.action:
+                    logger.info(
+                        "approval mode %s: %s becomes %s",
+                        settings.approval_mode,
+                        outcome.decision.action,
+                        action,
+                    )
+                    ledger.record_outcome(
+                        entry.id,
+                        {"approval_mode": settings.approval_mode, "action": action},
+                        settings,
+                    )
+                key = artifact_key(name, "canary")
+                create_table_artifact(
+                    key=f"{key}-judge",
+                    table=[m.model_dump() for m in evidence.judge.metrics],
+                    description=f"Judge of v{version} at {weight:.0%}: {evidence.judge.verdict}",
+                )
+                create_markdown_artifact(
+                    key=f"{key}-step",
+                    markdown=evidence_markdown(evidence, outcome)
+                    + f"\nLedger entry: `{entry.id}`\n",
+                    description=f"Canary v{version} at {weight:.0%}",
+                )
+                if action == "ask_human":
+                    answer = ask_person(evidence, outcome, timeout, settings)
+                    ledger.record_outcome(
+                        entry.id, {"human": answer.decision, "comment": answer.comment}, settings
+                    )
+                    action = {
+                        "approve": "increase_traffic",
+                        "reject": "rollback",
+                        "extend": "hold",
+                    }[answer.decision]
+                    if action == "increase_traffic" and evidence.next_weight is None:
+                        action = "promote"
+                history.append(
+                    CanaryStep(
+                        weight=weight,
+                        verdict=evidence.judge.verdict,
+                        score=evidence.judge.score,
+                        sequential=analysis.sequential_outcome,
+                        action=action,
+                        decided_by=outcome.agent_model,
+                        ledger_id=entry.id,
+                    )
+                )
+                if action == "rollback":
+                    return finish("rolled_back", outcome.decision.rationale)
+                if action == "promote":
+                    break
+                if action == "hold":
+                    holds += 1
+                    if holds > evidence.max_holds + MAX_EXTRA_HOLDS:
+                        return finish("rolled_back", f"held {holds} times without a verdict")
+                    continue
+                index, holds = index + 1, 0
+            try:
+                return finish("promoted", "every step passed its analysis")
+            except Exception as error:  # the transaction undid the alias move and the switch
+                return failed_rollout(
+                    "PromotionFailed",
+                    f"promotion of v{version} failed and was undone: {error}",
+                    backend,
+                    champion,
+                )
+        except rollout.ServingError as error:
+            return failed_rollout(
+                "ServingUnavailable",
+                f"serving failed during the rollout: {error}",
+                backend,
+                champion,
             )

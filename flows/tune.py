@@ -195,28 +195,23 @@ def record_advice(
     outcome: AdvisorOutcome, evidence: AdvisorEvidence, settings: Settings
 ) -> ledger.LedgerEntry:
     evidence_json = evidence.model_dump(mode="json")
-    inputs_digest = ledger.digest(evidence_json)
     proposal = outcome.proposal
-    return ledger.record_decision(
-        ledger.LedgerEntry(
-            id=ledger.decision_id(flow_run.get_id(), "tuning_advisor", inputs_digest),
-            created_at=ledger.now(),
-            decision_point="tuning_advisor",
-            model_name=settings.model_name,
-            inputs_digest=inputs_digest,
-            action="search+synthesize" if proposal.synthesize else "search",
-            rationale=proposal.rationale,
-            evidence={
-                "proposal": proposal.model_dump(mode="json"),
-                "past_runs": len(evidence.past_runs),
-                "triage": evidence_json["triage"],
-                "segments": evidence_json["segments"],
-            },
-            agent_model=outcome.agent_model,
-            overridden_by=outcome.overridden_by,
-            flow_run_id=flow_run.get_id(),
-        ),
+    return ledger.record_agent_decision(
+        "tuning_advisor",
+        evidence_json,
+        flow_run.get_id(),
         settings,
+        model_name=settings.model_name,
+        action="search+synthesize" if proposal.synthesize else "search",
+        rationale=proposal.rationale,
+        evidence={
+            "proposal": proposal.model_dump(mode="json"),
+            "past_runs": len(evidence.past_runs),
+            "triage": evidence_json["triage"],
+            "segments": evidence_json["segments"],
+        },
+        agent_model=outcome.agent_model,
+        overridden_by=outcome.overridden_by,
     )
 
 

@@ -39,30 +39,25 @@ def record_triage(
 ) -> ledger.LedgerEntry:
     """Append the triage decision, with the evidence it saw, to the ledger."""
     evidence_json = evidence.model_dump(mode="json")
-    inputs_digest = ledger.digest(evidence_json)
     decision = outcome.decision
-    return ledger.record_decision(
-        ledger.LedgerEntry(
-            id=ledger.decision_id(flow_run_id, "drift_triage", inputs_digest),
-            created_at=ledger.now(),
-            decision_point="drift_triage",
-            model_name=evidence.model_name,
-            model_version=model_version,
-            inputs_digest=inputs_digest,
-            action=decision.action,
-            severity=decision.severity,
-            confidence=decision.confidence,
-            rationale=decision.rationale,
-            evidence={
-                "used": list(decision.evidence_used),
-                "drifted_features": decision.drifted_features,
-                **evidence_json,
-            },
-            agent_model=outcome.agent_model,
-            overridden_by=outcome.overridden_by,
-            flow_run_id=flow_run_id,
-        ),
+    return ledger.record_agent_decision(
+        "drift_triage",
+        evidence_json,
+        flow_run_id,
         settings,
+        model_name=evidence.model_name,
+        model_version=model_version,
+        action=decision.action,
+        severity=decision.severity,
+        confidence=decision.confidence,
+        rationale=decision.rationale,
+        evidence={
+            "used": list(decision.evidence_used),
+            "drifted_features": decision.drifted_features,
+            **evidence_json,
+        },
+        agent_model=outcome.agent_model,
+        overridden_by=outcome.overridden_by,
     )
 
 

@@ -143,6 +143,30 @@ def decision_id(flow_run_id: str | None, decision_point: str, inputs_digest: str
     return digest([flow_run_id or "no-flow-run", decision_point, inputs_digest])
 
 
+def record_agent_decision(
+    decision_point: str,
+    inputs: dict[str, Any],
+    flow_run_id: str | None,
+    settings: Settings | None = None,
+    **fields: Any,
+) -> LedgerEntry:
+    """Record what an agent decided on `inputs` (its evidence, as JSON). The entry's digest and
+    id come from the inputs and the flow run, so recording the same decision twice in one run
+    (a retried task) keeps one entry."""
+    inputs_digest = digest(inputs)
+    return record_decision(
+        LedgerEntry(
+            id=decision_id(flow_run_id, decision_point, inputs_digest),
+            created_at=now(),
+            decision_point=decision_point,
+            inputs_digest=inputs_digest,
+            flow_run_id=flow_run_id,
+            **fields,
+        ),
+        settings,
+    )
+
+
 def _entry(row: sqlite3.Row) -> LedgerEntry:
     values = dict(row)
     values["evidence"] = json.loads(values["evidence"])
