@@ -3,12 +3,14 @@ caught.
 
 1. Train a champion on reference customers, serve it behind the canary router, and send
    simulated customer traffic with delayed labels.
-2. A lifecycle turn on a normal window: nothing to do.
-3. A price rise that also changes churn behaviour arrives mid-stream. The next lifecycle turn
-   detects it, triages, retrains with a search, canaries the challenger on live traffic and
-   promotes it.
-4. A broken label join feeds the next retraining wrong labels. Offline evaluation shares the
-   bug; the canary, judged on live labels, catches the worse model and rolls it back.
+2. A lifecycle turn on a normal window: nothing to do. Its rows come as in production: the
+   monitor's window of what the router logged, with the labels customers sent back.
+3. A price rise that also changes churn behaviour arrives mid-stream. The next lifecycle turn,
+   on the router's window since the rise, detects it, triages, retrains with a search,
+   canaries the challenger on live traffic and promotes it.
+4. A broken label join in an offline pipeline feeds the next retraining wrong labels (this
+   turn gets that offline batch). Offline evaluation shares the bug; the canary, judged on
+   live labels, catches the worse model and rolls it back.
 5. Final state: aliases, the router's traffic, the ledger with outcomes, and where to look.
 """
 
@@ -104,10 +106,12 @@ def run_demo(
     console.print(f"serving v{trained.version} behind the router at {url}")
     timings["trained and serving"] = time.monotonic() - started
 
-    def turn(title: str, window, **extra):
-        path = write_table(window, incoming / f"{title}.parquet")
+    def turn(title: str, offline=None, **extra):
+        """One lifecycle turn: on the monitor's window of the router's log, or on an offline
+        batch when one is given."""
+        path = write_table(offline, incoming / f"{title}.parquet") if offline is not None else None
         params = LifecycleParameters(
-            batch_path=str(path),
+            batch_path=str(path) if path else None,
             retrain_max_trials=plan.max_trials,
             retrain_time_budget_seconds=plan.search_seconds,
             canary_steps=list(plan.canary_steps),
@@ -135,17 +139,17 @@ def run_demo(
     results = {}
     try:
         step("2/5 A normal stretch of production traffic")
-        mark = traffic.mark()
-        window = _wait_for_window(traffic, mark, plan.window_rows, console, "normal traffic")
-        results["normal"] = turn("normal-window", window)
+        mark, since = traffic.mark(), time.time() + plan.label_delay_seconds
+        _wait_for_window(traffic, mark, plan.window_rows, console, "normal traffic")
+        results["normal"] = turn("normal-window", window_since=since, window_rows=plan.window_rows)
 
         step("3/5 A price rise arrives, and churn behaviour changes with it")
         drifted = generate_churn(20_000, 22, "gradual", severity=DRIFT_SEVERITY)
         traffic.use(drifted)
         onset = time.monotonic()
-        mark = traffic.mark()
-        window = _wait_for_window(traffic, mark, plan.window_rows, console, "after the rise")
-        results["drift"] = turn("drift-window", window)
+        mark, since = traffic.mark(), time.time() + plan.label_delay_seconds
+        _wait_for_window(traffic, mark, plan.window_rows, console, "after the rise")
+        results["drift"] = turn("drift-window", window_since=since, window_rows=plan.window_rows)
         timings["drift onset to new champion"] = time.monotonic() - onset
 
         if plan.bad_model:

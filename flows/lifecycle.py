@@ -48,6 +48,14 @@ class LifecycleParameters(BaseModel):
         description="Recent production rows with delayed labels (CSV or Parquet). Empty: the "
         "monitor's window from the router's input log.",
     )
+    window_since: float | None = Field(
+        default=None,
+        description="Without a batch: only rows whose labels arrived after this time (seconds "
+        "since the epoch). Empty: the latest window, whenever its labels arrived.",
+    )
+    window_rows: int | None = Field(
+        default=None, ge=1, description="Without a batch: at most this many newest rows."
+    )
     target: str = Field(default="churn", description="Label column.")
     retrain_max_trials: int | None = Field(default=None, ge=1, description="Cap on trials.")
     retrain_time_budget_seconds: float | None = Field(
@@ -150,9 +158,10 @@ def lifecycle(params: LifecycleParameters = LifecycleParameters()) -> LifecycleR
 
     batch = params.batch_path
     if batch is None:
-        from agentic_mlops.flows.monitor import collect_window
+        from agentic_mlops.flows.monitor import collect_window, flush_router_log, local_router_url
 
-        batch = collect_window(settings)
+        flush_router_log(local_router_url(settings))
+        batch = collect_window(settings, params.window_since, params.window_rows)
         if batch is None:
             return Failed(name="NoTraffic", message="the router has logged no labelled rows yet")
     checked = drift_check(
