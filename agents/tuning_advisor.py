@@ -176,9 +176,14 @@ def search_limits(ctx: RunContext[AdvisorDeps]) -> dict[str, Any]:
 
 
 def _around(family: str, name: str, values: list[float], widen: float) -> ParameterRange:
-    """A range around the values seen in good runs, `widen` times their spread, in bounds."""
+    """A range around the values seen in good runs, `widen` times their spread, in bounds.
+
+    A value logged outside the bounds (a training may use more rounds than a search) counts
+    as the bound it passed.
+    """
     bound = PARAMETER_BOUNDS[family][name]
     default = DEFAULT_RANGES[family][name]
+    values = [min(max(value, bound.low), bound.high) for value in values]
     log = default.log and min(values) > 0
     scale = (lambda v: math.log(v)) if log else (lambda v: v)
     unscale = (lambda v: math.exp(v)) if log else (lambda v: v)
@@ -226,7 +231,7 @@ def policy_proposal(evidence: AdvisorEvidence, limits: AdvisorLimits) -> TuningP
             top = by_family.get(family, [])[:TOP_RUNS]
             ranges = {}
             for name in PARAMETER_BOUNDS[family]:
-                seen = [r.params[name] for r in top if name in r.params]
+                seen = [r.params[name] for r in top if math.isfinite(r.params.get(name, math.nan))]
                 if seen:
                     ranges[name] = _around(family, name, seen, widen)
                     if moved:
@@ -247,13 +252,13 @@ def policy_proposal(evidence: AdvisorEvidence, limits: AdvisorLimits) -> TuningP
             else f"Narrowed to {', '.join(sorted(families))} around the best {TOP_RUNS} past "
             f"runs of each (best ROC AUC {best:.3f})."
         )
-    durations = [r.seconds for r in runs if r.seconds]
+    durations = [r.seconds for r in runs if r.seconds and math.isfinite(r.seconds)]
     seconds = limits.default_seconds
     if durations:
         per_trial = statistics.median(durations)
         seconds = SEARCH_OVERHEAD_SECONDS + 2 * per_trial * trials / max(limits.concurrency, 1)
         seconds = max(seconds, min(limits.default_seconds, 60.0))
-    seconds = min(seconds, limits.max_seconds)
+    seconds = min(round(seconds, 1), limits.max_seconds)
     segments = [s.name for s in evidence.segments]
     synthesize = bool(segments) and (
         limits.synthesis_enabled or bool(triage and triage.drifted_features)
@@ -264,7 +269,7 @@ def policy_proposal(evidence: AdvisorEvidence, limits: AdvisorLimits) -> TuningP
         space=SearchSpace(
             families=families,
             max_trials=min(trials, limits.max_trials),
-            time_budget_seconds=round(seconds, 1),
+            time_budget_seconds=seconds,
             algorithm=limits.algorithm,
         ),
         synthesize=synthesize,

@@ -24,7 +24,7 @@ from mlflow.entities import Metric, Param, RunTag
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, FiniteFloat, model_validator
 
 from agentic_mlops.settings import Settings, load_settings
 from agentic_mlops.tasks.models import (
@@ -44,8 +44,8 @@ METRIC = "roc_auc"
 class ParameterRange(BaseModel):
     """The values one hyperparameter is sampled from; `log` samples on a log scale."""
 
-    low: float
-    high: float
+    low: FiniteFloat = Field(description="Lowest value; NaN or infinite ends cannot be sampled.")
+    high: FiniteFloat
     log: bool = False
 
     @model_validator(mode="after")

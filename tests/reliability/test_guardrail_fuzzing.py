@@ -12,34 +12,19 @@ no canary promoted or given traffic past a judge that did not pass.
 
 from __future__ import annotations
 
-import json
-
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from pydantic_ai import models
-from pydantic_ai.messages import ModelResponse, TextPart, ToolCallPart
-from pydantic_ai.models.function import AgentInfo, FunctionModel
 
 from agentic_mlops.agents import canary_promotion as canary
 from agentic_mlops.agents import drift_triage as drift
 from agentic_mlops.settings import Settings
+from tests.reliability.fuzzed_models import json_values, played_back, quick, scripts, thorough
 
 models.ALLOW_MODEL_REQUESTS = False
-QUICK, THOROUGH = 25, 2_000
-OUTPUT_TOOL = "<the agent's output tool>"
 COLUMNS = ("tenure_months", "contract", "monthly_charges", "total_charges", "num_products")
 METRICS = ("error", "latency_ms", "brier")
-
-json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-(10**6), 10**6)
-    | st.floats(allow_nan=True, allow_infinity=True)
-    | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
-    max_leaves=8,
-)
 confidences = (
     st.floats(allow_nan=True, allow_infinity=True)
     | st.sampled_from([0, 0.5, 0.69, 0.7, 0.99, 1, 1.01, -0.01])
@@ -58,39 +43,6 @@ def decisions(actions: tuple[str, ...], refs: tuple[str, ...], extra: dict) -> s
         },
     )
     return shaped | st.dictionaries(st.text(max_size=10), json_values, max_size=5)
-
-
-def scripts(tools: tuple[str, ...], decision: st.SearchStrategy) -> st.SearchStrategy:
-    """A model's responses in order; the last one repeats for as long as it is asked."""
-    part = st.one_of(
-        st.tuples(st.just("text"), st.text(max_size=200)),
-        st.tuples(
-            st.just("tool"),
-            st.sampled_from((*tools, "promote_now", "delete_model", "final_result")),
-            st.dictionaries(st.text(max_size=8), json_values, max_size=3),
-        ),
-        st.tuples(st.just("tool"), st.just(OUTPUT_TOOL), decision),
-        st.tuples(st.just("tool"), st.just(OUTPUT_TOOL), st.text(max_size=40)),
-    )
-    return st.lists(st.lists(part, min_size=1, max_size=4), min_size=1, max_size=6)
-
-
-def played_back(script: list[list[tuple]]) -> FunctionModel:
-    """A fake LLM that answers with the script's responses, one per request."""
-    requests = iter(script)
-
-    def respond(messages, info: AgentInfo) -> ModelResponse:
-        parts = []
-        for kind, *content in next(requests, script[-1]):
-            if kind == "text":
-                parts.append(TextPart(content[0]))
-                continue
-            name, args = content
-            name = info.output_tools[0].name if name == OUTPUT_TOOL else name
-            parts.append(ToolCallPart(name, args if isinstance(args, str) else json.dumps(args)))
-        return ModelResponse(parts=parts)
-
-    return FunctionModel(respond, model_name="fuzzed-llm")
 
 
 column_evidence = st.builds(
@@ -178,15 +130,6 @@ def check_triage(evidence: drift.TriageEvidence, script, limits: dict) -> None:
         assert evidence.previous_champion_version is not None
     if decision.action in ("retrain", "rollback"):
         assert decision.confidence >= chosen.triage_min_confidence
-
-
-quick = settings(
-    max_examples=QUICK,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow],
-)
-thorough = settings(quick, max_examples=THOROUGH, derandomize=False)
 
 
 @quick
