@@ -83,6 +83,11 @@ class MonitorResult(BaseModel):
     serving_error: str | None = Field(default=None, description="Why there are no metrics.")
     rows: int = Field(description="Rows the champion answered since the previous run.")
     labels: int = Field(description="Labels received since the previous run.")
+    unusable_lines: int = Field(
+        default=0,
+        description="Request-log lines since the previous run that are not a usable record "
+        "(corrupt, cut short, a field of the wrong type): skipped, and counted here.",
+    )
     prediction_drift: ColumnDrift | None = None
     online: OnlinePerformance | None = None
     estimate: PerformanceEstimate | None = None
@@ -194,6 +199,8 @@ def report_markdown(result: MonitorResult) -> str:
         f"Rows answered by the champion: {result.rows}; labels received: {result.labels}",
         "",
     ]
+    if result.unusable_lines:
+        lines += [f"Unusable request-log lines skipped: {result.unusable_lines}", ""]
     if result.prediction_drift:
         drift = result.prediction_drift
         lines.append(
@@ -257,7 +264,8 @@ def monitor(params: MonitorParameters = MonitorParameters()) -> MonitorResult | 
 
     resolved = reference.resolve_reference(None, settings.target, settings, return_state=True)
     if resolved.is_failed():
-        return Failed(name=resolved.name, message=resolved.message)
+        # the reason may quote a multi-line parser error; the state's message stays one line
+        return Failed(name=resolved.name, message=" ".join(str(resolved.message).split()))
     ref = resolved.result()
     holdout = ref.card.metrics
     earlier = monitoring.monitor_history(name, limit=1, settings=settings)
@@ -272,6 +280,8 @@ def monitor(params: MonitorParameters = MonitorParameters()) -> MonitorResult | 
     window = serving_log.read_window(
         log_folder(settings), cursor.rows_ts, cursor.labels_ts, settings.monitor_window_rows
     )
+    if window.unusable_lines:
+        logger.warning("%d unusable request-log lines skipped", window.unusable_lines)
     rows = champion_rows(window.rows, ref.version)
     labelled = champion_rows(window.labelled, ref.version)
     recent_labelled = champion_rows(window.recent_labelled, ref.version)
@@ -347,6 +357,7 @@ def monitor(params: MonitorParameters = MonitorParameters()) -> MonitorResult | 
         serving_error=serving_error,
         rows=len(rows),
         labels=len(window.labelled),
+        unusable_lines=window.unusable_lines,
         prediction_drift=drift,
         online=online,
         estimate=estimate,

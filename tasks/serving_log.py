@@ -7,13 +7,17 @@ the epoch), `request_id`, `variant`, `version` (the model version that answered)
 joins the first row of its request by `request_id`, as the router's own feedback counts it.
 
 The router may be writing while the log is read: a line cut short at the end of a file, or a
-file rotated away meanwhile, is skipped, never an error.
+file rotated away meanwhile, is skipped, never an error. A line that is not a record as the
+router writes it (corrupt, cut short by a crash, a field of the wrong type) is skipped and
+counted (`LogWindow.unusable_lines`), so a damaged log is reported, not read as less traffic.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,48 +32,73 @@ from agentic_mlops.tasks.batches import write_table
 
 META_COLUMNS = ("ts", "request_id", "variant", "version", "row_index", "score")
 LABEL_COLUMNS = ("request_id", "label", "label_ts")
+CLOCK_SLACK_SECONDS = 3_600.0
+"""How far ahead of the reader's clock a line may be dated. One dated later is not a line the
+router wrote: read as the newest row, it would move the monitor's cursor past every row
+logged until then."""
 
 
-def _lines(path: Path) -> list[dict]:
-    """The complete, valid JSON lines of one log file."""
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _usable(record: object, kind: str, latest: float) -> bool:
+    """Whether a parsed line is a record as the router writes it: a finite `ts` up to
+    `latest`, a string `request_id`, and a label of 0 or 1, or a body of one row object or
+    `{"instances": [...]}` with a finite score per row."""
+    if not (
+        isinstance(record, dict)
+        and _number(record.get("ts"))
+        and record["ts"] <= latest
+        and isinstance(record.get("request_id"), str)
+    ):
+        return False
+    if kind == LABELS:
+        return record.get("label") in (0, 1)
+    body, scores = record.get("row"), record.get("scores")
+    instances = body.get("instances", [body]) if isinstance(body, dict) else None
+    return (
+        isinstance(instances, list)
+        and all(isinstance(row, dict) for row in instances)
+        and isinstance(scores, list)
+        and len(scores) == len(instances)
+        and all(_number(score) for score in scores)
+    )
+
+
+def _lines(path: Path, kind: str) -> list[dict | None]:
+    """The lines of one log file in order: each a usable record, or None for one that is not."""
     try:
         content = path.read_bytes()
     except FileNotFoundError:
         return []
-    records = []
+    latest = time.time() + CLOCK_SLACK_SECONDS
+    records: list[dict | None] = []
     for line in content.split(b"\n"):
-        if not line:
+        if not line.strip():
             continue
         try:
             record = json.loads(line)
         except ValueError:
-            continue
-        if isinstance(record, dict) and "request_id" in record and "ts" in record:
-            records.append(record)
+            record = None
+        records.append(record if _usable(record, kind, latest) else None)
     return records
 
 
-def _newest_first(folder: Path, kind: str) -> Iterator[list[dict]]:
-    """The records of each file of a log, newest file first, each file's records in order."""
+def _newest_first(folder: Path, kind: str) -> Iterator[list[dict | None]]:
+    """The lines of each file of a log, newest file first, each file's lines in order."""
     for path in reversed(log_files(folder, kind)):
-        yield _lines(path)
+        yield _lines(path, kind)
 
 
 def _expand(record: dict) -> list[dict]:
     """The rows of one logged request, with their scores."""
-    body = record.get("row")
-    instances = body.get("instances", [body]) if isinstance(body, dict) else []
-    scores = record.get("scores") or []
+    body = record["row"]
+    instances = body.get("instances", [body])
     meta = {key: record.get(key) for key in ("ts", "request_id", "variant", "version")}
     return [
-        {
-            **row,
-            **meta,
-            "row_index": index,
-            "score": scores[index] if index < len(scores) else None,
-        }
-        for index, row in enumerate(instances)
-        if isinstance(row, dict)
+        {**row, **meta, "row_index": index, "score": score}
+        for index, (row, score) in enumerate(zip(instances, record["scores"], strict=True))
     ]
 
 
@@ -83,17 +112,43 @@ def _table(records: Iterable[dict]) -> pd.DataFrame:
     return frame
 
 
-def _recent(folder: Path, kind: str, since: float | None, limit: int | None) -> list[dict]:
-    """The records of a log after `since`, at least the newest `limit` of them, oldest first."""
+def _unusable_since(lines: list[dict | None], since: float | None, newer_records: bool) -> int:
+    """The unusable lines of one file that no earlier read counted: those followed by a record
+    after `since` (in this file, or in a newer one when `newer_records`) with no record up to
+    `since` in between. One not yet followed by any record (perhaps still being written) waits
+    for the next read, so no line is counted twice."""
+    counted = waiting = 0
+    for line in lines:
+        if line is None:
+            waiting += 1
+            continue
+        if since is None or line["ts"] > since:
+            counted += waiting
+        waiting = 0
+    return counted + (waiting if newer_records else 0)
+
+
+def _recent(
+    folder: Path, kind: str, since: float | None, limit: int | None
+) -> tuple[list[dict], int]:
+    """The records of a log after `since`, at least the newest `limit` of them, oldest first;
+    and how many unusable lines were logged among them."""
     kept: list[list[dict]] = []
-    count = 0
-    for records in _newest_first(folder, kind):
+    count = unusable = 0
+    for lines in _newest_first(folder, kind):
+        records = [r for r in lines if r is not None]
         fresh = [r for r in records if since is None or r["ts"] > since]
+        unusable += _unusable_since(lines, since, count > 0)
         kept.append(fresh)
         count += len(fresh)
         if (limit is not None and count >= limit) or len(fresh) < len(records):
             break
-    return [record for records in reversed(kept) for record in records]
+    return [record for records in reversed(kept) for record in records], unusable
+
+
+def _requests_table(records: list[dict], limit: int | None) -> pd.DataFrame:
+    frame = _table(records)
+    return frame.tail(limit).reset_index(drop=True) if limit is not None else frame
 
 
 def recent_requests(
@@ -101,8 +156,7 @@ def recent_requests(
 ) -> pd.DataFrame:
     """The logged rows after `since` (seconds since the epoch), the newest `limit` of them,
     oldest first."""
-    frame = _table(_recent(folder, REQUESTS, since, limit))
-    return frame.tail(limit).reset_index(drop=True) if limit is not None else frame
+    return _requests_table(_recent(folder, REQUESTS, since, limit)[0], limit)
 
 
 def requests_by_id(folder: Path, request_ids: Iterable[str]) -> pd.DataFrame:
@@ -112,7 +166,7 @@ def requests_by_id(folder: Path, request_ids: Iterable[str]) -> pd.DataFrame:
     for records in _newest_first(folder, REQUESTS):
         if not wanted:
             break
-        found = [r for r in records if r["request_id"] in wanted]
+        found = [r for r in records if r is not None and r["request_id"] in wanted]
         wanted -= {r["request_id"] for r in found}
         kept.append(found)
     return _table(record for records in reversed(kept) for record in records)
@@ -121,7 +175,10 @@ def requests_by_id(folder: Path, request_ids: Iterable[str]) -> pd.DataFrame:
 def labels(folder: Path, since: float | None = None, limit: int | None = None) -> pd.DataFrame:
     """The labels received after `since`, the newest `limit`, oldest first; a request labelled
     twice keeps its last label."""
-    records = [r for r in _recent(folder, LABELS, since, limit) if r.get("label") in (0, 1)]
+    return _labels_table(_recent(folder, LABELS, since, limit)[0], limit)
+
+
+def _labels_table(records: list[dict], limit: int | None) -> pd.DataFrame:
     frame = pd.DataFrame(
         {
             "request_id": [r["request_id"] for r in records],
@@ -159,6 +216,13 @@ def with_labels(rows: pd.DataFrame, received: pd.DataFrame) -> pd.DataFrame:
     return joined
 
 
+def _text(value: object) -> object:
+    """A value of a column of mixed kinds as text (as JSON writes it); a missing one stays."""
+    if value is None or isinstance(value, str) or (isinstance(value, float) and math.isnan(value)):
+        return value
+    return json.dumps(value)
+
+
 def as_batch(
     rows: pd.DataFrame, like: pd.DataFrame | None = None, target: str | None = None
 ) -> pd.DataFrame:
@@ -167,7 +231,9 @@ def as_batch(
     when given.
 
     JSON leaves a number's type to the client (`12` for a float column); the casts undo that,
-    so quality and drift checks see the types the model was trained on.
+    so quality and drift checks see the types the model was trained on. A column the values do
+    not allow to cast (`"expensive"` among numbers) is written as text, as sent, for the
+    quality check to flag: Parquet holds no column of mixed kinds.
     """
     logged = {*META_COLUMNS, *LABEL_COLUMNS}
     if like is None:
@@ -178,6 +244,9 @@ def as_batch(
     for column in columns if like is not None else []:
         with contextlib.suppress(TypeError, ValueError):
             batch[column] = batch[column].astype(like[column].dtype)
+    for column in batch.columns:
+        if batch[column].dtype == object:
+            batch[column] = batch[column].map(_text)
     if target is not None and "label" in rows.columns:
         batch[target] = rows["label"].astype("int64")
     return batch.reset_index(drop=True)
@@ -203,6 +272,8 @@ class LogWindow:
     """The latest `limit` labelled rows, new or not, with `label`."""
     labels_ts: float | None = None
     """The newest label read, joined to a row or not (its row may have been rotated away)."""
+    unusable_lines: int = 0
+    """Lines logged since the last run that are not a usable record, skipped."""
 
     @property
     def rows_ts(self) -> float | None:
@@ -213,12 +284,15 @@ class LogWindow:
 def read_window(
     folder: Path, rows_since: float | None, labels_since: float | None, limit: int
 ) -> LogWindow:
-    """The rows and labels logged after the given times, and the latest labelled rows."""
-    new_labels = labels(folder, since=labels_since, limit=limit)
-    latest_labels = labels(folder, limit=limit)
+    """The rows and labels logged after the given times, the latest labelled rows, and how
+    many lines since the last run were unusable."""
+    row_records, unusable_rows = _recent(folder, REQUESTS, rows_since, limit)
+    label_records, unusable_labels = _recent(folder, LABELS, labels_since, limit)
+    new_labels = _labels_table(label_records, limit)
     return LogWindow(
-        rows=recent_requests(folder, since=rows_since, limit=limit),
+        rows=_requests_table(row_records, limit),
         labelled=labelled_requests(folder, new_labels),
-        recent_labelled=labelled_requests(folder, latest_labels),
+        recent_labelled=labelled_requests(folder, labels(folder, limit=limit)),
         labels_ts=float(new_labels["label_ts"].max()) if len(new_labels) else None,
+        unusable_lines=unusable_rows + unusable_labels,
     )

@@ -9,6 +9,10 @@ Two logs in one folder (`home/serving/<model>/log/` by default), JSON lines each
 - `labels-<n>.jsonl`: one line per accepted `POST /feedback`: `{"ts", "request_id", "label"}`.
   A label belongs to its request's first row, as the router's own feedback metrics count it.
 
+`ts` is seconds since the epoch to the microsecond: a reader goes on after the newest `ts` it
+read, and with a coarser clock the lines written just after a read could share it and be
+passed over.
+
 Request overhead is a few microseconds: the line is assembled from the body's bytes without
 parsing it, appended to a buffer in memory, and the buffer is written in chunks (when it
 reaches `chunk_bytes`, and every `flush_seconds` from the router's event loop). A file that
@@ -176,7 +180,7 @@ class RequestLog:
         """Log an answered request: its body as sent (newlines, which JSON allows only as
         whitespace between tokens, become spaces), and the scores returned."""
         head = (
-            f'{{"ts":{time.time():.3f},"request_id":"{request_id}","variant":"{variant}",'
+            f'{{"ts":{time.time():.6f},"request_id":"{request_id}","variant":"{variant}",'
             f'"version":{"null" if version is None else int(version)},'
             f'"scores":{json.dumps(scores)},"row":'
         )
@@ -185,7 +189,7 @@ class RequestLog:
     def labelled(self, request_id: str, label: int) -> None:
         """Log the delayed label of an answered request."""
         self.labels.add(
-            f'{{"ts":{time.time():.3f},"request_id":"{request_id}","label":{int(label)}}}\n'.encode()
+            f'{{"ts":{time.time():.6f},"request_id":"{request_id}","label":{int(label)}}}\n'.encode()
         )
 
     def flush(self) -> dict[str, int]:
