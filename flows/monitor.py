@@ -38,6 +38,7 @@ from prefect.runtime import flow_run
 from prefect.states import Failed, State
 from pydantic import BaseModel, Field
 
+from agentic_mlops.agents.drift_triage import ServingEvidence
 from agentic_mlops.deployments.serving.request_log import log_folder
 from agentic_mlops.flows.drift import DriftCheckParameters, drift_check
 from agentic_mlops.flows.train import artifact_key
@@ -339,6 +340,13 @@ def monitor(params: MonitorParameters = MonitorParameters()) -> MonitorResult | 
                     target=ref.card.target,
                     batch_id=batch_path.name,
                     act=params.act,
+                    serving=ServingEvidence(
+                        rows=len(rows),
+                        alerts=alerts,
+                        reference_roc_auc=holdout.get("roc_auc"),
+                        estimated_roc_auc=estimate.roc_auc if estimate else None,
+                        estimate_trusted=bool(estimate and estimate.trusted),
+                    ),
                 ),
                 return_state=True,
             )

@@ -112,7 +112,11 @@ def test_the_monitor_measures_the_traffic_and_drift_checks_the_labelled_window(s
     check = result.drift_check
     assert check is not None and check.batch_id.endswith("-labelled.parquet")
     assert check.decision.action in ("none", "monitor") and not check.actions_taken
-    assert ledger.get_decision(result.ledger_id, settings).decision_point == "drift_triage"
+    entry = ledger.get_decision(result.ledger_id, settings)
+    assert entry.decision_point == "drift_triage"
+    serving = entry.evidence["serving"]
+    assert serving["rows"] == 300 and serving["alerts"] == result.alerts
+    assert serving["estimated_roc_auc"] == estimate.roc_auc and serving["estimate_trusted"]
     history = monitoring.monitor_history("churn", 1, settings=settings)
     assert len(history) == 6 and history[-1].drift_ledger_id == result.ledger_id
     assert "Monitor of churn v1" in artifacts_by_key("churn-monitor")[0]["data"]
