@@ -147,7 +147,7 @@ def table_line(row: Row) -> str:
         row.get("baseline", ""),
         row.get("ratio", ""),
         row.get("target", ""),
-        {True: "yes", False: "**no**"}.get(row.get("met"), ""),
+        "" if row.get("met") is None else ("yes" if row["met"] else "**no**"),
     ]
     return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
 
@@ -160,7 +160,7 @@ def readme_table(rows: list[Row], stamp: str) -> str:
     """Every row with a target, then the headline figures without one."""
     targets = [r for r in rows if r.get("target")]
     headlines = [r for r in rows if r.get("headline") and not r.get("target")]
-    met = sum(r.get("met") is True for r in targets)
+    met = sum(bool(r.get("met")) for r in targets)
     summary = (
         f"`make bench` on {stamp}, this 2-core machine: {met} of {len(targets)} targets met. "
         f"Every row: [benchmarks/results/{stamp}.md](benchmarks/results/{stamp}.md)."
@@ -179,7 +179,19 @@ def update_readme(table: str, readme: Path = README) -> bool:
     return True
 
 
+def readme_from_results(path: Path) -> int:
+    """Rewrite the README's table from a stored complete run (`--readme results/<date>.json`)."""
+    report = json.loads(path.read_text())
+    if not report.get("complete_run"):
+        print(f"error: {path} is not a run of every benchmark; the README shows only those")
+        return 2
+    update_readme(readme_table(report["results"], report["date"]))
+    return 0
+
+
 def main(selected: list[str]) -> int:
+    if selected[:1] == ["--readme"]:
+        return readme_from_results(Path(selected[1]))
     unknown = sorted(set(selected) - set(BENCHMARKS))
     if unknown:
         print(f"error: unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}")

@@ -10,6 +10,14 @@ ROWS = [
 ]
 
 
+def test_numpy_verdicts_count_as_met_or_not():
+    import numpy as np
+
+    rows = [{**ROWS[1], "met": np.bool_(True)}, {**ROWS[2], "met": np.bool_(False)}]
+    table = readme_table(rows, "2026-11-24")
+    assert "1 of 2 targets met" in table and "**no**" in table
+
+
 def test_the_readme_table_lists_every_target_then_the_headlines():
     table = readme_table(ROWS, "2026-11-24")
     assert "1 of 2 targets met" in table
