@@ -186,11 +186,14 @@ class LocalRollout:
     def serve_version(
         self, version: int, fault_error_rate: float = 0.0, fault_latency_ms: float = 0.0
     ) -> Backend:
-        """Start the model server of a version (or find the running one)."""
+        """Start the model server of a version (or find the running one); one that runs but
+        does not answer is stopped first, so that no process is left behind unrecorded."""
         record = self.record()
         served = record.servers.get(str(version))
         if self._healthy(served):
             return Backend(url=served.url, version=version)
+        if served is not None:
+            self._stop(served)
         port = free_port()
         log = self.folder / f"model-v{version}.log"
         args = [
@@ -245,16 +248,27 @@ class LocalRollout:
     def set_weight(self, weight: float) -> RouterState:
         return RouterState.model_validate(self._router("POST", "/admin/state", {"weight": weight}))
 
+    def _answering(self, backend: Backend) -> Backend:
+        """The backend of a version whose server answers: its own, or a fresh one if it died."""
+        if backend.version is None:
+            return backend
+        return self.serve_version(backend.version)
+
     def promote(self) -> RouterState:
-        """The canary becomes the baseline at full traffic; the old baseline's server stops."""
+        """The canary becomes the baseline at full traffic; the old baseline's server stops.
+
+        A canary whose server died since it was deployed is started again first: all traffic
+        must never go to a server that does not answer.
+        """
         state = self.router_state()
         if state.canary is None:
             return state
+        canary = self._answering(state.canary)
         new = RouterState.model_validate(
             self._router(
                 "POST",
                 "/admin/state",
-                {"baseline": state.canary.model_dump(), "canary": None, "weight": 0.0},
+                {"baseline": canary.model_dump(), "canary": None, "weight": 0.0},
             )
         )
         if state.baseline is not None and state.baseline.version != state.canary.version:
@@ -262,13 +276,18 @@ class LocalRollout:
         return new
 
     def rollback(self) -> RouterState:
-        """All traffic back to the baseline; the canary's server stops."""
+        """All traffic back to the baseline; the canary's server stops.
+
+        A baseline whose server died during the rollout is started again first, as in
+        `promote`.
+        """
         state = self.router_state()
         if state.canary is None and state.weight == 0:
             return state
-        new = RouterState.model_validate(
-            self._router("POST", "/admin/state", {"canary": None, "weight": 0.0})
-        )
+        change = {"canary": None, "weight": 0.0}
+        if state.baseline is not None:
+            change["baseline"] = self._answering(state.baseline).model_dump()
+        new = RouterState.model_validate(self._router("POST", "/admin/state", change))
         if state.canary is not None and (
             state.baseline is None or state.canary.version != state.baseline.version
         ):
@@ -278,9 +297,8 @@ class LocalRollout:
     def restore(self, state: RouterState) -> RouterState:
         """Put the router back to a recorded state (the undo of promote or rollback)."""
         for backend in (state.baseline, state.canary):
-            if backend is not None and backend.version is not None:
-                fresh = self.serve_version(backend.version)
-                backend.url = fresh.url
+            if backend is not None:
+                backend.url = self._answering(backend).url
         return RouterState.model_validate(
             self._router(
                 "POST",
@@ -294,12 +312,16 @@ class LocalRollout:
         )
 
     def _retire(self, version: int | None, drain_seconds: float = 1.0) -> None:
+        """Stop a version's server after its requests drain, then forget it: a process killed
+        in between leaves a server that is still recorded, never one running unrecorded."""
+        served = self.record().servers.get(str(version))
+        if served is None:
+            return
+        time.sleep(drain_seconds)
+        self._stop(served)
         record = self.record()
-        served = record.servers.pop(str(version), None)
+        record.servers.pop(str(version), None)
         self._save(record)
-        if served is not None:
-            time.sleep(drain_seconds)
-            self._stop(served)
 
     def status(self) -> RolloutStatus:
         record = self.record()
@@ -324,10 +346,21 @@ class PromotionJournal(BaseModel):
     version: int
     previous_champion: int | None
     router_before: RouterState
+    flow_run_id: str | None = Field(
+        default=None, description="The Prefect flow run promoting, so a repair can name it."
+    )
 
 
 def journal_path(settings: Settings) -> Path:
     return settings.home / "serving" / "promotion.json"
+
+
+def read_journal(settings: Settings) -> PromotionJournal | None:
+    """The journal of a promotion under way or interrupted; None when there is none."""
+    path = journal_path(settings)
+    if not path.exists():
+        return None
+    return PromotionJournal.model_validate_json(path.read_text())
 
 
 def write_journal(journal: PromotionJournal, settings: Settings) -> None:
@@ -372,9 +405,8 @@ def reconcile(model_name: str, settings: Settings | None = None) -> str | None:
 
     settings = settings or load_settings()
     backend = LocalRollout(settings)
-    path = journal_path(settings)
-    if path.exists():
-        journal = PromotionJournal.model_validate_json(path.read_text())
+    journal = read_journal(settings)
+    if journal is not None:
         if journal.previous_champion is not None:
             registry.promote_champion(journal.model_name, journal.previous_champion, settings)
         if backend.record().router is not None:

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="agentic-mlops-tests-"))
@@ -103,3 +109,65 @@ def use_home_copy(source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("AGENTIC_MLOPS_HOME", str(root))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return Settings()
+
+
+def subprocess_environment(**extra: str) -> dict[str, str]:
+    """This process's environment for a child process, without the Prefect and MLflow settings
+    the test session made for itself, plus `extra`."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+    return {**base, **extra}
+
+
+@contextmanager
+def running_prefect_server(
+    folder: Path, database_url: str | None = None, **extra: str
+) -> Iterator[str]:
+    """A `prefect server start` of its own, with its services (the test harness's server runs
+    none), on `database_url` or else SQLite under `folder`; yields its API address.
+
+    Its output goes to `folder / "server.log"`; `extra` are more of its settings.
+    """
+    from agentic_mlops.tasks.rollout import free_port
+
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    database = {"PREFECT_API_DATABASE_CONNECTION_URL": database_url} if database_url else {}
+    environment = subprocess_environment(
+        PREFECT_HOME=str(folder),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_UI_ENABLED="false",
+        **database,
+        **extra,
+    )
+    command = [str(Path(sys.executable).parent / "prefect"), "server", "start"]
+    with (folder / "server.log").open("wb") as log:
+        server = subprocess.Popen(
+            [*command, "--host", "127.0.0.1", "--port", str(port)],
+            env=environment,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    api = f"http://127.0.0.1:{port}/api"
+    try:
+        import httpx
+
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{api}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                tail = (folder / "server.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"the Prefect server did not start:\n{tail}")
+            time.sleep(0.5)
+        yield api
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()

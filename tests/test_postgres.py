@@ -9,6 +9,7 @@ from mlflow import MlflowClient
 from agentic_mlops.flows.train import TrainParameters, train
 from agentic_mlops.tasks import registry
 from agentic_mlops.tasks.training import Hyperparameters
+from tests.conftest import running_prefect_server, subprocess_environment
 
 pytestmark = pytest.mark.postgres
 SERVER = "postgresql://postgres@127.0.0.1:5432"
@@ -47,75 +48,49 @@ def fresh_database(admin) -> str:
 @pytest.mark.slow
 def test_concurrent_runs_on_a_prefect_server_and_mlflow_backed_by_postgres(tmp_path):
     import json
-    import os
-    import signal
     import subprocess
     import sys
-    import time
     from pathlib import Path
 
     import httpx
-
-    from agentic_mlops.tasks.rollout import free_port
 
     admin = psycopg2.connect(f"{SERVER}/postgres")
     admin.autocommit = True
     prefect_db, mlflow_db = fresh_database(admin), fresh_database(admin)
     MlflowClient(f"{SERVER}/{mlflow_db}").search_experiments()  # schema made once, as in prod
     bin_dir = Path(sys.executable).parent
-    port = free_port()
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
-    server_env = {
-        **base,
-        "PREFECT_HOME": str(tmp_path / "prefect"),
-        "PREFECT_API_DATABASE_CONNECTION_URL": f"postgresql+asyncpg://postgres@127.0.0.1:5432/{prefect_db}",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_ENABLED": "false",
-    }
-    log = (tmp_path / "server.log").open("wb")
-    server = subprocess.Popen(
-        [str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=server_env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    api = f"http://127.0.0.1:{port}/api"
     runs = []
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{api}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
-        client_env = {
-            **base,
-            "PREFECT_API_URL": api,
-            "MLFLOW_TRACKING_URI": f"{SERVER}/{mlflow_db}",
-            "AGENTIC_MLOPS_HOME": str(tmp_path / "home"),
-            "AGENTIC_MLOPS_AGENT_TRACING": "false",
-        }
-        runs = [
-            subprocess.Popen(
-                [
-                    str(bin_dir / "agentic-mlops"),
-                    "train",
-                    "--rows",
-                    "600",
-                    "--seed",
-                    str(seed),
-                    "--json",
-                ],
-                env=client_env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
+        with running_prefect_server(
+            tmp_path / "prefect", f"postgresql+asyncpg://postgres@127.0.0.1:5432/{prefect_db}"
+        ) as api:
+            client_env = subprocess_environment(
+                PREFECT_API_URL=api,
+                MLFLOW_TRACKING_URI=f"{SERVER}/{mlflow_db}",
+                AGENTIC_MLOPS_HOME=str(tmp_path / "home"),
+                AGENTIC_MLOPS_AGENT_TRACING="false",
             )
-            for seed in range(4)
-        ]
-        outputs = [run.communicate(timeout=300) for run in runs]
+            runs = [
+                subprocess.Popen(
+                    [
+                        str(bin_dir / "agentic-mlops"),
+                        "train",
+                        "--rows",
+                        "600",
+                        "--seed",
+                        str(seed),
+                        "--json",
+                    ],
+                    env=client_env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+                for seed in range(4)
+            ]
+            outputs = [run.communicate(timeout=300) for run in runs]
+            with httpx.Client(base_url=api) as client:
+                flow_runs = client.post("/flow_runs/filter", json={"limit": 50}).json()
         for run, (_out, err) in zip(runs, outputs, strict=True):
             assert run.returncode == 0, err[-2000:]
         versions = sorted(json.loads(out[out.index("{") :])["version"] for out, _ in outputs)
@@ -125,19 +100,13 @@ def test_concurrent_runs_on_a_prefect_server_and_mlflow_backed_by_postgres(tmp_p
             registry.Settings(mlflow_tracking_uri=f"{SERVER}/{mlflow_db}", home=tmp_path / "home"),
         )
         assert aliases["champion"] in versions
-        with httpx.Client(base_url=api) as client:
-            flow_runs = client.post("/flow_runs/filter", json={"limit": 50}).json()
         assert [r["state_type"] for r in flow_runs].count("COMPLETED") == 4
-        assert "database is locked" not in (tmp_path / "server.log").read_text(errors="replace")
+        server_log = (tmp_path / "prefect" / "server.log").read_text(errors="replace")
+        assert "database is locked" not in server_log
     finally:
         for run in runs:
             if run.poll() is None:
                 run.kill()
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
         for name in (prefect_db, mlflow_db):
             admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()

@@ -1,9 +1,9 @@
 """The canary router: one address in front of the baseline and canary model servers.
 
 - `POST /predict` goes to the canary with probability `weight`, else to the baseline. The
-  answer carries `request_id` and `variant`. A canary that fails (5xx, refused connection) is
-  counted against the canary and the request is answered by the baseline instead, so users
-  never see a canary's failure and a rollback drops nothing.
+  answer carries `request_id` and `variant`. A canary that fails (5xx, refused connection, no
+  answer within 2 s) is counted against the canary and the request is answered by the baseline
+  instead, so users never see a canary's failure and a rollback drops nothing.
 - `POST /feedback` `{"request_id", "label"}`: the delayed ground truth of a served request,
   counted per variant (correct at 0.5, Brier score).
 - `GET /metrics`: Prometheus metrics per variant (requests, errors, latency histogram, score
@@ -44,6 +44,9 @@ from agentic_mlops.settings import load_settings
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 SCORE_BUCKETS = tuple(round(0.1 * i, 1) for i in range(1, 11))
 BASELINE, CANARY = "baseline", "canary"
+MODEL_TIMEOUT_SECONDS = {BASELINE: 30.0, CANARY: 2.0}
+"""Longest wait for a model server's answer, per variant. The canary's is short: a canary that
+hangs costs each of its requests 2 s before the baseline answers instead, not 30 s."""
 
 
 class Backend(BaseModel):
@@ -147,7 +150,7 @@ class Router:
         gc.freeze()  # full collections then skip startup objects: fewer long pauses at p99
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=256, keepalive_timeout=30),
-            timeout=aiohttp.ClientTimeout(total=30),
+            timeout=aiohttp.ClientTimeout(total=MODEL_TIMEOUT_SECONDS[BASELINE]),
         )
         if self.request_log is not None:
             await self.request_log.start()
@@ -163,16 +166,19 @@ class Router:
             return CANARY
         return BASELINE
 
-    async def call(self, backend: Backend, body: bytes) -> tuple[int, bytes]:
+    async def call(self, backend: Backend, body: bytes, variant: str) -> tuple[int, bytes]:
         async with self.session.post(
-            f"{backend.url}/predict", data=body, headers={"Content-Type": "application/json"}
+            f"{backend.url}/predict",
+            data=body,
+            headers={"Content-Type": "application/json"},
+            timeout=aiohttp.ClientTimeout(total=MODEL_TIMEOUT_SECONDS[variant]),
         ) as response:
             return response.status, await response.read()
 
     async def observe(self, variant: str, backend: Backend, body: bytes):
         start = time.perf_counter()
         try:
-            status, payload = await self.call(backend, body)
+            status, payload = await self.call(backend, body, variant)
         except (TimeoutError, aiohttp.ClientError, OSError):
             status, payload = 599, b'{"error": "model server unreachable"}'
         elapsed = time.perf_counter() - start

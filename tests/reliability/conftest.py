@@ -1,4 +1,5 @@
-"""A champion trained once for the whole reliability suite, and a private copy per test."""
+"""A champion trained once for the whole reliability suite, and a private copy per test; the
+canary tests' champion and equal challenger, served from a private home (`serving_home`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from agentic_mlops.flows.train import TrainParameters
 from agentic_mlops.settings import Settings
 from agentic_mlops.tasks.training import Hyperparameters
 from tests.conftest import trained_home, use_home_copy
+from tests.flows.test_canary_flow import serving_home, two_versions  # noqa: F401 - fixtures
+from tests.reliability.test_faults import mlflow_at  # noqa: F401 - fixture
 
 
 @pytest.fixture(scope="session")
