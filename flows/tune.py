@@ -22,6 +22,8 @@ Runbook:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import numpy as np
@@ -293,6 +295,21 @@ def search_markdown(result: SearchResult, comparison: HoldoutComparison, synth: 
     )
 
 
+@contextmanager
+def closed_on_failure(search_run_id: str, settings: Settings) -> Iterator[None]:
+    """Mark the search's MLflow run FAILED when anything from the search to the registration
+    fails, so no run is left RUNNING; when MLflow itself is what failed, say the run stays
+    open and raise the original error."""
+    try:
+        yield
+    except Exception:
+        try:
+            finish_search_run(search_run_id, {}, settings, failed=True)
+        except Exception as error:
+            get_run_logger().warning("search run %s left open: %s", search_run_id, error)
+        raise
+
+
 @flow(name="retrain", log_prints=True)
 def retrain(params: RetrainParameters = RetrainParameters()) -> RetrainResult | State:
     """Search for a better model on recent data, register it, and hand it to the canary."""
@@ -364,56 +381,55 @@ def retrain(params: RetrainParameters = RetrainParameters()) -> RetrainResult | 
     parent_run_id, experiment_id = start_search_run(
         proposal.space, settings, params.run_name or f"retrain-search-{settings.model_name}"
     )
-    try:
+    with closed_on_failure(parent_run_id, settings):
         found = search(data, proposal.space, parent_run_id, experiment_id, settings)
-    except Exception:
-        finish_search_run(parent_run_id, {}, settings, failed=True)
-        raise
 
-    train_rows = pd.concat(
-        [split.x_train.assign(**{params.target: split.y_train}), synthetic], ignore_index=True
-    )
-    model = family_pipeline(
-        found.best_family, found.best_params, numeric, categorical, params.seed
-    ).fit(train_rows.drop(columns=[params.target]), train_rows[params.target].astype(int))
-    evaluation = evaluate_model(model, split.x_test, split.y_test, params.seed)
-    comparison = compare_on_holdout(
-        model.predict_proba(split.x_test)[:, 1], split.x_test, split.y_test, settings
-    )
-    logger.info(
-        "holdout ROC AUC: challenger %.4f, champion %s",
-        comparison.challenger_roc_auc,
-        f"v{comparison.champion_version} {comparison.champion_roc_auc:.4f}"
-        if comparison.champion_roc_auc is not None
-        else "none",
-    )
-    extra = None
-    if synthesis is not None and len(synthesis.rows):
-        kept = write_table(
-            synthesis.rows,
-            settings.data_dir / "synthetic" / f"{settings.model_name}-{synthesis.digest()}.parquet",
+        train_rows = pd.concat(
+            [split.x_train.assign(**{params.target: split.y_train}), synthetic], ignore_index=True
         )
-        extra = [("synthetic", synthesis.rows, {**synthesis.lineage(), "source": str(kept)})]
-    trained, _ = publish_model(
-        model,
-        frame,
-        split,
-        params.target,
-        {
-            "family": found.best_family,
-            **found.best_params,
-            "seed": params.seed,
-            "test_size": params.test_size,
-            "rows": len(frame),
-            "synthetic_rows": len(synthetic),
-        },
-        evaluation,
-        source,
-        f"retrain-best-{found.best_family}",
-        parent_run_id=parent_run_id,
-        extra_datasets=extra,
-        training_rows=train_rows,
-    )
+        model = family_pipeline(
+            found.best_family, found.best_params, numeric, categorical, params.seed
+        ).fit(train_rows.drop(columns=[params.target]), train_rows[params.target].astype(int))
+        evaluation = evaluate_model(model, split.x_test, split.y_test, params.seed)
+        comparison = compare_on_holdout(
+            model.predict_proba(split.x_test)[:, 1], split.x_test, split.y_test, settings
+        )
+        logger.info(
+            "holdout ROC AUC: challenger %.4f, champion %s",
+            comparison.challenger_roc_auc,
+            f"v{comparison.champion_version} {comparison.champion_roc_auc:.4f}"
+            if comparison.champion_roc_auc is not None
+            else "none",
+        )
+        extra = None
+        if synthesis is not None and len(synthesis.rows):
+            kept = write_table(
+                synthesis.rows,
+                settings.data_dir
+                / "synthetic"
+                / f"{settings.model_name}-{synthesis.digest()}.parquet",
+            )
+            extra = [("synthetic", synthesis.rows, {**synthesis.lineage(), "source": str(kept)})]
+        trained, _ = publish_model(
+            model,
+            frame,
+            split,
+            params.target,
+            {
+                "family": found.best_family,
+                **found.best_params,
+                "seed": params.seed,
+                "test_size": params.test_size,
+                "rows": len(frame),
+                "synthetic_rows": len(synthetic),
+            },
+            evaluation,
+            source,
+            f"retrain-best-{found.best_family}",
+            parent_run_id=parent_run_id,
+            extra_datasets=extra,
+            training_rows=train_rows,
+        )
     finish_search_run(
         parent_run_id,
         {

@@ -70,5 +70,11 @@ def test_mlflow_failing_when_the_retraining_registers_its_challenger(champion_ho
     assert "connection refused" in state.message
     assert len(attempts) == 1 + champion_home.mlflow_retries
     assert registry.model_aliases("churn", champion_home) == before
-    versions = MlflowClient(champion_home.tracking_uri()).search_model_versions("name='churn'")
+    client = MlflowClient(champion_home.tracking_uri())
+    versions = client.search_model_versions("name='churn'")
     assert [int(v.version) for v in versions] == [1]
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiments, max_results=500)
+    searches = [r for r in runs if r.info.run_name.startswith("retrain-search-")]
+    assert [r.info.status for r in searches] == ["FAILED"]
+    assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
