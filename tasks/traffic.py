@@ -37,14 +37,17 @@ class CustomerTraffic:
         rate: float = 60.0,
         label_delay_seconds: float = 1.0,
         keep: int = 20_000,
+        limit: int | None = None,
+        seconds: float | None = None,
     ):
         self.url, self.target, self.rate, self.delay = url, target, rate, label_delay_seconds
+        self.limit, self.seconds = limit, seconds
         self.counts = TrafficCounts()
         self.served: deque[tuple[int, float, dict, int]] = deque(maxlen=keep)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._pending: deque[tuple[float, str, int]] = deque()
-        self._thread = threading.Thread(target=self._run, name="customers", daemon=True)
+        self._thread = threading.Thread(target=self.run, name="customers", daemon=True)
         self.use(source)
 
     def use(self, source: pd.DataFrame) -> None:
@@ -84,9 +87,16 @@ class CustomerTraffic:
             except httpx.HTTPError:
                 pass
 
-    def _run(self) -> None:
+    def run(self) -> None:
+        """Call the router until stopped, or until `limit` requests or `seconds` have gone by
+        (a test's bound); `start` runs this in a thread."""
+        deadline = time.monotonic() + self.seconds if self.seconds is not None else None
         with httpx.Client(timeout=10) as client:
             while not self._stop.is_set():
+                if self.limit is not None and self.counts.sent >= self.limit:
+                    break
+                if deadline is not None and time.monotonic() > deadline:
+                    break
                 started = time.monotonic()
                 row, label = self._next()
                 seq = self.counts.sent

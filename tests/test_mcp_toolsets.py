@@ -24,21 +24,10 @@ from agentic_mlops.agents.drift_triage import (
 )
 from agentic_mlops.agents.mcp_toolsets import mounted_servers, mounted_toolsets
 from agentic_mlops.settings import Settings
+from tests.test_mcp_server import READ_TOOLS
 
 models.ALLOW_MODEL_REQUESTS = False
 CLI = str(Path(sys.executable).with_name("agentic-mlops"))
-READS = {
-    "list_models",
-    "model_versions",
-    "recent_runs",
-    "run_artifacts",
-    "drift_report",
-    "canary_status",
-    "decisions",
-    "decision",
-    "flow_runs",
-    "flow_run",
-}
 
 
 def our_server(home: Settings, **entry) -> dict:
@@ -118,7 +107,10 @@ def test_a_read_only_mount_shows_only_tools_declared_read_only_unless_told_other
         home, name="rw", read_only=False, tools=["list_models", "request_retrain"]
     )
     seen = visible_tools(mount(monkeypatch, read_only, writable))
-    assert seen == {f"mlops_{name}" for name in READS} | {"rw_list_models", "rw_request_retrain"}
+    assert seen == {f"mlops_{name}" for name in READ_TOOLS} | {
+        "rw_list_models",
+        "rw_request_retrain",
+    }
 
 
 @pytest.mark.slow

@@ -4,7 +4,6 @@ import shutil
 import threading
 import time
 
-import httpx
 import pytest
 
 from agentic_mlops.flows.canary import CanaryParameters, canary_rollout
@@ -13,6 +12,7 @@ from agentic_mlops.settings import Settings
 from agentic_mlops.tasks import ledger, registry
 from agentic_mlops.tasks.churn import generate_churn
 from agentic_mlops.tasks.rollout import LocalRollout
+from agentic_mlops.tasks.traffic import CustomerTraffic
 from agentic_mlops.tasks.training import Hyperparameters
 from tests.conftest import trained_home
 
@@ -47,51 +47,19 @@ def serving_home(two_versions, tmp_path, monkeypatch):
     backend.shutdown()
 
 
-class Traffic:
-    """Customers calling the router, with each label sent back at once: bounded in count and
-    time, stopped by the test."""
-
-    def __init__(self, url: str, rate: float = 150.0, limit: int = 20_000, seconds: float = 120):
-        frame = generate_churn(5_000, 77)
-        self.labels = frame.pop("churn").tolist()
-        self.rows = frame.to_dict("records")
-        self.url, self.rate, self.limit, self.seconds = url, rate, limit, seconds
-        self.sent = self.failed = 0
-        self.variants: dict[str, int] = {}
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
-
-    def run(self) -> None:
-        deadline = time.monotonic() + self.seconds
-        with httpx.Client(timeout=10) as client:
-            while not self.stop.is_set() and self.sent < self.limit:
-                if time.monotonic() > deadline:
-                    break
-                index = self.sent % len(self.rows)
-                started = time.monotonic()
-                try:
-                    answer = client.post(f"{self.url}/predict", json=self.rows[index])
-                    if answer.status_code != 200:
-                        self.failed += 1
-                    else:
-                        body = answer.json()
-                        self.variants[body["variant"]] = self.variants.get(body["variant"], 0) + 1
-                        client.post(
-                            f"{self.url}/feedback",
-                            json={"request_id": body["request_id"], "label": self.labels[index]},
-                        )
-                except httpx.HTTPError:
-                    self.failed += 1
-                self.sent += 1
-                time.sleep(max(0.0, 1 / self.rate - (time.monotonic() - started)))
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join(timeout=30)
+def customer_traffic(
+    url: str, rate: float = 150.0, limit: int = 20_000, seconds: float = 120
+) -> CustomerTraffic:
+    """Customers calling the router, each label sent back at once: bounded in count and time,
+    stopped by the test."""
+    return CustomerTraffic(
+        url,
+        generate_churn(5_000, 77),
+        rate=rate,
+        label_delay_seconds=0.0,
+        limit=limit,
+        seconds=seconds,
+    )
 
 
 def start_serving(settings, canary_faults=None):
@@ -112,14 +80,14 @@ def rollout(**extra):
 
 def test_a_good_challenger_is_promoted_and_traffic_follows_the_alias(serving_home):
     backend, url = start_serving(serving_home)
-    with Traffic(url) as traffic:
+    with customer_traffic(url) as traffic:
         state = rollout()
     result = state.result()
     assert result.outcome == "promoted", result
     assert registry.model_aliases("churn", serving_home)["champion"] == 2
     router = backend.router_state()
     assert router.baseline.version == 2 and router.canary is None and router.weight == 0
-    assert traffic.failed == 0 and traffic.variants.get("canary", 0) > 0
+    assert traffic.counts.failed == 0 and traffic.counts.variants.get("canary", 0) > 0
     decisions = ledger.list_decisions(
         "churn", decision_point="canary_promotion", settings=serving_home
     )
@@ -128,14 +96,14 @@ def test_a_good_challenger_is_promoted_and_traffic_follows_the_alias(serving_hom
 
 def test_a_canary_with_errors_is_rolled_back_without_users_seeing_them(serving_home):
     backend, url = start_serving(serving_home, {"fault_error_rate": 0.25})
-    with Traffic(url) as traffic:
+    with customer_traffic(url) as traffic:
         state = rollout()
     result = state.result()
     assert result.outcome == "rolled_back", result
     assert registry.model_aliases("churn", serving_home)["champion"] == 1
     router = backend.router_state()
     assert router.baseline.version == 1 and router.canary is None
-    assert traffic.failed == 0
+    assert traffic.counts.failed == 0
     assert "2" not in backend.status().servers
 
 
@@ -162,13 +130,13 @@ def test_a_slightly_slower_canary_waits_for_a_person_who_approves_it(serving_hom
 
     person = threading.Thread(target=answer_the_form, daemon=True)
     person.start()
-    with Traffic(url) as traffic:
+    with customer_traffic(url) as traffic:
         state = rollout(steps=[50, 100])
     person.join(timeout=5)
     result = state.result()
     assert answered, "the flow never paused for approval"
     assert result.steps[0].verdict == "marginal" and result.steps[0].action == "promote"
-    assert result.outcome == "promoted" and traffic.failed == 0
+    assert result.outcome == "promoted" and traffic.counts.failed == 0
     entry = ledger.get_decision(result.steps[0].ledger_id, serving_home)
     assert entry.action == "ask_human"
     assert entry.outcome == {"human": "approve", "comment": "latency is fine"}
@@ -257,14 +225,14 @@ def test_the_router_drops_no_request_while_weights_change_and_the_canary_is_remo
     backend, url = start_serving(serving_home)
     backend.deploy(2)
     weights = [0.05, 0.25, 0.5, 1.0, 0.25, 0.0, 0.5]
-    with Traffic(url, rate=200, limit=4_000, seconds=30) as traffic:
+    with customer_traffic(url, rate=200, limit=4_000, seconds=30) as traffic:
         for weight in weights * 2:
             backend.set_weight(weight)
             time.sleep(0.3)
         backend.rollback()
         time.sleep(1.0)
-    assert traffic.sent > 200 and traffic.failed == 0
-    assert traffic.variants.get("canary", 0) > 20
+    assert traffic.counts.sent > 200 and traffic.counts.failed == 0
+    assert traffic.counts.variants.get("canary", 0) > 20
     state = backend.router_state()
     assert state.canary is None and "2" not in backend.status().servers
 
@@ -272,11 +240,11 @@ def test_the_router_drops_no_request_while_weights_change_and_the_canary_is_remo
 @pytest.mark.slow
 def test_a_much_slower_canary_is_rolled_back(serving_home):
     backend, url = start_serving(serving_home, {"fault_latency_ms": 120})
-    with Traffic(url) as traffic:
+    with customer_traffic(url) as traffic:
         result = rollout().result()
     assert result.outcome == "rolled_back", result
     assert registry.alias_version("churn", "champion", serving_home) == 1
-    assert traffic.failed == 0
+    assert traffic.counts.failed == 0
 
 
 @pytest.mark.slow
@@ -290,7 +258,7 @@ def test_a_less_accurate_canary_is_rolled_back_on_its_feedback(serving_home):
         )
     )
     backend, url = start_serving(serving_home)
-    with Traffic(url) as traffic:
+    with customer_traffic(url) as traffic:
         result = canary_rollout(
             CanaryParameters(
                 version=worse.version,
@@ -313,4 +281,4 @@ def test_a_less_accurate_canary_is_rolled_back_on_its_feedback(serving_home):
         brier[0]["classification"] == "high" or result.steps[-1].sequential == "rollback"
     )
     assert registry.alias_version("churn", "champion", serving_home) == 1
-    assert traffic.failed == 0
+    assert traffic.counts.failed == 0

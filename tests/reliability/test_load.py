@@ -18,7 +18,7 @@ from agentic_mlops.tasks import ledger, registry
 from agentic_mlops.tasks.churn import generate_churn
 from agentic_mlops.tasks.rollout import LocalRollout
 from tests.conftest import running_prefect_server, subprocess_environment
-from tests.flows.test_canary_flow import Traffic
+from tests.flows.test_canary_flow import customer_traffic
 from tests.test_postgres import SERVER, fresh_database
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
@@ -81,7 +81,7 @@ def test_three_drift_checks_and_a_canary_at_once_on_postgres(databases, tmp_path
                 generate_churn(2_000, seed).to_parquet(batches[-1])
             url = backend.start_router()
             backend.set_baseline(1)
-            with Traffic(url, seconds=240, limit=100_000) as traffic:
+            with customer_traffic(url, seconds=240, limit=100_000) as traffic:
                 canary = start(
                     "canary", "--version", "2", "--steps", "50,100", "--step-seconds", "40",
                     environment=environment,
@@ -109,7 +109,7 @@ def test_three_drift_checks_and_a_canary_at_once_on_postgres(databases, tmp_path
         assert champion == result["champion"] == (2 if result["outcome"] == "promoted" else 1)
         router = backend.router_state()
         assert router.baseline.version == champion and router.canary is None
-        assert traffic.failed == 0 and traffic.variants.get("canary", 0) > 0
+        assert traffic.counts.failed == 0 and traffic.counts.variants.get("canary", 0) > 0
         for trouble in ("database is locked", "deadlock detected", "Traceback"):
             assert trouble not in server_log
     finally:

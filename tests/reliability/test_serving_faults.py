@@ -25,8 +25,9 @@ import pytest
 
 from agentic_mlops.tasks import ledger, registry
 from agentic_mlops.tasks.rollout import LocalRollout, ServingError, journal_path, read_journal
+from agentic_mlops.tasks.traffic import CustomerTraffic
 from tests.conftest import running_prefect_server, subprocess_environment
-from tests.flows.test_canary_flow import Traffic, rollout, start_serving
+from tests.flows.test_canary_flow import customer_traffic, rollout, start_serving
 from tests.reliability.test_faults import closed_port
 
 
@@ -105,9 +106,9 @@ def at_promotion(monkeypatch):
     return arm
 
 
-def served_by_the_router(url: str, requests: int = 100) -> Traffic:
+def served_by_the_router(url: str, requests: int = 100) -> CustomerTraffic:
     """`requests` customers calling the router one after another, after the rollout."""
-    customers = Traffic(url, limit=requests, seconds=60)
+    customers = customer_traffic(url, limit=requests, seconds=60)
     customers.run()
     return customers
 
@@ -119,7 +120,7 @@ def assert_champion_served(settings, url: str, version: int) -> None:
     state = LocalRollout(settings).router_state()
     assert state.baseline.version == version and state.canary is None and state.weight == 0
     after = served_by_the_router(url)
-    assert after.failed == 0 and after.variants == {"baseline": after.sent}
+    assert after.counts.failed == 0 and after.counts.variants == {"baseline": after.counts.sent}
 
 
 def assert_named_failure(state, name: str) -> None:
@@ -130,24 +131,24 @@ def assert_named_failure(state, name: str) -> None:
 def test_prometheus_down_as_the_metrics_source_fails_closed(serving_home, monkeypatch):
     monkeypatch.setenv("AGENTIC_MLOPS_PROMETHEUS_URL", f"http://127.0.0.1:{closed_port()}")
     backend, url = start_serving(serving_home)
-    with Traffic(url) as traffic:
+    with customer_traffic(url) as traffic:
         result = rollout().result()
     assert result.outcome == "rolled_back" and "prometheus unavailable" in result.reason
     assert_champion_served(serving_home, url, 1)
     assert "2" not in backend.status().servers
-    assert traffic.failed == 0
+    assert traffic.counts.failed == 0
 
 
 @pytest.mark.slow
 def test_a_canary_server_killed_at_a_step_is_rolled_back_unseen_by_users(serving_home):
     backend, url = start_serving(serving_home)
     fired = once_the_canary_has_traffic(serving_home, lambda: kill(pid_of(serving_home, "2")))
-    with Traffic(url) as traffic:
+    with customer_traffic(url) as traffic:
         result = rollout().result()
     assert fired.is_set()
     assert result.outcome == "rolled_back" and result.steps[-1].sequential == "rollback"
     assert_champion_served(serving_home, url, 1)
-    assert traffic.failed == 0 and "2" not in backend.status().servers
+    assert traffic.counts.failed == 0 and "2" not in backend.status().servers
 
 
 @pytest.mark.slow
@@ -158,7 +159,7 @@ def test_a_hung_canary_server_is_rolled_back_and_its_users_answered_by_the_basel
     so that enough canary failures add up for the judge while each waits on one."""
     backend, url = start_serving(serving_home)
     fired = once_the_canary_has_traffic(serving_home, lambda: hang(pid_of(serving_home, "2"), 300))
-    customers = [Traffic(url, rate=50) for _ in range(4)]
+    customers = [customer_traffic(url, rate=50) for _ in range(4)]
     with contextlib.ExitStack() as stack:
         for traffic in customers:
             stack.enter_context(traffic)
@@ -169,7 +170,7 @@ def test_a_hung_canary_server_is_rolled_back_and_its_users_answered_by_the_basel
     error = next(m for m in judged["metrics"] if m["name"] == "error")
     assert error["classification"] == "high" or result.steps[-1].sequential == "rollback"
     assert_champion_served(serving_home, url, 1)
-    assert sum(t.failed for t in customers) == 0 and "2" not in backend.status().servers
+    assert sum(t.counts.failed for t in customers) == 0 and "2" not in backend.status().servers
 
 
 @pytest.mark.slow
@@ -177,14 +178,14 @@ def test_a_baseline_server_killed_at_a_step_is_started_again_by_the_rollback(ser
     _, url = start_serving(serving_home)
     killed = pid_of(serving_home, "1")
     fired = once_the_canary_has_traffic(serving_home, lambda: kill(killed))
-    with Traffic(url) as traffic:
+    with customer_traffic(url) as traffic:
         result = rollout().result()
     assert fired.is_set()
     assert result.outcome == "rolled_back", result
     assert pid_of(serving_home, "1") != killed
     assert_champion_served(serving_home, url, 1)
     # the router fails over from the canary only: the baseline's share failed until the rollback
-    assert traffic.failed > 0 and traffic.variants.get("canary", 0) > 0
+    assert traffic.counts.failed > 0 and traffic.counts.variants.get("canary", 0) > 0
 
 
 @pytest.mark.slow
@@ -207,7 +208,7 @@ def test_the_router_killed_at_a_step_fails_the_run_by_name(serving_home):
 def test_the_router_killed_at_promotion_undoes_the_alias_move(serving_home, at_promotion):
     backend, url = start_serving(serving_home)
     fired = at_promotion(lambda: kill(pid_of(serving_home, "router")))
-    with Traffic(url) as traffic:
+    with customer_traffic(url) as traffic:
         state = rollout()
     assert fired.is_set()
     assert_named_failure(state, "PromotionFailed")
@@ -218,7 +219,7 @@ def test_the_router_killed_at_promotion_undoes_the_alias_move(serving_home, at_p
     assert backend.router_state().baseline.version == 1
     backend.rollback()
     assert_champion_served(serving_home, url, 1)
-    assert traffic.variants.get("canary", 0) > 0
+    assert traffic.counts.variants.get("canary", 0) > 0
 
 
 @pytest.mark.slow
@@ -235,12 +236,12 @@ def test_a_router_hung_for_three_seconds_delays_requests_but_loses_none(
         fired = once_the_canary_has_traffic(serving_home, fault)
     else:
         fired = at_promotion(fault)
-    with Traffic(url) as traffic:
+    with customer_traffic(url) as traffic:
         result = rollout().result()
     assert fired.is_set()
     assert result.outcome == "promoted", result
     assert_champion_served(serving_home, url, 2)
-    assert traffic.failed == 0
+    assert traffic.counts.failed == 0
 
 
 @pytest.mark.slow
@@ -255,12 +256,12 @@ def test_a_canary_server_killed_at_promotion_is_promoted_on_a_fresh_server(
         kill(killed[0])
 
     fired = at_promotion(fault)
-    with Traffic(url) as traffic:
+    with customer_traffic(url) as traffic:
         result = rollout().result()
     assert fired.is_set() and pid_of(serving_home, "2") != killed[0]
     assert result.outcome == "promoted" and result.champion == 2, result
     assert_champion_served(serving_home, url, 2)
-    assert traffic.failed == 0
+    assert traffic.counts.failed == 0
 
 
 def champion_of(settings) -> int | None:
@@ -293,7 +294,7 @@ def test_the_flow_killed_mid_promotion_is_repaired_and_marked_crashed_by_the_nex
     server = tmp_path / "prefect"
     with (
         running_prefect_server(server, PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS="1") as api,
-        Traffic(url, seconds=400, limit=100_000) as traffic,
+        customer_traffic(url, seconds=400, limit=100_000) as traffic,
     ):
         environment = subprocess_environment(
             PREFECT_API_URL=api,
@@ -339,5 +340,5 @@ def test_the_flow_killed_mid_promotion_is_repaired_and_marked_crashed_by_the_nex
     assert champion == result["champion"]
     assert (result["outcome"], champion) in {("promoted", 2), ("rolled_back", 1)}
     assert_champion_served(serving_home, url, champion)
-    assert traffic.failed == 0
+    assert traffic.counts.failed == 0
     assert set(backend.status().servers) == {str(champion)}
