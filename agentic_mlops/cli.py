@@ -30,6 +30,20 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def checked_arguments(flow, **arguments):
+    """The flow's arguments as Prefect will validate them, or a one-line error (exit 2)."""
+    from prefect.exceptions import ParameterTypeError
+    from prefect.logging.loggers import disable_logger
+
+    try:
+        with disable_logger("prefect.flows"):
+            flow.validate_parameters(arguments)
+    except ParameterTypeError as error:
+        problems = str(error).splitlines()[1:] or [str(error)]
+        fail("invalid parameters: " + "; ".join(p.strip(" -") for p in problems))
+    return arguments
+
+
 def where_to_look() -> str:
     settings = load_settings()
     lines = [f"Home: {settings.home}"]
@@ -67,23 +81,18 @@ def train(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Train the churn model, log it to MLflow and register it as the challenger."""
-    from pydantic import ValidationError
-
-    from agentic_mlops.flows.train import TrainParameters
     from agentic_mlops.flows.train import train as train_flow
 
-    try:
-        params = TrainParameters(
-            data_path=str(data) if data else None,
-            target=target,
-            rows=rows,
-            scenario=scenario,
-            seed=seed,
-        )
-    except ValidationError as error:
-        fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()))
+    arguments = checked_arguments(
+        train_flow,
+        data_path=str(data) if data else None,
+        generate_rows=None if data else rows,
+        target=target,
+        scenario=scenario,
+        seed=seed,
+    )
     with errors.status("Training and registering the model..."):
-        state = train_flow(params, return_state=True)
+        state = train_flow(**arguments, return_state=True)
     if state.is_failed():
         fail(state.message or "training failed", 2 if state.name == "InvalidData" else 1)
     result = state.result()
@@ -121,28 +130,23 @@ def retrain(
 ) -> None:
     """Search for a better model with Ray Tune (advised by the tuning agent), register it as
     challenger and hand it to the canary rollout. Runs on RAY_ADDRESS when set."""
-    from pydantic import ValidationError
-
-    from agentic_mlops.flows.tune import RetrainParameters
     from agentic_mlops.flows.tune import retrain as retrain_flow
 
-    try:
-        params = RetrainParameters(
-            data_path=str(data) if data else None,
-            recent_path=str(recent) if recent else None,
-            triage_ledger_id=triage,
-            target=target,
-            rows=rows,
-            scenario=scenario,
-            seed=seed,
-            max_trials=max_trials,
-            time_budget_seconds=time_budget,
-            synthesize=synthesize,
-            hand_over=hand_over,
-        )
-    except ValidationError as error:
-        fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()))
-    state = retrain_flow(params, return_state=True)
+    arguments = checked_arguments(
+        retrain_flow,
+        data_path=str(data) if data else None,
+        generate_rows=None if data else rows,
+        recent_path=str(recent) if recent else None,
+        triage_ledger_id=triage,
+        target=target,
+        scenario=scenario,
+        seed=seed,
+        max_trials=max_trials,
+        time_budget_seconds=time_budget,
+        synthesize=synthesize,
+        hand_over=hand_over,
+    )
+    state = retrain_flow(**arguments, return_state=True)
     if state.is_failed():
         fail(state.message or "retraining failed", 2 if state.name == "InvalidData" else 1)
     result = state.result()
@@ -236,20 +240,19 @@ def drift_check(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Check a batch for quality problems and drift, triage it, and act on the decision."""
-    from agentic_mlops.flows.drift import DriftCheckParameters
     from agentic_mlops.flows.drift import drift_check as drift_flow
 
     for path in (current, reference):
         if path is not None and not path.exists():
             fail(f"{path}: no such file")
-    params = DriftCheckParameters(
-        current_path=str(current),
-        reference_path=str(reference) if reference else None,
-        target=target,
-        act=act,
-    )
     with errors.status("Checking quality and drift, and triaging..."):
-        state = drift_flow(params, return_state=True)
+        state = drift_flow(
+            current_path=str(current),
+            reference_path=str(reference) if reference else None,
+            target=target,
+            act=act,
+            return_state=True,
+        )
     if state.is_failed():
         invalid = state.name in ("InvalidData", "NoReference")
         fail(state.message or "drift check failed", 2 if invalid else 1)
@@ -346,20 +349,17 @@ def canary(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Roll a challenger out behind the router: step traffic, judge, promote or roll back."""
-    from pydantic import ValidationError
-
-    from agentic_mlops.flows.canary import CanaryParameters, canary_rollout
+    from agentic_mlops.flows.canary import canary_rollout
 
     try:
-        params = CanaryParameters(
-            version=version,
-            steps=[int(s) for s in steps.split(",")] if steps else None,
-            step_seconds=step_seconds,
-        )
-    except (ValueError, ValidationError) as error:
-        fail(f"invalid parameters: {error}")
+        percentages = [int(s) for s in steps.split(",")] if steps else None
+    except ValueError:
+        fail(f"invalid parameters: steps must be whole percentages like 5,25,50,100, got {steps}")
+    arguments = checked_arguments(
+        canary_rollout, version=version, steps=percentages, step_seconds=step_seconds
+    )
     with errors.status("Rolling out the canary (traffic must reach the router)..."):
-        state = canary_rollout(params, return_state=True)
+        state = canary_rollout(**arguments, return_state=True)
     if state.is_failed():
         invalid = state.name in ("InvalidParameters", "NoChallenger")
         fail(state.message or "canary rollout failed", 2 if invalid else 1)

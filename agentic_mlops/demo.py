@@ -68,8 +68,8 @@ def run_demo(
     on_step: Callable[[str], None] | None = None,
 ) -> dict:
     """Run the story and return the final state (aliases, router weights, ledger)."""
-    from agentic_mlops.flows.lifecycle import LifecycleParameters, lifecycle
-    from agentic_mlops.flows.train import TrainParameters, train
+    from agentic_mlops.flows.lifecycle import lifecycle
+    from agentic_mlops.flows.train import train
     from agentic_mlops.settings import load_settings
     from agentic_mlops.tasks import ledger, registry
     from agentic_mlops.tasks.batches import write_table
@@ -91,9 +91,7 @@ def run_demo(
     step("1/5 Training the champion on reference customers")
     with console.status("Training, logging to MLflow, registering..."):
         trained = train(
-            TrainParameters(
-                rows=plan.train_rows, seed=1, hyperparameters=Hyperparameters(max_iter=100)
-            )
+            generate_rows=plan.train_rows, seed=1, hyperparameters=Hyperparameters(max_iter=100)
         )
     console.print(
         f"champion: {trained.model_name} v{trained.version}, holdout ROC AUC "
@@ -110,7 +108,7 @@ def run_demo(
         """One lifecycle turn: on the monitor's window of the router's log, or on an offline
         batch when one is given."""
         path = write_table(offline, incoming / f"{title}.parquet") if offline is not None else None
-        params = LifecycleParameters(
+        arguments = dict(
             batch_path=str(path) if path else None,
             retrain_max_trials=plan.max_trials,
             retrain_time_budget_seconds=plan.search_seconds,
@@ -127,7 +125,7 @@ def run_demo(
                 "running server) and answer the form.[/]"
             )
         with console.status(f"{title}: drift check, triage, and whatever it decides..."):
-            result = lifecycle(params)
+            result = lifecycle(**arguments)
         for line in result.steps:
             console.print(f"  - {line}", highlight=False)
         return result

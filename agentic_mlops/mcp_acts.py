@@ -121,7 +121,7 @@ def file_under_home(path: str, settings: Settings, argument: str) -> Path:
     return resolved
 
 
-def start_flow(flow: Any, params: BaseModel, proposal: Proposal) -> tuple[Any, Future]:
+def start_flow(flow: Any, parameters: dict[str, Any], proposal: Proposal) -> tuple[Any, Future]:
     """Create the flow run (so its id is known now) and run it in the act thread pool."""
     from prefect.flow_engine import run_flow
     from prefect.states import Pending
@@ -130,7 +130,7 @@ def start_flow(flow: Any, params: BaseModel, proposal: Proposal) -> tuple[Any, F
 
     with prefect_client() as client:
         run = client.create_flow_run(
-            flow, parameters={"params": params}, tags=["mcp", f"mcp:{proposal}"], state=Pending()
+            flow, parameters=parameters, tags=["mcp", f"mcp:{proposal}"], state=Pending()
         )
     return run, act_runs.submit(run_flow, flow, flow_run=run, return_type="state")
 
@@ -183,18 +183,18 @@ def drift_act(
     wait_seconds: float,
 ) -> ActResult:
     """Run the drift-check flow on a batch; the triage agent decides, the flow acts on it."""
-    from agentic_mlops.flows.drift import DriftCheckParameters, drift_check
+    from agentic_mlops.flows.drift import drift_check
 
     settings = load_settings()
-    params = DriftCheckParameters(
-        current_path=str(file_under_home(batch_path, settings, "batch_path")),
-        reference_path=str(file_under_home(reference_path, settings, "reference_path"))
+    parameters = {
+        "current_path": str(file_under_home(batch_path, settings, "batch_path")),
+        "reference_path": str(file_under_home(reference_path, settings, "reference_path"))
         if reference_path
         else None,
-        target=target,
-        act=act,
-    )
-    run, future = start_flow(drift_check, params, proposal)
+        "target": target,
+        "act": act,
+    }
+    run, future = start_flow(drift_check, parameters, proposal)
     state = finished_state(future, wait_seconds)
     if state is None:
         return running(proposal, run, "Running", f"call flow_run with {run.id}")
@@ -270,7 +270,7 @@ def request_rollback(
     return drift_act("rollback", batch_path, None, target, True, wait_seconds)
 
 
-def canary_act(proposal: Proposal, params: Any, wait_seconds: float) -> ActResult:
+def canary_act(proposal: Proposal, parameters: dict[str, Any], wait_seconds: float) -> ActResult:
     """Run the canary rollout; the judge, the promotion agent and a person decide."""
     from prefect.deployments import run_deployment
 
@@ -281,12 +281,12 @@ def canary_act(proposal: Proposal, params: Any, wait_seconds: float) -> ActResul
     if deployment_exists(CANARY_DEPLOYMENT):
         run = run_deployment(
             CANARY_DEPLOYMENT,
-            parameters={"params": params.model_dump(mode="json")},
+            parameters=parameters,
             tags=["mcp", f"mcp:{proposal}"],
             timeout=0,
         )
         return running(proposal, run, run.state.name if run.state else "Scheduled", follow)
-    run, future = start_flow(canary_rollout, params, proposal)
+    run, future = start_flow(canary_rollout, parameters, proposal)
     state = finished_state(future, wait_seconds)
     if state is None:
         return running(proposal, run, "Running", follow)
@@ -351,14 +351,12 @@ def start_canary(
     step, and the promotion agent decides (promote, more traffic, hold, roll back, or ask a
     person through an approval form, whose silence means rollback). Returns the flow run id;
     follow it with canary_status."""
-    from agentic_mlops.flows.canary import CanaryParameters
-
     settings = load_settings()
     model = registered_model(None, settings)
     if version is not None:
         known_version(model.name, version, settings)
-    params = CanaryParameters(version=version, steps=steps, step_seconds=step_seconds)
-    return canary_act("canary", params, wait_seconds)
+    given = {"version": version, "steps": steps, "step_seconds": step_seconds}
+    return canary_act("canary", {k: v for k, v in given.items() if v is not None}, wait_seconds)
 
 
 def request_promotion(
@@ -369,7 +367,6 @@ def request_promotion(
     champion only through a canary rollout with the configured steps, judged statistically,
     decided by the promotion agent within its guardrails and, when the evidence is marginal,
     approved by a person. Returns the flow run id; follow it with canary_status."""
-    from agentic_mlops.flows.canary import CanaryParameters
     from agentic_mlops.tasks import registry
 
     settings = load_settings()
@@ -381,4 +378,4 @@ def request_promotion(
             f"{model.name} v{version} is already the champion",
             "call model_versions to see the other versions",
         )
-    return canary_act("promote", CanaryParameters(version=version), wait_seconds)
+    return canary_act("promote", {"version": version}, wait_seconds)

@@ -696,7 +696,7 @@ def batch_of_run(flow_run_id: str | None) -> str | None:
         return None
     try:
         with prefect_client() as client:
-            params = client.read_flow_run(UUID(flow_run_id)).parameters.get("params") or {}
+            params = client.read_flow_run(UUID(flow_run_id)).parameters or {}
     except Exception:  # the report stands without the batch name
         return None
     if params.get("batch_id"):

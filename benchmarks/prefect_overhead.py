@@ -198,8 +198,8 @@ def _probe(batch_path: str, repeats: int) -> dict[str, tuple[list[float], list[f
 def bench_prefect_overhead(repeats: int = REPEATS) -> list[Row]:
     from prefect import flow
 
-    from agentic_mlops.flows.drift import DriftCheckParameters, drift_check
-    from agentic_mlops.flows.train import TrainParameters, train
+    from agentic_mlops.flows.drift import drift_check
+    from agentic_mlops.flows.train import train
     from agentic_mlops.tasks.batches import write_table
     from agentic_mlops.tasks.churn import generate_churn
     from agentic_mlops.tasks.training import Hyperparameters
@@ -208,18 +208,16 @@ def bench_prefect_overhead(repeats: int = REPEATS) -> list[Row]:
     home = Path(tempfile.mkdtemp(prefix="agentic-mlops-overhead-"))
     os.environ["AGENTIC_MLOPS_HOME"] = str(home)
     try:
-        train(
-            TrainParameters(rows=TRAIN_ROWS, seed=1, hyperparameters=Hyperparameters(max_iter=80))
-        )
+        train(generate_rows=TRAIN_ROWS, seed=1, hyperparameters=Hyperparameters(max_iter=80))
         batch = str(write_table(generate_churn(BATCH_ROWS, 100), home / "incoming" / "b.parquet"))
-        params = DriftCheckParameters(current_path=batch, act=False)
-        drift_check(params)  # warm-up: imports, model load, Evidently
+        params = {"current_path": batch, "act": False}
+        drift_check(**params)  # warm-up: imports, model load, Evidently
         timings = _probe(batch, repeats)
         empty = flow(nothing, name="empty")
         empty_seconds = [_timed(empty)[0] for _ in range(repeats)]
         flow_seconds, task_runs = [], []
         for _ in range(repeats):
-            seconds, state = _timed(lambda: drift_check(params, return_state=True))
+            seconds, state = _timed(lambda: drift_check(**params, return_state=True))
             flow_seconds.append(seconds)
             task_runs.append(task_runs_of(state.state_details.flow_run_id))
     finally:

@@ -39,21 +39,25 @@ def best_of(repeats: int, run: Callable[[], object]) -> float:
 
 def bench_training_flow_overhead() -> list[Row]:
     """The training flow (Prefect + MLflow logging) versus its fit/evaluate called directly."""
-    from agentic_mlops.flows.train import TrainParameters, train
+    from agentic_mlops.flows.train import train
     from agentic_mlops.tasks.churn import generate_churn
     from agentic_mlops.tasks.training import Hyperparameters, evaluate_model, fit_model, split_data
 
-    params = TrainParameters(rows=5_000, hyperparameters=Hyperparameters(max_iter=100))
+    rows, seed, test_size = 5_000, 42, 0.25
+    hyperparameters = Hyperparameters(max_iter=100)
 
     def direct() -> None:
-        frame = generate_churn(params.rows, params.seed)
-        split = split_data.fn(frame, "churn", params.test_size, params.seed)
-        model = fit_model.fn(split, params.hyperparameters, params.seed)
-        evaluate_model.fn(model, split.x_test, split.y_test, params.seed)
+        frame = generate_churn(rows, seed)
+        split = split_data.fn(frame, "churn", test_size, seed)
+        model = fit_model.fn(split, hyperparameters, seed)
+        evaluate_model.fn(model, split.x_test, split.y_test, seed)
 
-    train(params)  # warm-up: server start, MLflow migrations, imports
+    def flow() -> None:
+        train(generate_rows=rows, seed=seed, test_size=test_size, hyperparameters=hyperparameters)
+
+    flow()  # warm-up: server start, MLflow migrations, imports
     direct_s = best_of(3, direct)
-    flow_s = best_of(3, lambda: train(params))
+    flow_s = best_of(3, flow)
     return [
         {
             "name": "training: direct fit+evaluate (5k rows)",

@@ -303,16 +303,13 @@ def failovers(router_url: str) -> float:
 
 def train_two_versions() -> tuple[int, int]:
     """Two small versions of the churn model; the first becomes champion."""
-    from agentic_mlops.flows.train import TrainParameters, train
+    from agentic_mlops.flows.train import train
     from agentic_mlops.schemas import TrainingResult
     from agentic_mlops.tasks.training import Hyperparameters
 
     versions = []
     for seed in (1, 2):
-        params = TrainParameters(
-            rows=2_000, seed=seed, hyperparameters=Hyperparameters(max_iter=30)
-        )
-        result = train(params)
+        result = train(generate_rows=2_000, seed=seed, hyperparameters=Hyperparameters(max_iter=30))
         if not isinstance(result, TrainingResult):
             raise RuntimeError(f"training with seed {seed} did not register a version: {result}")
         versions.append(result.version)

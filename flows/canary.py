@@ -24,7 +24,7 @@ Runbook:
 from __future__ import annotations
 
 import time
-from typing import Literal
+from typing import Annotated, Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -45,6 +45,7 @@ from agentic_mlops.agents.canary_promotion import (
     PromotionOutcome,
     advise,
 )
+from agentic_mlops.flows.form import Empty
 from agentic_mlops.flows.train import artifact_key
 from agentic_mlops.settings import Settings, load_settings
 from agentic_mlops.tasks import ledger, registry, rollout
@@ -63,26 +64,6 @@ MAX_EXTRA_HOLDS = 2
 LOCK_LEASE_SECONDS = 60
 """Lease of the promotion lock, renewed while the run lives (Prefect's shortest): a run that is
 killed frees the lock once its lease expires, and the Prefect server's repossessor sees it."""
-
-
-class CanaryParameters(BaseModel):
-    """Parameters of a canary rollout; the Prefect UI shows them as a form."""
-
-    version: int | None = Field(
-        default=None, description="Model version to roll out. Empty: the `challenger` alias."
-    )
-    steps: list[int] | None = Field(
-        default=None, description="Traffic percentages in order, ending at 100. Empty: settings."
-    )
-    step_seconds: float | None = Field(
-        default=None, gt=0, description="Longest analysis of one step. Empty: settings."
-    )
-    min_samples: int | None = Field(
-        default=None, ge=10, description="Requests per variant before judging. Empty: settings."
-    )
-    approval_timeout_seconds: int | None = Field(
-        default=None, ge=1, description="How long a person has to answer. Empty: settings."
-    )
 
 
 class CanaryApproval(RunInput):
@@ -330,23 +311,39 @@ def failed_rollout(
 
 
 @flow(name="canary-rollout", log_prints=True)
-def canary_rollout(params: CanaryParameters = CanaryParameters()) -> CanaryResult | State:
-    """Roll a challenger out step by step; promote it or roll it back."""
+def canary_rollout(
+    version: Annotated[int, Field(ge=1)] | Empty = None,
+    steps: list[int] | Empty = None,
+    step_seconds: Annotated[float, Field(gt=0)] | Empty = None,
+    min_samples: Annotated[int, Field(ge=10)] | Empty = None,
+    approval_timeout_seconds: Annotated[int, Field(ge=1)] | Empty = None,
+) -> CanaryResult | State:
+    """Roll a challenger out step by step; promote it or roll it back.
+
+    Args:
+        version: Model version to roll out. Empty: the version with the `challenger` alias.
+        steps: The canary's share of traffic at each step, in percent, rising and ending at
+            100 (for example 5, 25, 50, 100). Empty: the `canary_steps` setting.
+        step_seconds: Longest analysis of one step, in seconds. Empty: the setting.
+        min_samples: Requests each variant needs before a step is judged. Empty: the setting.
+        approval_timeout_seconds: How long a person has to answer an approval form before
+            the canary rolls back. Empty: the setting.
+    """
     settings = load_settings()
     settings.ensure_dirs()
     logger = get_run_logger()
     name = settings.model_name
-    version = params.version or registry.alias_version(name, registry.CHALLENGER, settings)
+    version = version or registry.alias_version(name, registry.CHALLENGER, settings)
     if version is None:
         return Failed(name="NoChallenger", message=f"no challenger of {name!r} to roll out")
-    steps = _resolve(params.steps, settings.canary_steps)
+    steps = _resolve(steps, settings.canary_steps)
     if not steps or steps[-1] != 100 or sorted(steps) != steps or steps[0] <= 0:
         return Failed(
             name="InvalidParameters", message=f"steps must rise and end at 100, got {steps}"
         )
-    seconds = _resolve(params.step_seconds, settings.canary_step_seconds)
-    min_samples = _resolve(params.min_samples, settings.canary_min_samples)
-    timeout = _resolve(params.approval_timeout_seconds, settings.canary_approval_timeout_seconds)
+    seconds = _resolve(step_seconds, settings.canary_step_seconds)
+    min_samples = _resolve(min_samples, settings.canary_min_samples)
+    timeout = _resolve(approval_timeout_seconds, settings.canary_approval_timeout_seconds)
 
     lock = ensure_promotion_lock(name)
     with concurrency(

@@ -19,7 +19,6 @@ import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, Failed, State
-from pydantic import BaseModel, Field
 
 from agentic_mlops.schemas import QualitySummary
 from agentic_mlops.settings import Settings, load_settings
@@ -42,13 +41,6 @@ class QualityCheck:
     clean_rows: pd.DataFrame
     clean_path: str | None
     quarantined: str | None
-
-
-class DataQualityParameters(BaseModel):
-    """Parameters of a standalone quality check; the Prefect UI shows them as a form."""
-
-    current_path: str = Field(description="The batch to validate: a CSV or Parquet file.")
-    suite_path: str = Field(description="Expectation suite JSON, e.g. a model's expectations.json.")
 
 
 def summarise(result: QualityResult) -> QualitySummary:
@@ -82,16 +74,23 @@ def check_quality(
 
 
 @flow(name="data-quality")
-def data_quality(params: DataQualityParameters) -> QualitySummary | State:
-    """Validate a batch file against an expectation suite and quarantine what failed."""
-    loaded = load_batch(params.current_path, return_state=True)
+def data_quality(current_path: str, suite_path: str) -> QualitySummary | State:
+    """Validate a batch file against an expectation suite and quarantine what failed.
+
+    Args:
+        current_path: The batch to validate: a CSV or Parquet file on the worker's disk (a
+            relative path resolves against the deployment's working directory).
+        suite_path: Expectation suite JSON, such as a model version's `expectations.json`
+            under the home's `models/` folder.
+    """
+    loaded = load_batch(current_path, return_state=True)
     if loaded.is_failed():
         return Failed(name="InvalidData", message=loaded.message)
     try:
-        suite = load_suite(params.suite_path)
+        suite = load_suite(suite_path)
     except DataError as error:
         return Failed(name="InvalidData", message=str(error))
-    check = check_quality(params.current_path, loaded.result(), suite)
+    check = check_quality(current_path, loaded.result(), suite)
     if check.result.batch_failed:
         return Completed(
             name="Quarantined", data=check.summary, message=f"moved to {check.quarantined}"

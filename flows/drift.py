@@ -25,12 +25,12 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
-from pydantic import BaseModel, Field
 
 from agentic_mlops.agents.drift_triage import ServingEvidence, triage
 from agentic_mlops.flows.data_quality import check_quality
+from agentic_mlops.flows.form import Empty
 from agentic_mlops.flows.train import artifact_key
-from agentic_mlops.flows.tune import RetrainParameters, retrain
+from agentic_mlops.flows.tune import retrain
 from agentic_mlops.schemas import DecisionSummary, DriftCheckResult
 from agentic_mlops.settings import load_settings
 from agentic_mlops.tasks import drift_actions as actions
@@ -39,54 +39,51 @@ from agentic_mlops.tasks.batches import load_batch
 from agentic_mlops.tasks.drift import DriftResult, detect_drift, drift_report, update_sequential
 
 
-class DriftCheckParameters(BaseModel):
-    """Parameters of a drift check; the Prefect UI shows them as a form."""
-
-    current_path: str = Field(description="The new batch: a CSV or Parquet file.")
-    reference_path: str | None = Field(
-        default=None,
-        description="Reference data file. Empty: the champion's stored reference profile.",
-    )
-    target: str | None = Field(
-        default="churn", description="Label column, used when the batch has labels."
-    )
-    batch_id: str | None = Field(default=None, description="Name of the batch; its file name.")
-    act: bool = Field(default=True, description="Carry out the decision (retrain, rollback...).")
-    serving: ServingEvidence | None = Field(
-        default=None,
-        description="What the monitor saw in serving before sending this batch; set by the "
-        "monitor flow, empty otherwise.",
-    )
-
-
 @flow(name="drift-check", log_prints=True)
-def drift_check(params: DriftCheckParameters) -> DriftCheckResult | State:
-    """Check one batch for quality problems and drift, decide what to do, and do it."""
+def drift_check(
+    current_path: str,
+    reference_path: str | Empty = None,
+    target: str | Empty = "churn",
+    batch_id: str | Empty = None,
+    act: bool = True,
+    serving: ServingEvidence | Empty = None,
+) -> DriftCheckResult | State:
+    """Check one batch for quality problems and drift, decide what to do, and do it.
+
+    Args:
+        current_path: The new batch: a CSV or Parquet file on the worker's disk (a relative
+            path resolves against the deployment's working directory).
+        reference_path: Reference data file to compare with. Empty: the champion's stored
+            reference profile.
+        target: Label column, used for performance when the batch has labels.
+        batch_id: Name of the batch in the ledger and the drift history. Empty: its file name.
+        act: Carry out the decision (retrain, rollback, escalate); off, only decide.
+        serving: What the monitor saw in serving before sending this batch. Set by the
+            monitor flow; leave empty.
+    """
     settings = load_settings()
     settings.ensure_dirs()
     logger = get_run_logger()
-    batch_id = params.batch_id or Path(params.current_path).name
+    batch_id = batch_id or Path(current_path).name
     model_name = settings.model_name
 
-    loaded = load_batch(params.current_path, return_state=True)
+    loaded = load_batch(current_path, return_state=True)
     if loaded.is_failed():
         logger.error("batch rejected: %s", loaded.message)
         return Failed(name="InvalidData", message=loaded.message)
     current = loaded.result()
 
-    resolved = reference.resolve_reference(
-        params.reference_path, params.target, settings, return_state=True
-    )
+    resolved = reference.resolve_reference(reference_path, target, settings, return_state=True)
     if resolved.is_failed():
         logger.error("no reference: %s", resolved.message)
         return Failed(name=resolved.name, message=resolved.message)
     ref = resolved.result()
     if not set(ref.profile.columns) & set(current.columns):
-        message = f"{params.current_path}: no columns shared with the reference"
+        message = f"{current_path}: no columns shared with the reference"
         logger.error(message)
         return Failed(name="InvalidData", message=message)
 
-    quality = check_quality(params.current_path, current, ref.suite, settings)
+    quality = check_quality(current_path, current, ref.suite, settings)
     broken = quality.result.batch_failed
     rows = current if broken else quality.clean_rows
     scores = reference.score_batch(rows, ref, settings)
@@ -94,7 +91,7 @@ def drift_check(params: DriftCheckParameters) -> DriftCheckResult | State:
     if checked.is_failed():
         error = checked.result(raise_on_failure=False)
         if not broken:
-            return Failed(name="InvalidData", message=f"{params.current_path}: {error}")
+            return Failed(name="InvalidData", message=f"{current_path}: {error}")
         drift = DriftResult.untested(ref.profile.columns, str(error), len(rows))
     else:
         drift = checked.result()
@@ -115,7 +112,7 @@ def drift_check(params: DriftCheckParameters) -> DriftCheckResult | State:
     if not broken:
         observation = update_sequential(model_name, batch_id, drift, ref.key, settings)
         history.append(observation.drift_score)
-    performance = reference.labelled_performance(rows, params.target, ref, scores)
+    performance = reference.labelled_performance(rows, target, ref, scores)
 
     evidence = reference.triage_evidence(
         ref,
@@ -125,8 +122,8 @@ def drift_check(params: DriftCheckParameters) -> DriftCheckResult | State:
         history,
         performance,
         rows,
-        params.target,
-        params.serving,
+        target,
+        serving,
     )
     outcome = triage(evidence, settings)
     decision = outcome.decision
@@ -141,24 +138,24 @@ def drift_check(params: DriftCheckParameters) -> DriftCheckResult | State:
 
     taken: list[str] = []
     retrained_version = None
-    if params.act and decision.action == "retrain":
-        retrain_path = quality.clean_path or params.current_path
+    if act and decision.action == "retrain":
+        retrain_path = quality.clean_path or current_path
         trained = actions.start_retraining(
             retrain,
-            RetrainParameters(
-                data_path=retrain_path,
-                recent_path=params.current_path,
-                triage_ledger_id=entry.id,
-                target=params.target or "churn",
-            ),
+            {
+                "data_path": retrain_path,
+                "recent_path": current_path,
+                "triage_ledger_id": entry.id,
+                "target": target or "churn",
+            },
             entry.id,
             settings,
         )
         retrained_version = trained.get("version")
         taken.append(f"retrain: {trained['how']} -> {trained.get('summary', '')}".strip())
-    elif params.act and decision.action == "rollback":
+    elif act and decision.action == "rollback":
         taken.append(actions.roll_back(model_name, entry.id, settings))
-    elif params.act and decision.action == "escalate":
+    elif act and decision.action == "escalate":
         taken.append(actions.escalate(model_name, batch_id, outcome, entry.id))
 
     result = DriftCheckResult(

@@ -20,7 +20,7 @@ Runbook:
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from prefect import flow, get_run_logger, pause_flow_run
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -28,49 +28,17 @@ from prefect.input import RunInput
 from prefect.states import Failed, State
 from pydantic import BaseModel, Field
 
-from agentic_mlops.flows.canary import CanaryParameters, canary_rollout
-from agentic_mlops.flows.drift import DriftCheckParameters, drift_check
+from agentic_mlops.flows.canary import canary_rollout
+from agentic_mlops.flows.drift import drift_check
+from agentic_mlops.flows.form import Empty
 from agentic_mlops.flows.train import artifact_key
-from agentic_mlops.flows.tune import RetrainParameters, retrain
+from agentic_mlops.flows.tune import retrain
 from agentic_mlops.schemas import DriftCheckResult
 from agentic_mlops.settings import Settings, load_settings
 from agentic_mlops.tasks import drift_actions as actions
 from agentic_mlops.tasks import ledger, registry, rollout
 from agentic_mlops.tasks.drift_actions import TriageOutcome
 from agentic_mlops.tasks.lifecycle_report import decision_rows, plot_decisions
-
-
-class LifecycleParameters(BaseModel):
-    """Parameters of one turn of the loop; the Prefect UI shows them as a form."""
-
-    batch_path: str | None = Field(
-        default=None,
-        description="Recent production rows with delayed labels (CSV or Parquet). Empty: the "
-        "monitor's window from the router's input log.",
-    )
-    window_since: float | None = Field(
-        default=None,
-        description="Without a batch: only rows whose labels arrived after this time (seconds "
-        "since the epoch). Empty: the latest window, whenever its labels arrived.",
-    )
-    window_rows: int | None = Field(
-        default=None, ge=1, description="Without a batch: at most this many newest rows."
-    )
-    target: str = Field(default="churn", description="Label column.")
-    retrain_max_trials: int | None = Field(default=None, ge=1, description="Cap on trials.")
-    retrain_time_budget_seconds: float | None = Field(
-        default=None, gt=0, description="Cap on the search's seconds."
-    )
-    require_improvement: bool = Field(
-        default=True,
-        description="Canary a challenger only if it beats the champion on the holdout.",
-    )
-    canary_steps: list[int] | None = Field(default=None, description="Empty: settings.")
-    canary_step_seconds: float | None = Field(default=None, gt=0, description="Empty: settings.")
-    canary_min_samples: int | None = Field(default=None, ge=10, description="Empty: settings.")
-    approval_timeout_seconds: int | None = Field(
-        default=None, ge=1, description="How long a person has to answer. Empty: settings."
-    )
 
 
 class LifecycleApproval(RunInput):
@@ -148,26 +116,56 @@ def _router_follows_champion(settings: Settings) -> None:
 
 
 @flow(name="lifecycle", log_prints=True)
-def lifecycle(params: LifecycleParameters = LifecycleParameters()) -> LifecycleResult | State:
-    """One turn of the loop: check recent production data, decide, and carry it through."""
+def lifecycle(
+    batch_path: str | Empty = None,
+    window_since: float | Empty = None,
+    window_rows: Annotated[int, Field(ge=1)] | Empty = None,
+    target: str = "churn",
+    retrain_max_trials: Annotated[int, Field(ge=1)] | Empty = None,
+    retrain_time_budget_seconds: Annotated[float, Field(gt=0)] | Empty = None,
+    require_improvement: bool = True,
+    canary_steps: list[int] | Empty = None,
+    canary_step_seconds: Annotated[float, Field(gt=0)] | Empty = None,
+    canary_min_samples: Annotated[int, Field(ge=10)] | Empty = None,
+    approval_timeout_seconds: Annotated[int, Field(ge=1)] | Empty = None,
+) -> LifecycleResult | State:
+    """One turn of the loop: check recent production data, decide, and carry it through.
+
+    Args:
+        batch_path: Recent production rows with their delayed labels: a CSV or Parquet file
+            on the worker's disk. Empty: the monitor's window from the router's input log.
+        window_since: Without a batch: only rows whose labels arrived after this time
+            (seconds since the epoch). Empty: the latest window.
+        window_rows: Without a batch: at most this many newest rows.
+        target: Label column.
+        retrain_max_trials: Cap on a retraining's trials. Empty: the advisor's own.
+        retrain_time_budget_seconds: Cap on a retraining's search seconds. Empty: the
+            advisor's own.
+        require_improvement: Canary a challenger only if it beats the champion on the
+            holdout.
+        canary_steps: The canary's share of traffic at each step, in percent, ending at 100.
+            Empty: the `canary_steps` setting.
+        canary_step_seconds: Longest analysis of one canary step. Empty: the setting.
+        canary_min_samples: Requests each variant needs before a step is judged. Empty: the
+            setting.
+        approval_timeout_seconds: How long a person has to answer an approval form. Empty:
+            the setting.
+    """
     settings = load_settings()
     settings.ensure_dirs()
     logger = get_run_logger()
     name = settings.model_name
     steps: list[str] = []
 
-    batch = params.batch_path
+    batch = batch_path
     if batch is None:
         from agentic_mlops.flows.monitor import collect_window, flush_router_log, local_router_url
 
         flush_router_log(local_router_url(settings))
-        batch = collect_window(settings, params.window_since, params.window_rows)
+        batch = collect_window(settings, window_since, window_rows)
         if batch is None:
             return Failed(name="NoTraffic", message="the router has logged no labelled rows yet")
-    checked = drift_check(
-        DriftCheckParameters(current_path=batch, target=params.target, act=False),
-        return_state=True,
-    )
+    checked = drift_check(current_path=batch, target=target, act=False, return_state=True)
     if checked.is_failed():
         return Failed(name=checked.name, message=f"drift check failed: {checked.message}")
     check: DriftCheckResult = checked.result()
@@ -180,7 +178,7 @@ def lifecycle(params: LifecycleParameters = LifecycleParameters()) -> LifecycleR
         model_name=name, batch=batch, decision=decision, ledger_id=entry_id, followed_up=followed
     )
     if decision in ("retrain", "rollback"):
-        ok, why = approved(decision, settings, params.approval_timeout_seconds)
+        ok, why = approved(decision, settings, approval_timeout_seconds)
         if not ok:
             steps.append(f"not approved: {why}")
             ledger.record_outcome(entry_id, {"human": "reject", "comment": why}, settings)
@@ -188,7 +186,21 @@ def lifecycle(params: LifecycleParameters = LifecycleParameters()) -> LifecycleR
         elif settings.approval_mode == "all":
             ledger.record_outcome(entry_id, {"human": "approve", "comment": why}, settings)
     if decision == "retrain":
-        result = result.model_copy(update=_retrain_and_canary(params, batch, entry_id, settings))
+        result = result.model_copy(
+            update=_retrain_and_canary(
+                batch,
+                entry_id,
+                settings,
+                target=target,
+                max_trials=retrain_max_trials,
+                time_budget_seconds=retrain_time_budget_seconds,
+                require_improvement=require_improvement,
+                canary_steps=canary_steps,
+                canary_step_seconds=canary_step_seconds,
+                canary_min_samples=canary_min_samples,
+                approval_timeout_seconds=approval_timeout_seconds,
+            )
+        )
         steps.extend(result.steps)
     elif decision == "rollback":
         steps.append(actions.roll_back(name, entry_id, settings))
@@ -215,20 +227,29 @@ def lifecycle(params: LifecycleParameters = LifecycleParameters()) -> LifecycleR
 
 
 def _retrain_and_canary(
-    params: LifecycleParameters, batch: str, entry_id: str, settings: Settings
+    batch: str,
+    entry_id: str,
+    settings: Settings,
+    *,
+    target: str,
+    max_trials: int | None,
+    time_budget_seconds: float | None,
+    require_improvement: bool,
+    canary_steps: list[int] | None,
+    canary_step_seconds: float | None,
+    canary_min_samples: int | None,
+    approval_timeout_seconds: int | None,
 ) -> dict[str, Any]:
     logger = get_run_logger()
     state = retrain(
-        RetrainParameters(
-            data_path=batch,
-            recent_path=batch,
-            triage_ledger_id=entry_id,
-            target=params.target,
-            max_trials=params.retrain_max_trials,
-            time_budget_seconds=params.retrain_time_budget_seconds,
-            require_improvement=params.require_improvement,
-            hand_over="none",
-        ),
+        data_path=batch,
+        recent_path=batch,
+        triage_ledger_id=entry_id,
+        target=target,
+        max_trials=max_trials,
+        time_budget_seconds=time_budget_seconds,
+        require_improvement=require_improvement,
+        hand_over="none",
         return_state=True,
     )
     if state.is_failed():
@@ -247,17 +268,15 @@ def _retrain_and_canary(
         "retrained_version": version,
         "beat_champion": comparison.beats_champion,
     }
-    if params.require_improvement and not comparison.beats_champion:
+    if require_improvement and not comparison.beats_champion:
         steps.append("no canary: the challenger did not beat the champion on the holdout")
         return {**update, "steps": steps}
     canary_state = canary_rollout(
-        CanaryParameters(
-            version=version,
-            steps=params.canary_steps,
-            step_seconds=params.canary_step_seconds,
-            min_samples=params.canary_min_samples,
-            approval_timeout_seconds=params.approval_timeout_seconds,
-        ),
+        version=version,
+        steps=canary_steps,
+        step_seconds=canary_step_seconds,
+        min_samples=canary_min_samples,
+        approval_timeout_seconds=approval_timeout_seconds,
         return_state=True,
     )
     if canary_state.is_failed():

@@ -40,7 +40,8 @@ from pydantic import BaseModel, Field
 
 from agentic_mlops.agents.drift_triage import ServingEvidence
 from agentic_mlops.deployments.serving.request_log import log_folder
-from agentic_mlops.flows.drift import DriftCheckParameters, drift_check
+from agentic_mlops.flows.drift import drift_check
+from agentic_mlops.flows.form import Empty
 from agentic_mlops.flows.train import artifact_key
 from agentic_mlops.schemas import DriftCheckResult
 from agentic_mlops.settings import Settings, load_settings
@@ -55,23 +56,6 @@ from agentic_mlops.tasks.monitoring import (
 from agentic_mlops.tasks.rollout import LocalRollout
 
 ALERT_EVENT = "agentic-mlops.monitor.alert"
-
-
-class MonitorParameters(BaseModel):
-    """Parameters of a monitor run; the Prefect UI shows them as a form."""
-
-    router_url: str | None = Field(
-        default=None, description="The router. Empty: the one `agentic-mlops serve` started."
-    )
-    drift_check: bool = Field(
-        default=True, description="Run the drift check (and its triage) on the window's rows."
-    )
-    act: bool = Field(default=True, description="Let the drift check carry out its decision.")
-    batch: Literal["auto", "labelled", "unlabelled"] = Field(
-        default="auto",
-        description="Rows the drift check gets: the newly labelled ones, the newly logged "
-        "ones, or (auto) the labelled ones when at least `monitor_min_rows` arrived.",
-    )
 
 
 class MonitorResult(BaseModel):
@@ -254,9 +238,22 @@ def report_markdown(result: MonitorResult) -> str:
 
 
 @flow(name="monitor", log_prints=True)
-def monitor(params: MonitorParameters = MonitorParameters()) -> MonitorResult | State:
+def monitor(
+    router_url: str | Empty = None,
+    check_drift: bool = True,
+    act: bool = True,
+    batch: Literal["auto", "labelled", "unlabelled"] = "auto",
+) -> MonitorResult | State:
     """Measure the served champion since the last run, flag what is heading for its limit,
-    and drift-check the recent production rows."""
+    and drift-check the recent production rows.
+
+    Args:
+        router_url: The canary router to read. Empty: the one `agentic-mlops serve` started.
+        check_drift: Run the drift check (and its triage) on the window's rows.
+        act: Let the drift check carry out its decision (retrain, rollback, escalate).
+        batch: Rows the drift check gets: the newly labelled ones, the newly logged ones, or
+            (auto) the labelled ones when at least `monitor_min_rows` arrived.
+    """
     settings = load_settings()
     settings.ensure_dirs()
     logger = get_run_logger()
@@ -273,7 +270,7 @@ def monitor(params: MonitorParameters = MonitorParameters()) -> MonitorResult | 
     cursor = earlier[-1].cursor if earlier else monitoring.MonitorCursor()
     since = earlier[-1].ts if earlier else None
 
-    router_url = params.router_url or local_router_url(settings)
+    router_url = router_url or local_router_url(settings)
     serving, cursor, serving_error = monitoring.read_serving_window(
         router_url, cursor, since, settings
     )
@@ -329,24 +326,22 @@ def monitor(params: MonitorParameters = MonitorParameters()) -> MonitorResult | 
         logger.warning("alert: %s", alert)
 
     batch_path, checked, check_error = None, None, None
-    if params.drift_check:
-        batch_path = write_window_batch(window, ref, params.batch, settings)
+    if check_drift:
+        batch_path = write_window_batch(window, ref, batch, settings)
         if batch_path is None:
             check_error = f"fewer than {settings.monitor_min_rows} new rows: no drift check"
         else:
             state = drift_check(
-                DriftCheckParameters(
-                    current_path=str(batch_path),
-                    target=ref.card.target,
-                    batch_id=batch_path.name,
-                    act=params.act,
-                    serving=ServingEvidence(
-                        rows=len(rows),
-                        alerts=alerts,
-                        reference_roc_auc=holdout.get("roc_auc"),
-                        estimated_roc_auc=estimate.roc_auc if estimate else None,
-                        estimate_trusted=bool(estimate and estimate.trusted),
-                    ),
+                current_path=str(batch_path),
+                target=ref.card.target,
+                batch_id=batch_path.name,
+                act=act,
+                serving=ServingEvidence(
+                    rows=len(rows),
+                    alerts=alerts,
+                    reference_roc_auc=holdout.get("roc_auc"),
+                    estimated_roc_auc=estimate.roc_auc if estimate else None,
+                    estimate_trusted=bool(estimate and estimate.trusted),
                 ),
                 return_state=True,
             )

@@ -17,15 +17,16 @@ Bad data ends the run in a `Failed` state named `InvalidData` with a one-line me
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Annotated, Any
 
 import pandas as pd
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.states import Failed, State
-from pydantic import BaseModel, Field
+from pydantic import Field
 from sklearn.pipeline import Pipeline
 
+from agentic_mlops.flows.form import Empty
 from agentic_mlops.schemas import TrainingResult
 from agentic_mlops.settings import Settings, load_settings
 from agentic_mlops.tasks.churn import Scenario
@@ -40,24 +41,6 @@ from agentic_mlops.tasks.training import (
     load_training_data,
     split_data,
 )
-
-
-class TrainParameters(BaseModel):
-    """Parameters of a training run; the Prefect UI shows them as a form."""
-
-    data_path: str | None = Field(
-        default=None,
-        description="CSV or Parquet file, or a folder of batches. Empty: generate churn data.",
-    )
-    target: str = Field(default="churn", description="Label column.")
-    rows: int = Field(default=5_000, ge=100, le=10_000_000, description="Rows to generate.")
-    scenario: Scenario = Field(default="none", description="Drift scenario of generated data.")
-    seed: int = Field(default=42, description="Seed for generation, the split and the model.")
-    test_size: float = Field(default=0.25, gt=0.05, lt=0.9, description="Holdout share.")
-    hyperparameters: Hyperparameters = Field(
-        default_factory=Hyperparameters, description="Gradient-boosting hyperparameters."
-    )
-    run_name: str | None = Field(default=None, description="Name of the MLflow run.")
 
 
 def artifact_key(*parts: str) -> str:
@@ -142,16 +125,31 @@ def publish_model(
     return result, logged
 
 
-def training_table(params: Any, settings: Settings) -> tuple[pd.DataFrame, str] | State:
-    """The table a run's parameters name (`data_path`, or generated from `rows`, `scenario`,
-    `seed`) and its source, or the `Failed` state named `InvalidData` the run ends with."""
+def training_table(
+    data_path: str | None,
+    generate_rows: int | None,
+    target: str,
+    scenario: Scenario,
+    seed: int,
+    settings: Settings,
+) -> tuple[pd.DataFrame, str] | State:
+    """The table a run names (`data_path`, or `generate_rows` of generated churn data) and its
+    source, or the `Failed` state named `InvalidData` the run ends with.
+
+    A run that names neither fails: a deployed run whose data path was left empty must not
+    train on generated data without anyone asking for it.
+    """
+    if not data_path and not generate_rows:
+        message = "no training data: set data_path (or generate_rows for generated churn data)"
+        get_run_logger().error(message)
+        return Failed(name="InvalidData", message=message)
     loaded = load_training_data(
-        params.data_path,
-        params.target,
+        data_path or None,
+        target,
         settings.data_dir,
-        params.rows,
-        params.scenario,
-        params.seed,
+        generate_rows or 0,
+        scenario,
+        seed,
         return_state=True,
     )
     if loaded.is_failed():
@@ -161,37 +159,62 @@ def training_table(params: Any, settings: Settings) -> tuple[pd.DataFrame, str] 
 
 
 @flow(name="train", log_prints=True)
-def train(params: TrainParameters = TrainParameters()) -> TrainingResult | State:
-    """Train the churn model and register it as the new challenger."""
+def train(
+    data_path: str | Empty = None,
+    generate_rows: Annotated[int, Field(ge=100, le=10_000_000)] | Empty = None,
+    target: str = "churn",
+    scenario: Scenario = "none",
+    seed: int = 42,
+    test_size: Annotated[float, Field(gt=0.05, lt=0.9)] = 0.25,
+    hyperparameters: Hyperparameters | Empty = None,
+    run_name: str | Empty = None,
+) -> TrainingResult | State:
+    """Train the churn model and register it as the new challenger.
+
+    Args:
+        data_path: Training table: a CSV or Parquet file, or a folder of batches, on the
+            worker's disk (a relative path resolves against the deployment's working
+            directory). Either this or `generate_rows`.
+        generate_rows: Train on this many rows of generated churn data instead (demos and
+            trials); `scenario` shapes them.
+        target: Label column.
+        scenario: Drift scenario of generated data (none, covariate, concept, quality,
+            gradual).
+        seed: Seed of generated data, of the holdout split and of the model.
+        test_size: Share of rows kept as holdout.
+        hyperparameters: Gradient-boosting hyperparameters. Empty: the defaults.
+        run_name: Name of the MLflow run. Empty: "train <model name>".
+    """
     settings = load_settings()
     settings.ensure_dirs()
     logger = get_run_logger()
-    loaded = training_table(params, settings)
+    loaded = training_table(data_path, generate_rows, target, scenario, seed, settings)
     if isinstance(loaded, State):
         return loaded
     frame, source = loaded
     logger.info("training on %d rows from %s", len(frame), source)
 
-    split = split_data(frame, params.target, params.test_size, params.seed)
-    model = fit_model(split, params.hyperparameters, params.seed)
-    evaluation = evaluate_model(model, split.x_test, split.y_test, params.seed)
+    hyperparameters = hyperparameters or Hyperparameters()
+    split = split_data(frame, target, test_size, seed)
+    model = fit_model(split, hyperparameters, seed)
+    evaluation = evaluate_model(model, split.x_test, split.y_test, seed)
     logger.info("holdout ROC AUC %.4f", evaluation.metrics["roc_auc"])
 
     result, logged = publish_model(
         model,
         frame,
         split,
-        params.target,
+        target,
         {
-            **params.hyperparameters.model_dump(),
+            **hyperparameters.model_dump(),
             "family": "gradient_boosting",
-            "seed": params.seed,
-            "test_size": params.test_size,
+            "seed": seed,
+            "test_size": test_size,
             "rows": len(frame),
         },
         evaluation,
         source,
-        params.run_name,
+        run_name or f"train {settings.model_name}",
     )
     create_markdown_artifact(
         key=artifact_key(settings.model_name, "training-summary"),

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -47,6 +47,7 @@ from agentic_mlops.agents.tuning_advisor import (
     TriageContext,
     advise,
 )
+from agentic_mlops.flows.form import Empty
 from agentic_mlops.flows.train import artifact_key, publish_model, training_table
 from agentic_mlops.schemas import TrainingResult
 from agentic_mlops.settings import Settings, load_settings
@@ -56,7 +57,8 @@ from agentic_mlops.tasks.churn import Scenario
 from agentic_mlops.tasks.drift_actions import deployment_exists
 from agentic_mlops.tasks.models import TuningData, family_pipeline
 from agentic_mlops.tasks.reference import score_with
-from agentic_mlops.tasks.synthesis import Segment, Synthesis, find_segments, synthesize
+from agentic_mlops.tasks.synthesis import Segment, Synthesis, find_segments
+from agentic_mlops.tasks.synthesis import synthesize as synthesize_rows
 from agentic_mlops.tasks.training import (
     evaluate_model,
     feature_columns,
@@ -73,52 +75,6 @@ from agentic_mlops.tasks.tuning import (
 CANARY_DEPLOYMENT = "canary-rollout/canary"
 CANARY_REQUESTED_EVENT = "agentic-mlops.canary.requested"
 HandOver = Literal["auto", "deployment", "event", "subflow", "none"]
-
-
-class RetrainParameters(BaseModel):
-    """Parameters of a retraining; the Prefect UI shows them as a form."""
-
-    data_path: str | None = Field(
-        default=None,
-        description="Training window: CSV or Parquet file, or a folder of batches. "
-        "Empty: generate churn data.",
-    )
-    recent_path: str | None = Field(
-        default=None,
-        description="Recent production batch, to find drifted segments the window lacks.",
-    )
-    triage_ledger_id: str | None = Field(
-        default=None, description="Ledger id of the triage decision that asked for this."
-    )
-    target: str = Field(default="churn", description="Label column.")
-    rows: int = Field(default=5_000, ge=100, le=10_000_000, description="Rows to generate.")
-    scenario: Scenario = Field(default="none", description="Drift scenario of generated data.")
-    seed: int = Field(default=42, description="Seed for generation, splits, search and models.")
-    test_size: float = Field(default=0.25, gt=0.05, lt=0.9, description="Holdout share.")
-    validation_size: float = Field(
-        default=0.25, gt=0.05, lt=0.9, description="Share of non-holdout rows the search scores on."
-    )
-    max_trials: int | None = Field(
-        default=None, ge=1, description="Cap on the advisor's trial count. Empty: no cap."
-    )
-    time_budget_seconds: float | None = Field(
-        default=None, gt=0, description="Cap on the advisor's time budget. Empty: no cap."
-    )
-    synthesize: bool | None = Field(
-        default=None,
-        description="Force synthetic rows on (true) or off (false). Empty: the advisor decides.",
-    )
-    require_improvement: bool = Field(
-        default=True,
-        description="Hand over to the canary only if the challenger's holdout ROC AUC is at "
-        "least the champion's.",
-    )
-    hand_over: HandOver = Field(
-        default="auto",
-        description="auto: the canary deployment if registered, else an event; deployment; "
-        "event; subflow (run the canary here); none.",
-    )
-    run_name: str | None = Field(default=None, description="Name of the MLflow search run.")
 
 
 class HoldoutComparison(BaseModel):
@@ -172,23 +128,27 @@ def _triage_context(ledger_id: str | None, settings: Settings) -> TriageContext 
 
 @task(name="advise-search", cache_policy=NO_CACHE)
 def advise_search(
-    evidence: AdvisorEvidence, settings: Settings, params: RetrainParameters
+    evidence: AdvisorEvidence,
+    settings: Settings,
+    max_trials: int | None,
+    time_budget_seconds: float | None,
+    synthesize: bool | None,
 ) -> AdvisorOutcome:
     """The advisor's guarded proposal, with the run's own caps and synthesis switch applied."""
     outcome = advise(evidence, settings)
     proposal = outcome.proposal
     space = proposal.space.model_copy(
         update={
-            "max_trials": min(proposal.space.max_trials, params.max_trials or 10**9),
+            "max_trials": min(proposal.space.max_trials, max_trials or 10**9),
             "time_budget_seconds": min(
-                proposal.space.time_budget_seconds, params.time_budget_seconds or float("inf")
+                proposal.space.time_budget_seconds, time_budget_seconds or float("inf")
             ),
         }
     )
     update: dict[str, Any] = {"space": space}
-    if params.synthesize is False:
+    if synthesize is False:
         update |= {"synthesize": False, "segments": []}
-    elif params.synthesize and evidence.segments:
+    elif synthesize and evidence.segments:
         update |= {"synthesize": True, "segments": [s.name for s in evidence.segments]}
     return outcome.model_copy(update={"proposal": proposal.model_copy(update=update)})
 
@@ -241,7 +201,7 @@ def compare_on_holdout(
     )
 
 
-def hand_over(
+def hand_over_to_canary(
     how: HandOver, version: int, settings: Settings, ledger_id: str
 ) -> tuple[str, str | None]:
     """Start the canary rollout of the challenger; say how, and the flow run if one started."""
@@ -253,15 +213,15 @@ def hand_over(
             raise DataError(f"no {CANARY_DEPLOYMENT} deployment is registered")
         run = run_deployment(
             CANARY_DEPLOYMENT,
-            parameters={"params": {"version": version}},
+            parameters={"version": version},
             idempotency_key=f"canary-{settings.model_name}-v{version}-{ledger_id}",
             timeout=0,
         )
         return f"deployment {CANARY_DEPLOYMENT}: flow run {run.id}", str(run.id)
     if how == "subflow":
-        from agentic_mlops.flows.canary import CanaryParameters, canary_rollout
+        from agentic_mlops.flows.canary import canary_rollout
 
-        state = canary_rollout(CanaryParameters(version=version), return_state=True)
+        state = canary_rollout(version=version, return_state=True)
         outcome = state.result(raise_on_failure=False)
         return f"subflow: {getattr(outcome, 'outcome', state.name)}", None
     emit_event(
@@ -311,32 +271,73 @@ def closed_on_failure(search_run_id: str, settings: Settings) -> Iterator[None]:
 
 
 @flow(name="retrain", log_prints=True)
-def retrain(params: RetrainParameters = RetrainParameters()) -> RetrainResult | State:
-    """Search for a better model on recent data, register it, and hand it to the canary."""
+def retrain(
+    data_path: str | Empty = None,
+    generate_rows: Annotated[int, Field(ge=100, le=10_000_000)] | Empty = None,
+    recent_path: str | Empty = None,
+    triage_ledger_id: str | Empty = None,
+    target: str = "churn",
+    scenario: Scenario = "none",
+    seed: int = 42,
+    test_size: Annotated[float, Field(gt=0.05, lt=0.9)] = 0.25,
+    validation_size: Annotated[float, Field(gt=0.05, lt=0.9)] = 0.25,
+    max_trials: Annotated[int, Field(ge=1)] | Empty = None,
+    time_budget_seconds: Annotated[float, Field(gt=0)] | Empty = None,
+    synthesize: bool | Empty = None,
+    require_improvement: bool = True,
+    hand_over: HandOver = "auto",
+    run_name: str | Empty = None,
+) -> RetrainResult | State:
+    """Search for a better model on recent data, register it, and hand it to the canary.
+
+    Args:
+        data_path: Training window: a CSV or Parquet file, or a folder of batches, on the
+            worker's disk (a relative path resolves against the deployment's working
+            directory). Either this or `generate_rows`.
+        generate_rows: Train on this many rows of generated churn data instead (demos and
+            trials); `scenario` shapes them.
+        recent_path: Recent production batch, to find drifted segments the window lacks.
+        triage_ledger_id: Ledger id of the triage decision that asked for this retraining;
+            its outcome is recorded there.
+        target: Label column.
+        scenario: Drift scenario of generated data.
+        seed: Seed of generated data, of the splits, of the search and of the models.
+        test_size: Share of rows kept as holdout, to compare with the champion.
+        validation_size: Share of the other rows the search scores its trials on.
+        max_trials: Cap on the advisor's trial count. Empty: the advisor's own.
+        time_budget_seconds: Cap on the search's seconds. Empty: the advisor's own.
+        synthesize: Force synthetic rows for drifted segments on or off. Empty: the advisor
+            decides.
+        require_improvement: Hand over to the canary only if the challenger's holdout ROC AUC
+            is at least the champion's.
+        hand_over: How the canary starts: auto (the canary deployment when registered, else
+            an event), deployment, event, subflow (in this run), or none.
+        run_name: Name of the MLflow search run. Empty: "retrain <model> after <ledger id>".
+    """
     settings = load_settings()
     settings.ensure_dirs()
     logger = get_run_logger()
-    loaded = training_table(params, settings)
+    loaded = training_table(data_path, generate_rows, target, scenario, seed, settings)
     if isinstance(loaded, State):
         return loaded
     frame, source = loaded
     try:
-        triage = _triage_context(params.triage_ledger_id, settings)
-        recent = read_data(params.recent_path) if params.recent_path else None
+        triage = _triage_context(triage_ledger_id, settings)
+        recent = read_data(recent_path) if recent_path else None
     except (DataError, OSError) as error:
         logger.error("retraining input rejected: %s", error)
         return Failed(name="InvalidData", message=str(error))
 
-    split = split_data(frame, params.target, params.test_size, params.seed)
+    split = split_data(frame, target, test_size, seed)
     x_fit, x_val, y_fit, y_val = train_test_split(
         split.x_train,
         split.y_train,
-        test_size=params.validation_size,
-        random_state=params.seed,
+        test_size=validation_size,
+        random_state=seed,
         stratify=split.y_train,
     )
-    numeric, categorical = feature_columns(frame, params.target)
-    fit_rows = x_fit.assign(**{params.target: y_fit})
+    numeric, categorical = feature_columns(frame, target)
+    fit_rows = x_fit.assign(**{target: y_fit})
     segments: list[Segment] = []
     if recent is not None and triage and triage.drifted_features:
         segments = find_segments(fit_rows, recent, triage.drifted_features)
@@ -351,7 +352,7 @@ def retrain(params: RetrainParameters = RetrainParameters()) -> RetrainResult | 
             for s in segments
         ],
     )
-    advice = advise_search(evidence, settings, params)
+    advice = advise_search(evidence, settings, max_trials, time_budget_seconds, synthesize)
     proposal = advice.proposal
     logger.info("advisor (%s): %s", advice.agent_model, proposal.rationale)
     advice_entry = record_advice(advice, evidence, settings)
@@ -359,38 +360,42 @@ def retrain(params: RetrainParameters = RetrainParameters()) -> RetrainResult | 
     synthesis: Synthesis | None = None
     if proposal.synthesize:
         chosen = [s for s in segments if s.name in proposal.segments]
-        synthesis = synthesize(
+        synthesis = synthesize_rows(
             fit_rows,
-            params.target,
+            target,
             chosen,
             max_rows=int(settings.synthesis_max_share * len(fit_rows)),
-            seed=params.seed,
+            seed=seed,
         )
         logger.info("synthesised %s (skipped: %s)", synthesis.per_segment, synthesis.skipped)
     synthetic = synthesis.rows if synthesis is not None else fit_rows.iloc[:0]
 
     data = TuningData(
-        x_fit=pd.concat([x_fit, synthetic.drop(columns=[params.target])], ignore_index=True),
-        y_fit=pd.concat([y_fit, synthetic[params.target]], ignore_index=True).astype(int),
+        x_fit=pd.concat([x_fit, synthetic.drop(columns=[target])], ignore_index=True),
+        y_fit=pd.concat([y_fit, synthetic[target]], ignore_index=True).astype(int),
         x_val=x_val,
         y_val=y_val,
         numeric=numeric,
         categorical=categorical,
-        seed=params.seed,
+        seed=seed,
     )
     parent_run_id, experiment_id = start_search_run(
-        proposal.space, settings, params.run_name or f"retrain-search-{settings.model_name}"
+        proposal.space,
+        settings,
+        run_name
+        or f"retrain {settings.model_name}"
+        + (f" after {triage_ledger_id}" if triage_ledger_id else ""),
     )
     with closed_on_failure(parent_run_id, settings):
         found = search(data, proposal.space, parent_run_id, experiment_id, settings)
 
         train_rows = pd.concat(
-            [split.x_train.assign(**{params.target: split.y_train}), synthetic], ignore_index=True
+            [split.x_train.assign(**{target: split.y_train}), synthetic], ignore_index=True
         )
         model = family_pipeline(
-            found.best_family, found.best_params, numeric, categorical, params.seed
-        ).fit(train_rows.drop(columns=[params.target]), train_rows[params.target].astype(int))
-        evaluation = evaluate_model(model, split.x_test, split.y_test, params.seed)
+            found.best_family, found.best_params, numeric, categorical, seed
+        ).fit(train_rows.drop(columns=[target]), train_rows[target].astype(int))
+        evaluation = evaluate_model(model, split.x_test, split.y_test, seed)
         comparison = compare_on_holdout(
             model.predict_proba(split.x_test)[:, 1], split.x_test, split.y_test, settings
         )
@@ -414,12 +419,12 @@ def retrain(params: RetrainParameters = RetrainParameters()) -> RetrainResult | 
             model,
             frame,
             split,
-            params.target,
+            target,
             {
                 "family": found.best_family,
                 **found.best_params,
-                "seed": params.seed,
-                "test_size": params.test_size,
+                "seed": seed,
+                "test_size": test_size,
                 "rows": len(frame),
                 "synthetic_rows": len(synthetic),
             },
@@ -457,13 +462,13 @@ def retrain(params: RetrainParameters = RetrainParameters()) -> RetrainResult | 
         "search_run_id": parent_run_id,
     }
     ledger.record_outcome(advice_entry.id, outcome, settings)
-    if params.triage_ledger_id:
-        ledger.record_outcome(params.triage_ledger_id, outcome, settings)
+    if triage_ledger_id:
+        ledger.record_outcome(triage_ledger_id, outcome, settings)
 
-    if params.require_improvement and not comparison.beats_champion:
+    if require_improvement and not comparison.beats_champion:
         handed = "none: the challenger did not beat the champion on the holdout"
     else:
-        handed, _ = hand_over(params.hand_over, trained.version, settings, advice_entry.id)
+        handed, _ = hand_over_to_canary(hand_over, trained.version, settings, advice_entry.id)
     logger.info("hand-over: %s", handed)
 
     key = artifact_key(settings.model_name)

@@ -72,7 +72,7 @@ def deployment_exists(name: str) -> bool:
 
 
 def start_retraining(
-    retrain_flow: Any, params: Any, ledger_id: str, settings: Settings | None = None
+    retrain_flow: Any, parameters: dict[str, Any], ledger_id: str, settings: Settings | None = None
 ) -> dict[str, Any]:
     """Retrain: through the `retrain` deployment when one is registered, else as a subflow.
 
@@ -93,20 +93,20 @@ def start_retraining(
         },
         payload={
             "ledger_id": ledger_id,
-            "parameters": params.model_dump(mode="json"),
+            "parameters": parameters,
             "how": "deployment" if deployed else "subflow",
         },
     )
     if deployed:
         run = run_deployment(
             RETRAIN_DEPLOYMENT,
-            parameters={"params": params.model_dump(mode="json")},
+            parameters=parameters,
             idempotency_key=f"retrain-{ledger_id}",
             timeout=0,
         )
         ledger.record_outcome(ledger_id, {"retrain_flow_run": str(run.id)}, settings)
         return {"how": "deployment", "flow_run_id": str(run.id), "summary": str(run.id)}
-    state = retrain_flow(params, return_state=True)
+    state = retrain_flow(**parameters, return_state=True)
     if state.is_failed():
         ledger.record_outcome(ledger_id, {"retrain_failed": state.message}, settings)
         return {"how": "subflow", "summary": f"failed: {state.message}"}

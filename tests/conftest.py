@@ -84,7 +84,7 @@ def artifacts_by_key(key: str) -> list[dict]:
 
 
 def trained_home(tmp_path_factory, mlflow_template: Path, name: str, *trainings) -> Path:
-    """A home holding the versions trained from `trainings` (TrainParameters), in order; made
+    """A home holding the versions trained from `trainings` (`train` arguments), in order; made
     once per module by the modules' own fixtures and copied by each test."""
     from agentic_mlops.flows.train import train
 
@@ -94,8 +94,8 @@ def trained_home(tmp_path_factory, mlflow_template: Path, name: str, *trainings)
     previous = os.environ["AGENTIC_MLOPS_HOME"]
     os.environ["AGENTIC_MLOPS_HOME"] = str(root)
     try:
-        for params in trainings:
-            train(params)
+        for arguments in trainings:
+            train(**arguments)
     finally:
         os.environ["AGENTIC_MLOPS_HOME"] = previous
     return root

@@ -1,24 +1,36 @@
-"""prefect.yaml against a real Prefect server: deploy every flow, run one through a worker."""
+"""prefect.yaml as a Prefect user meets it: a real `prefect server start` with its scheduler and
+triggers, `prefect deploy --all`, a process worker, and `prefect deployment run` from the CLI."""
 
+import datetime as dt
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.sorting import DeploymentSort
-from prefect.deployments import run_deployment
-from prefect.events import emit_event
-from prefect.settings import PREFECT_API_URL
+from prefect.client.schemas.actions import DeploymentScheduleCreate
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterId,
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.schedules import IntervalSchedule
+from prefect.client.schemas.sorting import DeploymentSort, FlowRunSort
+from prefect.events import Event
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from agentic_mlops.flows.train import TrainParameters, train
+from agentic_mlops.flows.train import train
 from agentic_mlops.tasks import ledger
 from agentic_mlops.tasks.batches import write_table
 from agentic_mlops.tasks.churn import generate_churn
 from agentic_mlops.tasks.training import Hyperparameters
+from tests.conftest import running_prefect_server, subprocess_environment
 
 BY_NAME = DeploymentSort.NAME_ASC  # prefect 3.8.8's client sends a null sort otherwise (422)
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,6 +41,8 @@ DEPLOYMENTS = {
     "drift-check/drift-check",
     "data-quality/data-quality",
     "canary-rollout/canary",
+    "monitor/monitor",
+    "lifecycle/lifecycle",
 }
 
 
@@ -40,103 +54,148 @@ def prefect_cli(*args: str, env: dict) -> str:
     return done.stdout
 
 
-@pytest.mark.slow
-def test_deploy_all_then_a_worker_runs_the_drift_check(home):
-    train(TrainParameters(rows=1_500, hyperparameters=Hyperparameters(max_iter=20)))
+def runs_of(client, deployment_id, *states: StateType) -> list:
+    return client.read_flow_runs(
+        deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+        flow_run_filter=FlowRunFilter(
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=list(states)))
+        )
+        if states
+        else None,
+        sort=FlowRunSort.EXPECTED_START_TIME_ASC,
+        limit=50,
+    )
+
+
+def wait_for(check, seconds: float, what: str):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.5)
+    raise AssertionError(f"{what} within {seconds:.0f} s")
+
+
+def test_schedules_the_cli_and_events_start_runs_that_a_worker_completes(home, tmp_path):
+    train(generate_rows=1_500, hyperparameters=Hyperparameters(max_iter=20))
     batch = write_table(generate_churn(1_000, 5), home.home / "incoming" / "latest.parquet")
-    env = {
-        **os.environ,
-        "PREFECT_API_URL": PREFECT_API_URL.value(),
-        "AGENTIC_MLOPS_HOME": str(home.home),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    }
-    env.pop("PREFECT_HOME", None)
-    worker = None
-    try:
+    server_folder = tmp_path / "prefect-server"
+    with running_prefect_server(
+        server_folder, PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="1"
+    ) as api:
+        env = subprocess_environment(
+            PREFECT_API_URL=api,
+            AGENTIC_MLOPS_HOME=str(home.home),
+            PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        )
         prefect_cli(
             "work-pool", "create", "local-process", "--type", "process", "--overwrite", env=env
         )
         prefect_cli("--no-prompt", "deploy", "--all", env=env)
-        with get_client(sync_client=True) as client:
-            found = {
-                f"{client.read_flow(d.flow_id).name}/{d.name}": d
-                for d in client.read_deployments(sort=BY_NAME, limit=200)
-            }
-        assert set(found) >= DEPLOYMENTS
-        drift = found["drift-check/drift-check"]
-        assert drift.schedules and drift.schedules[0].schedule.cron == "0 * * * *"
-        canary = found["canary-rollout/canary"]
-        assert canary.global_concurrency_limit.limit == 1
-        assert canary.concurrency_options.collision_strategy == "CANCEL_NEW"
-        with get_client(sync_client=True) as client:
-            automations = client.request("POST", "/automations/filter", json={}).json()
-        retrain = [
-            a
-            for a in automations
-            if "agentic-mlops.retrain.requested" in a["trigger"].get("expect", [])
-        ]
-        assert retrain and retrain[0]["trigger"]["match"]["agentic-mlops.retrain.started"] == "no"
-
-        train_id = found["retrain/retrain"].id
-        for started, rows in (("yes", 777), ("no", 888)):
-            emit_event(
-                event="agentic-mlops.retrain.requested",
-                resource={
-                    "prefect.resource.id": "agentic-mlops.model.churn",
-                    "agentic-mlops.retrain.started": started,
-                },
-                payload={"parameters": {"rows": rows, "scenario": "none"}},
-            )
-
-        def train_runs() -> list[dict]:
-            with get_client(sync_client=True) as client:
-                return client.request(
-                    "POST",
-                    "/flow_runs/filter",
-                    json={
-                        "deployments": {"id": {"any_": [str(train_id)]}},
-                        "limit": 10,
-                    },
-                ).json()
-
-        deadline = time.monotonic() + 60
-        while not train_runs() and time.monotonic() < deadline:
-            time.sleep(0.5)
-        time.sleep(2)  # an event that should start nothing has had time to
-        requested = train_runs()
-        assert [r["parameters"]["params"]["rows"] for r in requested] == [888]
-
-        run = run_deployment(
-            "drift-check/drift-check",
-            parameters={"params": {"current_path": str(batch), "act": False}},
-            timeout=0,
-        )
-        worker = subprocess.Popen(
-            [PREFECT, "worker", "start", "--pool", "local-process", "--limit", "1"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 240
-        with get_client(sync_client=True) as client:
-            while time.monotonic() < deadline:
-                state = client.read_flow_run(run.id).state
-                if state is not None and state.is_final():
-                    break
-                time.sleep(1)
-        assert state.is_completed(), state
-        decisions = ledger.list_decisions("churn", settings=home)
-        assert decisions and decisions[0].flow_run_id == str(run.id)
-        assert decisions[0].action == "none"
-    finally:
-        if worker is not None:
-            os.killpg(worker.pid, signal.SIGTERM)
+        worker = None
+        with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
             try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(worker.pid, signal.SIGKILL)
-        with get_client(sync_client=True) as client:
-            for deployment in client.read_deployments(sort=BY_NAME, limit=200):
-                client.delete_deployment(deployment.id)
+                found = {
+                    f"{client.read_flow(d.flow_id).name}/{d.name}": d
+                    for d in client.read_deployments(sort=BY_NAME, limit=200)
+                }
+                assert set(found) == DEPLOYMENTS
+                drift, monitor = found["drift-check/drift-check"], found["monitor/monitor"]
+                form = drift.parameter_openapi_schema["properties"]
+                assert form["current_path"]["type"] == "string"
+                assert "worker" in form["current_path"]["description"]
+                assert all("anyOf" not in field for field in form.values())
+
+                # the schedules prefect.yaml switches on produce runs (SQLAlchemy 2.1 broke this)
+                for deployment in (drift, monitor):
+                    wait_for(
+                        lambda d=deployment: runs_of(client, d.id, StateType.SCHEDULED),
+                        60,
+                        f"no scheduled run of {deployment.name}",
+                    )
+                    for schedule in deployment.schedules:
+                        client.update_deployment_schedule(deployment.id, schedule.id, active=False)
+                    for run in runs_of(client, deployment.id, StateType.SCHEDULED):
+                        client.delete_flow_run(run.id)
+
+                # a retraining asked for by an event starts a run with the event's parameters
+                retrain_id = found["retrain/retrain"].id
+                for started, data in (("yes", "taken.parquet"), ("no", str(batch))):
+                    event = Event(
+                        event="agentic-mlops.retrain.requested",
+                        resource={
+                            "prefect.resource.id": "agentic-mlops.model.churn",
+                            "agentic-mlops.retrain.started": started,
+                        },
+                        payload={"parameters": {"data_path": data, "target": "churn"}},
+                    )
+                    client.request("POST", "/events", json=[event.model_dump(mode="json")])
+                requested = wait_for(
+                    lambda: runs_of(client, retrain_id), 60, "no retrain run from the event"
+                )
+                time.sleep(2)  # the event that should start nothing has had time to
+                requested = runs_of(client, retrain_id)
+                assert [r.parameters["data_path"] for r in requested] == [str(batch)]
+                assert requested[0].parameters["triage_ledger_id"] == ""
+                for run in requested:
+                    client.delete_flow_run(run.id)
+
+                # a short schedule of our own, with its parameters, and the obvious CLI trigger
+                client.create_deployment_schedules(
+                    drift.id,
+                    [
+                        DeploymentScheduleCreate(
+                            schedule=IntervalSchedule(
+                                interval=dt.timedelta(seconds=3600),
+                                anchor_date=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=3),
+                            ),
+                            active=True,
+                            parameters={"current_path": str(batch), "act": False},
+                        )
+                    ],
+                )
+                scheduled = wait_for(
+                    lambda: runs_of(client, drift.id, StateType.SCHEDULED),
+                    60,
+                    "the scheduler created no run",
+                )[0]
+                typed = prefect_cli(
+                    "deployment",
+                    "run",
+                    "drift-check/drift-check",
+                    "--param",
+                    f"current_path={batch}",
+                    "--param",
+                    "act=false",
+                    env=env,
+                )
+                cli_run = re.search(r"UUID: ([0-9a-f-]{36})", typed).group(1)
+
+                worker = subprocess.Popen(
+                    [PREFECT, "worker", "start", "--pool", "local-process", "--limit", "1"],
+                    cwd=ROOT,
+                    env=env,
+                    stdout=(server_folder / "worker.log").open("wb"),
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+
+                def finished():
+                    states = [client.read_flow_run(i).state for i in (scheduled.id, cli_run)]
+                    return all(s is not None and s.is_final() for s in states) and states
+
+                for state in wait_for(finished, 300, "the worker did not finish both runs"):
+                    assert state.is_completed(), state
+                decisions = ledger.list_decisions("churn", settings=home)
+                assert {d.flow_run_id for d in decisions} == {str(scheduled.id), cli_run}
+                assert {d.action for d in decisions} == {"none"}
+            finally:
+                if worker is not None:
+                    os.killpg(worker.pid, signal.SIGTERM)
+                    try:
+                        worker.wait(timeout=30)
+                    except subprocess.TimeoutExpired:
+                        os.killpg(worker.pid, signal.SIGKILL)
+    log = (server_folder / "server.log").read_text(errors="replace")
+    assert "Traceback" not in log, log[-3000:]

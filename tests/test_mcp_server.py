@@ -24,8 +24,7 @@ from agentic_mlops.agents.canary_promotion import (
     advise,
 )
 from agentic_mlops.flows.canary import record_decision
-from agentic_mlops.flows.drift import DriftCheckParameters, drift_check
-from agentic_mlops.flows.train import TrainParameters
+from agentic_mlops.flows.drift import drift_check
 from agentic_mlops.settings import Settings
 from agentic_mlops.tasks import ledger, registry
 from agentic_mlops.tasks.batches import write_table
@@ -64,7 +63,7 @@ def populated(tmp_path_factory, mlflow_template):
         tmp_path_factory,
         mlflow_template,
         "mcp",
-        TrainParameters(rows=1_500, seed=1, hyperparameters=Hyperparameters(max_iter=30)),
+        dict(generate_rows=1_500, seed=1, hyperparameters=Hyperparameters(max_iter=30)),
     )
     previous = os.environ["AGENTIC_MLOPS_HOME"]
     os.environ["AGENTIC_MLOPS_HOME"] = str(root)
@@ -77,7 +76,7 @@ def populated(tmp_path_factory, mlflow_template):
         batch = write_table(
             generate_churn(1_500, 5, "covariate"), root / "incoming" / "covariate.parquet"
         )
-        checked = drift_check(DriftCheckParameters(current_path=str(batch), act=False))
+        checked = drift_check(current_path=str(batch), act=False)
         judge = JudgeEvidence(
             verdict="fail",
             score=20,

@@ -6,7 +6,7 @@ import psycopg2
 import pytest
 from mlflow import MlflowClient
 
-from agentic_mlops.flows.train import TrainParameters, train
+from agentic_mlops.flows.train import train
 from agentic_mlops.tasks import registry
 from agentic_mlops.tasks.training import Hyperparameters
 from tests.conftest import running_prefect_server, subprocess_environment
@@ -29,13 +29,13 @@ def postgres_tracking_uri(monkeypatch, home):
 
 
 def test_training_flow_on_postgres_backed_mlflow(postgres_tracking_uri, home):
-    result = train(TrainParameters(rows=500, hyperparameters=Hyperparameters(max_iter=20)))
+    result = train(generate_rows=500, hyperparameters=Hyperparameters(max_iter=20))
     assert result.version == 1
     client = MlflowClient(postgres_tracking_uri)
     assert client.get_run(result.run_id).data.metrics["roc_auc"] > 0.5
     assert registry.model_aliases("churn") == {"challenger": 1, "champion": 1}
     assert any(home.artifacts_dir.iterdir()), "artifacts belong under home, not ./mlruns"
-    second = train(TrainParameters(rows=500, seed=3, hyperparameters=Hyperparameters(max_iter=20)))
+    second = train(generate_rows=500, seed=3, hyperparameters=Hyperparameters(max_iter=20))
     assert registry.model_aliases("churn") == {"challenger": second.version, "champion": 1}
 
 

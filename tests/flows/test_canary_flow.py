@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from agentic_mlops.flows.canary import CanaryParameters, canary_rollout
-from agentic_mlops.flows.train import TrainParameters, train
+from agentic_mlops.flows.canary import canary_rollout
+from agentic_mlops.flows.train import train
 from agentic_mlops.settings import Settings
 from agentic_mlops.tasks import ledger, registry
 from agentic_mlops.tasks.churn import generate_churn
@@ -29,8 +29,8 @@ def two_versions(tmp_path_factory, mlflow_template):
         tmp_path_factory,
         mlflow_template,
         "canary",
-        TrainParameters(rows=3_000, seed=1, hyperparameters=FAST),
-        TrainParameters(rows=3_000, seed=1, hyperparameters=FAST),
+        dict(generate_rows=3_000, seed=1, hyperparameters=FAST),
+        dict(generate_rows=3_000, seed=1, hyperparameters=FAST),
     )
 
 
@@ -75,7 +75,7 @@ def rollout(**extra):
     params = dict(
         version=2, steps=[50, 100], step_seconds=40, min_samples=150, approval_timeout_seconds=30
     )
-    return canary_rollout(CanaryParameters(**{**params, **extra}), return_state=True)
+    return canary_rollout(**{**params, **extra}, return_state=True)
 
 
 def test_a_good_challenger_is_promoted_and_traffic_follows_the_alias(serving_home):
@@ -250,23 +250,19 @@ def test_a_much_slower_canary_is_rolled_back(serving_home):
 @pytest.mark.slow
 def test_a_less_accurate_canary_is_rolled_back_on_its_feedback(serving_home):
     worse = train(
-        TrainParameters(
-            rows=300,
-            seed=9,
-            scenario="concept",
-            hyperparameters=Hyperparameters(max_iter=3, learning_rate=0.02),
-        )
+        generate_rows=300,
+        seed=9,
+        scenario="concept",
+        hyperparameters=Hyperparameters(max_iter=3, learning_rate=0.02),
     )
     backend, url = start_serving(serving_home)
     with customer_traffic(url) as traffic:
         result = canary_rollout(
-            CanaryParameters(
-                version=worse.version,
-                steps=[50, 100],
-                step_seconds=40,
-                min_samples=150,
-                approval_timeout_seconds=30,
-            ),
+            version=worse.version,
+            steps=[50, 100],
+            step_seconds=40,
+            min_samples=150,
+            approval_timeout_seconds=30,
             return_state=True,
         ).result()
     assert result.outcome == "rolled_back", result

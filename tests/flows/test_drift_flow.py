@@ -6,9 +6,9 @@ import pytest
 from typer.testing import CliRunner
 
 from agentic_mlops.cli import app
-from agentic_mlops.flows.data_quality import DataQualityParameters, data_quality
-from agentic_mlops.flows.drift import DriftCheckParameters, drift_check
-from agentic_mlops.flows.train import TrainParameters, train
+from agentic_mlops.flows.data_quality import data_quality
+from agentic_mlops.flows.drift import drift_check
+from agentic_mlops.flows.train import train
 from agentic_mlops.settings import Settings
 from agentic_mlops.tasks import ledger, registry
 from agentic_mlops.tasks.batches import read_table, write_table
@@ -26,7 +26,7 @@ def champion_v1(tmp_path_factory, mlflow_template):
         tmp_path_factory,
         mlflow_template,
         "trained",
-        TrainParameters(rows=4_000, seed=1, hyperparameters=FAST),
+        dict(generate_rows=4_000, seed=1, hyperparameters=FAST),
     )
 
 
@@ -42,7 +42,7 @@ def batch(home, scenario, seed=100, rows=2_000, name=None):
 
 
 def check(path, act=False, **extra):
-    return drift_check(DriftCheckParameters(current_path=str(path), act=act, **extra))
+    return drift_check(current_path=str(path), act=act, **extra)
 
 
 def test_no_drift_means_no_action(champion_home):
@@ -80,7 +80,7 @@ def test_concept_drift_without_labels_cannot_be_seen(champion_home):
 def test_broken_batch_is_quarantined_and_escalated(champion_home):
     path = batch(champion_home, "quality")
     content = path.read_bytes()
-    state = drift_check(DriftCheckParameters(current_path=str(path), act=True), return_state=True)
+    state = drift_check(current_path=str(path), act=True, return_state=True)
     assert state.name == "Quarantined" and state.is_completed()
     result = state.result()
     assert not result.quality.passed and result.decision.action == "escalate"
@@ -120,9 +120,7 @@ def test_retrain_decision_registers_a_new_challenger_and_records_the_outcome(cha
 
 def test_rollback_decision_moves_the_champion_back(champion_home):
     worse = train(
-        TrainParameters(
-            rows=300, seed=9, scenario="concept", hyperparameters=Hyperparameters(max_iter=5)
-        )
+        generate_rows=300, seed=9, scenario="concept", hyperparameters=Hyperparameters(max_iter=5)
     )
     registry.promote_champion("churn", worse.version, champion_home)
     result = check(batch(champion_home, "none", rows=4_000), act=True)
@@ -190,7 +188,7 @@ def test_cli_with_an_explicit_reference_file(champion_home, tmp_path):
 
 def test_without_a_champion_or_reference_the_check_says_so(home, tmp_path):
     path = write_table(generate_churn(100), tmp_path / "b.csv")
-    state = drift_check(DriftCheckParameters(current_path=str(path)), return_state=True)
+    state = drift_check(current_path=str(path), return_state=True)
     assert state.is_failed() and state.name == "NoReference"
 
 
@@ -215,16 +213,11 @@ def test_a_few_bad_rows_are_quarantined_and_the_rest_is_checked(champion_home):
 def test_standalone_data_quality_flow(champion_home):
     suite = champion_home.home / "models" / "churn" / "v1" / "expectations.json"
     good = batch(champion_home, "none")
-    summary = data_quality(DataQualityParameters(current_path=str(good), suite_path=str(suite)))
+    summary = data_quality(current_path=str(good), suite_path=str(suite))
     assert summary.passed
     broken = batch(champion_home, "quality")
-    state = data_quality(
-        DataQualityParameters(current_path=str(broken), suite_path=str(suite)), return_state=True
-    )
+    state = data_quality(current_path=str(broken), suite_path=str(suite), return_state=True)
     assert state.name == "Quarantined" and not broken.exists()
     bad_suite = write_table(generate_churn(10), champion_home.home / "not-a-suite.csv")
-    state = data_quality(
-        DataQualityParameters(current_path=str(good), suite_path=str(bad_suite)),
-        return_state=True,
-    )
+    state = data_quality(current_path=str(good), suite_path=str(bad_suite), return_state=True)
     assert state.is_failed() and state.name == "InvalidData"

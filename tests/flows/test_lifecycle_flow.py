@@ -6,8 +6,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from agentic_mlops.flows.lifecycle import LifecycleParameters, lifecycle
-from agentic_mlops.flows.train import TrainParameters
+from agentic_mlops.flows.lifecycle import lifecycle
 from agentic_mlops.settings import Settings
 from agentic_mlops.tasks import ledger, registry
 from agentic_mlops.tasks.batches import write_table
@@ -23,7 +22,7 @@ def champion_v1(tmp_path_factory, mlflow_template):
         tmp_path_factory,
         mlflow_template,
         "lifecycle",
-        TrainParameters(rows=3_000, seed=1, hyperparameters=Hyperparameters(max_iter=60)),
+        dict(generate_rows=3_000, seed=1, hyperparameters=Hyperparameters(max_iter=60)),
     )
 
 
@@ -40,7 +39,7 @@ def window(home, scenario, seed, rows=1_500):
 
 
 def test_a_quiet_window_changes_nothing_and_is_reported(champion_home):
-    result = lifecycle(LifecycleParameters(batch_path=window(champion_home, "none", 31)))
+    result = lifecycle(batch_path=window(champion_home, "none", 31))
     assert result.decision == "none" and result.aliases == {"champion": 1, "challenger": 1}
     assert result.retrained_version is None and result.canary is None
     assert Path(result.plot_path).read_bytes()[:4] == b"\x89PNG"
@@ -52,11 +51,7 @@ def test_a_quiet_window_changes_nothing_and_is_reported(champion_home):
 
 def test_approval_mode_all_waits_and_no_answer_escalates(champion_home, monkeypatch):
     monkeypatch.setenv("AGENTIC_MLOPS_APPROVAL_MODE", "all")
-    result = lifecycle(
-        LifecycleParameters(
-            batch_path=window(champion_home, "gradual", 32), approval_timeout_seconds=2
-        )
-    )
+    result = lifecycle(batch_path=window(champion_home, "gradual", 32), approval_timeout_seconds=2)
     assert result.decision == "retrain"
     assert any(step.startswith("not approved") for step in result.steps)
     assert any("escalate" in step for step in result.steps)

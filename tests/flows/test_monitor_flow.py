@@ -13,8 +13,7 @@ import pytest
 import yaml
 from prefect.flows import load_flow_from_entrypoint
 
-from agentic_mlops.flows.monitor import MonitorParameters, collect_window, monitor
-from agentic_mlops.flows.train import TrainParameters
+from agentic_mlops.flows.monitor import collect_window, monitor
 from agentic_mlops.settings import Settings
 from agentic_mlops.tasks import ledger, monitoring
 from agentic_mlops.tasks.batches import read_table
@@ -32,7 +31,7 @@ def champion(tmp_path_factory, mlflow_template):
         tmp_path_factory,
         mlflow_template,
         "monitor",
-        TrainParameters(rows=3_000, seed=1, hyperparameters=Hyperparameters(max_iter=60)),
+        dict(generate_rows=3_000, seed=1, hyperparameters=Hyperparameters(max_iter=60)),
     )
 
 
@@ -89,7 +88,7 @@ def test_the_monitor_measures_the_traffic_and_drift_checks_the_labelled_window(s
     earlier_runs(settings, 5)
     customers_call(url, generate_churn(300, 50), labelled=250)
 
-    result = monitor(MonitorParameters(act=False))
+    result = monitor(act=False)
 
     assert result.champion_version == 1 and result.serving_error is None
     assert result.serving.source == "router" and result.serving.requests == 300
@@ -121,7 +120,7 @@ def test_the_monitor_measures_the_traffic_and_drift_checks_the_labelled_window(s
     assert len(history) == 6 and history[-1].drift_ledger_id == result.ledger_id
     assert "Monitor of churn v1" in artifacts_by_key("churn-monitor")[0]["data"]
 
-    again = monitor(MonitorParameters(act=False))
+    again = monitor(act=False)
     assert again.rows == 0 and again.labels == 0 and again.serving.requests == 0
     assert again.drift_check is None and "fewer than" in again.drift_check_error
 
@@ -130,7 +129,7 @@ def test_the_monitor_measures_the_traffic_and_drift_checks_the_labelled_window(s
 
 
 def test_without_a_champion_the_monitor_fails_named(home):
-    state = monitor(MonitorParameters(), return_state=True)
+    state = monitor(return_state=True)
     assert state.is_failed() and state.name == "NoReference"
     assert collect_window(home) is None
 
@@ -142,18 +141,20 @@ def test_the_monitor_deployment_runs_every_five_minutes_one_at_a_time():
     assert found["schedules"][0]["cron"] == "*/5 * * * *"
     assert found["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
     loaded = load_flow_from_entrypoint(str(root / found["entrypoint"]))
-    assert loaded.name == "monitor" and "params" in loaded.parameters.properties
+    assert loaded.name == "monitor" and {"router_url", "check_drift", "act"} <= set(
+        loaded.parameters.properties
+    )
 
 
 @pytest.mark.slow
 def test_a_price_rise_mid_stream_is_seen_in_the_scores_and_sent_to_retraining(served):
     settings, url = served
     customers_call(url, generate_churn(300, 51), labelled=300)
-    before = monitor(MonitorParameters(act=False))
+    before = monitor(act=False)
     assert not before.prediction_drift.drifted
 
     customers_call(url, generate_churn(400, 52, "covariate"), labelled=400)
-    after = monitor(MonitorParameters(act=False))
+    after = monitor(act=False)
 
     assert after.rows == 400 and after.prediction_drift.drifted
     assert any("scores drifted" in alert for alert in after.alerts)

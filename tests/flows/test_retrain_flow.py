@@ -5,8 +5,7 @@ import math
 import pytest
 from mlflow import MlflowClient
 
-from agentic_mlops.flows.train import TrainParameters
-from agentic_mlops.flows.tune import RetrainParameters, retrain
+from agentic_mlops.flows.tune import retrain
 from agentic_mlops.settings import Settings
 from agentic_mlops.tasks import ledger, registry
 from agentic_mlops.tasks.batches import read_table, write_table
@@ -23,7 +22,7 @@ def champion_v1(tmp_path_factory, mlflow_template):
         tmp_path_factory,
         mlflow_template,
         "retrain",
-        TrainParameters(rows=3_000, seed=1, hyperparameters=Hyperparameters(max_iter=60)),
+        dict(generate_rows=3_000, seed=1, hyperparameters=Hyperparameters(max_iter=60)),
     )
 
 
@@ -34,7 +33,7 @@ def champion_home(champion_v1, tmp_path, monkeypatch) -> Settings:
 
 def test_retraining_registers_the_best_trial_as_challenger(champion_home):
     result = retrain(
-        RetrainParameters(rows=3_000, seed=2, scenario="concept", **{**QUICK, "hand_over": "event"})
+        generate_rows=3_000, seed=2, scenario="concept", **{**QUICK, "hand_over": "event"}
     )
     client = MlflowClient(champion_home.tracking_uri())
     name = champion_home.model_name
@@ -98,8 +97,8 @@ def test_synthesis_feeds_only_the_fit_rows_and_is_logged_with_lineage(champion_h
     common = dict(
         data_path=str(data), recent_path=str(recent), triage_ledger_id=triage_entry(champion_home)
     )
-    with_synth = retrain(RetrainParameters(**common, **QUICK))
-    without = retrain(RetrainParameters(**common, synthesize=False, **QUICK))
+    with_synth = retrain(generate_rows=5_000, **common, **QUICK)
+    without = retrain(generate_rows=5_000, **common, synthesize=False, **QUICK)
 
     assert with_synth.advisor.proposal.synthesize
     assert with_synth.advisor.proposal.segments == [f"{SEGMENT}={VALUE}"]
@@ -130,13 +129,10 @@ def test_synthesis_feeds_only_the_fit_rows_and_is_logged_with_lineage(champion_h
 
 
 def test_bad_inputs_end_in_a_named_failed_state(champion_home, tmp_path):
-    missing = retrain(
-        RetrainParameters(data_path=str(tmp_path / "nope.parquet"), **QUICK), return_state=True
-    )
+    missing = retrain(data_path=str(tmp_path / "nope.parquet"), **QUICK, return_state=True)
     assert missing.is_failed() and missing.name == "InvalidData"
     unknown = retrain(
-        RetrainParameters(rows=500, triage_ledger_id="no-such-decision", **QUICK),
-        return_state=True,
+        generate_rows=500, triage_ledger_id="no-such-decision", **QUICK, return_state=True
     )
     assert unknown.is_failed() and "no-such-decision" in unknown.message
     assert registry.model_aliases(champion_home.model_name, champion_home)[registry.CHALLENGER] == 1
@@ -145,7 +141,7 @@ def test_bad_inputs_end_in_a_named_failed_state(champion_home, tmp_path):
 def test_a_challenger_that_does_not_beat_the_champion_is_not_handed_over(champion_home):
     # 300 rows against a champion fitted on 2,250: the small model loses on the holdout
     result = retrain(
-        RetrainParameters(rows=400, seed=1, max_trials=1, time_budget_seconds=60, hand_over="event")
+        generate_rows=400, seed=1, max_trials=1, time_budget_seconds=60, hand_over="event"
     )
     assert not result.comparison.beats_champion
     assert result.hand_over == "none: the challenger did not beat the champion on the holdout"

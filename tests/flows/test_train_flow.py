@@ -3,7 +3,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
 
-from agentic_mlops.flows.train import TrainParameters, train
+from agentic_mlops.flows.train import train
 from agentic_mlops.tasks import registry
 from agentic_mlops.tasks.batches import write_table
 from agentic_mlops.tasks.churn import generate_churn
@@ -15,10 +15,10 @@ FAST = Hyperparameters(max_iter=30)
 
 def test_training_flow_registers_champion_then_challenger_with_a_versioned_summary(home):
     earlier = len(artifacts_by_key("churn-training-summary"))
-    first = train(TrainParameters(rows=800, seed=1, hyperparameters=FAST))
+    first = train(generate_rows=800, seed=1, hyperparameters=FAST)
     assert first.version == 1 and set(first.aliases) == {"champion", "challenger"}
     assert first.metrics["roc_auc"] > 0.65
-    second = train(TrainParameters(rows=800, seed=2, scenario="covariate", hyperparameters=FAST))
+    second = train(generate_rows=800, seed=2, scenario="covariate", hyperparameters=FAST)
     assert second.version == 2 and second.aliases == ["challenger"]
     assert registry.model_aliases("churn", home) == {"challenger": 2, "champion": 1}
 
@@ -36,7 +36,7 @@ def test_training_flow_registers_champion_then_challenger_with_a_versioned_summa
 def test_training_from_a_folder_of_batches(home, tmp_path):
     for index in range(3):
         write_table(generate_churn(300, seed=index), tmp_path / f"batch-{index}.csv")
-    result = train(TrainParameters(data_path=str(tmp_path), hyperparameters=FAST))
+    result = train(data_path=str(tmp_path), hyperparameters=FAST)
     assert result.rows == 900 and result.data_source == str(tmp_path.resolve())
 
 
@@ -55,7 +55,7 @@ def test_training_from_a_folder_of_batches(home, tmp_path):
 def test_bad_data_ends_in_a_named_failed_state_and_registers_nothing(
     home, tmp_path, make_file, message
 ):
-    state = train(TrainParameters(data_path=str(make_file(tmp_path))), return_state=True)
+    state = train(data_path=str(make_file(tmp_path)), return_state=True)
     assert state.is_failed() and state.name == "InvalidData"
     assert message in state.message
     assert registry.model_aliases("churn", home) == {}
@@ -76,7 +76,7 @@ def test_transient_mlflow_failure_is_retried(home, monkeypatch):
         "agentic_mlops.flows.train.register_version",
         registry.register_version.with_options(retry_delay_seconds=0),
     )
-    result = train(TrainParameters(rows=300, hyperparameters=FAST))
+    result = train(generate_rows=300, hyperparameters=FAST)
     assert calls["n"] == 2 and result.version == 1
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-from agentic_mlops.flows.train import TrainParameters
 from agentic_mlops.settings import Settings
 from agentic_mlops.tasks.training import Hyperparameters
 from tests.conftest import trained_home, use_home_copy
@@ -19,7 +18,7 @@ def reliability_champion(tmp_path_factory, mlflow_template):
         tmp_path_factory,
         mlflow_template,
         "reliability",
-        TrainParameters(rows=3_000, seed=1, hyperparameters=Hyperparameters(max_iter=60)),
+        dict(generate_rows=3_000, seed=1, hyperparameters=Hyperparameters(max_iter=60)),
     )
 
 

@@ -20,8 +20,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from agentic_mlops.flows.data_quality import DataQualityParameters, data_quality
-from agentic_mlops.flows.drift import DriftCheckParameters, drift_check
+from agentic_mlops.flows.data_quality import data_quality
+from agentic_mlops.flows.drift import drift_check
 from agentic_mlops.tasks import ledger
 from agentic_mlops.tasks.batches import read_table
 from agentic_mlops.tasks.churn import FEATURES, generate_churn
@@ -108,14 +108,12 @@ QUICK_BROKEN = ("all-null",)
 
 
 def check_drift(path: Path, **extra):
-    return drift_check(DriftCheckParameters(current_path=str(path), **extra), return_state=True)
+    return drift_check(current_path=str(path), **extra, return_state=True)
 
 
 def check_quality(path: Path, settings):
     suite = settings.home / "models" / "churn" / "v1" / "expectations.json"
-    return data_quality(
-        DataQualityParameters(current_path=str(path), suite_path=str(suite)), return_state=True
-    )
+    return data_quality(current_path=str(path), suite_path=str(suite), return_state=True)
 
 
 FLOWS = {

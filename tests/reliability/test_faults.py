@@ -15,7 +15,7 @@ import mlflow
 import pytest
 from mlflow.exceptions import MlflowException
 
-from agentic_mlops.flows.drift import DriftCheckParameters, drift_check
+from agentic_mlops.flows.drift import drift_check
 from agentic_mlops.tasks import ledger
 from agentic_mlops.tasks.churn import generate_churn
 
@@ -66,7 +66,7 @@ def test_mlflow_refusing_connections_fails_the_check_and_keeps_the_batch(champio
     path, content = batch(champion_home)
     mlflow_at(f"http://127.0.0.1:{closed_port()}")
     started = time.monotonic()
-    state = drift_check(DriftCheckParameters(current_path=str(path)), return_state=True)
+    state = drift_check(current_path=str(path), return_state=True)
     assert time.monotonic() - started < 30
     assert_failed_and_kept(state, path, content, champion_home)
 
@@ -74,7 +74,7 @@ def test_mlflow_refusing_connections_fails_the_check_and_keeps_the_batch(champio
 def test_mlflow_refusing_connections_is_named_as_the_cause(champion_home, mlflow_at):
     path, _ = batch(champion_home)
     mlflow_at(f"http://127.0.0.1:{closed_port()}")
-    state = drift_check(DriftCheckParameters(current_path=str(path)), return_state=True)
+    state = drift_check(current_path=str(path), return_state=True)
     assert state.name != "NoReference", state.message
 
 
@@ -86,7 +86,7 @@ def test_mlflow_accepting_but_never_answering_fails_within_its_timeout(champion_
         silent.listen(8)
         mlflow_at(f"http://127.0.0.1:{silent.getsockname()[1]}")
         started = time.monotonic()
-        state = drift_check(DriftCheckParameters(current_path=str(path)), return_state=True)
+        state = drift_check(current_path=str(path), return_state=True)
         assert time.monotonic() - started < 60
     assert_failed_and_kept(state, path, content, champion_home)
 
@@ -104,7 +104,7 @@ def test_mlflow_failing_while_the_champion_loads_keeps_every_row(champion_home, 
     path = champion_home.home / "incoming" / "few-bad.parquet"
     frame.to_parquet(path)
     content = path.read_bytes()
-    state = drift_check(DriftCheckParameters(current_path=str(path)), return_state=True)
+    state = drift_check(current_path=str(path), return_state=True)
     assert state.is_failed() and "connection refused" in state.message
     assert "\n" not in state.message
     assert path.read_bytes() == content
@@ -125,7 +125,7 @@ def test_mlflow_failing_while_retraining_records_the_decision_and_the_failure(
 
     monkeypatch.setattr(train_flow, "log_training_run", unreachable)
     path, content = batch(champion_home, "covariate", rows=2_000)
-    state = drift_check(DriftCheckParameters(current_path=str(path), act=True), return_state=True)
+    state = drift_check(current_path=str(path), act=True, return_state=True)
     assert state.is_completed(), state.message
     result = state.result()
     assert result.decision.action == "retrain" and result.retrained_version is None

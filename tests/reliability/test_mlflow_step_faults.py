@@ -10,8 +10,8 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from agentic_mlops.flows.monitor import MonitorParameters, monitor
-from agentic_mlops.flows.tune import RetrainParameters, retrain
+from agentic_mlops.flows.monitor import monitor
+from agentic_mlops.flows.tune import retrain
 from agentic_mlops.tasks import monitoring, registry
 from tests.reliability.test_faults import closed_port
 
@@ -26,7 +26,7 @@ def test_mlflow_refusing_connections_fails_the_monitor_and_records_nothing(
 ):
     mlflow_at(f"http://127.0.0.1:{closed_port()}")
     started = time.monotonic()
-    state = monitor(MonitorParameters(act=False), return_state=True)
+    state = monitor(act=False, return_state=True)
     assert time.monotonic() - started < 30
     assert_failed_on_one_line(state)
     assert "Connection refused" in state.message
@@ -42,7 +42,7 @@ def test_mlflow_accepting_but_never_answering_fails_the_monitor_within_its_timeo
         silent.listen(8)
         mlflow_at(f"http://127.0.0.1:{silent.getsockname()[1]}")
         started = time.monotonic()
-        state = monitor(MonitorParameters(act=False), return_state=True)
+        state = monitor(act=False, return_state=True)
         assert time.monotonic() - started < 60
     assert_failed_on_one_line(state)
     assert monitoring.monitor_history("churn", settings=champion_home) == []
@@ -61,9 +61,11 @@ def test_mlflow_failing_when_the_retraining_registers_its_challenger(champion_ho
     monkeypatch.setattr(MlflowClient, "create_model_version", refused)
     before = registry.model_aliases("churn", champion_home)
     state = retrain(
-        RetrainParameters(
-            rows=2_000, seed=3, max_trials=2, time_budget_seconds=60, hand_over="none"
-        ),
+        generate_rows=2_000,
+        seed=3,
+        max_trials=2,
+        time_budget_seconds=60,
+        hand_over="none",
         return_state=True,
     )
     assert_failed_on_one_line(state)

@@ -33,7 +33,7 @@ from agentic_mlops.deployments.serving.request_log import (
     log_files,
     log_folder,
 )
-from agentic_mlops.flows.monitor import MonitorParameters, monitor
+from agentic_mlops.flows.monitor import monitor
 from agentic_mlops.settings import Settings
 from agentic_mlops.tasks import registry, serving_log
 from agentic_mlops.tasks.batches import read_table
@@ -127,7 +127,7 @@ UNKNOWN_LABELS = [label(request_id="never-served"), label(request_id="rotated-aw
 
 
 def run(**params):
-    return monitor(MonitorParameters(act=False, **params), return_state=True)
+    return monitor(act=False, **params, return_state=True)
 
 
 def assert_usual(state, rows: int, labels: int) -> None:

@@ -29,7 +29,7 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 
 from agentic_mlops.agents import canary_promotion, drift_triage
 from agentic_mlops.flows import drift as drift_flow
-from agentic_mlops.flows.drift import DriftCheckParameters, drift_check
+from agentic_mlops.flows.drift import drift_check
 from agentic_mlops.settings import Settings
 from agentic_mlops.tasks.churn import generate_churn
 
@@ -50,7 +50,7 @@ def hostile(frame: pd.DataFrame) -> pd.DataFrame:
 def check(settings, frame: pd.DataFrame, name: str):
     path = settings.home / "incoming" / name
     frame.to_parquet(path)
-    state = drift_check(DriftCheckParameters(current_path=str(path)), return_state=True)
+    state = drift_check(current_path=str(path), return_state=True)
     assert state.is_completed(), state.message
     return state.result()
 

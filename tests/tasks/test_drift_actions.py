@@ -6,8 +6,8 @@ import time
 from prefect.client.orchestration import get_client
 
 from agentic_mlops.agents.drift_triage import TriageDecision, TriageOutcome
-from agentic_mlops.flows.train import TrainParameters, train
-from agentic_mlops.flows.tune import RetrainParameters, retrain
+from agentic_mlops.flows.train import train
+from agentic_mlops.flows.tune import retrain
 from agentic_mlops.tasks import drift_actions, ledger
 
 
@@ -71,14 +71,14 @@ def test_retrain_goes_through_the_deployment_once_per_decision(home):
     deployment_id = retrain.to_deployment(name="retrain").apply()
     try:
         entry = record(home)
-        params = RetrainParameters(rows=500, seed=3)
+        params = {"generate_rows": 500, "seed": 3}
         first = drift_actions.start_retraining(retrain, params, entry.id, home)
         second = drift_actions.start_retraining(retrain, params, entry.id, home)
         assert first["how"] == "deployment" and first["flow_run_id"] == second["flow_run_id"]
         with get_client(sync_client=True) as client:
             run = client.read_flow_run(first["flow_run_id"])
         assert run.deployment_id == deployment_id
-        assert run.parameters["params"]["rows"] == 500
+        assert run.parameters["generate_rows"] == 500
         stored = ledger.get_decision(entry.id, home)
         assert stored.outcome == {"retrain_flow_run": first["flow_run_id"]}
         other = drift_actions.start_retraining(retrain, params, record(home).id, home)
@@ -93,13 +93,13 @@ def test_without_a_deployment_retraining_runs_in_process_and_records_the_outcome
     entry = record(home)
     done = drift_actions.start_retraining(
         retrain,
-        RetrainParameters(
-            rows=600,
-            triage_ledger_id=entry.id,
-            max_trials=2,
-            time_budget_seconds=60,
-            hand_over="none",
-        ),
+        {
+            "generate_rows": 600,
+            "triage_ledger_id": entry.id,
+            "max_trials": 2,
+            "time_budget_seconds": 60,
+            "hand_over": "none",
+        },
         entry.id,
         home,
     )
@@ -111,7 +111,7 @@ def test_without_a_deployment_retraining_runs_in_process_and_records_the_outcome
 def test_a_failed_retraining_is_recorded_not_raised(home, tmp_path):
     entry = record(home)
     done = drift_actions.start_retraining(
-        retrain, RetrainParameters(data_path=str(tmp_path / "absent.csv")), entry.id, home
+        retrain, {"data_path": str(tmp_path / "absent.csv")}, entry.id, home
     )
     assert "failed" in done["summary"]
     assert "no such file" in ledger.get_decision(entry.id, home).outcome["retrain_failed"]
@@ -120,7 +120,7 @@ def test_a_failed_retraining_is_recorded_not_raised(home, tmp_path):
 def test_rollback_without_a_previous_champion_moves_nothing_and_says_so(home):
     from agentic_mlops.tasks.training import Hyperparameters
 
-    train(TrainParameters(rows=400, hyperparameters=Hyperparameters(max_iter=10)))
+    train(generate_rows=400, hyperparameters=Hyperparameters(max_iter=10))
     entry = record(home, "rollback")
     said = drift_actions.roll_back("churn", entry.id, home)
     assert "nothing moved" in said

@@ -22,7 +22,6 @@ import httpx
 import numpy as np
 import pytest
 
-from agentic_mlops.flows.train import TrainParameters
 from agentic_mlops.settings import Settings
 from agentic_mlops.tasks.canary_judge import judge
 from agentic_mlops.tasks.churn import generate_churn
@@ -123,8 +122,8 @@ def two_versions(tmp_path_factory, mlflow_template) -> Path:
         tmp_path_factory,
         mlflow_template,
         "prometheus",
-        TrainParameters(rows=1_000, seed=1, hyperparameters=small),
-        TrainParameters(rows=1_000, seed=2, hyperparameters=small),
+        dict(generate_rows=1_000, seed=1, hyperparameters=small),
+        dict(generate_rows=1_000, seed=2, hyperparameters=small),
     )
 
 
