@@ -52,10 +52,15 @@ def where_to_look() -> str:
         lines.append(f"MLflow UI: mlflow ui --backend-store-uri {tracking}")
     else:
         lines.append(f"MLflow UI: {tracking}")
-    lines.append(
-        "Prefect UI: PREFECT_HOME="
-        f"{settings.prefect_home} prefect server start  (then open http://127.0.0.1:4200)"
-    )
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
+
+    if PREFECT_API_URL.value():
+        lines.append(f"Prefect UI: {PREFECT_UI_URL.value() or PREFECT_API_URL.value()}")
+    else:
+        lines.append(
+            "Prefect UI: PREFECT_HOME="
+            f"{settings.prefect_home} prefect server start  (then open http://127.0.0.1:4200)"
+        )
     return "\n".join(lines)
 
 

@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field
 
 from agentic_mlops.settings import Settings, load_settings
 from agentic_mlops.tasks import ledger
+from agentic_mlops.tasks.reports import mlflow_run_link
 
 DecisionPoint = Literal["drift_triage", "canary_promotion", "tuning_advisor"]
 DecisionAction = Literal[
@@ -322,7 +323,7 @@ def recent_runs(
                 registered_version=by_run.get(run.info.run_id),
                 metrics=dict(run.data.metrics),
                 params=dict(run.data.params),
-                link=registry.run_link(run.info.run_id, run.info.experiment_id, settings),
+                link=mlflow_run_link(run.info.run_id, run.info.experiment_id, settings),
             )
             for run in runs
         ],

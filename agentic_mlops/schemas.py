@@ -48,10 +48,20 @@ class DecisionSummary(BaseModel):
     overridden_by: str | None = None
 
 
+class PerformanceSummary(BaseModel):
+    """The champion's score on the batch's labels beside its training-time figure."""
+
+    metric: str = "roc_auc"
+    reference: float = Field(description="On the training holdout.")
+    current: float = Field(description="On this batch's labels.")
+    rows: int
+
+
 class DriftCheckResult(BaseModel):
     """What one drift check found, decided and did."""
 
     model_name: str
+    model_version: int | None = Field(default=None, description="The champion checked against.")
     batch_id: str
     quality: QualitySummary
     dataset_drift: bool
@@ -65,6 +75,10 @@ class DriftCheckResult(BaseModel):
     ledger_id: str | None = None
     quarantined: str | None = None
     report_path: str | None = None
+    report_link: str | None = Field(
+        default=None, description="Markdown link to the Evidently report logged to MLflow."
+    )
+    performance: PerformanceSummary | None = None
     retrained_version: int | None = None
 
     def cli_json(self) -> dict:

@@ -58,7 +58,6 @@ def _steps(batch_path: str) -> list[tuple[str, Any, Callable[[dict], tuple]]]:
     from prefect import task
 
     from agentic_mlops.flows.data_quality import check_quality
-    from agentic_mlops.flows.train import artifact_key
     from agentic_mlops.settings import load_settings
     from agentic_mlops.tasks import drift_actions, reference
     from agentic_mlops.tasks.batches import load_batch
@@ -113,11 +112,6 @@ def _steps(batch_path: str) -> list[tuple[str, Any, Callable[[dict], tuple]]]:
             drift_actions.record_triage,
             lambda d: (d["triage"], d["evidence"], d["resolve-reference"].version, None, settings),
         ),
-        (
-            "publish-drift-artifacts",
-            drift_actions.publish_drift_artifacts,
-            lambda d: (d["result"], artifact_key(name, "overhead"), settings),
-        ),
     ]
 
 
@@ -134,26 +128,6 @@ def _evidence(done: dict) -> Any:
         None,
         done["load-batch"],
         "churn",
-    )
-
-
-def _result(done: dict) -> Any:
-    from agentic_mlops.schemas import DecisionSummary, DriftCheckResult
-    from agentic_mlops.tasks import reference
-
-    drift, outcome = done["detect-drift"], done["triage"]
-    return DriftCheckResult(
-        model_name=done["evidence"].model_name,
-        batch_id="overhead.parquet",
-        quality=done["check-quality"].summary,
-        dataset_drift=drift.dataset_drift,
-        drift_share=drift.drift_share,
-        columns=reference.column_summaries(drift),
-        decision=DecisionSummary(
-            **outcome.decision.model_dump(exclude={"evidence_used"}),
-            agent_model=outcome.agent_model,
-        ),
-        ledger_id=done["record-triage"].id,
     )
 
 
@@ -176,8 +150,6 @@ def _probe(batch_path: str, repeats: int) -> dict[str, tuple[list[float], list[f
             if name == "record-triage":
                 done["evidence"] = _evidence(done)
                 done["triage"] = triage(done["evidence"], settings)
-            if name == "publish-drift-artifacts":
-                done["result"] = _result(done)
             direct, as_task = [], []
             for index in range(repeats):
                 args = arguments(done)

@@ -32,8 +32,6 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectNotFound
-from prefect.flow_runs import pause_flow_run
-from prefect.input import RunInput
 from prefect.runtime import flow_run
 from prefect.states import Completed, Crashed, Failed, State
 from prefect.transactions import transaction
@@ -46,9 +44,8 @@ from agentic_mlops.agents.canary_promotion import (
     advise,
 )
 from agentic_mlops.flows.form import Empty
-from agentic_mlops.flows.train import artifact_key
 from agentic_mlops.settings import Settings, load_settings
-from agentic_mlops.tasks import ledger, registry, rollout
+from agentic_mlops.tasks import approval, ledger, registry, reports, rollout
 from agentic_mlops.tasks.canary_judge import JudgeResult, judge, sequential_judge
 from agentic_mlops.tasks.metrics import (
     MetricsError,
@@ -58,23 +55,13 @@ from agentic_mlops.tasks.metrics import (
     metrics_source,
     with_derived_metrics,
 )
+from agentic_mlops.tasks.reports import artifact_key
 
 MAX_EXTRA_HOLDS = 2
 """Holds a person or an LLM may add beyond the policy's own limit before the flow rolls back."""
 LOCK_LEASE_SECONDS = 60
 """Lease of the promotion lock, renewed while the run lives (Prefect's shortest): a run that is
 killed frees the lock once its lease expires, and the Prefect server's repossessor sees it."""
-
-
-class CanaryApproval(RunInput):
-    """A person's answer to a paused canary."""
-
-    decision: Literal["approve", "reject", "extend"] = Field(
-        default="reject",
-        description="approve: go on (more traffic, or promote at the last step); reject: roll "
-        "back now; extend: stay at this weight and analyse again.",
-    )
-    comment: str = Field(default="", description="Why, for the decision ledger.")
 
 
 class CanaryStep(BaseModel):
@@ -201,24 +188,37 @@ def record_decision(
 
 
 def ask_person(
-    evidence: CanaryEvidence, outcome: PromotionOutcome, timeout: int, settings: Settings
-) -> CanaryApproval:
-    """Pause for a person's answer; no answer in time is a rejection (rollback)."""
-    logger = get_run_logger()
-    description = evidence_markdown(evidence, outcome) + (
-        "\n**approve** to go on, **reject** to roll back, **extend** to keep analysing. "
-        f"No answer within {timeout} s rolls back."
+    evidence: CanaryEvidence,
+    outcome: PromotionOutcome,
+    entry: ledger.LedgerEntry,
+    timeout: int,
+    settings: Settings,
+) -> approval.CanaryApproval:
+    """Pause for a person's answer, recorded as their own decision; no answer in time is a
+    rollback."""
+    key = artifact_key(evidence.model_name, "canary")
+    description = (
+        evidence_markdown(evidence, outcome)
+        + "\nEvidence: "
+        + reports.artifact_link(f"{key}-judge", "judge table")
+        + " · "
+        + reports.mlflow_version_link(evidence.model_name, evidence.challenger_version, settings)
+        + f"  \nLedger entry: `{entry.id}`\n\n"
+        "**approve** to go on, **reject** to roll back, **extend** to keep analysing.\n\n"
+        + approval.deadline_line(timeout, "the canary rolls back")
     )
-    try:
-        return pause_flow_run(
-            wait_for_input=CanaryApproval.with_initial_data(description=description),
-            timeout=timeout,
-            poll_interval=max(1, int(settings.canary_poll_seconds)),
-            key=f"approval-{round(evidence.weight * 100)}-{evidence.holds}",
-        )
-    except Exception as error:  # FlowPauseTimeout, or a resume without input
-        logger.warning("no approval (%s): rolling back", type(error).__name__)
-        return CanaryApproval(decision="reject", comment=f"no answer: {type(error).__name__}")
+    answer = approval.wait_for_person(
+        approval.CanaryApproval,
+        description,
+        timeout,
+        f"approval-{round(evidence.weight * 100)}-{evidence.holds}",
+        max(1, int(settings.canary_poll_seconds)),
+    )
+    if answer is None:
+        approval.record_answer(entry, "no answer", f"no answer within {timeout} s", settings)
+        return approval.CanaryApproval(decision="reject", comment=f"no answer within {timeout} s")
+    approval.record_answer(entry, answer.decision, answer.comment, settings)
+    return answer
 
 
 def approval_gate(action: str, evidence: CanaryEvidence, settings: Settings) -> str:
@@ -370,6 +370,7 @@ def canary_rollout(
                     backend.rollback()
                 else:
                     promote(name, version, champion, settings)
+                registry.tag_canary_outcome(name, version, outcome, reason, settings)
                 result = CanaryResult(
                     model_name=name,
                     version=version,
@@ -422,7 +423,10 @@ def canary_rollout(
                 key = artifact_key(name, "canary")
                 create_table_artifact(
                     key=f"{key}-judge",
-                    table=[m.model_dump() for m in evidence.judge.metrics],
+                    table=[
+                        {k: round(v, 4) if isinstance(v, float) else v for k, v in m}
+                        for m in evidence.judge.metrics
+                    ],
                     description=f"Judge of v{version} at {weight:.0%}: {evidence.judge.verdict}",
                 )
                 create_markdown_artifact(
@@ -432,10 +436,7 @@ def canary_rollout(
                     description=f"Canary v{version} at {weight:.0%}",
                 )
                 if action == "ask_human":
-                    answer = ask_person(evidence, outcome, timeout, settings)
-                    ledger.record_outcome(
-                        entry.id, {"human": answer.decision, "comment": answer.comment}, settings
-                    )
+                    answer = ask_person(evidence, outcome, entry, timeout, settings)
                     action = {
                         "approve": "increase_traffic",
                         "reject": "rollback",

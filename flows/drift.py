@@ -13,7 +13,10 @@ Runbook:
    add the batch to the sequential (CUSUM) detector and the drift history. A quarantined
    batch with no testable column still goes on to the triage, which escalates it.
 6. Ask the drift-triage agent for a decision; the guardrails bound it; record it in the ledger.
-7. Act: `retrain` runs the retrain flow (advisor, search, canary hand-over) on the clean
+   The Evidently report is logged to the champion's MLflow run and linked from the artifact.
+7. With approval mode `all`, a retrain or rollback waits for a person's answer on a form that
+   shows the decision, its evidence and the deadline; no approval means escalate.
+8. Act: `retrain` runs the retrain flow (advisor, search, canary hand-over) on the clean
    rows; `rollback` moves `champion` back to the previous champion; `escalate` emits
    `agentic-mlops.drift.escalated`.
 """
@@ -29,12 +32,11 @@ from prefect.states import Completed, Failed, State
 from agentic_mlops.agents.drift_triage import ServingEvidence, triage
 from agentic_mlops.flows.data_quality import check_quality
 from agentic_mlops.flows.form import Empty
-from agentic_mlops.flows.train import artifact_key
 from agentic_mlops.flows.tune import retrain
-from agentic_mlops.schemas import DecisionSummary, DriftCheckResult
+from agentic_mlops.schemas import DecisionSummary, DriftCheckResult, PerformanceSummary
 from agentic_mlops.settings import load_settings
+from agentic_mlops.tasks import approval, ledger, reference, reports
 from agentic_mlops.tasks import drift_actions as actions
-from agentic_mlops.tasks import ledger, reference
 from agentic_mlops.tasks.batches import load_batch
 from agentic_mlops.tasks.drift import DriftResult, detect_drift, drift_report, update_sequential
 
@@ -136,30 +138,16 @@ def drift_check(
     )
     entry = actions.record_triage(outcome, evidence, ref.version, flow_run.get_id(), settings)
 
-    taken: list[str] = []
-    retrained_version = None
-    if act and decision.action == "retrain":
-        retrain_path = quality.clean_path or current_path
-        trained = actions.start_retraining(
-            retrain,
-            {
-                "data_path": retrain_path,
-                "recent_path": current_path,
-                "triage_ledger_id": entry.id,
-                "target": target or "churn",
-            },
-            entry.id,
-            settings,
+    performance_summary = (
+        PerformanceSummary(
+            reference=performance.reference, current=performance.current, rows=performance.rows
         )
-        retrained_version = trained.get("version")
-        taken.append(f"retrain: {trained['how']} -> {trained.get('summary', '')}".strip())
-    elif act and decision.action == "rollback":
-        taken.append(actions.roll_back(model_name, entry.id, settings))
-    elif act and decision.action == "escalate":
-        taken.append(actions.escalate(model_name, batch_id, outcome, entry.id))
-
+        if performance
+        else None
+    )
     result = DriftCheckResult(
         model_name=model_name,
+        model_version=ref.version,
         batch_id=batch_id,
         quality=quality.summary,
         dataset_drift=drift.dataset_drift,
@@ -173,13 +161,49 @@ def drift_check(
             agent_model=outcome.agent_model,
             overridden_by=outcome.overridden_by,
         ),
-        actions_taken=taken,
         ledger_id=entry.id,
         quarantined=quality.quarantined,
         report_path=str(report_path) if report_path else None,
-        retrained_version=retrained_version,
+        report_link=reports.logged_file_link(
+            model_name, ref.version, report_path, "drift-reports", "Evidently report", settings
+        ),
+        performance=performance_summary,
     )
-    actions.publish_drift_artifacts(result, artifact_key(model_name), settings)
+
+    action = decision.action if act else "none"
+    if action in ("retrain", "rollback"):
+        go, why = approval.ask_before_acting(
+            entry,
+            actions.triage_markdown(result, settings),
+            settings.canary_approval_timeout_seconds,
+            settings,
+        )
+        if not go:
+            result.actions_taken.append(f"{action} not approved ({why})")
+            action = "escalate"
+    if action == "retrain":
+        retrain_path = quality.clean_path or current_path
+        trained = actions.start_retraining(
+            retrain,
+            {
+                "data_path": retrain_path,
+                "recent_path": current_path,
+                "triage_ledger_id": entry.id,
+                "target": target or "churn",
+            },
+            entry.id,
+            settings,
+        )
+        result.retrained_version = trained.get("version")
+        result.actions_taken.append(
+            f"retrain: {trained['how']} -> {trained.get('summary', '')}".strip()
+        )
+    elif action == "rollback":
+        result.actions_taken.append(actions.roll_back(model_name, entry.id, settings))
+    elif action == "escalate":
+        result.actions_taken.append(actions.escalate(model_name, batch_id, outcome, entry.id))
+
+    actions.publish_drift_artifacts(result, settings)
     if broken:
         return Completed(
             name="Quarantined",

@@ -20,34 +20,24 @@ Runbook:
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-from prefect import flow, get_run_logger, pause_flow_run
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.input import RunInput
 from prefect.states import Failed, State
 from pydantic import BaseModel, Field
 
 from agentic_mlops.flows.canary import canary_rollout
 from agentic_mlops.flows.drift import drift_check
 from agentic_mlops.flows.form import Empty
-from agentic_mlops.flows.train import artifact_key
 from agentic_mlops.flows.tune import retrain
 from agentic_mlops.schemas import DriftCheckResult
 from agentic_mlops.settings import Settings, load_settings
+from agentic_mlops.tasks import approval, ledger, registry, reports, rollout
 from agentic_mlops.tasks import drift_actions as actions
-from agentic_mlops.tasks import ledger, registry, rollout
 from agentic_mlops.tasks.drift_actions import TriageOutcome
 from agentic_mlops.tasks.lifecycle_report import decision_rows, plot_decisions
-
-
-class LifecycleApproval(RunInput):
-    """A person's answer before a retrain or rollback (approval mode `all`)."""
-
-    decision: Literal["approve", "reject"] = Field(
-        default="reject", description="approve: carry it out; reject: do nothing."
-    )
-    comment: str = Field(default="", description="Why, for the decision ledger.")
+from agentic_mlops.tasks.reports import artifact_key
 
 
 class LifecycleResult(BaseModel):
@@ -87,24 +77,6 @@ def follow_up_promotions(decision: str, settings: Settings) -> dict[str, bool]:
         ledger.record_outcome(entry.id, {"held": held, "note": note}, settings)
         judged[entry.id] = held
     return judged
-
-
-def approved(decision: str, settings: Settings, timeout: int | None) -> tuple[bool, str]:
-    """Ask a person before a retrain or rollback when every decision needs approval."""
-    if settings.approval_mode != "all":
-        return True, f"approval mode {settings.approval_mode}: no approval needed"
-    wait = timeout or settings.canary_approval_timeout_seconds
-    try:
-        answer = pause_flow_run(
-            wait_for_input=LifecycleApproval.with_initial_data(
-                description=f"The drift triage decided **{decision}**. Approve to carry it out."
-            ),
-            timeout=wait,
-            key=f"lifecycle-{decision}",
-        )
-    except Exception as error:  # FlowPauseTimeout, or a resume without input
-        return False, f"no answer ({type(error).__name__})"
-    return answer.decision == "approve", f"{answer.decision}: {answer.comment}".strip(": ")
 
 
 def _router_follows_champion(settings: Settings) -> None:
@@ -178,13 +150,15 @@ def lifecycle(
         model_name=name, batch=batch, decision=decision, ledger_id=entry_id, followed_up=followed
     )
     if decision in ("retrain", "rollback"):
-        ok, why = approved(decision, settings, approval_timeout_seconds)
+        ok, why = approval.ask_before_acting(
+            ledger.get_decision(entry_id, settings),
+            actions.triage_markdown(check, settings),
+            approval_timeout_seconds or settings.canary_approval_timeout_seconds,
+            settings,
+        )
         if not ok:
             steps.append(f"not approved: {why}")
-            ledger.record_outcome(entry_id, {"human": "reject", "comment": why}, settings)
             decision = "escalate"
-        elif settings.approval_mode == "all":
-            ledger.record_outcome(entry_id, {"human": "approve", "comment": why}, settings)
     if decision == "retrain":
         result = result.model_copy(
             update=_retrain_and_canary(
@@ -215,11 +189,16 @@ def lifecycle(
     result.aliases = registry.model_aliases(name, settings)
     result.champion = result.aliases.get(registry.CHAMPION)
     result.plot_path = str(_report(settings))
+    plot = reports.logged_file_link(
+        name, result.champion, result.plot_path, "lifecycle", "decisions plot", settings
+    )
     create_markdown_artifact(
         key=artifact_key(name, "lifecycle"),
         markdown=f"# Lifecycle turn on `{batch}`\n\n"
         + "\n".join(f"1. {step}" for step in steps)
-        + f"\n\nAliases: {result.aliases}  \nDecisions and outcomes: `{result.plot_path}`\n",
+        + f"\n\nAliases: {result.aliases}  \nDecisions and outcomes: {plot} · "
+        + reports.artifact_link(artifact_key(name, "decisions-and-outcomes"), "ledger table")
+        + f"  \nDrift check: {reports.artifact_link(artifact_key(name, 'drift-triage'))}\n",
         description=f"{name}: {decision}",
     )
     logger.info("lifecycle: %s; aliases %s", decision, result.aliases)

@@ -42,7 +42,6 @@ from agentic_mlops.agents.drift_triage import ServingEvidence
 from agentic_mlops.deployments.serving.request_log import log_folder
 from agentic_mlops.flows.drift import drift_check
 from agentic_mlops.flows.form import Empty
-from agentic_mlops.flows.train import artifact_key
 from agentic_mlops.schemas import DriftCheckResult
 from agentic_mlops.settings import Settings, load_settings
 from agentic_mlops.tasks import monitoring, reference, serving_log
@@ -53,6 +52,7 @@ from agentic_mlops.tasks.monitoring import (
     ServingWindow,
     Trend,
 )
+from agentic_mlops.tasks.reports import artifact_key
 from agentic_mlops.tasks.rollout import LocalRollout
 
 ALERT_EVENT = "agentic-mlops.monitor.alert"

@@ -16,7 +16,6 @@ Bad data ends the run in a `Failed` state named `InvalidData` with a one-line me
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any
 
 import pandas as pd
@@ -31,7 +30,8 @@ from agentic_mlops.schemas import TrainingResult
 from agentic_mlops.settings import Settings, load_settings
 from agentic_mlops.tasks.churn import Scenario
 from agentic_mlops.tasks.reference import ModelCard, store_reference
-from agentic_mlops.tasks.registry import LoggedRun, log_training_run, register_version, run_link
+from agentic_mlops.tasks.registry import LoggedRun, log_training_run, register_version
+from agentic_mlops.tasks.reports import artifact_key, mlflow_run_link
 from agentic_mlops.tasks.training import (
     Evaluation,
     Hyperparameters,
@@ -41,11 +41,6 @@ from agentic_mlops.tasks.training import (
     load_training_data,
     split_data,
 )
-
-
-def artifact_key(*parts: str) -> str:
-    """A Prefect artifact key (lowercase letters, digits and dashes) from free-form parts."""
-    return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")
 
 
 def training_summary(result: TrainingResult, link: str) -> str:
@@ -218,7 +213,9 @@ def train(
     )
     create_markdown_artifact(
         key=artifact_key(settings.model_name, "training-summary"),
-        markdown=training_summary(result, run_link(logged.run_id, logged.experiment_id)),
+        markdown=training_summary(
+            result, mlflow_run_link(logged.run_id, logged.experiment_id, settings)
+        ),
         description=f"{result.model_name} v{result.version} training summary",
     )
     logger.info("registered %s v%d as %s", result.model_name, result.version, result.aliases)

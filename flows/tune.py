@@ -48,7 +48,7 @@ from agentic_mlops.agents.tuning_advisor import (
     advise,
 )
 from agentic_mlops.flows.form import Empty
-from agentic_mlops.flows.train import artifact_key, publish_model, training_table
+from agentic_mlops.flows.train import publish_model, training_table
 from agentic_mlops.schemas import TrainingResult
 from agentic_mlops.settings import Settings, load_settings
 from agentic_mlops.tasks import ledger, registry
@@ -57,6 +57,7 @@ from agentic_mlops.tasks.churn import Scenario
 from agentic_mlops.tasks.drift_actions import deployment_exists
 from agentic_mlops.tasks.models import TuningData, family_pipeline
 from agentic_mlops.tasks.reference import score_with
+from agentic_mlops.tasks.reports import artifact_key
 from agentic_mlops.tasks.synthesis import Segment, Synthesis, find_segments
 from agentic_mlops.tasks.synthesis import synthesize as synthesize_rows
 from agentic_mlops.tasks.training import (

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import task
-from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
@@ -22,7 +22,7 @@ from prefect.exceptions import ObjectNotFound
 from agentic_mlops.agents.drift_triage import TriageEvidence, TriageOutcome
 from agentic_mlops.schemas import DriftCheckResult
 from agentic_mlops.settings import Settings, load_settings
-from agentic_mlops.tasks import ledger, registry
+from agentic_mlops.tasks import ledger, registry, reports
 
 ESCALATED_EVENT = "agentic-mlops.drift.escalated"
 RETRAIN_REQUESTED_EVENT = "agentic-mlops.retrain.requested"
@@ -155,61 +155,94 @@ def escalate(model_name: str, batch_id: str, outcome: TriageOutcome, ledger_id: 
     return f"escalate: emitted {ESCALATED_EVENT}"
 
 
+def triage_markdown(result: DriftCheckResult, settings: Settings, top: int = 5) -> str:
+    """The decision and the evidence that mattered, with links: for the triage artifact and
+    for the approval form."""
+    decision = result.decision
+    drifted = sorted(
+        ((n, c) for n, c in result.columns.items() if c.drifted), key=lambda item: -item[1].score
+    )
+    lines = [
+        f"## Drift triage of `{result.batch_id}`: **{decision.action}**",
+        f"{result.model_name} champion v{result.model_version}; decided by "
+        f"`{decision.agent_model}`, confidence {decision.confidence:.2f}, severity "
+        f"{decision.severity}.",
+        "",
+        f"> {decision.rationale}",
+        "",
+        f"Guardrail: {decision.overridden_by or 'none'}  ",
+        f"Drift share {result.drift_share:.2f} of {len(result.columns)} columns; dataset drift "
+        f"{result.dataset_drift}; sequential alarm {result.sequential_alarm}; prediction drift "
+        f"{result.prediction_drift}  ",
+        "Quality: "
+        + ("passed" if result.quality.passed else f"{len(result.quality.failures)} failures")
+        + (f"; batch moved to `{result.quarantined}`" if result.quarantined else ""),
+    ]
+    if result.performance:
+        p = result.performance
+        lines.append(
+            f"Performance on the batch's labels: {p.metric} {p.current:.3f} vs "
+            f"{p.reference:.3f} at training ({p.rows} rows)"
+        )
+    if drifted:
+        lines += ["", f"Top drifted features ({len(drifted)} in all):", ""]
+        lines += ["| column | test | score |", "|---|---|---|"]
+        lines += [f"| {n} | {c.test} | {c.score:.4f} |" for n, c in drifted[:top]]
+    links = [reports.artifact_link(reports.artifact_key(result.model_name, "drift-triage"))]
+    if result.report_link:
+        links.append(result.report_link)
+    if result.model_version is not None:
+        links.append(reports.mlflow_version_link(result.model_name, result.model_version, settings))
+    lines += ["", "Evidence: " + " · ".join(links), f"Ledger entry: `{result.ledger_id}`"]
+    return "\n".join(lines)
+
+
 def ledger_markdown(entries: list[ledger.LedgerEntry]) -> str:
+    """The latest decisions, newest first, outcome beside each: who decided, what it did."""
+    from agentic_mlops.tasks.lifecycle_report import summary, verdict
+
     rows = "\n".join(
-        f"| {e.created_at} | {e.decision_point} | "
+        f"| {e.created_at[5:16].replace('T', ' ')} | {e.decision_point} | "
         f"{'' if e.model_version is None else f'v{e.model_version}'} | **{e.action}** | "
-        f"{e.severity or ''} | {'' if e.confidence is None else f'{e.confidence:.2f}'} | "
-        f"{e.agent_model} | "
-        f"{'yes' if e.overridden_by else ''} | {'yes' if e.outcome else ''} |"
+        f"{({'good': 'right', 'bad': 'wrong'}).get(verdict(e), 'pending')} "
+        f"{summary(e)[:60]} | "
+        f"{'' if e.confidence is None else f'{e.confidence:.2f}'} | {e.agent_model} | "
+        f"{'yes' if e.overridden_by else ''} |"
         for e in entries
     )
     return (
-        "# Decision ledger\n\n| time | decision point | model | action | severity | "
-        "confidence | decided by | guardrail | outcome |\n|---|---|---|---|---|---|---|---|---|\n"
+        "# Decision ledger\n\n| time (UTC) | decision point | model | action | outcome | "
+        "confidence | decided by | guardrail |\n|---|---|---|---|---|---|---|---|\n"
         f"{rows}\n"
     )
 
 
-@task(name="publish-drift-artifacts", cache_policy=NO_CACHE)
-def publish_drift_artifacts(
-    result: DriftCheckResult, key_prefix: str, settings: Settings | None = None
-) -> None:
-    """Per-column table, decision summary, report link and the ledger, as keyed artifacts."""
-    settings = settings or load_settings()
+def publish_drift_artifacts(result: DriftCheckResult, settings: Settings) -> None:
+    """Per-column table (drifted first), the triage with its evidence and links, and the
+    ledger, as keyed artifacts of the flow run (called from the flow, not a task)."""
+    key_prefix = reports.artifact_key(result.model_name)
+    columns = sorted(result.columns.items(), key=lambda item: (not item[1].drifted, -item[1].score))
     create_table_artifact(
         key=f"{key_prefix}-drift-columns",
-        table=[{"column": name, **column.model_dump()} for name, column in result.columns.items()],
-        description=f"Per-column drift of batch {result.batch_id}",
+        table=[
+            {"column": n, "drifted": c.drifted, "test": c.test, "score": round(c.score, 4)}
+            for n, c in columns
+        ],
+        description=f"Per-column drift of batch {result.batch_id}, drifted first",
     )
-    decision = result.decision
     failures = "\n".join(f"- {f}" for f in result.quality.failures) or "- none"
     create_markdown_artifact(
         key=f"{key_prefix}-drift-triage",
         markdown=(
-            f"# Drift check of `{result.batch_id}`\n\n"
-            f"**Decision: {decision.action}** ({decision.severity}, confidence "
-            f"{decision.confidence:.2f}, by `{decision.agent_model}`)\n\n{decision.rationale}\n\n"
-            f"Guardrail: {decision.overridden_by or 'none'}  \n"
-            f"Drift share {result.drift_share:.2f}, dataset drift {result.dataset_drift}, "
-            f"sequential alarm {result.sequential_alarm}  \n"
-            f"Drifted features: {', '.join(decision.drifted_features) or 'none'}  \n"
-            f"Actions: {'; '.join(result.actions_taken) or 'none'}  \n"
-            f"Quarantined: {result.quarantined or 'no'}  \nLedger entry: `{result.ledger_id}`\n\n"
+            f"# Drift check\n\n{triage_markdown(result, settings)}\n\n"
+            f"Actions: {'; '.join(result.actions_taken) or 'none'}\n\n"
             f"## Quality failures\n{failures}\n"
         ),
-        description=f"Triage of batch {result.batch_id}",
+        description=f"Triage of batch {result.batch_id}: {result.decision.action}",
     )
-    if result.report_path:
-        create_link_artifact(
-            key=f"{key_prefix}-drift-report",
-            link=f"file://{result.report_path}",
-            link_text="Evidently data drift report",
-            description=f"Evidently HTML report of batch {result.batch_id}",
-        )
     entries = ledger.list_decisions(result.model_name, limit=20, settings=settings)
     create_markdown_artifact(
         key=f"{key_prefix}-decision-ledger",
         markdown=ledger_markdown(entries),
-        description="The latest decisions and whether their outcome is known",
+        description="The latest decisions, who made them, and their outcomes",
     )

@@ -32,9 +32,7 @@ def verdict(entry: ledger.LedgerEntry) -> str | None:
         return "good" if outcome["beat_champion"] else "bad"
     if "aliases_after" in outcome:
         return "good"
-    if outcome.get("human") == "reject":
-        return "bad"
-    return None
+    return None  # a person's rejection is their decision (its own entry), not a verdict
 
 
 def summary(entry: ledger.LedgerEntry) -> str:
@@ -63,15 +61,15 @@ def decision_rows(
     entries = ledger.list_decisions(settings.model_name, limit=limit, settings=settings)
     return [
         {
-            "time": entry.created_at,
+            "time (UTC)": entry.created_at[5:19].replace("T", " "),
             "decision point": entry.decision_point,
-            "version": entry.model_version,
             "action": entry.action,
-            "confidence": entry.confidence,
-            "decided by": entry.agent_model,
-            "guardrail": entry.overridden_by or "",
             "outcome": {"good": "right", "bad": "wrong", None: "pending"}[verdict(entry)],
             "what happened": summary(entry),
+            "decided by": entry.agent_model,
+            "confidence": None if entry.confidence is None else round(entry.confidence, 2),
+            "version": entry.model_version,
+            "guardrail": (entry.overridden_by or "")[:80],
         }
         for entry in reversed(entries)
     ]

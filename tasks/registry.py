@@ -265,7 +265,7 @@ def log_training_run(
         ]
         for _, extra, _ in extras_in:
             extra.schema  # noqa: B018 - computed inside the filter, as above
-    run_tags = {"mlflow.parentRunId": parent_run_id} if parent_run_id else None
+    run_tags = prefect_run_tags() | ({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=run_tags) as run:
         run_id = run.info.run_id
         mlflow_client.log_batch(
@@ -361,16 +361,6 @@ def model_aliases(name: str, settings: Settings | None = None) -> dict[str, int]
     return {alias: int(version) for alias, version in sorted(model.aliases.items())}
 
 
-def run_link(run_id: str, experiment_id: str, settings: Settings | None = None) -> str:
-    """Where a person finds the run: its MLflow UI address, or the `mlflow ui` path."""
-    settings = settings or load_settings()
-    uri = settings.tracking_uri()
-    if uri.startswith("http"):
-        return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
-    page = f"#/experiments/{experiment_id}/runs/{run_id}"
-    return f"{page} (open with `mlflow ui --backend-store-uri {uri}`)"
-
-
 @dataclass(frozen=True)
 class AliasMove:
     """What an alias move did, so it can be undone: every alias touched and where it was."""
@@ -451,6 +441,61 @@ def reference_dir(name: str, version: int, settings: Settings | None = None) -> 
 
 def version_run_id(name: str, version: int, settings: Settings | None = None) -> str:
     return client(settings).get_model_version(name, str(version)).run_id
+
+
+def prefect_run_tags() -> dict[str, str]:
+    """Tags that lead from an MLflow run back to the Prefect flow run that made it."""
+    from prefect.runtime import flow_run
+
+    run_id = flow_run.get_id()
+    return (
+        {"prefect.flow_run_id": str(run_id), "prefect.flow_name": flow_run.flow_name}
+        if run_id
+        else {}
+    )
+
+
+@dataclass(frozen=True)
+class LoggedFile:
+    """A file logged to a model version's MLflow run."""
+
+    run_id: str
+    experiment_id: str
+    path: str
+
+
+def log_version_file(
+    name: str, version: int, file: Path, folder: str, settings: Settings | None = None
+) -> LoggedFile:
+    """Log a file about a version (a drift report, the decisions plot) to its MLflow run."""
+    mlflow_client = client(settings)
+    run_id = version_run_id(name, version, settings)
+    mlflow_client.log_artifact(run_id, str(file), folder)
+    experiment_id = mlflow_client.get_run(run_id).info.experiment_id
+    return LoggedFile(run_id, experiment_id, f"{folder}/{Path(file).name}")
+
+
+def tag_canary_outcome(
+    name: str, version: int, outcome: str, reason: str, settings: Settings | None = None
+) -> bool:
+    """Mark a version with how its canary ended (`promoted`, `rolled_back`), in its tags and
+    its description, so the registry itself says why a version is or is not serving.
+
+    Best effort: the rollout's result stands when MLflow cannot take the tag (False).
+    """
+    reason = reason[:500]
+    try:
+        mlflow_client = client(settings)
+        mlflow_client.set_model_version_tag(name, str(version), "agentic_mlops.canary", outcome)
+        mlflow_client.set_model_version_tag(
+            name, str(version), "agentic_mlops.canary_reason", reason
+        )
+        mlflow_client.update_model_version(
+            name, str(version), description=f"canary {outcome}: {reason}"
+        )
+    except Exception:  # an unreachable tracking server: the outcome is in the ledger anyway
+        return False
+    return True
 
 
 def log_reference(name: str, version: int, settings: Settings | None = None) -> None:

@@ -530,7 +530,7 @@ def past_runs(settings: Settings | None = None, limit: int = 200) -> list[dict[s
 
 def start_search_run(space: SearchSpace, settings: Settings, run_name: str) -> tuple[str, str]:
     """Open the MLflow parent run a search's trials become children of: (run id, experiment)."""
-    from agentic_mlops.tasks.registry import client, ensure_experiment
+    from agentic_mlops.tasks.registry import client, ensure_experiment, prefect_run_tags
 
     experiment_id = ensure_experiment(settings)
     mlflow_client = client(settings)
@@ -540,6 +540,7 @@ def start_search_run(space: SearchSpace, settings: Settings, run_name: str) -> t
         tags={
             "agentic_mlops.model_name": settings.model_name,
             "agentic_mlops.kind": "tuning-search",
+            **prefect_run_tags(),
         },
     )
     mlflow_client.log_batch(

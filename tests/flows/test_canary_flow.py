@@ -139,7 +139,13 @@ def test_a_slightly_slower_canary_waits_for_a_person_who_approves_it(serving_hom
     assert result.outcome == "promoted" and traffic.counts.failed == 0
     entry = ledger.get_decision(result.steps[0].ledger_id, serving_home)
     assert entry.action == "ask_human"
-    assert entry.outcome == {"human": "approve", "comment": "latency is fine"}
+    assert entry.outcome["human"] == "approve"
+    person = ledger.get_decision(entry.outcome["human_decision_id"], serving_home)
+    assert (person.agent_model, person.action, person.rationale) == (
+        "person",
+        "approve",
+        "latency is fine",
+    )
 
 
 def test_mlflow_unreachable_during_promotion_changes_nothing(serving_home, monkeypatch):

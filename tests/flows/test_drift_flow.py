@@ -116,6 +116,9 @@ def test_retrain_decision_registers_a_new_challenger_and_records_the_outcome(cha
     assert entry.outcome["challenger_version"] == 2
     assert artifacts_by_key("churn-drift-columns")
     assert "retrain" in artifacts_by_key("churn-decision-ledger")[0]["data"]
+    assert not ledger.list_decisions(
+        "churn", decision_point="human_approval", settings=champion_home
+    )
 
 
 def test_rollback_decision_moves_the_champion_back(champion_home):
@@ -221,3 +224,50 @@ def test_standalone_data_quality_flow(champion_home):
     bad_suite = write_table(generate_churn(10), champion_home.home / "not-a-suite.csv")
     state = data_quality(current_path=str(good), suite_path=str(bad_suite), return_state=True)
     assert state.is_failed() and state.name == "InvalidData"
+
+
+def answer_paused_runs(decision: str, seen: dict, seconds: float = 240) -> None:
+    """A person: read the form of the first paused run, then answer it."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.sorting import FlowRunSort
+    from prefect.flow_runs import resume_flow_run
+    from prefect.input.run_input import keyset_from_paused_state, read_flow_run_input
+
+    deadline = time.monotonic() + seconds
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline and not seen:
+            for run in client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=20):
+                if run.state and run.state.is_paused():
+                    keyset = keyset_from_paused_state(run.state)
+                    seen["description"] = read_flow_run_input(keyset["description"], run.id)
+                    seen["schema"] = read_flow_run_input(keyset["schema"], run.id)
+                    resume_flow_run(run.id, run_input={"decision": decision, "comment": "not now"})
+                    return
+            time.sleep(0.5)
+
+
+def test_approval_mode_all_stops_the_drift_check_before_it_acts(champion_home, monkeypatch):
+    import threading
+
+    monkeypatch.setenv("AGENTIC_MLOPS_APPROVAL_MODE", "all")
+    seen: dict = {}
+    person = threading.Thread(target=answer_paused_runs, args=("reject", seen), daemon=True)
+    person.start()
+    result = check(batch(champion_home, "covariate"), act=True)
+    person.join(timeout=5)
+
+    assert result.decision.action == "retrain" and result.retrained_version is None
+    assert any("not approved" in a for a in result.actions_taken)
+    assert any(a.startswith("escalate") for a in result.actions_taken)
+    assert registry.model_aliases("churn", champion_home) == {"challenger": 1, "champion": 1}
+    form = seen["description"]
+    assert result.decision.rationale in form and "Answer by" in form and "UTC" in form
+    assert "monthly_charges" in form and "confidence" in form
+    assert "decision" in seen["schema"]["required"]
+    entry = ledger.get_decision(result.ledger_id, champion_home)
+    assert entry.outcome["human"] == "reject"
+    person_entry = ledger.get_decision(entry.outcome["human_decision_id"], champion_home)
+    assert person_entry.agent_model == "person" and person_entry.action == "reject"
+    assert person_entry.rationale == "not now"

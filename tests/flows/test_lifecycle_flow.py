@@ -58,7 +58,14 @@ def test_approval_mode_all_waits_and_no_answer_escalates(champion_home, monkeypa
     assert result.retrained_version is None
     assert registry.model_aliases("churn", champion_home)["challenger"] == 1
     entry = ledger.get_decision(result.ledger_id, champion_home)
-    assert entry.outcome["human"] == "reject" and verdict(entry) == "bad"
+    assert entry.outcome["human"] == "no answer" and verdict(entry) is None
+    person = ledger.get_decision(entry.outcome["human_decision_id"], champion_home)
+    assert (person.decision_point, person.agent_model, person.action) == (
+        "human_approval",
+        "person",
+        "no answer",
+    )
+    assert person.evidence == {"asked_about": entry.id, "agent_action": "retrain"}
 
 
 @pytest.mark.slow
