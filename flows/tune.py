@@ -51,7 +51,7 @@ from agentic_mlops.flows.form import Empty
 from agentic_mlops.flows.train import publish_model, training_table
 from agentic_mlops.schemas import TrainingResult
 from agentic_mlops.settings import Settings, load_settings
-from agentic_mlops.tasks import ledger, registry
+from agentic_mlops.tasks import ledger, registry, reports
 from agentic_mlops.tasks.batches import DataError, read_data, write_table
 from agentic_mlops.tasks.churn import Scenario
 from agentic_mlops.tasks.drift_actions import deployment_exists
@@ -218,7 +218,8 @@ def hand_over_to_canary(
             idempotency_key=f"canary-{settings.model_name}-v{version}-{ledger_id}",
             timeout=0,
         )
-        return f"deployment {CANARY_DEPLOYMENT}: flow run {run.id}", str(run.id)
+        link = reports.prefect_link("flow-run", run.id, f"flow run {run.name}")
+        return f"deployment {CANARY_DEPLOYMENT}: {link}", str(run.id)
     if how == "subflow":
         from agentic_mlops.flows.canary import canary_rollout
 
@@ -480,7 +481,20 @@ def retrain(
     )
     create_table_artifact(
         key=f"{key}-retrain-trials",
-        table=[t.model_dump(mode="json") for t in found.trials],
+        table=[
+            {
+                "family": t.family,
+                "validation ROC AUC": None if t.roc_auc is None else round(t.roc_auc, 4),
+                "steps": t.steps,
+                "stopped early": t.stopped_early,
+                "parameters": ", ".join(
+                    f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in t.params.items()
+                    if k != "family"
+                ),
+            }
+            for t in sorted(found.trials, key=lambda t: -(t.roc_auc or 0))
+        ],
         description="Every trial of the latest retraining search",
     )
     return RetrainResult(

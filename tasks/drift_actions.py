@@ -105,7 +105,8 @@ def start_retraining(
             timeout=0,
         )
         ledger.record_outcome(ledger_id, {"retrain_flow_run": str(run.id)}, settings)
-        return {"how": "deployment", "flow_run_id": str(run.id), "summary": str(run.id)}
+        link = reports.prefect_link("flow-run", run.id, f"flow run {run.name}")
+        return {"how": "deployment", "flow_run_id": str(run.id), "summary": link}
     state = retrain_flow(**parameters, return_state=True)
     if state.is_failed():
         ledger.record_outcome(ledger_id, {"retrain_failed": state.message}, settings)
