@@ -231,10 +231,14 @@ def test_the_router_drops_no_request_while_weights_change_and_the_canary_is_remo
     backend, url = start_serving(serving_home)
     backend.deploy(2)
     weights = [0.05, 0.25, 0.5, 1.0, 0.25, 0.0, 0.5]
-    with customer_traffic(url, rate=200, limit=4_000, seconds=30) as traffic:
-        for weight in weights * 2:
-            backend.set_weight(weight)
-            time.sleep(0.3)
+    with customer_traffic(url, rate=200, limit=4_000, seconds=60) as traffic:
+        cycles, deadline = 0, time.monotonic() + 40
+        # at least two cycles, and until enough requests crossed them on a loaded machine
+        while cycles < 2 or (traffic.counts.sent <= 200 and time.monotonic() < deadline):
+            for weight in weights:
+                backend.set_weight(weight)
+                time.sleep(0.3)
+            cycles += 1
         backend.rollback()
         time.sleep(1.0)
     assert traffic.counts.sent > 200 and traffic.counts.failed == 0
