@@ -329,7 +329,12 @@ def failed_rollout(
     return Failed(name=name, message=" ".join(message.split()))
 
 
-@flow(name="canary-rollout", log_prints=True)
+@flow(
+    name="canary-rollout",
+    log_prints=True,
+    on_cancellation=[rollout.roll_back_interrupted_run],
+    on_crashed=[rollout.roll_back_interrupted_run],
+)
 def canary_rollout(params: CanaryParameters = CanaryParameters()) -> CanaryResult | State:
     """Roll a challenger out step by step; promote it or roll it back."""
     settings = load_settings()
