@@ -192,3 +192,23 @@ def test_a_retrain_with_nothing_serving_registers_the_challenger_and_starts_no_c
     assert not ledger.list_decisions(
         "churn", decision_point="canary_promotion", settings=serving_home
     )
+
+
+def test_a_lifecycle_retrain_with_nothing_serving_starts_no_canary(serving_home):  # noqa: F811
+    from agentic_mlops.flows.lifecycle import LifecycleParameters, lifecycle
+    from tests.flows.test_lifecycle_flow import window
+
+    result = lifecycle(
+        LifecycleParameters(
+            batch_path=window(serving_home, "gradual", 32),
+            retrain_max_trials=2,
+            retrain_time_budget_seconds=60,
+            require_improvement=False,
+        )
+    )
+    assert result.decision == "retrain" and result.retrained_version == 3
+    assert result.canary is None
+    assert result.aliases == {"champion": 1, "challenger": 3}
+    assert any(s.startswith("no canary: nothing is serving") for s in result.steps), result.steps
+    assert ledger.get_decision(result.ledger_id, serving_home).outcome["canary"] == "not started"
+    assert rollout.serving_status(serving_home) == []
