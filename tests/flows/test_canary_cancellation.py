@@ -1,10 +1,11 @@
-"""A canary cancelled mid-rollout as a user does it, and a retrain with nothing serving.
+"""A canary cancelled mid-rollout as a user does it (or whose process dies), and a retrain
+with nothing serving.
 
-The cancelled canary is the `canary-rollout/canary` deployment of prefect.yaml, run by a real
-process worker: `prefect flow-run cancel` makes the worker stop the run's process and then
-run the flow's `on_cancellation` hook, which must leave every user on the champion and no
-challenger server behind. (A flow called in this process is not interrupted by a cancel: only
-a worker or runner delivers it.)
+The interrupted canary is the `canary-rollout/canary` deployment of prefect.yaml, run by a
+real process worker: `prefect flow-run cancel` makes the worker stop the run's process and
+then run the flow's `on_cancellation` hook (a process killed outright: `on_crashed`), which
+must leave every user on the champion and no challenger server behind. (A flow called in
+this process is not interrupted by a cancel: only a worker or runner delivers it.)
 """
 
 import contextlib
@@ -63,9 +64,11 @@ def canary_has_traffic(backend: LocalRollout) -> bool:
 
 
 @pytest.mark.slow
-def test_a_canary_cancelled_mid_rollout_leaves_all_traffic_on_the_champion(
+@pytest.mark.parametrize("how", ["cancelled", "crashed"])
+def test_a_canary_interrupted_mid_rollout_leaves_all_traffic_on_the_champion(
     serving_home,  # noqa: F811
     tmp_path,
+    how,
 ):
     env = {
         **os.environ,
@@ -106,26 +109,31 @@ def test_a_canary_cancelled_mid_rollout_leaves_all_traffic_on_the_champion(
             wait_for(lambda: canary_has_traffic(backend), 300, "the canary got no traffic")
             challenger = backend.record().servers["2"].pid
             with get_client(sync_client=True) as client:
-                assert client.read_flow_run(run.id).state.is_running()
-            prefect_cli("flow-run", "cancel", str(run.id), env=env)
+                running = client.read_flow_run(run.id)
+            assert running.state.is_running()
+            if how == "cancelled":  # as a user does
+                prefect_cli("flow-run", "cancel", str(run.id), env=env)
+            else:  # the run's process dies (its own process group, as the worker starts it)
+                os.killpg(int(running.infrastructure_pid.rsplit(":", 1)[-1]), signal.SIGKILL)
 
             def final_state():
                 with get_client(sync_client=True) as client:
                     state = client.read_flow_run(run.id).state
                 return state if state is not None and state.is_final() else None
 
-            state = wait_for(final_state, 180, "the cancelled run did not end")
-            wait_for(  # the worker ran the hook before it set the state
+            state = wait_for(final_state, 180, f"the {how} run did not end")
+            wait_for(  # a cancel's hook runs before the state is set, a crash's after it;
+                # the worker first imports the flow to find its hooks (half a minute here)
                 lambda: "ledger entries told" in worker_log.read_text(errors="replace"),
-                30,
-                "the on_cancellation hook did not finish",
+                150,
+                "the hook did not finish",
             )
             time.sleep(1.0)  # requests sent after the hook are served by the champion alone
             sent_after = traffic.counts.variants.get("canary", 0)
             time.sleep(2.0)
         log_text = worker_log.read_text(errors="replace")
-        assert state.is_cancelled(), state
-        assert "the run was cancelled: canary v2 at 5% removed; all traffic on v1" in log_text
+        assert state.is_cancelled() if how == "cancelled" else state.is_crashed(), state
+        assert f"the run was {how}: canary v2 at 5% removed; all traffic on v1" in log_text
         assert "ledger entries told: none (no decision yet)" in log_text
         router = backend.router_state()
         assert router.baseline.version == 1 and router.canary is None and router.weight == 0
