@@ -391,6 +391,54 @@ def canary(
     console.print(f"{result.reason}; champion is v{result.champion}", highlight=False)
 
 
+serving = typer.Typer(help="The local serving processes: list them, stop them.")
+app.add_typer(serving, name="serving")
+
+
+@serving.command("status")
+def serving_status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the list as JSON.")] = False,
+) -> None:
+    """List every serving process recorded under the home: router and model servers."""
+    from agentic_mlops.tasks.rollout import serving_status as recorded
+
+    processes = recorded(load_settings())
+    if as_json:
+        console.print_json(json.dumps([p.model_dump(mode="json") for p in processes]))
+        return
+    if not processes:
+        console.print("nothing is serving (no process recorded)", highlight=False)
+        return
+    table = Table(title="Serving processes")
+    for column in ("role", "pid", "port", "version", "variant", "weight", "status"):
+        table.add_column(column)
+    for process in processes:
+        table.add_row(
+            process.role,
+            str(process.pid),
+            str(process.port),
+            "" if process.version is None else f"v{process.version}",
+            process.variant or "",
+            "" if process.weight is None else f"{process.weight:.0%}",
+            process.status,
+        )
+    console.print(table)
+
+
+@serving.command("stop")
+def serving_stop() -> None:
+    """Stop every serving process recorded under the home and clean the records."""
+    from agentic_mlops.tasks.rollout import stop_serving
+
+    stopped = stop_serving(load_settings())
+    if not stopped:
+        console.print("nothing was serving", highlight=False)
+    for process in stopped:
+        what = process.role + ("" if process.version is None else f" v{process.version}")
+        done = "stopped" if process.status == "alive" else "already gone (record removed)"
+        console.print(f"{what} (pid {process.pid}, port {process.port}): {done}", highlight=False)
+
+
 k8s = typer.Typer(help="Kubernetes: render the serving manifests for review or GitOps.")
 app.add_typer(k8s, name="k8s")
 

@@ -310,7 +310,12 @@ def failed_rollout(
     return Failed(name=name, message=" ".join(message.split()))
 
 
-@flow(name="canary-rollout", log_prints=True)
+@flow(
+    name="canary-rollout",
+    log_prints=True,
+    on_cancellation=[rollout.roll_back_interrupted_run],
+    on_crashed=[rollout.roll_back_interrupted_run],
+)
 def canary_rollout(
     version: Annotated[int, Field(ge=1)] | Empty = None,
     steps: list[int] | Empty = None,

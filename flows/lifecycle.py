@@ -87,7 +87,12 @@ def _router_follows_champion(settings: Settings) -> None:
         backend.set_baseline(champion)
 
 
-@flow(name="lifecycle", log_prints=True)
+@flow(
+    name="lifecycle",
+    log_prints=True,
+    on_cancellation=[rollout.roll_back_interrupted_run],
+    on_crashed=[rollout.roll_back_interrupted_run],
+)
 def lifecycle(
     batch_path: str | Empty = None,
     window_since: float | Empty = None,
@@ -249,6 +254,11 @@ def _retrain_and_canary(
     }
     if require_improvement and not comparison.beats_champion:
         steps.append("no canary: the challenger did not beat the champion on the holdout")
+        return {**update, "steps": steps}
+    nothing_serves = rollout.why_no_canary(settings)
+    if nothing_serves:
+        steps.append(f"no canary: {nothing_serves}; v{version} stays the challenger")
+        ledger.record_outcome(entry_id, {"canary": "not started", "why": nothing_serves}, settings)
         return {**update, "steps": steps}
     canary_state = canary_rollout(
         version=version,

@@ -16,7 +16,8 @@ Runbook:
    champion on the same holdout.
 7. Log and register the refit as `challenger` (a child of the search run, with the
    synthetic rows as a separate dataset), store its reference, record the outcome.
-8. Hand the challenger to the canary rollout: the `canary-rollout/canary` deployment, an
+8. Hand the challenger to the canary rollout, only when a model serves (else say why no
+   canary ran): the `canary-rollout/canary` deployment, an
    `agentic-mlops.canary.requested` event, or an in-process subflow.
 """
 
@@ -51,7 +52,7 @@ from agentic_mlops.flows.form import Empty
 from agentic_mlops.flows.train import publish_model, training_table
 from agentic_mlops.schemas import TrainingResult
 from agentic_mlops.settings import Settings, load_settings
-from agentic_mlops.tasks import ledger, registry, reports
+from agentic_mlops.tasks import ledger, registry, reports, rollout
 from agentic_mlops.tasks.batches import DataError, read_data, write_table
 from agentic_mlops.tasks.churn import Scenario
 from agentic_mlops.tasks.drift_actions import deployment_exists
@@ -208,6 +209,9 @@ def hand_over_to_canary(
     """Start the canary rollout of the challenger; say how, and the flow run if one started."""
     if how == "none":
         return "none: not handed over", None
+    nothing_serves = rollout.why_no_canary(settings)
+    if nothing_serves:  # a canary would judge no traffic, then leave its processes running
+        return f"none: no canary ran, {nothing_serves}; v{version} is the challenger", None
     deployed = deployment_exists(CANARY_DEPLOYMENT)
     if how == "deployment" or (how == "auto" and deployed):
         if not deployed:
@@ -472,11 +476,13 @@ def retrain(
     else:
         handed, _ = hand_over_to_canary(hand_over, trained.version, settings, advice_entry.id)
     logger.info("hand-over: %s", handed)
+    for entry_id in filter(None, (advice_entry.id, triage_ledger_id)):
+        ledger.record_outcome(entry_id, {"hand_over": handed}, settings)
 
     key = artifact_key(settings.model_name)
     create_markdown_artifact(
         key=f"{key}-retrain-search",
-        markdown=search_markdown(found, comparison, len(synthetic)),
+        markdown=search_markdown(found, comparison, len(synthetic)) + f"\nHand-over: {handed}\n",
         description=f"Search behind {trained.model_name} v{trained.version}",
     )
     create_table_artifact(

@@ -11,6 +11,7 @@ back when there is no canary changes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import signal
@@ -20,7 +21,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import httpx
 from prefect import task
@@ -30,6 +31,9 @@ from pydantic import BaseModel, Field
 from agentic_mlops.deployments.kubernetes import manifests as k8s
 from agentic_mlops.deployments.serving.router import Backend, RouterState
 from agentic_mlops.settings import Settings, load_settings
+
+READY, LIVE = "/healthz", "/livez"
+"""A server's readiness check (the router: a model serves) and the router's liveness check."""
 
 
 class ServingError(RuntimeError):
@@ -99,6 +103,20 @@ def alive(pid: int) -> bool:
     return True
 
 
+def runs_ours(served: ServedProcess) -> bool:
+    """Whether a recorded pid still runs one of our serving processes, not a process that
+    was given the same pid after ours ended (where `/proc` exists to tell)."""
+    if not alive(served.pid):
+        return False
+    try:
+        command = Path(f"/proc/{served.pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc here: trust the pid
+        return True
+    return b"agentic_mlops.deployments.serving" in command
+
+
 class LocalRollout:
     """The router and model servers as local processes on loopback."""
 
@@ -132,30 +150,32 @@ class LocalRollout:
             )
         return process.pid
 
-    def _wait_healthy(self, served: ServedProcess, what: str) -> None:
+    def _wait_healthy(self, served: ServedProcess, what: str, check: str = READY) -> None:
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if not alive(served.pid):
                 tail = Path(served.log).read_text(errors="replace")[-800:]
                 raise ServingError(f"{what} exited while starting; its log ends:\n{tail}")
             try:
-                if httpx.get(f"{served.url}/healthz", timeout=1.0).status_code == 200:
+                if httpx.get(f"{served.url}{check}", timeout=1.0).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
         self._stop(served)
-        raise ServingError(f"{what} did not answer /healthz within {self.startup_timeout:.0f} s")
+        raise ServingError(f"{what} did not answer {check} within {self.startup_timeout:.0f} s")
 
-    def _healthy(self, served: ServedProcess | None) -> bool:
+    def _healthy(self, served: ServedProcess | None, check: str = READY) -> bool:
         if served is None or not alive(served.pid):
             return False
         try:
-            return httpx.get(f"{served.url}/healthz", timeout=1.0).status_code == 200
+            return httpx.get(f"{served.url}{check}", timeout=1.0).status_code == 200
         except httpx.HTTPError:
             return False
 
     def _stop(self, served: ServedProcess, grace: float = 10.0) -> None:
+        if not runs_ours(served):  # ended already, or its pid now belongs to someone else
+            return
         try:
             os.killpg(served.pid, signal.SIGTERM)
         except OSError:
@@ -169,7 +189,7 @@ class LocalRollout:
     def start_router(self, port: int | None = None) -> str:
         """Start the router (or find the running one) and return its address."""
         record = self.record()
-        if self._healthy(record.router):
+        if self.router_alive():
             return record.router.url
         port = port or free_port()
         log = self.folder / "router.log"
@@ -180,8 +200,12 @@ class LocalRollout:
         )
         record.router = ServedProcess(pid=pid, port=port, log=str(log))
         self._save(record)
-        self._wait_healthy(record.router, "the router")
+        self._wait_healthy(record.router, "the router", LIVE)
         return record.router.url
+
+    def router_alive(self) -> bool:
+        """Whether the recorded router runs and answers (`/livez`), with a model or not."""
+        return self._healthy(self.record().router, LIVE)
 
     def serve_version(
         self, version: int, fault_error_rate: float = 0.0, fault_latency_ms: float = 0.0
@@ -327,7 +351,7 @@ class LocalRollout:
         record = self.record()
         return RolloutStatus(
             router_url=record.router.url if record.router else None,
-            state=self.router_state() if self._healthy(record.router) else RouterState(),
+            state=self.router_state() if self.router_alive() else RouterState(),
             servers={v: s.url for v, s in record.servers.items() if alive(s.pid)},
         )
 
@@ -337,6 +361,104 @@ class LocalRollout:
         for served in [*record.servers.values(), *([record.router] if record.router else [])]:
             self._stop(served)
         self._save(ServingRecord())
+
+    def processes(self) -> list[ServingProcess]:
+        """Every recorded process, alive or stale, with its place in the router's traffic."""
+        record = self.record()
+        state = None
+        if self.router_alive():
+            with contextlib.suppress(ServingError):
+                state = self.router_state()
+        listed = []
+        if record.router is not None:
+            listed.append(_listed("router", record.router, state))
+        for served in sorted(record.servers.values(), key=lambda s: s.version or 0):
+            listed.append(_listed("model server", served, state))
+        return listed
+
+    def stop_all(self) -> list[ServingProcess]:
+        """Stop every recorded process and forget them and the router's traffic state, so a
+        router started later serves nothing until it is given a baseline. Returns what was
+        recorded; safe to run twice (the second time nothing is)."""
+        listed = self.processes()
+        self.shutdown()
+        (self.folder / "router.json").unlink(missing_ok=True)
+        return listed
+
+    def stray_servers(self, keep: set[int | None]) -> list[int]:
+        """Stop the recorded model servers of versions not in `keep`; their versions."""
+        stopped = []
+        for version in list(self.record().servers):
+            if int(version) not in keep:
+                self._retire(int(version), drain_seconds=0.0)
+                stopped.append(int(version))
+        return stopped
+
+
+class ServingProcess(BaseModel):
+    """One recorded serving process, as `agentic-mlops serving status` lists it."""
+
+    role: Literal["router", "model server"]
+    pid: int
+    port: int
+    url: str
+    version: int | None = Field(default=None, description="Model version a server serves.")
+    variant: Literal["baseline", "canary"] | None = Field(
+        default=None, description="Its place in the router's traffic; none: it gets none."
+    )
+    weight: float | None = Field(
+        default=None,
+        description="Share of traffic a model server gets (the router's canary weight on the "
+        "router's line); empty when the router does not answer.",
+    )
+    status: Literal["alive", "stale"] = Field(
+        description="alive: the process runs; stale: recorded, but it has ended."
+    )
+    log: str
+
+
+def _listed(role: str, served: ServedProcess, state: RouterState | None) -> ServingProcess:
+    variant, weight = None, None
+    if state is not None:
+        weight = state.weight if role == "router" else 0.0
+        if role == "model server":
+            for name, backend in (("baseline", state.baseline), ("canary", state.canary)):
+                if backend is not None and backend.url == served.url:
+                    variant = name
+                    weight = 1 - state.weight if name == "baseline" else state.weight
+    return ServingProcess(
+        role=role,
+        pid=served.pid,
+        port=served.port,
+        url=served.url,
+        version=served.version,
+        variant=variant,
+        weight=weight,
+        status="alive" if runs_ours(served) else "stale",
+        log=served.log,
+    )
+
+
+def serving_status(settings: Settings | None = None) -> list[ServingProcess]:
+    """Every serving process recorded under the home: router and model servers."""
+    return LocalRollout(settings).processes()
+
+
+def stop_serving(settings: Settings | None = None) -> list[ServingProcess]:
+    """Stop every serving process recorded under the home and clean the records."""
+    return LocalRollout(settings).stop_all()
+
+
+def why_no_canary(settings: Settings | None = None) -> str | None:
+    """Why a canary cannot run now: no router runs, or it serves no model (no baseline to
+    compare with, no traffic to judge by); None when the router is ready."""
+    backend = LocalRollout(settings)
+    router = backend.record().router
+    if router is None or not backend.router_alive():
+        return "nothing is serving: no router is running (start one with `agentic-mlops serve`)"
+    if not backend._healthy(router, READY):
+        return "nothing is serving: the router runs but serves no model (no baseline)"
+    return None
 
 
 class PromotionJournal(BaseModel):
@@ -418,7 +540,7 @@ def reconcile(model_name: str, settings: Settings | None = None) -> str | None:
         )
     champion = registry.alias_version(model_name, registry.CHAMPION, settings)
     record = backend.record()
-    if champion is None or record.router is None or not backend._healthy(record.router):
+    if champion is None or record.router is None or not backend.router_alive():
         return None
     state = backend.router_state()
     if state.baseline is None or state.baseline.version != champion:
@@ -428,6 +550,103 @@ def reconcile(model_name: str, settings: Settings | None = None) -> str | None:
             f"it now serves the champion v{champion}"
         )
     return None
+
+
+def restore_champion_traffic(settings: Settings | None = None) -> str:
+    """Put all traffic back on the champion and stop the challenger's server, after a canary
+    (or a lifecycle turn running one) ended without finishing: cancelled or crashed.
+
+    An interrupted promotion is undone first, as `reconcile` does; then the canary loses its
+    traffic and every model server but the baseline's stops. Safe when nothing serves (then
+    nothing changes) and safe to run twice. Returns what it did, on one line.
+    """
+    from agentic_mlops.tasks import registry
+
+    settings = settings or load_settings()
+    backend = LocalRollout(settings)
+    done: list[str] = []
+    champion = registry.alias_version(settings.model_name, registry.CHAMPION, settings)
+    keep: set[int | None] = {champion}
+    try:
+        repaired = reconcile(settings.model_name, settings)
+        if repaired:
+            done.append(repaired)
+        if backend.router_alive():
+            before = backend.router_state()
+            after = backend.rollback()
+            if before.canary is not None:
+                done.append(f"canary v{before.canary.version} at {before.weight:.0%} removed")
+            if after.baseline is not None:
+                keep = {after.baseline.version}
+                done.append(f"all traffic on v{after.baseline.version}")
+    except ServingError as error:
+        done.append(f"the router could not be changed: {error}")
+    stopped = backend.stray_servers(keep)
+    if stopped:
+        done.append(f"stopped the server of {', '.join(f'v{v}' for v in stopped)}")
+    return "; ".join(done) or "nothing was serving a canary"
+
+
+def _runs_of(flow_run_id: str) -> set[str]:
+    """A flow run and its subflow runs (a lifecycle turn's drift check, retrain, canary)."""
+    from prefect.client.orchestration import get_client
+
+    ids = {flow_run_id}
+    try:
+        with get_client(sync_client=True) as client:
+            body = {"flow_runs": {"parent_flow_run_id": {"any_": [flow_run_id]}}, "limit": 50}
+            runs = client.request("POST", "/flow_runs/filter", json=body).json()
+        ids |= {run["id"] for run in runs}
+    except Exception:  # the API is out of reach: the run's own decisions only
+        pass
+    return ids
+
+
+def record_interruption(
+    flow_run_id: str, how: str, what: str, settings: Settings | None = None
+) -> list[str]:
+    """Attach to the newest decision of each kind made by a flow run (or its subflows) that
+    it was interrupted and what was put back; returns the ledger ids told (none: no decision
+    was recorded yet)."""
+    from agentic_mlops.tasks import ledger
+
+    settings = settings or load_settings()
+    runs = _runs_of(flow_run_id)
+    newest: dict[str, str] = {}
+    for entry in ledger.list_decisions(settings.model_name, limit=500, settings=settings):
+        if entry.flow_run_id in runs:
+            newest.setdefault(entry.decision_point, entry.id)
+    for entry_id in newest.values():
+        ledger.record_outcome(
+            entry_id,
+            {"canary": how, "interrupted": how, "carried_out": "rolled_back", "restored": what},
+            settings,
+        )
+    return list(newest.values())
+
+
+def roll_back_interrupted_run(flow: Any, flow_run: Any, state: Any) -> None:
+    """Prefect `on_cancellation` and `on_crashed` hook of the `canary-rollout` and
+    `lifecycle` flows: all traffic back on the champion, the challenger's server stopped, and
+    the run's latest decisions told so in the ledger. Run by the worker once it has stopped
+    the run's process (or by the engine, for a run in this process); never raises."""
+    from prefect.logging.loggers import flow_run_logger
+
+    logger = flow_run_logger(flow_run, flow)
+    how = "crashed" if state.is_crashed() else "cancelled"
+    settings = load_settings()
+    try:
+        what = restore_champion_traffic(settings)
+    except Exception as error:  # noqa: BLE001 - a hook reports, it cannot fail the run again
+        logger.error("the %s run could not put traffic back on the champion: %s", how, error)
+        return
+    logger.warning("the run was %s: %s", how, what)
+    try:
+        told = record_interruption(str(flow_run.id), how, what, settings)
+    except Exception as error:  # noqa: BLE001
+        logger.error("the ledger could not be told: %s", error)
+        return
+    logger.info("ledger entries told: %s", ", ".join(told) or "none (no decision yet)")
 
 
 def kubernetes_api_client(context: str | None = None) -> Any:

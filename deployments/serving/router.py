@@ -8,6 +8,8 @@
   counted per variant (correct at 0.5, Brier score).
 - `GET /metrics`: Prometheus metrics per variant (requests, errors, latency histogram, score
   histogram, feedback, correct, Brier sum) and the canary weight.
+- `GET /healthz`: ready, 200 once a baseline serves; 503 with a one-line reason until then.
+  `GET /livez`: the process answers (200), model or not.
 - `GET /admin/state`, `POST /admin/state`: which servers are baseline and canary, and the
   weight. A change takes effect at once for new requests; requests in flight finish where
   they started. The state is written atomically to a file and read back at start.
@@ -303,7 +305,17 @@ class Router:
         return web.json_response({"written": written, **self.request_log.stats()})
 
     async def healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", **self.state.model_dump()})
+        """Ready: 200 once a baseline serves; until then 503 with the reason, so a client that
+        waits for readiness sends no request the router would answer with 503."""
+        state = self.state.model_dump()
+        if self.state.baseline is None:
+            reason = "no model is being served yet: no baseline is set (POST /admin/state)"
+            return web.json_response({"status": "not ready", "reason": reason, **state}, status=503)
+        return web.json_response({"status": "ok", **state})
+
+    async def livez(self, request: web.Request) -> web.Response:
+        """Alive: 200 whenever the process answers, with or without a model to serve."""
+        return web.json_response({"status": "alive"})
 
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(
@@ -320,6 +332,7 @@ class Router:
                 web.post("/feedback", self.receive_feedback),
                 web.get("/metrics", self.metrics),
                 web.get("/healthz", self.healthz),
+                web.get("/livez", self.livez),
                 web.get("/admin/state", self.get_state),
                 web.post("/admin/state", self.set_state),
                 web.get("/admin/samples", self.samples),

@@ -1,0 +1,105 @@
+"""The serving processes on loopback: the router's readiness, `serving status|stop`, and the
+hook that puts traffic back on the champion after an interrupted canary."""
+
+import json
+import os
+import signal
+import time
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from agentic_mlops.cli import app
+from agentic_mlops.deployments.serving.router import Backend
+from agentic_mlops.tasks import rollout
+from agentic_mlops.tasks.rollout import LocalRollout, runs_ours
+from tests.flows.test_canary_flow import serving_home, start_serving, two_versions  # noqa: F401
+
+runner = CliRunner()
+
+
+def test_the_router_is_not_ready_until_a_model_serves(home):
+    backend = LocalRollout(home)
+    try:
+        url = backend.start_router()  # waits for /livez: the router has no model yet
+        answer = httpx.get(f"{url}/healthz", timeout=5)
+        assert answer.status_code == 503
+        assert answer.json()["status"] == "not ready" and "no baseline" in answer.json()["reason"]
+        assert httpx.get(f"{url}/livez", timeout=5).status_code == 200
+        assert httpx.post(f"{url}/predict", json={}, timeout=5).status_code == 503
+        assert rollout.why_no_canary(home) == (
+            "nothing is serving: the router runs but serves no model (no baseline)"
+        )
+        backend._router(
+            "POST", "/admin/state", {"baseline": Backend(url="http://127.0.0.1:9").model_dump()}
+        )
+        ready = httpx.get(f"{url}/healthz", timeout=5)
+        assert ready.status_code == 200 and ready.json()["status"] == "ok"
+        assert backend.start_router() == url  # the running router is found, not started again
+    finally:
+        backend.shutdown()
+    assert "no router is running" in rollout.why_no_canary(home)
+
+
+def test_serving_status_lists_and_stop_stops_every_process_twice_safely(serving_home):  # noqa: F811
+    backend, _ = start_serving(serving_home)
+    backend.deploy(2)
+    backend.set_weight(0.25)
+    listed = runner.invoke(app, ["serving", "status", "--json"])
+    assert listed.exit_code == 0, listed.output
+    processes = {(p["role"], p["version"]): p for p in json.loads(listed.output)}
+    assert set(processes) == {("router", None), ("model server", 1), ("model server", 2)}
+    assert {p["status"] for p in processes.values()} == {"alive"}
+    assert processes[("model server", 1)]["variant"] == "baseline"
+    assert processes[("model server", 1)]["weight"] == pytest.approx(0.75)
+    assert processes[("model server", 2)]["variant"] == "canary"
+    assert processes[("model server", 2)]["weight"] == pytest.approx(0.25)
+    assert processes[("router", None)]["weight"] == pytest.approx(0.25)
+
+    killed = processes[("model server", 2)]["pid"]
+    os.killpg(killed, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while rollout.alive(killed) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    table = runner.invoke(app, ["serving", "status"])
+    assert table.exit_code == 0 and "stale" in table.output and "alive" in table.output
+
+    pids = [p["pid"] for p in processes.values()]
+    stopped = runner.invoke(app, ["serving", "stop"])
+    assert stopped.exit_code == 0, stopped.output
+    assert stopped.output.count(": stopped") == 2 and "already gone" in stopped.output
+    assert not any(rollout.alive(pid) for pid in pids)
+    assert not (serving_home.home / "serving" / "router.json").exists()
+    again = runner.invoke(app, ["serving", "stop"])
+    assert again.exit_code == 0 and "nothing was serving" in again.output
+    empty = runner.invoke(app, ["serving", "status", "--json"])
+    assert json.loads(empty.output) == []
+
+
+def test_a_stale_record_whose_pid_was_reused_is_not_stopped(serving_home):  # noqa: F811
+    backend = LocalRollout(serving_home)
+    record = backend.record()
+    record.servers["7"] = rollout.ServedProcess(pid=os.getpid(), port=9, version=7, log="x")
+    backend._save(record)
+    assert not runs_ours(record.servers["7"])
+    assert [p.status for p in rollout.serving_status(serving_home)] == ["stale"]
+    rollout.stop_serving(serving_home)  # this test's own pid: still running afterwards
+    assert rollout.serving_status(serving_home) == []
+
+
+def test_putting_traffic_back_on_the_champion_is_safe_with_nothing_serving_and_twice(
+    serving_home,  # noqa: F811
+):
+    assert rollout.restore_champion_traffic(serving_home) == "nothing was serving a canary"
+    backend, url = start_serving(serving_home)
+    backend.deploy(2)
+    backend.set_weight(0.5)
+    challenger = backend.record().servers["2"].pid
+    done = rollout.restore_champion_traffic(serving_home)
+    assert "canary v2 at 50% removed" in done and "all traffic on v1" in done
+    state = backend.router_state()
+    assert state.baseline.version == 1 and state.canary is None and state.weight == 0
+    assert not rollout.alive(challenger) and set(backend.record().servers) == {"1"}
+    assert rollout.restore_champion_traffic(serving_home) == "all traffic on v1"
+    assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
