@@ -149,7 +149,7 @@ def test_unusable_log_lines_are_counted_once_and_every_good_row_kept(champion_ho
     damage(champion_home, LABELS, [*UNUSABLE_LABELS.values(), *UNKNOWN_LABELS])
     good_traffic(champion_home, "more", 51, rows=150, labelled=120)
 
-    state = run(drift_check=False)
+    state = run(check_drift=False)
 
     assert state.is_completed() and state.name == "Completed", state.message
     result = state.result()
@@ -207,13 +207,13 @@ def test_each_unusable_line_is_counted_and_the_rows_around_it_kept(champion_home
 def test_a_line_cut_short_at_the_end_is_counted_once_a_record_follows_it(champion_home):
     good_traffic(champion_home, "good", 50)
     damage(champion_home, REQUESTS, [UNUSABLE_REQUESTS["cut-short"]])
-    first = run(drift_check=False).result()
+    first = run(check_drift=False).result()
     assert (first.rows, first.unusable_lines) == (300, 0), "perhaps still being written"
 
     good_traffic(champion_home, "next", 52)
-    second = run(drift_check=False).result()
+    second = run(check_drift=False).result()
     assert (second.rows, second.unusable_lines) == (300, 1)
-    third = run(drift_check=False).result()
+    third = run(check_drift=False).result()
     assert (third.rows, third.unusable_lines) == (0, 0), "counted once"
 
 
@@ -355,7 +355,7 @@ def test_a_log_rotated_while_it_is_read_loses_only_the_rows_rotated_away(
         return files
 
     monkeypatch.setattr(serving_log, "log_files", rotating_after_listing)
-    first = run(drift_check=False).result()
+    first = run(check_drift=False).result()
     monkeypatch.setattr(serving_log, "log_files", listed)
 
     folder = log_folder(champion_home)
@@ -365,7 +365,7 @@ def test_a_log_rotated_while_it_is_read_loses_only_the_rows_rotated_away(
     assert rotated_away, "the router rotated a listed file away while it was read"
     assert first.rows == len(read_then) and first.unusable_lines == 0
 
-    second = run(drift_check=False).result()
+    second = run(check_drift=False).result()
     assert second.rows == len(set().union(*map(request_ids, started_since)))
     listed_rows = set().union(*read.values())
     assert len(rotated_away) + first.rows + second.rows == len(listed_rows) + 110, "none lost"
