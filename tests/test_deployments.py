@@ -8,8 +8,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import DeploymentScheduleCreate
 from prefect.client.schemas.filters import (
@@ -77,12 +79,37 @@ def wait_for(check, seconds: float, what: str):
     raise AssertionError(f"{what} within {seconds:.0f} s")
 
 
-def test_schedules_the_cli_and_events_start_runs_that_a_worker_completes(home, tmp_path):
+@pytest.fixture(
+    params=["sqlite", pytest.param("postgresql", marks=[pytest.mark.slow, pytest.mark.postgres])]
+)
+def prefect_database(request) -> Iterator[str | None]:
+    """The Prefect server's database: its own SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        yield None
+        return
+    import uuid
+
+    import psycopg2
+
+    name = f"agentic_mlops_test_{uuid.uuid4().hex[:12]}"
+    admin = psycopg2.connect("postgresql://postgres@127.0.0.1:5432/postgres")
+    admin.autocommit = True
+    admin.cursor().execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+def test_schedules_the_cli_and_events_start_runs_that_a_worker_completes(
+    home, tmp_path, prefect_database
+):
     train(generate_rows=1_500, hyperparameters=Hyperparameters(max_iter=20))
     batch = write_table(generate_churn(1_000, 5), home.home / "incoming" / "latest.parquet")
     server_folder = tmp_path / "prefect-server"
     with running_prefect_server(
-        server_folder, PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="1"
+        server_folder, prefect_database, PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="1"
     ) as api:
         env = subprocess_environment(
             PREFECT_API_URL=api,
