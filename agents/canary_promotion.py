@@ -297,28 +297,38 @@ def promotion_agent(model_key: str, limits: PromotionLimits):
     return build_promotion_agent(model_key, limits)
 
 
+def advances_to_full(action: str, evidence: CanaryEvidence) -> bool:
+    """Whether an action would give the canary all traffic: `promote`, or `increase_traffic`
+    at the last step, where the next weight is full traffic."""
+    return action == "promote" or (action == "increase_traffic" and evidence.next_weight is None)
+
+
 def enforce_guardrails(
     decision: PromotionDecision, evidence: CanaryEvidence, limits: PromotionLimits
 ) -> tuple[PromotionDecision, str | None]:
     """Keep any decision within the judge's verdict; return what stands and why it changed.
 
+    Every advance to full traffic (`promote`, or `increase_traffic` at the last step) is judged
+    as a promotion and, when it passes, stands as `promote`:
     - promote or increase_traffic without a passing analysis (every critical metric passing,
       no harm shown by the sequential test) becomes rollback when the analysis failed on real
       data or harm was shown, and ask_human otherwise;
-    - promote after a passing analysis but without the sequential test's non-inferiority
+    - a promotion after a passing analysis but without the sequential test's non-inferiority
       becomes hold (then ask_human): only the sequential test bounds false promotions;
     - an action outside the allowed set is replaced by the policy's decision;
-    - promote or rollback below the minimum confidence goes to a person.
+    - a promotion or rollback below the minimum confidence goes to a person.
     """
     judge = evidence.judge
+    to_full = advances_to_full(decision.action, evidence)
+    named = decision.action if decision.action == "promote" else "increase_traffic to 100%"
     if (
-        decision.action == "promote"
+        to_full
         and evidence.sequential_outcome != "promote"
         and (judge.verdict == "pass" and not judge.critical_failures)
     ):
         action = "hold" if evidence.holds < evidence.max_holds else "ask_human"
         return decision.model_copy(update={"action": action}), (
-            "promotion needs the sequential test's non-inferiority (or a person): " + action
+            f"{named} needs the sequential test's non-inferiority (or a person): {action}"
         )
     advancing = decision.action in ("promote", "increase_traffic")
     if advancing and (
@@ -333,6 +343,8 @@ def enforce_guardrails(
         return decision.model_copy(update={"action": action}), (
             f"{decision.action} is not allowed when the analysis is {judge.verdict}: {action}"
         )
+    if to_full:
+        decision = decision.model_copy(update={"action": "promote"})
     if decision.action not in limits.allowed_actions:
         policy = policy_decision(evidence, limits)
         if policy.action not in limits.allowed_actions:
@@ -340,8 +352,8 @@ def enforce_guardrails(
         return policy, f"action {decision.action!r} is not allowed: replaced by the policy's"
     if decision.action in ("promote", "rollback") and decision.confidence < limits.min_confidence:
         return decision.model_copy(update={"action": "ask_human"}), (
-            f"{decision.action} at confidence {decision.confidence:.2f} is below "
-            f"{limits.min_confidence:.2f}: a person decides"
+            f"{named if to_full else decision.action} at confidence {decision.confidence:.2f} "
+            f"is below {limits.min_confidence:.2f}: a person decides"
         )
     return decision, None
 

@@ -446,6 +446,8 @@ def canary_rollout(params: CanaryParameters = CanaryParameters()) -> CanaryResul
                     }[answer.decision]
                     if action == "increase_traffic" and evidence.next_weight is None:
                         action = "promote"
+                elif action == "increase_traffic" and evidence.next_weight is None:
+                    action = "hold"  # only a guarded `promote` or a person ends in promotion
                 history.append(
                     CanaryStep(
                         weight=weight,

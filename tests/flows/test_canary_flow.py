@@ -287,7 +287,7 @@ def test_a_less_accurate_canary_is_rolled_back_on_its_feedback(serving_home):
 def test_an_llm_cannot_promote_by_increasing_traffic_at_the_last_step(serving_home, monkeypatch):
     """A complacent LLM answers `increase_traffic` at 0.99 whatever it reads. At the last step
     that is a promotion, so without the sequential test's non-inferiority the flow never ends
-    `promoted`: it holds, asks a person, and with no answer rolls back."""
+    `promoted`: it holds, then (nobody to ask in approval mode `none`) rolls back."""
     from pydantic_ai.messages import ModelResponse, ToolCallPart
     from pydantic_ai.models.function import FunctionModel
 
@@ -337,8 +337,9 @@ def test_an_llm_cannot_promote_by_increasing_traffic_at_the_last_step(serving_ho
         metric_errors=0,
     )
     monkeypatch.setattr(canary_flow, "analyse_step", lambda *args: unproven)
+    monkeypatch.setenv("AGENTIC_MLOPS_APPROVAL_MODE", "none")
     start_serving(serving_home)
-    result = rollout(steps=[50, 100], approval_timeout_seconds=1).result()
+    result = rollout(steps=[50, 100]).result()
     assert result.outcome == "rolled_back", result
     assert registry.alias_version("churn", "champion", serving_home) == 1
-    assert "increase_traffic" not in {step.action for step in result.steps}
+    assert [step.action for step in result.steps] == ["hold", "hold", "rollback"]
