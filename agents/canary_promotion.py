@@ -21,6 +21,9 @@ from pydantic_ai.models import Model
 from pydantic_ai.models.function import FunctionModel
 
 from agentic_mlops.agents.decision_runtime import (
+    POLICY,
+    Attribution,
+    agent_model,
     allowed_action,
     backed_by_policy,
     decide_within,
@@ -33,6 +36,8 @@ Action = Literal["promote", "increase_traffic", "hold", "rollback", "ask_human"]
 ACTIONS: tuple[str, ...] = get_args(Action)
 EvidenceRef = Literal["judge", "sequential", "traffic"]
 EVIDENCE_TOOLS = ("judge_result", "sequential_result", "traffic_state")
+TOOL_OF: dict[str, str] = dict(zip(get_args(EvidenceRef), EVIDENCE_TOOLS, strict=True))
+"""The tool each `evidence_used` entry stands for."""
 
 
 class MetricEvidence(BaseModel):
@@ -119,11 +124,12 @@ class PromotionDecision(BaseModel):
 
 
 class PromotionOutcome(BaseModel):
-    """The decision that stands, who made it, and whether a guardrail replaced it."""
+    """The decision that stands, the model that answered, and why it is not the model's own."""
 
     decision: PromotionDecision
-    agent_model: str
+    agent_model: str = Field(description="The model that answered (`policy` on a fallback).")
     overridden_by: str | None = None
+    attribution: Attribution | None = None
 
 
 INSTRUCTIONS = (
@@ -361,19 +367,34 @@ def enforce_guardrails(
 def advise(
     evidence: CanaryEvidence, settings: Settings | None = None, model: Model | None = None
 ) -> PromotionOutcome:
-    """Run the promotion agent on one step's evidence and apply the guardrails."""
+    """Run the promotion agent on one step's evidence and apply the guardrails.
+
+    `model` overrides the setting (tests pass a scripted model). Whatever fails, building the
+    agent included, the policy decides and the outcome says why.
+    """
     settings = settings or load_settings()
     limits = PromotionLimits.from_settings(settings)
-    if model is None:
-        agent, agent_model = promotion_agent(settings.agent_model, limits), settings.agent_model
-    else:
-        agent, agent_model = build_promotion_agent(model, limits), model.model_name
-    decision, reasons = decide_within(
-        agent,
+
+    def build() -> Agent[PromotionDeps, PromotionDecision]:
+        if model is not None:
+            return build_promotion_agent(model, limits)
+        if settings.agent_model == POLICY:
+            return promotion_agent(POLICY, limits)
+        return build_promotion_agent(agent_model(settings), limits)
+
+    decision, attribution = decide_within(
+        build,
         "Decide the next step of this canary rollout.",
         PromotionDeps(evidence, limits),
         settings,
         lambda: policy_decision(evidence, limits),
         lambda decision: enforce_guardrails(decision, evidence, limits),
+        configured_model=model.model_name if model is not None else settings.agent_model,
+        evidence_tools=TOOL_OF,
     )
-    return PromotionOutcome(decision=decision, agent_model=agent_model, overridden_by=reasons)
+    return PromotionOutcome(
+        decision=decision,
+        agent_model=attribution.answered_by or POLICY,
+        overridden_by=attribution.reasons(),
+        attribution=attribution,
+    )

@@ -106,6 +106,9 @@ def test_test_model_wiring_yields_a_guarded_decision():
 
 
 def scripted(output):
+    """A fake LLM: calls every tool, then answers `output`, citing every tool unless it says."""
+    output = {"evidence_used": ["judge", "sequential", "traffic"], **output}
+
     def respond(messages, info: AgentInfo) -> ModelResponse:
         if len(messages) == 1:
             return ModelResponse(parts=[ToolCallPart(name, {}) for name in EVIDENCE_TOOLS])
