@@ -75,6 +75,19 @@ class Attribution(BaseModel):
     def reasons(self) -> str | None:
         return "; ".join(self.overridden_by) or None
 
+    def markdown(self) -> str:
+        """The attribution as the Prefect artifacts show it."""
+        overrides = "\n".join(f"- {reason}" for reason in self.overridden_by) or "- none"
+        return (
+            f"Decided by **{self.decided_by}**; configured model `{self.configured_model}`, "
+            f"answered by `{self.answered_by or 'nobody (the run failed)'}`.  \n"
+            f"Model's own decision: {self.model_action or 'none given'}; the policy's on the "
+            f"same evidence: {self.policy_action}.  \n"
+            f"Tools called: {', '.join(self.tools_called) or 'none'}; {self.requests} "
+            f"request(s), {self.input_tokens} input and {self.output_tokens} output tokens, "
+            f"{self.latency_seconds:.2f} s.\n\nOverrides:\n{overrides}\n"
+        )
+
 
 class ModelConfigError(ValueError):
     """The `agent_model` setting names no model this installation can build."""

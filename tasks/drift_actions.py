@@ -58,6 +58,7 @@ def record_triage(
         },
         agent_model=outcome.agent_model,
         overridden_by=outcome.overridden_by,
+        attribution=outcome.attribution.model_dump(mode="json") if outcome.attribution else None,
     )
 
 
@@ -190,6 +191,8 @@ def publish_drift_artifacts(
             f"# Drift check of `{result.batch_id}`\n\n"
             f"**Decision: {decision.action}** ({decision.severity}, confidence "
             f"{decision.confidence:.2f}, by `{decision.agent_model}`)\n\n{decision.rationale}\n\n"
+            f"Decided by `{decision.decided_by}`; the model's own decision "
+            f"{decision.model_action or 'none given'}, the policy's {decision.policy_action}  \n"
             f"Guardrail: {decision.overridden_by or 'none'}  \n"
             f"Drift share {result.drift_share:.2f}, dataset drift {result.dataset_drift}, "
             f"sequential alarm {result.sequential_alarm}  \n"

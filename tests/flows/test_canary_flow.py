@@ -297,7 +297,16 @@ def test_an_llm_cannot_promote_by_increasing_traffic_at_the_last_step(serving_ho
     from agentic_mlops.tasks.canary_judge import JudgeResult, MetricVerdict
 
     def complacent(messages, info):
-        answer = {"action": "increase_traffic", "confidence": 0.99, "rationale": "fine"}
+        if len(messages) == 1:
+            return ModelResponse(
+                parts=[ToolCallPart(name, {}) for name in canary_promotion.EVIDENCE_TOOLS]
+            )
+        answer = {
+            "action": "increase_traffic",
+            "confidence": 0.99,
+            "rationale": "fine",
+            "evidence_used": ["judge", "sequential", "traffic"],
+        }
         return ModelResponse(parts=[ToolCallPart(info.output_tools[0].name, answer)])
 
     llm = FunctionModel(complacent, model_name="complacent-llm")
@@ -343,3 +352,9 @@ def test_an_llm_cannot_promote_by_increasing_traffic_at_the_last_step(serving_ho
     assert result.outcome == "rolled_back", result
     assert registry.alias_version("churn", "champion", serving_home) == 1
     assert [step.action for step in result.steps] == ["hold", "hold", "rollback"]
+    assert [step.decided_by for step in result.steps] == ["guardrail"] * 3
+    first = ledger.get_decision(result.steps[0].ledger_id, serving_home)
+    assert first.action == "hold" and first.agent_model == "complacent-llm"
+    assert first.attribution["model_action"] == "increase_traffic"
+    assert first.attribution["policy_action"] == "hold"
+    assert "increase_traffic to 100% needs the sequential test" in first.overridden_by
