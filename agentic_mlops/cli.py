@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from agentic_mlops.settings import load_settings
@@ -26,8 +27,31 @@ errors = Console(stderr=True)
 
 
 def fail(message: str, code: int = 2) -> None:
-    errors.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    errors.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+@app.callback()
+def check_settings() -> None:
+    """Settings that cannot work end every command before it starts: a value that does not
+    validate, or an agent model this installation cannot build (one line, exit 2)."""
+    from pydantic import ValidationError
+
+    try:
+        settings = load_settings()
+    except ValidationError as error:
+        fail(
+            "settings: "
+            + "; ".join(
+                f"AGENTIC_MLOPS_{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}"
+                for e in error.errors()
+            )
+        )
+    if settings.agent_model != "policy":
+        from agentic_mlops.agents.decision_runtime import model_problem
+
+        if problem := model_problem(settings):
+            fail(problem)
 
 
 def where_to_look() -> str:
@@ -451,9 +475,25 @@ def where() -> None:
 
 
 @app.command(name="settings")
-def show_settings() -> None:
+def show_settings(
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check", help="Only check the settings and the agent model; one line, exit 2 if bad."
+        ),
+    ] = False,
+) -> None:
     """Print the settings in force as JSON (secrets masked)."""
     settings = load_settings()
+    if check:
+        from agentic_mlops.agents.decision_runtime import model_string
+
+        model = "policy" if settings.agent_model == "policy" else model_string(settings)
+        where = f" at {settings.agent_base_url}" if settings.agent_base_url else ""
+        console.print(
+            f"settings ok; agents decide with {model}{where}", highlight=False, soft_wrap=True
+        )
+        return
     values = json.loads(settings.model_dump_json())
     values["tracking_uri_in_force"] = settings.tracking_uri()
     console.print_json(json.dumps(values))
