@@ -410,6 +410,68 @@ def canary(
     console.print(f"{result.reason}; champion is v{result.champion}", highlight=False)
 
 
+agents = typer.Typer(help="The agents: how far each model agrees with the policy.")
+app.add_typer(agents, name="agents")
+
+
+@agents.command("report")
+def agents_report(
+    limit: Annotated[int, typer.Option(help="Latest ledger decisions to read.", min=1)] = 1_000,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+) -> None:
+    """Per decision point and model: cases, agreement with the policy, where they disagreed
+    and whether the decision that acted proved right, fallbacks, overrides and cost."""
+    from agentic_mlops.tasks import ledger
+    from agentic_mlops.tasks.agent_report import agent_figures
+
+    settings = load_settings()
+    figures = agent_figures(ledger.list_decisions(limit=limit, settings=settings))
+    if as_json:
+        print(json.dumps([f.model_dump() for f in figures]))
+        return
+    if not figures:
+        console.print("no attributed decisions in the ledger yet", highlight=False)
+        return
+    table = Table(title="Agents against the policy")
+    for column in (
+        "decision point",
+        "model",
+        "mode",
+        "cases",
+        "answered",
+        "agreement",
+        "fallbacks",
+        "ungrounded",
+        "overridden",
+        "tokens in/out",
+        "latency",
+    ):
+        table.add_column(column)
+    for f in figures:
+        table.add_row(
+            f.decision_point,
+            f.model,
+            ",".join(f.modes),
+            str(f.cases),
+            str(f.answered),
+            "" if f.agreement is None else f"{f.agreement:.0%}",
+            str(f.fallbacks),
+            str(f.ungrounded),
+            str(f.overridden),
+            f"{f.input_tokens}/{f.output_tokens}",
+            f"{f.mean_latency_seconds:.2f} s",
+        )
+    console.print(table)
+    for f in figures:
+        for d in f.disagreements:
+            console.print(
+                f"{f.decision_point} {d.created_at}: model {d.model_action}, policy "
+                f"{d.policy_action}, acted {d.acted} -> {d.acted_proved or 'outcome unknown'}",
+                highlight=False,
+                soft_wrap=True,
+            )
+
+
 k8s = typer.Typer(help="Kubernetes: render the serving manifests for review or GitOps.")
 app.add_typer(k8s, name="k8s")
 

@@ -47,6 +47,13 @@ class Settings(BaseSettings):
         description="Model behind the agents: `policy` (deterministic, no LLM) or any "
         "pydantic-ai model string such as `openai:gpt-4o`.",
     )
+    agent_mode: Literal["policy", "shadow", "llm"] | None = Field(
+        default=None,
+        description="policy: the policy decides, no model is asked; shadow: the model decides "
+        "beside the policy on every case, the policy's decision acts, and their agreement is "
+        "recorded; llm: the model's guarded decision acts. Empty: policy when agent_model is "
+        "`policy`, else llm.",
+    )
     agent_api_key: SecretStr | None = Field(
         default=None,
         description="API key for the agents' model provider, passed to the provider only "

@@ -10,7 +10,9 @@ under usage limits and a timeout, traced to MLflow, and whatever happens returns
 decision with its `Attribution`: the model that actually answered (a fallback to the policy
 shows), the model's own decision, the policy's for the same evidence, every guardrail that
 changed it and why, tokens and latency. A decision whose `evidence_used` names a tool the
-model never called is ungrounded, and the policy decides.
+model never called is ungrounded, and the policy decides. `agent_mode` says whose decision
+acts: the policy's alone (no model asked), the policy's with the model deciding in its shadow
+(agreement recorded), or the model's within its guardrails.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class Attribution(BaseModel):
     decision that stands differs from the model's."""
 
     configured_model: str = Field(description="The `agent_model` setting in force.")
+    mode: str = Field(default="llm", description="policy, shadow or llm (`agent_mode`).")
     answered_by: str | None = Field(
         default=None,
         description="Model that gave the run's last response, as the response names it: a "
@@ -65,6 +68,15 @@ class Attribution(BaseModel):
     policy_action: str = Field(description="What the policy decides on the same evidence.")
     overridden_by: list[str] = Field(
         default_factory=list, description="Every reason the model's answer did not stand as is."
+    )
+    shadow_action: str | None = Field(
+        default=None,
+        description="In shadow mode, what the model's path would have done after guardrails.",
+    )
+    agreed: bool | None = Field(
+        default=None,
+        description="Whether the model's own action is the policy's; None when the model gave "
+        "none (not asked, failed, or its provider failed over to the policy).",
     )
     tools_called: list[str] = Field(default_factory=list)
     requests: int = 0
@@ -234,11 +246,21 @@ def decide_within(
     be built, a provider that fails, a timeout, usage limits or an output that stays invalid
     after retries all mean the policy decides, with the reason recorded.
     """
+    policy_decision = policy()
+    mode = settings.agent_mode or (POLICY if configured_model == POLICY else "llm")
+    if mode == POLICY and configured_model != POLICY:
+        decision, guarded = guard(policy_decision)
+        return decision, Attribution(
+            configured_model=configured_model,
+            mode=mode,
+            decided_by=POLICY,
+            policy_action=action_of(policy_decision),
+            overridden_by=[r for r in (guarded,) if r],
+        )
     if settings.agent_tracing:
         from agentic_mlops.tasks.registry import trace_agent_runs
 
         trace_agent_runs(settings)
-    policy_decision = policy()
     reasons: list[str] = []
     record: dict[str, Any] = {}
     started = time.monotonic()
@@ -284,12 +306,24 @@ def decide_within(
         decided_by = GUARDRAIL
     else:
         decided_by = answered or POLICY
+    model_answered = answered is not None and (answered != POLICY or configured_model == POLICY)
+    agreed = record["model_action"] == action_of(policy_decision) if model_answered else None
+    shadow_action = None
+    if mode == "shadow":
+        shadow_action = action_of(decision)
+        decision, policy_guarded = guard(policy_decision)
+        reasons.extend(r for r in (policy_guarded,) if r)
+        reasons.append("shadow mode: the policy's decision acts")
+        decided_by = POLICY
     return decision, Attribution(
         configured_model=configured_model,
+        mode=mode,
         answered_by=answered,
         decided_by=decided_by,
         policy_action=action_of(policy_decision),
         overridden_by=reasons,
+        shadow_action=shadow_action,
+        agreed=agreed,
         latency_seconds=round(latency, 3),
         **record,
     )

@@ -289,3 +289,29 @@ def test_advisor_failures_mean_the_policy_decides_and_says_so(
     expected = advisor.policy_proposal(ADVICE, advisor.AdvisorLimits.from_settings(Settings()))
     assert outcome.proposal == expected
     assert_policy_decided(outcome, "search", reason, answered_by)
+
+
+def test_shadow_mode_the_policy_acts_and_the_models_disagreement_is_recorded():
+    reckless = {"action": "rollback", "confidence": 0.99, "rationale": "no"}
+    reckless["evidence_used"] = CANARY_REFS
+    outcome, server = run(llm.diligent(reckless), canary.advise, LAST_STEP, agent_mode="shadow")
+    attribution = outcome.attribution
+    assert outcome.decision == canary.policy_decision(LAST_STEP, canary.PromotionLimits())
+    assert attribution.mode == "shadow" and attribution.decided_by == "policy"
+    assert attribution.model_action == attribution.shadow_action == "rollback"
+    assert attribution.agreed is False and attribution.answered_by == MODEL_NAME
+    assert "shadow mode: the policy's decision acts" in outcome.overridden_by
+
+
+def test_shadow_mode_records_agreement_when_the_model_agrees():
+    agreeing = {**NONE, "action": "escalate", "severity": "high", "evidence_used": TRIAGE_REFS}
+    outcome, _ = run(llm.diligent(agreeing), drift.triage, QUARANTINED, agent_mode="shadow")
+    assert outcome.decision.action == "escalate" and outcome.attribution.agreed is True
+
+
+def test_policy_mode_asks_no_model_even_when_one_is_configured():
+    with ScriptedOpenAI(llm.complacent(NONE)) as server:
+        outcome = drift.triage(QUARANTINED, settings_for(server, agent_mode="policy"))
+    assert server.requests == []
+    assert outcome.decision == drift.policy_decision(QUARANTINED, drift.TriageLimits())
+    assert outcome.attribution.mode == "policy" and outcome.attribution.agreed is None
