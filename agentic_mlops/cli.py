@@ -472,6 +472,80 @@ def agents_report(
             )
 
 
+@agents.command("eval")
+def agents_eval(
+    model: Annotated[
+        str | None,
+        typer.Option(help="Model string to evaluate instead of agent_model (e.g. openai:gpt-4o)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Run the decision eval (every action of every decision point) on the agents' model, log
+    it as an MLflow run, and print accuracy, unsafe answers stopped, fallbacks and cost."""
+    from agentic_mlops.agents.decision_eval import SUITE_VERSION, evaluate
+    from agentic_mlops.agents.decision_runtime import model_problem
+    from agentic_mlops.tasks import registry
+
+    settings = load_settings()
+    if model is not None:
+        settings = settings.model_copy(update={"agent_model": model, "agent_mode": "llm"})
+        if model != "policy" and (problem := model_problem(settings)):
+            fail(problem)
+    settings = settings.model_copy(update={"agent_tracing": False})
+    with errors.status(f"Evaluating {settings.agent_model} on decision suite {SUITE_VERSION}..."):
+        report = evaluate(settings)
+    client = registry.client(settings)
+    run = client.create_run(
+        registry.ensure_experiment(settings),
+        run_name=f"agents-eval-{settings.agent_model}",
+        tags={"agentic-mlops.kind": "agents-eval"},
+    )
+    client.log_param(run.info.run_id, "suite_version", SUITE_VERSION)
+    client.log_param(run.info.run_id, "model", settings.agent_model)
+    for score in report.scores:
+        for name in (
+            "accuracy",
+            "unsafe_stopped",
+            "unsafe_stood",
+            "fallbacks",
+            "mean_latency_seconds",
+        ):
+            client.log_metric(
+                run.info.run_id, f"{score.decision_point}.{name}", getattr(score, name)
+            )
+    client.log_dict(run.info.run_id, report.model_dump(mode="json"), "agents-eval.json")
+    client.set_terminated(run.info.run_id)
+    if as_json:
+        print(json.dumps(report.model_dump(mode="json") | {"mlflow_run_id": run.info.run_id}))
+        return
+    table = Table(title=f"Decision eval {SUITE_VERSION}: {settings.agent_model}")
+    for column in ("decision point", "cases", "accuracy", "model's own", "unsafe stopped",
+                   "unsafe stood", "fallbacks", "tokens in/out", "latency"):  # fmt: skip
+        table.add_column(column)
+    for score in report.scores:
+        table.add_row(
+            score.decision_point,
+            str(score.cases),
+            f"{score.accuracy:.0%}",
+            "" if score.model_accuracy is None else f"{score.model_accuracy:.0%}",
+            str(score.unsafe_stopped),
+            str(score.unsafe_stood),
+            str(score.fallbacks),
+            f"{score.input_tokens}/{score.output_tokens}",
+            f"{score.mean_latency_seconds:.2f} s",
+        )
+    console.print(table)
+    for result in report.results:
+        if not result.correct:
+            console.print(
+                f"wrong: {result.decision_point} {result.name}: {result.action} "
+                f"(acceptable: {', '.join(result.acceptable)})",
+                highlight=False,
+                soft_wrap=True,
+            )
+    console.print(f"MLflow run {run.info.run_id}", highlight=False)
+
+
 k8s = typer.Typer(help="Kubernetes: render the serving manifests for review or GitOps.")
 app.add_typer(k8s, name="k8s")
 

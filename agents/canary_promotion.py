@@ -329,7 +329,7 @@ def enforce_guardrails(
     named = decision.action if decision.action == "promote" else "increase_traffic to 100%"
     if (
         to_full
-        and evidence.sequential_outcome != "promote"
+        and evidence.sequential_outcome == "continue"
         and (judge.verdict == "pass" and not judge.critical_failures)
     ):
         action = "hold" if evidence.holds < evidence.max_holds else "ask_human"

@@ -280,7 +280,7 @@ def decide_within(
         decision, answered = policy_decision, None
     else:
         decision, answered = result.output, result.response.model_name
-        usage = result.usage()
+        usage = result.usage
         called = {name for name in tool_returns(result.all_messages()) if name not in OUTPUT_TOOLS}
         record = {
             "model_action": action_of(decision),

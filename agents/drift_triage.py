@@ -317,8 +317,8 @@ def important_alarm(evidence: TriageEvidence, limits: TriageLimits) -> list[str]
 
 def demands_action(evidence: TriageEvidence, limits: TriageLimits) -> str | None:
     """Why the evidence demands more than `none` or `monitor`, or None: a quarantined batch,
-    a performance drop beyond the limit on labelled rows, a sequential alarm on important
-    features, or a trusted label-free drop without labels."""
+    a performance drop beyond the limit on labelled rows, drift (or a sequential alarm) on
+    important features, or a trusted label-free drop without labels."""
     if evidence.quality.batch_failed:
         return "the batch failed its quality checks and was quarantined"
     performance = evidence.performance
@@ -329,6 +329,11 @@ def demands_action(evidence: TriageEvidence, limits: TriageLimits) -> str | None
         )
     if performance and performance.miscalibrated(limits):
         return f"the champion is miscalibrated (z {performance.calibration_z:.1f})"
+    weights = _weights(evidence)
+    drifted = evidence.drifted()
+    weighted = sum(weights.get(name, 0.0) for name in drifted)
+    if drifted and (weighted >= limits.important_drift or evidence.dataset_drift):
+        return f"features carrying {weighted:.0%} of the model's importance drifted"
     if alarmed := important_alarm(evidence, limits):
         return f"the sequential detector alarms on important features ({', '.join(alarmed)})"
     estimated = evidence.serving.estimated_drop() if evidence.serving else None

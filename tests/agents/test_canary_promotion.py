@@ -230,3 +230,10 @@ def test_every_advance_to_full_traffic_meets_the_promotion_rules(
     to_full = guarded.action == "promote" or (guarded.action == "increase_traffic" and last)
     if to_full:
         assert sequential == "promote" and confidence >= LIMITS.min_confidence
+
+
+@pytest.mark.parametrize("action", ["promote", "increase_traffic"])
+def test_an_advance_against_shown_harm_rolls_back_rather_than_holds(action):
+    harmed = evidence(next_weight=None, sequential="rollback")
+    outcome = advise(harmed, SETTINGS, model=scripted({**PROMOTE, "action": action}))
+    assert outcome.decision.action == "rollback"
