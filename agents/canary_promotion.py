@@ -140,6 +140,14 @@ INSTRUCTIONS = (
 )
 
 
+PROMOTION_RULE = (
+    "Full traffic (promote, or increase_traffic where next_weight is None) needs a passing "
+    "analysis with every critical metric passing, the sequential test's outcome `promote`, and "
+    "at least min_confidence; harm shown by the sequential test or a failed analysis on real "
+    "data means rollback."
+)
+
+
 def judge_result(ctx: RunContext[PromotionDeps]) -> dict[str, Any]:
     """The fixed-horizon analysis of this step: verdict (pass/marginal/fail), score 0-100,
     critical metrics that failed, and per metric its classification (pass, high, low,
@@ -155,10 +163,13 @@ def sequential_result(ctx: RunContext[PromotionDeps]) -> dict[str, Any]:
 
 
 def traffic_state(ctx: RunContext[PromotionDeps]) -> dict[str, Any]:
-    """Model versions in play, the canary's share of traffic now and at the next step, how
-    often this step was held, and the actions this deployment allows."""
+    """Model versions in play, the canary's share of traffic now and at the next step (None:
+    the next step is full traffic), how often this step was held, the actions this deployment
+    allows, and the promotion rule in force."""
     evidence, limits = ctx.deps.evidence, ctx.deps.limits
     return {
+        "promotion_rule": PROMOTION_RULE,
+        "min_confidence": limits.min_confidence,
         "model_name": evidence.model_name,
         "champion_version": evidence.champion_version,
         "challenger_version": evidence.challenger_version,

@@ -272,8 +272,10 @@ def model_performance(ctx: RunContext[TriageDeps]) -> dict[str, Any]:
 
 
 def registry_state(ctx: RunContext[TriageDeps]) -> dict[str, Any]:
-    """Champion and previous champion versions, whether labels exist for retraining, and the
-    actions this deployment allows."""
+    """Champion and previous champion versions, whether labels exist for retraining, the
+    actions this deployment allows, and the limits in force: the share of importance on
+    drifted features and the ROC AUC drop that demand action, the calibration z and gap that
+    count as a performance problem, and the confidence a retrain or rollback needs."""
     evidence, limits = ctx.deps.evidence, ctx.deps.limits
     return {
         "model_name": evidence.model_name,
@@ -281,6 +283,7 @@ def registry_state(ctx: RunContext[TriageDeps]) -> dict[str, Any]:
         "previous_champion_version": evidence.previous_champion_version,
         "labels_available": evidence.labels_available,
         "allowed_actions": list(limits.allowed_actions),
+        "limits": limits.model_dump(exclude={"allowed_actions"}),
     }
 
 

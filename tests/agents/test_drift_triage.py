@@ -496,3 +496,25 @@ def test_a_sequential_alarm_on_important_features_retrains_in_the_policy():
     case = evidence(sequential_alarm=True, sequential_alarm_columns=["tenure_months", "contract"])
     decision = policy_decision(case, LIMITS)
     assert decision.action == "retrain" and "tenure_months" in decision.rationale
+
+
+def test_the_model_reads_the_limits_in_force():
+    seen = []
+
+    def read(messages, info: AgentInfo) -> ModelResponse:
+        if len(messages) == 1:
+            return ModelResponse(parts=[ToolCallPart(name, {}) for name in EVIDENCE_TOOLS])
+        seen.append(json.dumps([p.content for m in messages for p in getattr(m, "parts", [])
+                                if isinstance(p, ToolReturnPart)], default=str))  # fmt: skip
+        return ModelResponse(parts=[ToolCallPart(info.output_tools[0].name, NONE)])
+
+    chosen = Settings(agent_tracing=False, triage_performance_drop=0.042)
+    triage(evidence(), chosen, model=FunctionModel(read, model_name="reader"))
+    assert '"performance_drop": 0.042' in seen[0] and '"important_drift": 0.1' in seen[0]
+    assert "CUSUM" in drift_history_doc()
+
+
+def drift_history_doc() -> str:
+    from agentic_mlops.agents.drift_triage import drift_history
+
+    return drift_history.__doc__
