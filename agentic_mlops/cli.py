@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from agentic_mlops.settings import load_settings
@@ -26,7 +27,7 @@ errors = Console(stderr=True)
 
 
 def fail(message: str, code: int = 2) -> None:
-    errors.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    errors.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -42,6 +43,29 @@ def checked_arguments(flow, **arguments):
         problems = str(error).splitlines()[1:] or [str(error)]
         fail("invalid parameters: " + "; ".join(p.strip(" -") for p in problems))
     return arguments
+
+
+@app.callback()
+def check_settings() -> None:
+    """Settings that cannot work end every command before it starts: a value that does not
+    validate, or an agent model this installation cannot build (one line, exit 2)."""
+    from pydantic import ValidationError
+
+    try:
+        settings = load_settings()
+    except ValidationError as error:
+        fail(
+            "settings: "
+            + "; ".join(
+                f"AGENTIC_MLOPS_{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}"
+                for e in error.errors()
+            )
+        )
+    if settings.agent_model != "policy":
+        from agentic_mlops.agents.decision_runtime import model_problem
+
+        if problem := model_problem(settings):
+            fail(problem)
 
 
 def where_to_look() -> str:
@@ -439,6 +463,142 @@ def serving_stop() -> None:
         console.print(f"{what} (pid {process.pid}, port {process.port}): {done}", highlight=False)
 
 
+agents = typer.Typer(help="The agents: how far each model agrees with the policy.")
+app.add_typer(agents, name="agents")
+
+
+@agents.command("report")
+def agents_report(
+    limit: Annotated[int, typer.Option(help="Latest ledger decisions to read.", min=1)] = 1_000,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+) -> None:
+    """Per decision point and model: cases, agreement with the policy, where they disagreed
+    and whether the decision that acted proved right, fallbacks, overrides and cost."""
+    from agentic_mlops.tasks import ledger
+    from agentic_mlops.tasks.agent_report import agent_figures
+
+    settings = load_settings()
+    figures = agent_figures(ledger.list_decisions(limit=limit, settings=settings))
+    if as_json:
+        print(json.dumps([f.model_dump() for f in figures]))
+        return
+    if not figures:
+        console.print("no attributed decisions in the ledger yet", highlight=False)
+        return
+    table = Table(title="Agents against the policy")
+    for column in (
+        "decision point",
+        "model",
+        "mode",
+        "cases",
+        "answered",
+        "agreement",
+        "fallbacks",
+        "ungrounded",
+        "overridden",
+        "tokens in/out",
+        "latency",
+    ):
+        table.add_column(column)
+    for f in figures:
+        table.add_row(
+            f.decision_point,
+            f.model,
+            ",".join(f.modes),
+            str(f.cases),
+            str(f.answered),
+            "" if f.agreement is None else f"{f.agreement:.0%}",
+            str(f.fallbacks),
+            str(f.ungrounded),
+            str(f.overridden),
+            f"{f.input_tokens}/{f.output_tokens}",
+            f"{f.mean_latency_seconds:.2f} s",
+        )
+    console.print(table)
+    for f in figures:
+        for d in f.disagreements:
+            console.print(
+                f"{f.decision_point} {d.created_at}: model {d.model_action}, policy "
+                f"{d.policy_action}, acted {d.acted} -> {d.acted_proved or 'outcome unknown'}",
+                highlight=False,
+                soft_wrap=True,
+            )
+
+
+@agents.command("eval")
+def agents_eval(
+    model: Annotated[
+        str | None,
+        typer.Option(help="Model string to evaluate instead of agent_model (e.g. openai:gpt-4o)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Run the decision eval (every action of every decision point) on the agents' model, log
+    it as an MLflow run, and print accuracy, unsafe answers stopped, fallbacks and cost."""
+    from agentic_mlops.agents.decision_eval import SUITE_VERSION, evaluate
+    from agentic_mlops.agents.decision_runtime import model_problem
+    from agentic_mlops.tasks import registry
+
+    settings = load_settings()
+    if model is not None:
+        settings = settings.model_copy(update={"agent_model": model, "agent_mode": "llm"})
+        if model != "policy" and (problem := model_problem(settings)):
+            fail(problem)
+    settings = settings.model_copy(update={"agent_tracing": False})
+    with errors.status(f"Evaluating {settings.agent_model} on decision suite {SUITE_VERSION}..."):
+        report = evaluate(settings)
+    client = registry.client(settings)
+    run = client.create_run(
+        registry.ensure_experiment(settings),
+        run_name=f"agents-eval-{settings.agent_model}",
+        tags={"agentic-mlops.kind": "agents-eval"},
+    )
+    client.log_param(run.info.run_id, "suite_version", SUITE_VERSION)
+    client.log_param(run.info.run_id, "model", settings.agent_model)
+    for score in report.scores:
+        for name in (
+            "accuracy",
+            "unsafe_stopped",
+            "unsafe_stood",
+            "fallbacks",
+            "mean_latency_seconds",
+        ):
+            client.log_metric(
+                run.info.run_id, f"{score.decision_point}.{name}", getattr(score, name)
+            )
+    client.log_dict(run.info.run_id, report.model_dump(mode="json"), "agents-eval.json")
+    client.set_terminated(run.info.run_id)
+    if as_json:
+        print(json.dumps(report.model_dump(mode="json") | {"mlflow_run_id": run.info.run_id}))
+        return
+    table = Table(title=f"Decision eval {SUITE_VERSION}: {settings.agent_model}")
+    for column in ("decision point", "cases", "accuracy", "model's own", "unsafe stopped",
+                   "unsafe stood", "fallbacks", "tokens in/out", "latency"):  # fmt: skip
+        table.add_column(column)
+    for score in report.scores:
+        table.add_row(
+            score.decision_point,
+            str(score.cases),
+            f"{score.accuracy:.0%}",
+            "" if score.model_accuracy is None else f"{score.model_accuracy:.0%}",
+            str(score.unsafe_stopped),
+            str(score.unsafe_stood),
+            str(score.fallbacks),
+            f"{score.input_tokens}/{score.output_tokens}",
+            f"{score.mean_latency_seconds:.2f} s",
+        )
+    console.print(table)
+    for result in report.results:
+        if not result.correct:
+            console.print(
+                f"wrong: {result.decision_point} {result.name}: {result.action} "
+                f"(acceptable: {', '.join(result.acceptable)})",
+                highlight=False,
+                soft_wrap=True,
+            )
+    console.print(f"MLflow run {run.info.run_id}", highlight=False)
+
+
 k8s = typer.Typer(help="Kubernetes: render the serving manifests for review or GitOps.")
 app.add_typer(k8s, name="k8s")
 
@@ -504,9 +664,25 @@ def where() -> None:
 
 
 @app.command(name="settings")
-def show_settings() -> None:
+def show_settings(
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check", help="Only check the settings and the agent model; one line, exit 2 if bad."
+        ),
+    ] = False,
+) -> None:
     """Print the settings in force as JSON (secrets masked)."""
     settings = load_settings()
+    if check:
+        from agentic_mlops.agents.decision_runtime import model_string
+
+        model = "policy" if settings.agent_model == "policy" else model_string(settings)
+        where = f" at {settings.agent_base_url}" if settings.agent_base_url else ""
+        console.print(
+            f"settings ok; agents decide with {model}{where}", highlight=False, soft_wrap=True
+        )
+        return
     values = json.loads(settings.model_dump_json())
     values["tracking_uri_in_force"] = settings.tracking_uri()
     console.print_json(json.dumps(values))

@@ -426,9 +426,14 @@ class DecisionBrief(BaseModel):
     severity: str | None = None
     confidence: float | None = None
     rationale: str | None = None
-    decided_by: str = Field(description="`policy` or the LLM that decided.")
+    decided_by: str = Field(description="`policy` or the LLM that answered.")
     guardrail: str | None = Field(
         default=None, description="Why a guardrail replaced the model's decision, if it did."
+    )
+    attribution: dict[str, Any] | None = Field(
+        default=None,
+        description="Who decided: the model that answered, its own and the policy's action, "
+        "every override and why, tokens and latency (see docs/agents.md).",
     )
     outcome: dict[str, Any] | None = Field(
         default=None,
@@ -450,6 +455,7 @@ def brief(entry: Any) -> DecisionBrief:
         rationale=entry.rationale,
         decided_by=entry.agent_model,
         guardrail=entry.overridden_by,
+        attribution=entry.attribution,
         outcome=entry.outcome,
         flow_run_id=entry.flow_run_id,
     )

@@ -9,6 +9,9 @@ user exported (a `PREFECT_API_URL`, a `PREFECT_HOME`) wins.
 from __future__ import annotations
 
 import os
+from pathlib import Path
+
+from pydantic import ValidationError
 
 from agentic_mlops.settings import Settings
 
@@ -28,8 +31,17 @@ MLFLOW_DEFAULTS = {
 
 
 def configure_environment(settings: Settings | None = None) -> Settings:
-    """Fill unset Prefect and MLflow variables with the embedded defaults."""
-    settings = settings or Settings()
+    """Fill unset Prefect and MLflow variables with the embedded defaults.
+
+    Settings that do not validate still give their home here; the command line then reports
+    the bad value on one line.
+    """
+    if settings is None:
+        try:
+            settings = Settings()
+        except ValidationError:
+            home = Path(os.environ.get("AGENTIC_MLOPS_HOME", ".mlops")).expanduser().resolve()
+            settings = Settings.model_construct(home=home)
     if "PREFECT_HOME" not in os.environ:
         settings.prefect_home.mkdir(parents=True, exist_ok=True)
         os.environ["PREFECT_HOME"] = str(settings.prefect_home)

@@ -44,7 +44,18 @@ class DecisionSummary(BaseModel):
     confidence: float
     drifted_features: list[str]
     rationale: str
-    agent_model: str = "policy"
+    agent_model: str = Field(default="policy", description="The model that answered.")
+    decided_by: str = Field(
+        default="policy",
+        description="Where the decision that stands comes from: the answering model, "
+        "`policy` or `guardrail`.",
+    )
+    model_action: str | None = Field(
+        default=None, description="The model's own answer before any guardrail."
+    )
+    policy_action: str | None = Field(
+        default=None, description="What the policy decides on the same evidence."
+    )
     overridden_by: str | None = None
 
 
@@ -89,6 +100,16 @@ class DriftCheckResult(BaseModel):
             "drift_share": self.drift_share,
             "columns": {name: column.model_dump() for name, column in self.columns.items()},
             "decision": self.decision.model_dump(
-                include={"action", "severity", "confidence", "drifted_features", "rationale"}
+                include={
+                    "action",
+                    "severity",
+                    "confidence",
+                    "drifted_features",
+                    "rationale",
+                    "decided_by",
+                    "model_action",
+                    "policy_action",
+                    "overridden_by",
+                }
             ),
         }

@@ -47,8 +47,29 @@ class Settings(BaseSettings):
         description="Model behind the agents: `policy` (deterministic, no LLM) or any "
         "pydantic-ai model string such as `openai:gpt-4o`.",
     )
+    agent_mode: Literal["policy", "shadow", "llm"] | None = Field(
+        default=None,
+        description="policy: the policy decides, no model is asked; shadow: the model decides "
+        "beside the policy on every case, the policy's decision acts, and their agreement is "
+        "recorded; llm: the model's guarded decision acts. Empty: policy when agent_model is "
+        "`policy`, else llm.",
+    )
     agent_api_key: SecretStr | None = Field(
-        default=None, description="API key for the agents' model provider, when one is used."
+        default=None,
+        description="API key for the agents' model provider, passed to the provider only "
+        "(else the provider's own variable, e.g. OPENAI_API_KEY).",
+    )
+    agent_base_url: str | None = Field(
+        default=None,
+        description="OpenAI-compatible endpoint of the agents' model (Ollama, vLLM, llama.cpp), "
+        "e.g. http://127.0.0.1:11434/v1; a bare model name or `openai:` then uses chat "
+        "completions (`openai-chat:`).",
+    )
+    agent_temperature: float | None = Field(
+        default=None, ge=0, le=2, description="Sampling temperature of the agents' model."
+    )
+    agent_seed: int | None = Field(
+        default=None, description="Sampling seed of the agents' model, where it supports one."
     )
     agent_request_limit: int = Field(
         default=8, ge=2, le=100, description="Most model requests one agent run may make."
@@ -174,6 +195,18 @@ class Settings(BaseSettings):
     )
     tune_max_trials_ceiling: int = Field(
         default=64, ge=1, description="Most trials any search may run, whatever the advisor says."
+    )
+    tune_min_trials: int = Field(
+        default=4,
+        ge=1,
+        description="Fewest trials an advisor may propose (at most tune_max_trials); fewer "
+        "are raised to it.",
+    )
+    tune_min_time_budget_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="Shortest search an advisor may propose (at most the default budget); "
+        "shorter is raised to it.",
     )
     tune_time_budget_seconds: float = Field(
         default=120.0, gt=0, description="Default wall-clock budget of a search."

@@ -21,6 +21,9 @@ from pydantic_ai.models import Model
 from pydantic_ai.models.function import FunctionModel
 
 from agentic_mlops.agents.decision_runtime import (
+    POLICY,
+    Attribution,
+    agent_model,
     allowed_action,
     backed_by_policy,
     decide_within,
@@ -120,6 +123,9 @@ class TriageEvidence(BaseModel):
     skipped_columns: dict[str, str] = Field(default_factory=dict)
     history_scores: list[float] = Field(default_factory=list)
     sequential_alarm: bool = False
+    sequential_alarm_columns: list[str] = Field(
+        default_factory=list, description="Columns on which the CUSUM raised its alarm."
+    )
     feature_importance: dict[str, float] = Field(default_factory=dict)
     labels_available: bool = False
     performance: PerformanceEvidence | None = None
@@ -183,11 +189,12 @@ class TriageDecision(BaseModel):
 
 
 class TriageOutcome(BaseModel):
-    """The decision that stands, who made it, and whether a guardrail replaced it."""
+    """The decision that stands, the model that answered, and why it is not the model's own."""
 
     decision: TriageDecision
-    agent_model: str
+    agent_model: str = Field(description="The model that answered (`policy` on a fallback).")
     overridden_by: str | None = None
+    attribution: Attribution | None = None
 
 
 INSTRUCTIONS = (
@@ -209,6 +216,10 @@ EVIDENCE_TOOLS = (
     "registry_state",
     "serving_health",
 )
+TOOL_OF: dict[str, str] = dict(zip(get_args(EvidenceRef), EVIDENCE_TOOLS, strict=True))
+"""The tool each `evidence_used` entry stands for."""
+ACTING = ("retrain", "rollback", "escalate")
+"""Actions that do something; `none` and `monitor` only watch."""
 
 
 def quality_result(ctx: RunContext[TriageDeps]) -> dict[str, Any]:
@@ -232,10 +243,14 @@ def column_drift(ctx: RunContext[TriageDeps]) -> dict[str, Any]:
 
 
 def drift_history(ctx: RunContext[TriageDeps]) -> dict[str, Any]:
-    """Drift scores of the recent batches, oldest first, and whether the sequential
-    (Page-Hinkley) detector has raised an alarm on gradual drift."""
+    """Drift scores of the recent batches, oldest first, whether the sequential (CUSUM)
+    detector has raised an alarm on gradual drift, and the columns it alarms on."""
     evidence = ctx.deps.evidence
-    return {"scores": evidence.history_scores, "sequential_alarm": evidence.sequential_alarm}
+    return {
+        "scores": evidence.history_scores,
+        "sequential_alarm": evidence.sequential_alarm,
+        "alarm_columns": evidence.sequential_alarm_columns,
+    }
 
 
 def feature_importance(ctx: RunContext[TriageDeps]) -> dict[str, float]:
@@ -257,8 +272,10 @@ def model_performance(ctx: RunContext[TriageDeps]) -> dict[str, Any]:
 
 
 def registry_state(ctx: RunContext[TriageDeps]) -> dict[str, Any]:
-    """Champion and previous champion versions, whether labels exist for retraining, and the
-    actions this deployment allows."""
+    """Champion and previous champion versions, whether labels exist for retraining, the
+    actions this deployment allows, and the limits in force: the share of importance on
+    drifted features and the ROC AUC drop that demand action, the calibration z and gap that
+    count as a performance problem, and the confidence a retrain or rollback needs."""
     evidence, limits = ctx.deps.evidence, ctx.deps.limits
     return {
         "model_name": evidence.model_name,
@@ -266,6 +283,7 @@ def registry_state(ctx: RunContext[TriageDeps]) -> dict[str, Any]:
         "previous_champion_version": evidence.previous_champion_version,
         "labels_available": evidence.labels_available,
         "allowed_actions": list(limits.allowed_actions),
+        "limits": limits.model_dump(exclude={"allowed_actions"}),
     }
 
 
@@ -288,14 +306,69 @@ def _weights(evidence: TriageEvidence) -> dict[str, float]:
     return {name: value / total for name, value in positive.items()}
 
 
+def important_alarm(evidence: TriageEvidence, limits: TriageLimits) -> list[str]:
+    """The columns the CUSUM alarms on, when together they carry at least `important_drift`
+    of the model's importance; else none."""
+    if not evidence.sequential_alarm:
+        return []
+    weights = _weights(evidence)
+    alarmed = [name for name in evidence.sequential_alarm_columns if name in evidence.columns]
+    if sum(weights.get(name, 0.0) for name in alarmed) < limits.important_drift:
+        return []
+    return sorted(alarmed, key=lambda name: -weights.get(name, 0.0))
+
+
+def demands_action(evidence: TriageEvidence, limits: TriageLimits) -> str | None:
+    """Why the evidence demands more than `none` or `monitor`, or None: a quarantined batch,
+    a performance drop beyond the limit on labelled rows, drift (or a sequential alarm) on
+    important features, or a trusted label-free drop without labels."""
+    if evidence.quality.batch_failed:
+        return "the batch failed its quality checks and was quarantined"
+    performance = evidence.performance
+    if performance and performance.reference - performance.current >= limits.performance_drop:
+        return (
+            f"ROC AUC fell by {performance.reference - performance.current:.3f} on labelled "
+            f"rows (limit {limits.performance_drop:.3f})"
+        )
+    if performance and performance.miscalibrated(limits):
+        return f"the champion is miscalibrated (z {performance.calibration_z:.1f})"
+    weights = _weights(evidence)
+    drifted = evidence.drifted()
+    weighted = sum(weights.get(name, 0.0) for name in drifted)
+    if drifted and (weighted >= limits.important_drift or evidence.dataset_drift):
+        return f"features carrying {weighted:.0%} of the model's importance drifted"
+    if alarmed := important_alarm(evidence, limits):
+        return f"the sequential detector alarms on important features ({', '.join(alarmed)})"
+    estimated = evidence.serving.estimated_drop() if evidence.serving else None
+    if (
+        not evidence.labels_available
+        and estimated is not None
+        and (estimated >= limits.performance_drop)
+    ):
+        return f"the trusted label-free estimate fell by {estimated:.3f} ROC AUC"
+    return None
+
+
+def previous_champion_proven(evidence: TriageEvidence) -> bool:
+    """Whether the previous champion scores at least as well as the champion on the labelled
+    rows at hand: the only evidence a rollback can rest on."""
+    performance = evidence.performance
+    return bool(
+        evidence.previous_champion_version is not None
+        and performance
+        and performance.previous_champion_current is not None
+        and performance.previous_champion_current >= performance.current
+    )
+
+
 def policy_decision(evidence: TriageEvidence, limits: TriageLimits) -> TriageDecision:
     """The deterministic triage rule, used as the default model and as every fallback.
 
     In order: a failed batch escalates; a previous champion that does better on the same
     labelled batch rolls back; a performance drop or miscalibration retrains (concept drift
-    when the inputs are stable); drift on important features retrains when labels exist and
-    escalates when they do not; any other drift or a sequential alarm means monitor;
-    otherwise nothing.
+    when the inputs are stable); drift on important features, or a sequential alarm on them,
+    retrains when labels exist and escalates when they do not; any other drift or a
+    sequential alarm means monitor; otherwise nothing.
     """
     weights = _weights(evidence)
     drifted = sorted(evidence.drifted(), key=lambda name: -weights.get(name, 0.0))
@@ -406,6 +479,27 @@ def policy_decision(evidence: TriageEvidence, limits: TriageLimits) -> TriageDec
             "importance, but the batch has no labels to retrain on.",
             ["column_drift", "feature_importance", "registry"],
         )
+    alarmed = important_alarm(evidence, limits)
+    if alarmed:
+        if evidence.labels_available:
+            return decide(
+                "retrain",
+                "medium",
+                0.7,
+                f"The sequential detector alarms on {', '.join(alarmed)}, which carry at least "
+                f"{limits.important_drift:.0%} of the model's importance: gradual drift on "
+                "features that matter; labels exist, so retrain on recent data.",
+                ["drift_history", "feature_importance", "registry"],
+            )
+        return decide(
+            "escalate",
+            "medium",
+            0.7,
+            f"The sequential detector alarms on {', '.join(alarmed)}, which carry at least "
+            f"{limits.important_drift:.0%} of the model's importance, but the batch has no "
+            "labels to retrain on.",
+            ["drift_history", "feature_importance", "registry"],
+        )
     alerts = serving.alerts if serving else []
     if drifted or evidence.sequential_alarm or evidence.prediction_drifted or alerts:
         if evidence.sequential_alarm:
@@ -448,6 +542,7 @@ def evidence_from_tool_returns(returns: dict[str, Any]) -> TriageEvidence:
         skipped_columns=drift["skipped_columns"],
         history_scores=returns["drift_history"]["scores"],
         sequential_alarm=returns["drift_history"]["sequential_alarm"],
+        sequential_alarm_columns=returns["drift_history"]["alarm_columns"],
         feature_importance=returns["feature_importance"],
         labels_available=registry["labels_available"],
         performance=(
@@ -507,10 +602,13 @@ def triage_agent(model_key: str, limits: TriageLimits) -> Agent[TriageDeps, Tria
 def enforce_guardrails(
     decision: TriageDecision, evidence: TriageEvidence, limits: TriageLimits
 ) -> tuple[TriageDecision, str | None]:
-    """Bound what any decision can do; return the decision that stands and why it changed.
+    """Bound what any decision can do, both ways; return the decision that stands and why.
 
-    - an action outside the allowed set, `retrain` without labels or on a failed batch, and
-      `rollback` without a previous champion are replaced by the policy's decision;
+    - ceilings: an action outside the allowed set, `retrain` without labels or on a failed
+      batch, and `rollback` unless the previous champion scores at least as well on the
+      labelled rows at hand, are replaced by the policy's decision;
+    - floors: `none` or `monitor` where the evidence demands action (see `demands_action`) is
+      raised to the policy's action, or to `escalate` when that is not an acting one;
     - a `retrain` or `rollback` below the minimum confidence escalates to a person;
     - drifted features the evidence does not show as drifted are dropped.
     """
@@ -530,11 +628,20 @@ def enforce_guardrails(
         broken = "retrain on a batch that failed quality checks"
     elif decision.action == "rollback" and evidence.previous_champion_version is None:
         broken = "rollback needs a previous champion"
+    elif decision.action == "rollback" and not previous_champion_proven(evidence):
+        broken = (
+            "rollback needs the previous champion to score at least as well on the labelled "
+            "rows at hand"
+        )
     if broken:
-        policy = policy_decision(evidence, limits)
-        if policy.action not in limits.allowed_actions:
-            policy = policy.model_copy(update={"action": "escalate", "severity": "high"})
-        return policy, "; ".join([*reasons, f"{broken}: replaced by the policy's decision"])
+        return _policy_or_escalate(evidence, limits), "; ".join(
+            [*reasons, f"{broken}: replaced by the policy's decision"]
+        )
+    demanded = demands_action(evidence, limits) if decision.action in ("none", "monitor") else None
+    if demanded:
+        raised = _policy_or_escalate(evidence, limits, acting=True)
+        reasons.append(f"{decision.action} ignores that {demanded}: raised to {raised.action}")
+        return raised, "; ".join(reasons)
     if decision.action in ("retrain", "rollback") and decision.confidence < limits.min_confidence:
         reasons.append(
             f"{decision.action} at confidence {decision.confidence:.2f} is below "
@@ -544,6 +651,17 @@ def enforce_guardrails(
     return decision, "; ".join(reasons) or None
 
 
+def _policy_or_escalate(
+    evidence: TriageEvidence, limits: TriageLimits, acting: bool = False
+) -> TriageDecision:
+    """The policy's decision, or `escalate` when that is not allowed (or, with `acting`, when
+    it is only `none` or `monitor`)."""
+    policy = policy_decision(evidence, limits)
+    if policy.action not in limits.allowed_actions or (acting and policy.action not in ACTING):
+        policy = policy.model_copy(update={"action": "escalate", "severity": "high"})
+    return policy
+
+
 def triage(
     evidence: TriageEvidence, settings: Settings | None = None, model: Model | None = None
 ) -> TriageOutcome:
@@ -551,22 +669,34 @@ def triage(
 
     `model` overrides the setting (tests pass a scripted `FunctionModel` here). Every run,
     the policy's included, is traced to MLflow when `agent_tracing` is on. An LLM that
-    errors or times out falls back to the policy inside `FallbackModel`; a run
-    that still fails (invalid output after retries, usage limits, overall timeout) is replaced
-    by the policy's decision. The result is always a valid, guarded decision.
+    errors falls back to the policy inside `FallbackModel`; a run that still fails (a model
+    setting that cannot be built, invalid output after retries, usage limits, the overall
+    timeout) or whose decision names evidence it never read is replaced by the policy's
+    decision. The result is always a valid, guarded decision, attributed.
     """
     settings = settings or load_settings()
     limits = TriageLimits.from_settings(settings)
-    if model is None:
-        agent, agent_model = triage_agent(settings.agent_model, limits), settings.agent_model
-    else:
-        agent, agent_model = build_triage_agent(model, limits), model.model_name
-    decision, reasons = decide_within(
-        agent,
+
+    def build() -> Agent[TriageDeps, TriageDecision]:
+        if model is not None:
+            return build_triage_agent(model, limits)
+        if settings.agent_model == POLICY:
+            return triage_agent(POLICY, limits)
+        return build_triage_agent(agent_model(settings), limits)
+
+    decision, attribution = decide_within(
+        build,
         "Triage the latest batch for the registered model and decide one action.",
         TriageDeps(evidence, limits),
         settings,
         lambda: policy_decision(evidence, limits),
         lambda decision: enforce_guardrails(decision, evidence, limits),
+        configured_model=model.model_name if model is not None else settings.agent_model,
+        evidence_tools=TOOL_OF,
     )
-    return TriageOutcome(decision=decision, agent_model=agent_model, overridden_by=reasons)
+    return TriageOutcome(
+        decision=decision,
+        agent_model=attribution.answered_by or POLICY,
+        overridden_by=attribution.reasons(),
+        attribution=attribution,
+    )

@@ -24,7 +24,14 @@ from pydantic_ai.durable_exec.prefect import PrefectDurability
 from pydantic_ai.models import Model
 from pydantic_ai.models.function import FunctionModel
 
-from agentic_mlops.agents.decision_runtime import backed_by_policy, decide_within, policy_model
+from agentic_mlops.agents.decision_runtime import (
+    POLICY,
+    Attribution,
+    agent_model,
+    backed_by_policy,
+    decide_within,
+    policy_model,
+)
 from agentic_mlops.settings import Settings, load_settings
 from agentic_mlops.tasks.models import FAMILIES, PARAMETER_BOUNDS
 from agentic_mlops.tasks.tuning import DEFAULT_RANGES, ParameterRange, SearchSpace
@@ -84,21 +91,27 @@ class AdvisorLimits(BaseModel):
 
     default_trials: int = 12
     max_trials: int = 64
+    min_trials: int = 4
     default_seconds: float = 120.0
     max_seconds: float = 1_800.0
+    min_seconds: float = 30.0
     concurrency: int = 2
     algorithm: str = "optuna"
     synthesis_enabled: bool = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AdvisorLimits:
+        default_trials = min(settings.tune_max_trials, settings.tune_max_trials_ceiling)
+        default_seconds = min(
+            settings.tune_time_budget_seconds, settings.tune_time_budget_ceiling_seconds
+        )
         return cls(
-            default_trials=min(settings.tune_max_trials, settings.tune_max_trials_ceiling),
+            default_trials=default_trials,
             max_trials=settings.tune_max_trials_ceiling,
-            default_seconds=min(
-                settings.tune_time_budget_seconds, settings.tune_time_budget_ceiling_seconds
-            ),
+            min_trials=min(settings.tune_min_trials, default_trials),
+            default_seconds=default_seconds,
             max_seconds=settings.tune_time_budget_ceiling_seconds,
+            min_seconds=min(settings.tune_min_time_budget_seconds, default_seconds),
             concurrency=settings.tune_num_cpus,
             algorithm=settings.tune_search_algorithm,
             synthesis_enabled=settings.synthesis_enabled,
@@ -125,11 +138,12 @@ class TuningProposal(BaseModel):
 
 
 class AdvisorOutcome(BaseModel):
-    """The proposal that stands, who made it, and whether a guardrail replaced it."""
+    """The proposal that stands, the model that answered, and why it is not the model's own."""
 
     proposal: TuningProposal
-    agent_model: str
+    agent_model: str = Field(description="The model that answered (`policy` on a fallback).")
     overridden_by: str | None = None
+    attribution: Attribution | None = None
 
 
 INSTRUCTIONS = (
@@ -163,8 +177,8 @@ def segment_coverage(ctx: RunContext[AdvisorDeps]) -> list[dict[str, Any]]:
 
 
 def search_limits(ctx: RunContext[AdvisorDeps]) -> dict[str, Any]:
-    """Trial and time ceilings, default budget, concurrency, algorithm, whether settings
-    force synthesis, and each family's parameters with their bounds [low, high]."""
+    """Trial and time ceilings and floors, default budget, concurrency, algorithm, whether
+    settings force synthesis, and each family's parameters with their bounds [low, high]."""
     limits = ctx.deps.limits
     return {
         **limits.model_dump(),
@@ -348,44 +362,75 @@ def advisor_agent(model_key: str, limits: AdvisorLimits) -> Agent[AdvisorDeps, T
 def enforce_guardrails(
     proposal: TuningProposal, evidence: AdvisorEvidence, limits: AdvisorLimits
 ) -> tuple[TuningProposal, str | None]:
-    """Replace a proposal that breaks a ceiling or names unknown segments by the policy's;
-    switch synthesis on when settings force it and segments exist."""
+    """Bound a proposal both ways; return the proposal that stands and why it changed.
+
+    - a ceiling broken or unknown segments named: the policy's proposal instead;
+    - floors: fewer trials than `min_trials` or a shorter budget than `min_seconds` are
+      raised to them, so a search is never too small to find anything;
+    - synthesis is switched on when settings force it and segments exist.
+    """
     problems = budget_problems(proposal, evidence, limits)
     if problems:
         return (
             policy_proposal(evidence, limits),
             "; ".join(problems) + ": replaced by the policy's proposal",
         )
-    if limits.synthesis_enabled and evidence.segments and not proposal.synthesize:
-        return (
-            proposal.model_copy(
-                update={"synthesize": True, "segments": [s.name for s in evidence.segments]}
-            ),
-            "settings enable synthesis: switched on for every under-covered segment",
+    reasons = []
+    space = proposal.space
+    if space.max_trials < limits.min_trials:
+        reasons.append(f"{space.max_trials} trials is below the floor {limits.min_trials}: raised")
+        space = space.model_copy(update={"max_trials": limits.min_trials})
+    if space.time_budget_seconds < limits.min_seconds:
+        reasons.append(
+            f"{space.time_budget_seconds:g} s is below the floor {limits.min_seconds:g} s: raised"
         )
-    return proposal, None
+        space = space.model_copy(update={"time_budget_seconds": limits.min_seconds})
+    proposal = proposal.model_copy(update={"space": space})
+    if limits.synthesis_enabled and evidence.segments and not proposal.synthesize:
+        proposal = proposal.model_copy(
+            update={"synthesize": True, "segments": [s.name for s in evidence.segments]}
+        )
+        reasons.append("settings enable synthesis: switched on for every under-covered segment")
+    return proposal, "; ".join(reasons) or None
+
+
+def proposal_action(proposal: TuningProposal) -> str:
+    """A proposal as the ledger names it."""
+    return "search+synthesize" if proposal.synthesize else "search"
 
 
 def advise(
     evidence: AdvisorEvidence, settings: Settings | None = None, model: Model | None = None
 ) -> AdvisorOutcome:
-    """Run the advisor and apply the guardrails; always a valid proposal.
+    """Run the advisor and apply the guardrails; always a valid proposal, attributed.
 
     `model` overrides the setting (tests pass a scripted `FunctionModel`). A run that fails
-    (an invalid space after retries, limits, a timeout) is replaced by the policy's proposal.
+    (a model setting that cannot be built, an invalid space after retries, limits, a timeout)
+    is replaced by the policy's proposal.
     """
     settings = settings or load_settings()
     limits = AdvisorLimits.from_settings(settings)
-    if model is None:
-        agent, agent_model = advisor_agent(settings.agent_model, limits), settings.agent_model
-    else:
-        agent, agent_model = build_advisor(model, limits), model.model_name
-    proposal, reasons = decide_within(
-        agent,
+
+    def build() -> Agent[AdvisorDeps, TuningProposal]:
+        if model is not None:
+            return build_advisor(model, limits)
+        if settings.agent_model == POLICY:
+            return advisor_agent(POLICY, limits)
+        return build_advisor(agent_model(settings), limits)
+
+    proposal, attribution = decide_within(
+        build,
         "Propose the search for this retraining.",
         AdvisorDeps(evidence, limits),
         settings,
         lambda: policy_proposal(evidence, limits),
         lambda proposal: enforce_guardrails(proposal, evidence, limits),
+        configured_model=model.model_name if model is not None else settings.agent_model,
+        action_of=proposal_action,
     )
-    return AdvisorOutcome(proposal=proposal, agent_model=agent_model, overridden_by=reasons)
+    return AdvisorOutcome(
+        proposal=proposal,
+        agent_model=attribution.answered_by or POLICY,
+        overridden_by=attribution.reasons(),
+        attribution=attribution,
+    )

@@ -162,7 +162,8 @@ def evidence_markdown(evidence: CanaryEvidence, outcome: PromotionOutcome) -> st
         f"|---|---|---|---|---|---|\n{rows}\n\n"
         f"Agent ({outcome.agent_model}): **{decision.action}**, confidence "
         f"{decision.confidence:.2f}. {decision.rationale}\n\n"
-        f"Guardrail: {outcome.overridden_by or 'none'}\n"
+        f"Guardrail: {outcome.overridden_by or 'none'}\n\n"
+        + (outcome.attribution.markdown() if outcome.attribution else "")
     )
 
 
@@ -184,6 +185,7 @@ def record_decision(
         evidence={"used": list(decision.evidence_used), **payload},
         agent_model=outcome.agent_model,
         overridden_by=outcome.overridden_by,
+        attribution=outcome.attribution.model_dump(mode="json") if outcome.attribution else None,
     )
 
 
@@ -449,6 +451,8 @@ def canary_rollout(
                     }[answer.decision]
                     if action == "increase_traffic" and evidence.next_weight is None:
                         action = "promote"
+                elif action == "increase_traffic" and evidence.next_weight is None:
+                    action = "hold"  # only a guarded `promote` or a person ends in promotion
                 history.append(
                     CanaryStep(
                         weight=weight,
@@ -456,7 +460,9 @@ def canary_rollout(
                         score=evidence.judge.score,
                         sequential=analysis.sequential_outcome,
                         action=action,
-                        decided_by=outcome.agent_model,
+                        decided_by=outcome.attribution.decided_by
+                        if outcome.attribution
+                        else outcome.agent_model,
                         ledger_id=entry.id,
                     )
                 )

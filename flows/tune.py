@@ -176,6 +176,7 @@ def record_advice(
         },
         agent_model=outcome.agent_model,
         overridden_by=outcome.overridden_by,
+        attribution=outcome.attribution.model_dump(mode="json") if outcome.attribution else None,
     )
 
 
@@ -482,7 +483,9 @@ def retrain(
     key = artifact_key(settings.model_name)
     create_markdown_artifact(
         key=f"{key}-retrain-search",
-        markdown=search_markdown(found, comparison, len(synthetic)) + f"\nHand-over: {handed}\n",
+        markdown=search_markdown(found, comparison, len(synthetic))
+        + f"\nHand-over: {handed}\n"
+        + (f"\n## Advisor\n\n{advice.attribution.markdown()}" if advice.attribution else ""),
         description=f"Search behind {trained.model_name} v{trained.version}",
     )
     create_table_artifact(

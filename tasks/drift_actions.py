@@ -58,6 +58,7 @@ def record_triage(
         },
         agent_model=outcome.agent_model,
         overridden_by=outcome.overridden_by,
+        attribution=outcome.attribution.model_dump(mode="json") if outcome.attribution else None,
     )
 
 
@@ -171,6 +172,8 @@ def triage_markdown(result: DriftCheckResult, settings: Settings, top: int = 5) 
         "",
         f"> {decision.rationale}",
         "",
+        f"Decided by `{decision.decided_by}`; the model's own decision "
+        f"{decision.model_action or 'none given'}, the policy's {decision.policy_action}  ",
         f"Guardrail: {decision.overridden_by or 'none'}  ",
         f"Drift share {result.drift_share:.2f} of {len(result.columns)} columns; dataset drift "
         f"{result.dataset_drift}; sequential alarm {result.sequential_alarm}; prediction drift "

@@ -1,7 +1,8 @@
 """The decision ledger and the drift history, kept in one SQLite store under home.
 
 Every agent decision is a row: which decision point, for which model, a digest of its inputs,
-the evidence it used, the action and its rationale, the model that decided, and later the
+the evidence it used, the action and its rationale, the model that answered and its
+attribution (the model's own and the policy's decision, every override), and later the
 outcome. A decision's id is derived from the flow run, the decision point and the inputs
 digest, so a retried flow records it once. The drift history keeps one row per checked batch
 with its drift score and the sequential detector's state after it.
@@ -39,7 +40,8 @@ CREATE TABLE IF NOT EXISTS decisions (
     overridden_by TEXT,
     flow_run_id TEXT,
     outcome TEXT,
-    outcome_at TEXT
+    outcome_at TEXT,
+    attribution TEXT
 );
 CREATE INDEX IF NOT EXISTS decisions_by_model ON decisions (model_name, created_at);
 CREATE TABLE IF NOT EXISTS drift_history (
@@ -77,6 +79,11 @@ class LedgerEntry(BaseModel):
     flow_run_id: str | None = None
     outcome: dict[str, Any] | None = None
     outcome_at: str | None = None
+    attribution: dict[str, Any] | None = Field(
+        default=None,
+        description="Who decided: the configured model, the model that answered, the model's "
+        "own and the policy's action, every override and why, tokens and latency.",
+    )
 
 
 class DriftObservation(BaseModel):
@@ -106,6 +113,9 @@ def connect(settings: Settings | None = None) -> Iterator[sqlite3.Connection]:
     connection.row_factory = sqlite3.Row
     try:
         connection.executescript(SCHEMA)
+        columns = {row["name"] for row in connection.execute("PRAGMA table_info(decisions)")}
+        if "attribution" not in columns:  # a ledger written before attribution was recorded
+            connection.execute("ALTER TABLE decisions ADD COLUMN attribution TEXT")
         yield connection
         connection.commit()
     finally:
@@ -125,16 +135,18 @@ def now() -> str:
 def record_decision(entry: LedgerEntry, settings: Settings | None = None) -> LedgerEntry:
     """Append a decision; recording the same id again keeps the first (a retried flow)."""
     with connect(settings) as db:
+        values = {
+            **entry.model_dump(),
+            "evidence": json.dumps(entry.evidence, default=str),
+            "outcome": json.dumps(entry.outcome) if entry.outcome is not None else None,
+            "attribution": json.dumps(entry.attribution, default=str)
+            if entry.attribution is not None
+            else None,
+        }
         db.execute(
-            "INSERT OR IGNORE INTO decisions VALUES "
-            "(:id, :created_at, :decision_point, :model_name, :model_version, :inputs_digest, "
-            ":action, :severity, :confidence, :rationale, :evidence, :agent_model, "
-            ":overridden_by, :flow_run_id, :outcome, :outcome_at)",
-            {
-                **entry.model_dump(),
-                "evidence": json.dumps(entry.evidence, default=str),
-                "outcome": json.dumps(entry.outcome) if entry.outcome is not None else None,
-            },
+            f"INSERT OR IGNORE INTO decisions ({', '.join(values)}) "
+            f"VALUES ({', '.join(':' + name for name in values)})",
+            values,
         )
     return get_decision(entry.id, settings) or entry
 
@@ -171,6 +183,7 @@ def _entry(row: sqlite3.Row) -> LedgerEntry:
     values = dict(row)
     values["evidence"] = json.loads(values["evidence"])
     values["outcome"] = json.loads(values["outcome"]) if values["outcome"] else None
+    values["attribution"] = json.loads(values["attribution"]) if values["attribution"] else None
     return LedgerEntry(**values)
 
 

@@ -343,6 +343,9 @@ def triage_evidence(
         skipped_columns=drift.skipped,
         history_scores=[round(score, 4) for score in history],
         sequential_alarm=bool(observation and observation.sequential_alarm),
+        sequential_alarm_columns=list(
+            observation.detector_state.get("alarm_columns", []) if observation else []
+        ),
         feature_importance=ref.card.feature_importance,
         labels_available=labelled and len(frame) >= 40,
         performance=performance,

@@ -1,5 +1,6 @@
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from agentic_mlops.cli import app
@@ -115,3 +116,37 @@ def test_k8s_render_writes_validated_manifests_and_refuses_bad_input(home, tmp_p
     )
     assert result.exit_code == 2 and "between 0 and 1" in result.output
     assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
+
+
+@pytest.mark.parametrize(
+    ("variables", "message"),
+    [
+        ({"AGENTIC_MLOPS_AGENT_MODEL": "gpt-4o"}, "Unknown model: gpt-4o"),
+        ({"AGENTIC_MLOPS_AGENT_MODEL": "google:gemini-2.0-flash"}, "pydantic-ai-slim[google]"),
+        ({"AGENTIC_MLOPS_AGENT_MODEL": "nonsense:x"}, "Unknown provider: nonsense"),
+        ({"AGENTIC_MLOPS_AGENT_TEMPERATURE": "9"}, "AGENTIC_MLOPS_AGENT_TEMPERATURE"),
+    ],
+    ids=["no-provider", "missing-extra", "unknown-provider", "bad-value"],
+)
+@pytest.mark.parametrize("command", [["settings", "--check"], ["where"]])
+def test_a_model_or_setting_that_cannot_work_stops_every_command_with_one_line(
+    monkeypatch, variables, message, command
+):
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    result = runner.invoke(app, command)
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]
+
+
+def test_an_openai_compatible_endpoint_passes_the_check_and_its_key_is_never_shown(monkeypatch):
+    monkeypatch.setenv("AGENTIC_MLOPS_AGENT_MODEL", "llama3.1")
+    monkeypatch.setenv("AGENTIC_MLOPS_AGENT_BASE_URL", "http://127.0.0.1:11434/v1")
+    monkeypatch.setenv("AGENTIC_MLOPS_AGENT_API_KEY", "sk-very-secret-key")
+    checked = runner.invoke(app, ["settings", "--check"])
+    assert checked.exit_code == 0, checked.output
+    assert "openai-chat:llama3.1" in checked.output
+    shown = runner.invoke(app, ["settings"])
+    assert shown.exit_code == 0 and "sk-very-secret-key" not in shown.output
+    assert json.loads(shown.output)["agent_base_url"] == "http://127.0.0.1:11434/v1"

@@ -527,3 +527,23 @@ def test_http_answers_only_the_bearer_of_the_token(populated):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_a_decision_brief_carries_its_attribution(home):
+    from agentic_mlops.mcp_reads import brief
+    from agentic_mlops.tasks import ledger
+
+    attribution = {"decided_by": "guardrail", "model_action": "none", "policy_action": "escalate"}
+    entry = ledger.record_agent_decision(
+        "drift_triage",
+        {"batch": 1},
+        "run-1",
+        home,
+        model_name="churn",
+        action="escalate",
+        agent_model="scripted-llm",
+        overridden_by="none ignores that the batch failed: raised to escalate",
+        attribution=attribution,
+    )
+    shown = brief(entry)
+    assert shown.attribution == attribution and shown.decided_by == "scripted-llm"

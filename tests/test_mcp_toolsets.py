@@ -80,7 +80,8 @@ def test_the_policy_mounts_nothing_and_decides_as_before(home, monkeypatch):
     settings = mount(monkeypatch, {"name": "broken", "command": "/nonexistent/server"})
     assert mounted_toolsets("policy", settings) == []
     after = triage(drifted_evidence(), settings)
-    assert after == before and after.overridden_by is None
+    assert after.decision == before.decision and after.overridden_by is None
+    assert after.attribution.tools_called == before.attribution.tools_called
 
 
 def test_invalid_entries_are_skipped_with_a_warning(home, monkeypatch, caplog):
@@ -150,11 +151,14 @@ def test_the_triage_agent_on_a_model_calls_a_mounted_tool_and_its_decision_is_gu
 
 def test_an_unreachable_server_fails_the_model_run_and_the_policy_decides(home, monkeypatch):
     def model(messages, info):
+        if len(messages) == 1:
+            return ModelResponse(parts=[ToolCallPart(name, {}) for name in EVIDENCE_TOOLS])
         decision = {
-            "action": "monitor",
-            "severity": "low",
+            "action": "escalate",
+            "severity": "medium",
             "confidence": 0.9,
-            "rationale": "watch it",
+            "rationale": "a person should look",
+            "evidence_used": ["column_drift"],
         }
         return ModelResponse(parts=[ToolCallPart(info.output_tools[0].name, decision)])
 
@@ -163,4 +167,4 @@ def test_an_unreachable_server_fails_the_model_run_and_the_policy_decides(home, 
     assert outcome.decision.action == "retrain"
     assert outcome.overridden_by.startswith("model run failed")
     without = triage(drifted_evidence(), mount(monkeypatch), model=FunctionModel(model))
-    assert without.decision.action == "monitor" and without.overridden_by is None
+    assert without.decision.action == "escalate" and without.overridden_by is None

@@ -106,6 +106,9 @@ def test_test_model_wiring_yields_a_guarded_decision():
 
 
 def scripted(output):
+    """A fake LLM: calls every tool, then answers `output`, citing every tool unless it says."""
+    output = {"evidence_used": ["judge", "sequential", "traffic"], **output}
+
     def respond(messages, info: AgentInfo) -> ModelResponse:
         if len(messages) == 1:
             return ModelResponse(parts=[ToolCallPart(name, {}) for name in EVIDENCE_TOOLS])
@@ -186,3 +189,51 @@ def test_no_decision_advances_a_canary_past_a_judge_that_did_not_pass(
 def test_an_llm_cannot_promote_on_the_fixed_judge_alone():
     outcome = advise(evidence(next_weight=None), SETTINGS, model=scripted(PROMOTE))
     assert outcome.decision.action == "hold" and "non-inferiority" in outcome.overridden_by
+
+
+INCREASE = {"action": "increase_traffic", "confidence": 0.99, "rationale": "looks fine"}
+
+
+def test_increase_traffic_at_the_last_step_needs_the_sequential_tests_non_inferiority():
+    outcome = advise(evidence(next_weight=None), SETTINGS, model=scripted(INCREASE))
+    assert outcome.decision.action == "hold"
+    assert "non-inferiority" in outcome.overridden_by
+
+
+def test_increase_traffic_at_the_last_step_needs_the_promotion_confidence():
+    shy = scripted({**INCREASE, "confidence": 0.3})
+    proven = evidence(next_weight=None, sequential="promote")
+    outcome = advise(proven, SETTINGS, model=shy)
+    assert outcome.decision.action == "ask_human" and "below" in outcome.overridden_by
+
+
+def test_increase_traffic_at_the_last_step_that_passes_the_rules_stands_as_a_promotion():
+    proven = evidence(next_weight=None, sequential="promote")
+    outcome = advise(proven, SETTINGS, model=scripted(INCREASE))
+    assert outcome.decision.action == "promote"
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    last=st.booleans(),
+    sequential=st.sampled_from(["continue", "promote", "rollback"]),
+    holds=st.integers(0, 3),
+    action=st.sampled_from(["promote", "increase_traffic"]),
+    confidence=st.floats(0, 1),
+)
+def test_every_advance_to_full_traffic_meets_the_promotion_rules(
+    last, sequential, holds, action, confidence
+):
+    case = evidence(next_weight=None if last else 0.5, sequential=sequential, holds=holds)
+    decision = PromotionDecision(action=action, confidence=confidence, rationale="fuzz")
+    guarded, _ = enforce_guardrails(decision, case, LIMITS)
+    to_full = guarded.action == "promote" or (guarded.action == "increase_traffic" and last)
+    if to_full:
+        assert sequential == "promote" and confidence >= LIMITS.min_confidence
+
+
+@pytest.mark.parametrize("action", ["promote", "increase_traffic"])
+def test_an_advance_against_shown_harm_rolls_back_rather_than_holds(action):
+    harmed = evidence(next_weight=None, sequential="rollback")
+    outcome = advise(harmed, SETTINGS, model=scripted({**PROMOTE, "action": action}))
+    assert outcome.decision.action == "rollback"

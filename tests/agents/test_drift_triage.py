@@ -20,6 +20,7 @@ from pydantic_ai.models.test import TestModel
 from agentic_mlops.agents.drift_triage import (
     ACTIONS,
     EVIDENCE_TOOLS,
+    TOOL_OF,
     ColumnEvidence,
     PerformanceEvidence,
     QualityEvidence,
@@ -185,7 +186,8 @@ def scripted(decide):
         seen.append(messages)
         if len(messages) == 1:
             return ModelResponse(parts=[ToolCallPart(name, {}) for name in EVIDENCE_TOOLS])
-        return ModelResponse(parts=[ToolCallPart(info.output_tools[0].name, decide(messages))])
+        answer = {"evidence_used": list(TOOL_OF), **decide(messages)}
+        return ModelResponse(parts=[ToolCallPart(info.output_tools[0].name, answer)])
 
     model = FunctionModel(respond, model_name="scripted-llm")
     model.seen = seen
@@ -368,3 +370,151 @@ def test_runs_are_traced_to_mlflow_without_reaching_the_network(home):
     assert any(
         "Triage the latest batch" in str(span.inputs) for t in traces for span in t.data.spans
     )
+
+
+def answering(answer: dict, tools: tuple[str, ...] = EVIDENCE_TOOLS):
+    """A fake LLM that calls `tools` (maybe none), then answers `answer` as it is."""
+
+    def respond(messages, info: AgentInfo) -> ModelResponse:
+        if len(messages) == 1 and tools:
+            return ModelResponse(parts=[ToolCallPart(name, {}) for name in tools])
+        return ModelResponse(parts=[ToolCallPart(info.output_tools[0].name, answer)])
+
+    return FunctionModel(respond, model_name="answering-llm")
+
+
+NONE = {
+    "action": "none",
+    "severity": "none",
+    "confidence": 0.99,
+    "rationale": "all good",
+    "evidence_used": list(TOOL_OF),
+}
+BROKEN = QualityEvidence(passed=False, batch_failed=True, failures=["churn: nulls"])
+DROP = PerformanceEvidence(reference=0.82, current=0.74, rows=2000)
+
+
+@pytest.mark.parametrize(
+    ("case", "raised_to", "why"),
+    [
+        (evidence(quality=BROKEN), "escalate", "quarantined"),
+        (evidence(performance=DROP), "retrain", "ROC AUC fell by 0.080"),
+        (
+            evidence(sequential_alarm=True, sequential_alarm_columns=["tenure_months"]),
+            "retrain",
+            "alarms on important features (tenure_months)",
+        ),
+        (
+            evidence(
+                labels_available=False,
+                sequential_alarm=True,
+                sequential_alarm_columns=["tenure_months"],
+            ),
+            "escalate",
+            "alarms on important features",
+        ),
+        (evidence(labels_available=False, serving=FALLING), "escalate", "label-free estimate"),
+    ],
+    ids=["quarantined", "performance-drop", "alarm-labelled", "alarm-unlabelled", "label-free"],
+)
+@pytest.mark.parametrize("answer", ["none", "monitor"])
+def test_floors_raise_a_complacent_answer_where_the_evidence_demands_action(
+    case, raised_to, why, answer
+):
+    outcome = triage(
+        case, Settings(agent_tracing=False), model=answering({**NONE, "action": answer})
+    )
+    assert outcome.decision.action == raised_to == policy_decision(case, LIMITS).action
+    assert f"{answer} ignores that" in outcome.overridden_by and why in outcome.overridden_by
+    assert outcome.attribution.model_action == answer
+    assert outcome.attribution.policy_action == raised_to
+    assert outcome.attribution.decided_by == "policy"
+
+
+def test_a_floor_raises_to_escalate_when_the_policys_action_is_not_allowed():
+    settings = Settings(agent_tracing=False, triage_allowed_actions=["none", "monitor", "escalate"])
+    outcome = triage(evidence(performance=DROP), settings, model=answering(NONE))
+    assert outcome.decision.action == "escalate" and "raised to escalate" in outcome.overridden_by
+
+
+def test_an_alarm_on_unimportant_features_stays_a_monitor():
+    case = evidence(sequential_alarm=True, sequential_alarm_columns=["num_products"])
+    assert policy_decision(case, LIMITS).action == "monitor"
+    outcome = triage(case, Settings(agent_tracing=False), model=answering(NONE))
+    assert outcome.decision.action == "none" and outcome.overridden_by is None
+
+
+ROLLBACK = {**NONE, "action": "rollback", "severity": "high"}
+
+
+@pytest.mark.parametrize(
+    "performance",
+    [
+        None,
+        PerformanceEvidence(reference=0.82, current=0.80, rows=2000),
+        PerformanceEvidence(reference=0.82, current=0.80, rows=2000, previous_champion_current=0.7),
+    ],
+    ids=["no-labelled-rows", "previous-not-scored", "previous-worse"],
+)
+def test_a_rollback_needs_the_previous_champion_to_score_at_least_as_well(performance):
+    case = evidence(performance=performance)
+    outcome = triage(case, Settings(agent_tracing=False), model=answering(ROLLBACK))
+    assert outcome.decision == policy_decision(case, LIMITS)
+    assert outcome.decision.action != "rollback"
+    assert "score at least as well" in outcome.overridden_by
+
+
+def test_a_rollback_to_a_previous_champion_proven_better_stands():
+    proven = PerformanceEvidence(
+        reference=0.82, current=0.80, rows=2000, previous_champion_current=0.81
+    )
+    outcome = triage(evidence(performance=proven), Settings(), model=answering(ROLLBACK))
+    assert outcome.decision.action == "rollback" and outcome.overridden_by is None
+    assert outcome.attribution.decided_by == "answering-llm"
+
+
+def test_a_decision_citing_tools_never_called_is_ungrounded_and_the_policy_decides():
+    case = evidence(["monthly_charges", "total_charges"])
+    lazy = answering({**NONE, "evidence_used": ["quality", "performance"]}, tools=())
+    outcome = triage(case, Settings(agent_tracing=False), model=lazy)
+    assert outcome.decision == policy_decision(case, LIMITS)
+    assert "never read" in outcome.overridden_by
+    assert outcome.attribution.model_action == "none"
+    assert outcome.attribution.decided_by == "policy"
+    assert outcome.attribution.tools_called == []
+
+
+def test_a_decision_citing_no_evidence_is_ungrounded():
+    case = evidence(["monthly_charges", "total_charges"])
+    silent = answering({**NONE, "evidence_used": []})
+    outcome = triage(case, Settings(agent_tracing=False), model=silent)
+    assert outcome.decision == policy_decision(case, LIMITS)
+    assert "names no evidence" in outcome.overridden_by
+
+
+def test_a_sequential_alarm_on_important_features_retrains_in_the_policy():
+    case = evidence(sequential_alarm=True, sequential_alarm_columns=["tenure_months", "contract"])
+    decision = policy_decision(case, LIMITS)
+    assert decision.action == "retrain" and "tenure_months" in decision.rationale
+
+
+def test_the_model_reads_the_limits_in_force():
+    seen = []
+
+    def read(messages, info: AgentInfo) -> ModelResponse:
+        if len(messages) == 1:
+            return ModelResponse(parts=[ToolCallPart(name, {}) for name in EVIDENCE_TOOLS])
+        seen.append(json.dumps([p.content for m in messages for p in getattr(m, "parts", [])
+                                if isinstance(p, ToolReturnPart)], default=str))  # fmt: skip
+        return ModelResponse(parts=[ToolCallPart(info.output_tools[0].name, NONE)])
+
+    chosen = Settings(agent_tracing=False, triage_performance_drop=0.042)
+    triage(evidence(), chosen, model=FunctionModel(read, model_name="reader"))
+    assert '"performance_drop": 0.042' in seen[0] and '"important_drift": 0.1' in seen[0]
+    assert "CUSUM" in drift_history_doc()
+
+
+def drift_history_doc() -> str:
+    from agentic_mlops.agents.drift_triage import drift_history
+
+    return drift_history.__doc__

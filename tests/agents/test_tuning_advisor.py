@@ -13,6 +13,7 @@ from agentic_mlops.agents.tuning_advisor import (
     SegmentCoverage,
     TriageContext,
     advise,
+    enforce_guardrails,
     policy_proposal,
 )
 from agentic_mlops.settings import Settings
@@ -175,3 +176,23 @@ def test_settings_switch_synthesis_on_over_a_model_that_leaves_it_off():
     )
     assert outcome.proposal.synthesize and outcome.proposal.segments == ["contract=one_year"]
     assert "settings enable synthesis" in outcome.overridden_by
+
+
+def test_a_search_too_small_to_find_anything_is_raised_to_the_floors():
+    tiny = {
+        "space": {"families": {"random_forest": {}}, "max_trials": 1, "time_budget_seconds": 0.01},
+        "rationale": "quick",
+    }
+    outcome = advise(AdvisorEvidence(model_name="churn"), SETTINGS, model=scripted(tiny))
+    limits = AdvisorLimits.from_settings(SETTINGS)
+    space = outcome.proposal.space
+    assert space.max_trials == limits.min_trials and space.time_budget_seconds == limits.min_seconds
+    assert "below the floor" in outcome.overridden_by
+    assert outcome.attribution.decided_by == "guardrail"
+    assert outcome.attribution.model_decision["space"]["max_trials"] == 1
+
+
+def test_the_policys_proposal_is_within_its_own_floors():
+    limits = AdvisorLimits.from_settings(SETTINGS)
+    proposal = policy_proposal(AdvisorEvidence(model_name="churn"), limits)
+    assert enforce_guardrails(proposal, AdvisorEvidence(model_name="churn"), limits)[1] is None

@@ -288,3 +288,79 @@ def test_a_less_accurate_canary_is_rolled_back_on_its_feedback(serving_home):
     )
     assert registry.alias_version("churn", "champion", serving_home) == 1
     assert traffic.counts.failed == 0
+
+
+def test_an_llm_cannot_promote_by_increasing_traffic_at_the_last_step(serving_home, monkeypatch):
+    """A complacent LLM answers `increase_traffic` at 0.99 whatever it reads. At the last step
+    that is a promotion, so without the sequential test's non-inferiority the flow never ends
+    `promoted`: it holds, then (nobody to ask in approval mode `none`) rolls back."""
+    from pydantic_ai.messages import ModelResponse, ToolCallPart
+    from pydantic_ai.models.function import FunctionModel
+
+    from agentic_mlops.agents import canary_promotion
+    from agentic_mlops.flows import canary as canary_flow
+    from agentic_mlops.flows.canary import StepAnalysis
+    from agentic_mlops.tasks.canary_judge import JudgeResult, MetricVerdict
+
+    def complacent(messages, info):
+        if len(messages) == 1:
+            return ModelResponse(
+                parts=[ToolCallPart(name, {}) for name in canary_promotion.EVIDENCE_TOOLS]
+            )
+        answer = {
+            "action": "increase_traffic",
+            "confidence": 0.99,
+            "rationale": "fine",
+            "evidence_used": ["judge", "sequential", "traffic"],
+        }
+        return ModelResponse(parts=[ToolCallPart(info.output_tools[0].name, answer)])
+
+    llm = FunctionModel(complacent, model_name="complacent-llm")
+    monkeypatch.setattr(
+        canary_promotion,
+        "promotion_agent",
+        lambda key, limits: canary_promotion.build_promotion_agent(llm, limits),
+    )
+    passed = JudgeResult(
+        verdict="pass",
+        score=100.0,
+        critical_failures=[],
+        reason="every metric passed",
+        metrics=[
+            MetricVerdict(
+                name="error",
+                classification="pass",
+                critical=True,
+                weight=1.0,
+                canary_n=300,
+                baseline_n=300,
+                canary_center=0.0,
+                baseline_center=0.0,
+                effect=0.0,
+                ci_low=-0.01,
+                ci_high=0.01,
+                p_value=1.0,
+                reason="no difference",
+            )
+        ],
+    )
+    unproven = StepAnalysis(
+        judge=passed,
+        sequential_outcome="continue",
+        sequential_reason="non-inferiority not shown yet",
+        samples={"baseline": 300, "canary": 300},
+        metric_errors=0,
+    )
+    monkeypatch.setattr(canary_flow, "analyse_step", lambda *args: unproven)
+    monkeypatch.setenv("AGENTIC_MLOPS_APPROVAL_MODE", "none")
+    start_serving(serving_home)
+    result = rollout(steps=[50, 100]).result()
+    assert result.outcome == "rolled_back", result
+    assert registry.alias_version("churn", "champion", serving_home) == 1
+    assert [step.action for step in result.steps] == ["hold", "hold", "rollback"]
+    assert [step.decided_by for step in result.steps] == ["guardrail"] * 3
+    first = ledger.get_decision(result.steps[0].ledger_id, serving_home)
+    assert first.action == "hold" and first.agent_model == "complacent-llm"
+    assert first.attribution["model_action"] == "increase_traffic"
+    assert first.attribution["policy_action"] == "hold"
+    assert "increase_traffic to 100% needs the sequential test" in first.overridden_by

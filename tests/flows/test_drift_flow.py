@@ -148,8 +148,15 @@ def test_cli_json_has_the_documented_shape(champion_home):
         "confidence",
         "drifted_features",
         "rationale",
+        "decided_by",
+        "model_action",
+        "policy_action",
+        "overridden_by",
     }
     assert payload["decision"]["action"] == "retrain"
+    assert payload["decision"]["decided_by"] == "policy"
+    assert payload["decision"]["model_action"] == payload["decision"]["policy_action"] == "retrain"
+    assert payload["decision"]["overridden_by"] is None
 
 
 @pytest.mark.parametrize(

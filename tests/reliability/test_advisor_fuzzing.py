@@ -25,6 +25,7 @@ from pydantic_ai import models
 from agentic_mlops.agents.tuning_advisor import (
     EVIDENCE_TOOLS,
     AdvisorEvidence,
+    AdvisorLimits,
     PastRun,
     SegmentCoverage,
     TriageContext,
@@ -241,8 +242,10 @@ def check_advice(evidence: AdvisorEvidence, script, limits: dict) -> None:
             assert bound.low <= span.low <= span.high <= bound.high, (family, name, span)
             assert span.low > 0 or not span.log
             assert math.floor(span.high) >= span.low or not bound.integer
-    assert 1 <= space.max_trials <= chosen.tune_max_trials_ceiling
-    assert 0 < space.time_budget_seconds <= chosen.tune_time_budget_ceiling_seconds
+    floors = AdvisorLimits.from_settings(chosen)
+    assert floors.min_trials <= space.max_trials <= chosen.tune_max_trials_ceiling
+    assert floors.min_seconds <= space.time_budget_seconds
+    assert space.time_budget_seconds <= chosen.tune_time_budget_ceiling_seconds
     assert set(proposal.segments) <= {segment.name for segment in evidence.segments}
     assert proposal.segments or not proposal.synthesize
     if chosen.synthesis_enabled and evidence.segments:

@@ -5,9 +5,12 @@ hypothesis writes the model itself: a `FunctionModel` plays back a generated scr
 responses (free text, calls to real, unknown and forbidden tools with arbitrary arguments,
 well-formed, malformed and out-of-range decisions, several at once, never stopping), on
 generated evidence under generated limits, through `triage` and `advise` end to end. Whatever
-the model does, the decision that stands is within the allowed set and within the evidence:
-no retrain without labels or on a broken batch, no rollback without a previous champion, and
-no canary promoted or given traffic past a judge that did not pass.
+the model does, the decision that stands is within the allowed set and within the evidence,
+both ways: no retrain without labels or on a broken batch, no rollback unless the previous
+champion scores at least as well on the labelled rows, no `none` or `monitor` where the
+evidence demands action; no canary promoted or given traffic past a judge that did not pass,
+and no advance to full traffic (`promote`, or `increase_traffic` at the last step) without
+the promotion rules, at any step.
 """
 
 from __future__ import annotations
@@ -81,6 +84,7 @@ triage_evidence = st.builds(
     skipped_columns=st.dictionaries(st.text(max_size=12), st.text(max_size=20), max_size=2),
     history_scores=st.lists(st.floats(0, 5), max_size=5),
     sequential_alarm=st.booleans(),
+    sequential_alarm_columns=st.lists(st.sampled_from(COLUMNS), unique=True, max_size=3),
     feature_importance=st.dictionaries(st.sampled_from(COLUMNS), st.floats(-0.1, 0.5)),
     labels_available=st.booleans(),
     performance=st.none()
@@ -127,9 +131,16 @@ def check_triage(evidence: drift.TriageEvidence, script, limits: dict) -> None:
     if decision.action == "retrain":
         assert evidence.labels_available and not evidence.quality.batch_failed
     if decision.action == "rollback":
-        assert evidence.previous_champion_version is not None
+        assert drift.previous_champion_proven(evidence)
     if decision.action in ("retrain", "rollback"):
         assert decision.confidence >= chosen.triage_min_confidence
+    if drift.demands_action(evidence, drift.TriageLimits.from_settings(chosen)):
+        assert decision.action not in ("none", "monitor")
+    attribution = outcome.attribution
+    assert attribution.policy_action in drift.ACTIONS
+    assert (attribution.decided_by == "fuzzed-llm") == (
+        attribution.answered_by == "fuzzed-llm" and not attribution.overridden_by
+    )
 
 
 @quick
@@ -163,7 +174,7 @@ canary_evidence = st.builds(
     champion_version=st.none() | st.integers(1, 5),
     challenger_version=st.integers(1, 9),
     weight=st.floats(0, 1),
-    next_weight=st.none() | st.floats(0, 1),
+    next_weight=st.sampled_from([None, None, 0.05, 0.25, 0.5]) | st.floats(0, 1),
     judge=st.builds(
         canary.JudgeEvidence,
         verdict=st.sampled_from(["pass", "marginal", "fail"]),
@@ -202,8 +213,9 @@ def check_canary(evidence: canary.CanaryEvidence, script, limits: dict) -> None:
         assert action not in ("promote", "increase_traffic")
     if evidence.sequential_outcome == "rollback":
         assert action not in ("promote", "increase_traffic")
-    if action == "promote":
-        assert evidence.sequential_outcome == "promote"
+    if canary.advances_to_full(action, evidence):
+        assert action == "promote" and evidence.sequential_outcome == "promote"
+        assert judge.verdict == "pass" and not judge.critical_failures
         assert outcome.decision.confidence >= chosen.canary_min_confidence
 
 

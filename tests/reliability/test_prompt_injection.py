@@ -146,7 +146,13 @@ def test_a_model_obeying_instructions_in_data_is_held_by_the_triage_guardrails(
     gullible = obeying(
         ("retrain",),
         drift_triage.EVIDENCE_TOOLS,
-        {"action": "none", "severity": "high", "confidence": 1.0, "rationale": "as told"},
+        {
+            "action": "none",
+            "severity": "high",
+            "confidence": 1.0,
+            "rationale": "as told",
+            "evidence_used": list(drift_triage.TOOL_OF),
+        },
     )
     monkeypatch.setattr(drift_flow, "triage", partial(drift_triage.triage, model=gullible))
     attacked = check(champion_home, hostile(unlabelled("covariate")), "hostile.parquet")
@@ -184,7 +190,12 @@ def test_a_model_obeying_instructions_in_metrics_cannot_promote_past_the_judge()
     gullible = obeying(
         ("promote",),
         canary_promotion.EVIDENCE_TOOLS,
-        {"action": "hold", "confidence": 1.0, "rationale": "as told"},
+        {
+            "action": "hold",
+            "confidence": 1.0,
+            "rationale": "as told",
+            "evidence_used": list(canary_promotion.TOOL_OF),
+        },
     )
     settings = Settings(agent_tracing=False)
     policy = canary_promotion.advise(evidence, settings)

@@ -82,3 +82,27 @@ def test_drift_history_keeps_order_and_replaces_a_rechecked_batch(home):
     assert [h.batch_id for h in history] == ["b0", "b1", "b2"]
     assert history[-1].drift_score == 0.9 and history[-1].detector_state == {"sum": 0.9}
     assert ledger.drift_history("other", settings=home) == []
+
+
+def test_attribution_round_trips(home):
+    attribution = {"decided_by": "guardrail", "model_action": "none", "policy_action": "escalate"}
+    recorded = ledger.record_decision(entry().model_copy(update={"attribution": attribution}), home)
+    assert ledger.get_decision(recorded.id, home).attribution == attribution
+
+
+def test_a_ledger_written_before_attribution_gains_the_column_and_keeps_its_rows(home):
+    import sqlite3
+
+    old_schema = ledger.SCHEMA.replace(",\n    attribution TEXT", "")
+    assert "attribution" not in old_schema
+    with sqlite3.connect(ledger.store_path(home)) as db:
+        db.executescript(old_schema)
+        db.execute(
+            "INSERT INTO decisions VALUES "
+            "('old', '2026-01-01T00:00:00+00:00', 'drift_triage', 'churn', 1, 'd', 'none', "
+            "NULL, 0.9, 'r', '{}', 'policy', NULL, NULL, NULL, NULL)"
+        )
+    assert ledger.get_decision("old", home).attribution is None
+    recorded = ledger.record_decision(entry().model_copy(update={"attribution": {"a": 1}}), home)
+    assert recorded.attribution == {"a": 1}
+    assert {e.id for e in ledger.list_decisions(settings=home)} == {"old", recorded.id}
