@@ -18,7 +18,8 @@ acts: the policy's alone (no model asked), the policy's with the model deciding 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, Field
@@ -83,6 +84,9 @@ class Attribution(BaseModel):
     input_tokens: int = 0
     output_tokens: int = 0
     latency_seconds: float = 0.0
+    trace_id: str | None = Field(
+        default=None, description="The decision's MLflow trace (an LLM's run), when traced."
+    )
 
     def reasons(self) -> str | None:
         return "; ".join(self.overridden_by) or None
@@ -228,6 +232,40 @@ def ungrounded(
     return None
 
 
+def trace_tags(deps: Any, mode: str) -> dict[str, str]:
+    """What leads from an agent's trace to the run and the model it decided for."""
+    from prefect.runtime import flow_run
+
+    evidence = getattr(deps, "evidence", None)
+    version = next(
+        (
+            getattr(evidence, field)
+            for field in ("champion_version", "challenger_version")
+            if getattr(evidence, field, None) is not None
+        ),
+        None,
+    )
+    tags = {
+        "prefect.flow_run_id": str(flow_run.get_id() or ""),
+        "agentic_mlops.model_name": str(getattr(evidence, "model_name", "") or ""),
+        "agentic_mlops.model_version": "" if version is None else str(version),
+        "agentic_mlops.agent_mode": mode,
+    }
+    return {key: value for key, value in tags.items() if value}
+
+
+@contextmanager
+def decision_trace(name: str, tags: dict[str, str], traced: bool) -> Iterator[dict[str, str]]:
+    """The agent run inside one MLflow trace named for its decision point, when traced."""
+    if not traced:
+        yield {}
+        return
+    from agentic_mlops.tasks.registry import decision_trace as mlflow_trace
+
+    with mlflow_trace(name or "agent", tags) as found:
+        yield found
+
+
 def decide_within(
     build: Callable[[], Agent[Any, Decision]],
     prompt: str,
@@ -257,24 +295,28 @@ def decide_within(
             policy_action=action_of(policy_decision),
             overridden_by=[r for r in (guarded,) if r],
         )
-    if settings.agent_tracing:
+    traced = settings.agent_tracing and configured_model != POLICY
+    if traced:
         from agentic_mlops.tasks.registry import trace_agent_runs
 
-        trace_agent_runs(settings)
+        traced = trace_agent_runs(settings)
     reasons: list[str] = []
     record: dict[str, Any] = {}
+    trace: dict[str, str] = {}
     started = time.monotonic()
     try:
-        result = build().run_sync(
-            prompt,
-            deps=deps,
-            model_settings=model_settings(settings),
-            usage_limits=UsageLimits(
-                request_limit=settings.agent_request_limit,
-                tool_calls_limit=settings.agent_tool_calls_limit,
-            ),
-            timeout=settings.agent_timeout_seconds,
-        )
+        agent = build()
+        with decision_trace(agent.name, trace_tags(deps, mode), traced) as trace:
+            result = agent.run_sync(
+                prompt,
+                deps=deps,
+                model_settings=model_settings(settings),
+                usage_limits=UsageLimits(
+                    request_limit=settings.agent_request_limit,
+                    tool_calls_limit=settings.agent_tool_calls_limit,
+                ),
+                timeout=settings.agent_timeout_seconds,
+            )
     except Exception as error:  # any failure, building included, means the policy decides
         reasons.append(f"model run failed ({type(error).__name__}): policy decided")
         decision, answered = policy_decision, None
@@ -325,5 +367,6 @@ def decide_within(
         shadow_action=shadow_action,
         agreed=agreed,
         latency_seconds=round(latency, 3),
+        trace_id=trace.get("trace_id"),
         **record,
     )

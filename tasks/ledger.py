@@ -164,9 +164,10 @@ def record_agent_decision(
 ) -> LedgerEntry:
     """Record what an agent decided on `inputs` (its evidence, as JSON). The entry's digest and
     id come from the inputs and the flow run, so recording the same decision twice in one run
-    (a retried task) keeps one entry."""
+    (a retried task) keeps one entry. A decision an LLM's run made carries its MLflow trace id
+    in its attribution; the trace gets the entry's id as a tag, so each leads to the other."""
     inputs_digest = digest(inputs)
-    return record_decision(
+    entry = record_decision(
         LedgerEntry(
             id=decision_id(flow_run_id, decision_point, inputs_digest),
             created_at=now(),
@@ -177,6 +178,12 @@ def record_agent_decision(
         ),
         settings,
     )
+    trace_id = (entry.attribution or {}).get("trace_id")
+    if trace_id:
+        from agentic_mlops.tasks.registry import tag_trace
+
+        tag_trace(trace_id, {"agentic_mlops.ledger_id": entry.id}, settings)
+    return entry
 
 
 def _entry(row: sqlite3.Row) -> LedgerEntry:

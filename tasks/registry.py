@@ -15,7 +15,8 @@ import sqlite3
 import tempfile
 import time
 import warnings
-from contextlib import contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -173,6 +174,32 @@ def _autolog_agents(tracking_uri: str, experiment_name: str) -> None:
         mlflow.set_tracking_uri(tracking_uri)
         mlflow.set_experiment(experiment_name)
         mlflow.pydantic_ai.autolog(silent=True)
+
+
+@contextmanager
+def decision_trace(decision_point: str, tags: dict[str, str]) -> Iterator[dict[str, str]]:
+    """One MLflow trace per agent decision, named for its decision point (the agent run's own
+    spans inside it) and tagged with `tags` (flow run, model, version, mode). Yields a dict
+    that holds `trace_id` once the trace exists. MLflow's spans do not raise on a tracking
+    problem, and the tags are best effort: tracing never changes a decision."""
+    import mlflow
+
+    found: dict[str, str] = {}
+    with mlflow.start_span(name=decision_point) as span:
+        with suppress(Exception):
+            mlflow.update_current_trace(tags=tags)
+            found["trace_id"] = span.trace_id
+        yield found
+
+
+def tag_trace(trace_id: str | None, tags: dict[str, str], settings: Settings | None = None) -> None:
+    """Add tags known after a decision (its ledger id) to its trace; best effort."""
+    if not trace_id:
+        return
+    with suppress(Exception):
+        mlflow_client = client(settings)
+        for key, value in tags.items():
+            mlflow_client.set_trace_tag(trace_id, key, value)
 
 
 def trace_agent_runs(settings: Settings | None = None) -> bool:

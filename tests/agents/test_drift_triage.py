@@ -367,6 +367,8 @@ def test_runs_are_traced_to_mlflow_without_reaching_the_network(home):
     traces = mlflow.search_traces(locations=[ensure_experiment(home)], return_type="list")
     spans = {span.name for trace in traces for span in trace.data.spans}
     assert "Agent.run_sync" in spans, spans
+    named = [t for t in traces if t.data.spans[0].name == "drift_triage"]
+    assert named and named[0].info.tags["agentic_mlops.model_name"] == "churn"
     assert any(
         "Triage the latest batch" in str(span.inputs) for t in traces for span in t.data.spans
     )
@@ -518,3 +520,14 @@ def drift_history_doc() -> str:
     from agentic_mlops.agents.drift_triage import drift_history
 
     return drift_history.__doc__
+
+
+def test_the_deterministic_policy_leaves_no_trace_with_token_counts(home):
+    import mlflow
+
+    from agentic_mlops.tasks.registry import ensure_experiment
+
+    outcome = triage(evidence(["monthly_charges"]), home)
+    assert outcome.agent_model == "policy"
+    mlflow.flush_trace_async_logging()
+    assert mlflow.search_traces(locations=[ensure_experiment(home)], return_type="list") == []
