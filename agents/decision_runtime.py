@@ -101,7 +101,9 @@ class Attribution(BaseModel):
             f"same evidence: {self.policy_action}.  \n"
             f"Tools called: {', '.join(self.tools_called) or 'none'}; {self.requests} "
             f"request(s), {self.input_tokens} input and {self.output_tokens} output tokens, "
-            f"{self.latency_seconds:.2f} s.\n\nOverrides:\n{overrides}\n"
+            f"{self.latency_seconds:.2f} s."
+            + (f" MLflow trace `{self.trace_id}`." if self.trace_id else "")
+            + f"\n\nOverrides:\n{overrides}\n"
         )
 
 
