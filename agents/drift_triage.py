@@ -73,6 +73,13 @@ class PerformanceEvidence(BaseModel):
     predicted_rate: float | None = None
     calibration_z: float | None = None
 
+    @property
+    def metric_label(self) -> str:
+        """The metric's name as a person reads it (ROC AUC, R², accuracy)."""
+        return {"roc_auc": "ROC AUC", "r2": "R²", "accuracy": "accuracy"}.get(
+            self.metric, self.metric
+        )
+
     def miscalibrated(self, limits: TriageLimits) -> bool:
         """Whether churn happens at a clearly different rate than the champion predicts."""
         if self.calibration_z is None or self.observed_rate is None:
@@ -335,7 +342,8 @@ def policy_decision(evidence: TriageEvidence, limits: TriageLimits) -> TriageDec
             "rollback",
             "high",
             0.6 + min(gain * 5, 0.35),
-            f"The previous champion scores {gain:.3f} ROC AUC better than the champion on the "
+            f"The previous champion scores {gain:.3f} {performance.metric_label} better than "
+            "the champion on the "
             "same labelled batch: the champion is the problem, and the old one is proven here.",
             ["performance", "registry", "column_drift"],
         )
@@ -349,17 +357,23 @@ def policy_decision(evidence: TriageEvidence, limits: TriageLimits) -> TriageDec
             "escalate",
             "high",
             0.8,
-            f"Performance looks worse on {performance.rows} labelled rows (ROC AUC "
+            f"Performance looks worse on {performance.rows} labelled rows "
+            f"({performance.metric_label} "
             f"{performance.current:.3f} against {performance.reference:.3f}), but that is too "
             "few labelled rows to retrain on; a person must look.",
             ["performance", "registry"],
         )
     if performance and (drop >= limits.performance_drop or miscalibrated):
         kind = "input drift" if drifted else "concept drift (inputs stable, labels changed)"
-        found = [f"ROC AUC fell by {drop:.3f}"] if drop >= limits.performance_drop else []
+        found = (
+            [f"{performance.metric_label} fell by {drop:.3f}"]
+            if drop >= limits.performance_drop
+            else []
+        )
         if miscalibrated:
             found.append(
-                f"churn ran at {performance.observed_rate:.3f} where the champion predicted "
+                f"the positive rate was {performance.observed_rate:.3f} where the champion "
+                "predicted "
                 f"{performance.predicted_rate:.3f} (calibration z {performance.calibration_z:.1f})"
             )
         summary = "; ".join(found)
