@@ -72,6 +72,18 @@ class PerformanceEvidence(BaseModel):
     observed_rate: float | None = None
     predicted_rate: float | None = None
     calibration_z: float | None = None
+    drop_standard_error: float | None = Field(
+        default=None,
+        description="Standard error of (reference - current) where it is known (R² of a "
+        "regressor); a drop within two of them is noise, not a performance drop.",
+    )
+
+    def dropped(self, limits: TriageLimits) -> bool:
+        """Whether the metric fell by at least the limit, and by more than its noise."""
+        drop = self.reference - self.current
+        if drop < limits.performance_drop:
+            return False
+        return self.drop_standard_error is None or drop >= 2 * self.drop_standard_error
 
     @property
     def metric_label(self) -> str:
@@ -309,6 +321,7 @@ def policy_decision(evidence: TriageEvidence, limits: TriageLimits) -> TriageDec
     weighted = sum(weights.get(name, 0.0) for name in drifted)
     performance = evidence.performance
     drop = performance.reference - performance.current if performance else 0.0
+    dropped = bool(performance and performance.dropped(limits))
 
     def decide(action, severity, confidence, rationale, used, features=drifted):
         return TriageDecision(
@@ -348,11 +361,7 @@ def policy_decision(evidence: TriageEvidence, limits: TriageLimits) -> TriageDec
             ["performance", "registry", "column_drift"],
         )
     miscalibrated = bool(performance and performance.miscalibrated(limits))
-    if (
-        performance
-        and (drop >= limits.performance_drop or miscalibrated)
-        and not evidence.labels_available
-    ):
+    if performance and (dropped or miscalibrated) and not evidence.labels_available:
         return decide(
             "escalate",
             "high",
@@ -363,13 +372,9 @@ def policy_decision(evidence: TriageEvidence, limits: TriageLimits) -> TriageDec
             "few labelled rows to retrain on; a person must look.",
             ["performance", "registry"],
         )
-    if performance and (drop >= limits.performance_drop or miscalibrated):
+    if performance and (dropped or miscalibrated):
         kind = "input drift" if drifted else "concept drift (inputs stable, labels changed)"
-        found = (
-            [f"{performance.metric_label} fell by {drop:.3f}"]
-            if drop >= limits.performance_drop
-            else []
-        )
+        found = [f"{performance.metric_label} fell by {drop:.3f}"] if dropped else []
         if miscalibrated:
             found.append(
                 f"the positive rate was {performance.observed_rate:.3f} where the champion "

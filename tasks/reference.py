@@ -311,6 +311,17 @@ def primary_score(task: Task, labels: pd.Series, scores: np.ndarray) -> float:
     return float(roc_auc_score(labels, scores))
 
 
+def r2_standard_error(labels: np.ndarray, predictions: np.ndarray) -> float:
+    """Approximate standard error of R² on these rows: that of the mean squared error (the
+    spread of the squared errors over sqrt(n)) divided by the labels' variance, which is
+    taken as known. Small batches make R² noisy; the triage does not read noise as a drop."""
+    squared = (labels - predictions) ** 2
+    variance = float(np.var(labels))
+    if len(labels) < 2 or variance <= 0:
+        return 0.0
+    return float(np.std(squared, ddof=1) / math.sqrt(len(labels)) / variance)
+
+
 def labelled_performance(
     frame: pd.DataFrame, target: str | None, ref: Reference, scores: BatchScores
 ) -> PerformanceEvidence | None:
@@ -338,12 +349,18 @@ def labelled_performance(
     )
     current = primary_score(task, labels, scores.champion)
     if task != "binary":
+        noise = None
+        if task == "regression":
+            batch = r2_standard_error(labels.to_numpy(dtype=float), scores.champion)
+            holdout = ref.card.metrics.get("r2_standard_error", 0.0)
+            noise = math.sqrt(batch**2 + holdout**2)
         return PerformanceEvidence(
             metric=metric,
             reference=ref.card.metrics[metric],
             current=current,
             rows=len(frame),
             previous_champion_current=previous,
+            drop_standard_error=noise,
         )
     predicted = np.clip(scores.champion, 1e-6, 1 - 1e-6)
     return PerformanceEvidence(
