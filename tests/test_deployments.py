@@ -43,6 +43,7 @@ DEPLOYMENTS = {
     "canary-rollout/canary",
     "monitor/monitor",
     "lifecycle/lifecycle",
+    "adopt/adopt",
 }
 
 
