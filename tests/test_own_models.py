@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
@@ -480,3 +481,27 @@ def test_a_regressors_r2_drop_within_its_noise_is_not_a_performance_drop(current
     assert decision.action == action
     if action == "retrain":
         assert decision.rationale.startswith(f"R² fell by {0.45 - current:.3f}")
+
+
+def test_the_mcp_act_adopts_through_the_flow_and_refuses_what_it_cannot(team, tmp_path):
+    from agentic_mlops.mcp_acts import adopt_model
+    from agentic_mlops.mcp_reads import ToolFailure
+
+    register(team, "tumour")
+    with pytest.raises(ToolFailure) as unknown:
+        adopt_model("nope", "data/tumour-adopt.csv", "malignant")
+    assert unknown.value.code == "unknown_model"
+    outside = tmp_path / "outside.csv"
+    shutil.copy(team.home / "data" / "tumour-adopt.csv", outside)
+    with pytest.raises(ToolFailure) as elsewhere:
+        adopt_model("tumour", str(outside), "malignant")
+    assert elsewhere.value.code == "path_outside_home"
+    with pytest.raises(ToolFailure) as refused:
+        adopt_model("tumour", "data/tumour-adopt.csv", "diagnosis")
+    assert refused.value.code == "invalid_data" and "diagnosis" in refused.value.message
+    nothing_written(team, "tumour")
+
+    answer = adopt_model("tumour", "data/tumour-adopt.csv", "malignant", wait_seconds=600)
+    assert answer.finished and answer.accepted and answer.decision.action == "adopt"
+    assert "champion alias set" in answer.actions_taken
+    assert registry.alias_version("tumour", registry.CHAMPION, team) == 1
