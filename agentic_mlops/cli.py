@@ -267,6 +267,9 @@ def drift_check(
         bool, typer.Option("--act/--no-act", help="Carry out the decision (retrain, ...).")
     ] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    model: Annotated[
+        str | None, typer.Option(help="Registered model to check for; default settings.")
+    ] = None,
 ) -> None:
     """Check a batch for quality problems and drift, triage it, and act on the decision."""
     from agentic_mlops.flows.drift import drift_check as drift_flow
@@ -280,6 +283,7 @@ def drift_check(
             reference_path=str(reference) if reference else None,
             target=target,
             act=act,
+            model_name=model,
             return_state=True,
         )
     if state.is_failed():
@@ -328,6 +332,9 @@ def print_drift(result) -> None:
 @app.command()
 def serve(
     port: Annotated[int, typer.Option(help="Router port on 127.0.0.1.")] = 8080,
+    model: Annotated[
+        str | None, typer.Option(help="Registered model to serve; default settings.")
+    ] = None,
 ) -> None:
     """Serve the champion behind the canary router until Ctrl-C, then stop every process."""
     import signal
@@ -337,9 +344,11 @@ def serve(
     from agentic_mlops.tasks.rollout import LocalRollout, ServingError, reconcile
 
     settings = load_settings()
+    if model:
+        settings = settings.model_copy(update={"model_name": model})
     champion = registry.alias_version(settings.model_name, registry.CHAMPION, settings)
     if champion is None:
-        fail(f"no champion of {settings.model_name!r}: run `agentic-mlops train` first")
+        fail(f"no champion of {settings.model_name!r}: run `agentic-mlops train` or `adopt` first")
     backend = LocalRollout(settings)
     try:
         with errors.status(f"Starting the router and the model server of v{champion}..."):
@@ -366,6 +375,56 @@ def serve(
     finally:
         backend.shutdown()
         console.print("stopped")
+
+
+@app.command()
+def adopt(
+    model: Annotated[str, typer.Option(help="Registered model name in MLflow.")],
+    data: Annotated[
+        Path, typer.Option(help="Labelled CSV or Parquet table: the reference and holdout.")
+    ],
+    target: Annotated[str, typer.Option(help="Label column of the table.")],
+    version: Annotated[
+        int | None, typer.Option(help="Version to adopt; default champion, else newest.")
+    ] = None,
+    task: Annotated[str, typer.Option(help="auto, binary, multiclass or regression.")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Adopt a model trained and registered outside agentic-mlops: score it on a labelled
+    table, store its reference (drift profile, expectations, model card) in its MLflow run,
+    and make it champion if it has none."""
+    from agentic_mlops.flows.adopt import adopt as adopt_flow
+
+    if not data.exists():
+        fail(f"{data}: no such file")
+    arguments = checked_arguments(
+        adopt_flow,
+        model_name=model,
+        data_path=str(data),
+        target=target,
+        version=version,
+        task=task,
+    )
+    with errors.status(f"Scoring {model} and storing its reference..."):
+        state = adopt_flow(**arguments, return_state=True)
+    if state.is_failed():
+        fail(state.message or "adoption failed", 2 if state.name == "InvalidData" else 1)
+    result = state.result()
+    if as_json:
+        console.print_json(result.model_dump_json())
+        return
+    crowned = "now champion" if result.became_champion else f"champion is v{result.champion}"
+    table = Table(title=f"{result.model_name} v{result.version} adopted ({result.task}, {crowned})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in result.metrics.items():
+        table.add_row(name, f"{value:.4f}")
+    console.print(table)
+    top = ", ".join(list(result.feature_importance)[:5])
+    console.print(
+        f"score: {result.score}; most important: {top}; reference {result.reference_dir}",
+        highlight=False,
+    )
 
 
 @app.command()

@@ -7,7 +7,9 @@ rollback is proposed to the drift-triage agent through a drift check of a labell
 agent decides from the evidence alone (it never sees the proposal), and the drift check
 retrains through `start_retraining` or rolls back only if that is what it decided. A
 promotion is a canary rollout of the version: the promotion agent, the statistical judge and
-the approval form decide it. The flow runs are tagged `mcp` and `mcp:<proposal>`.
+the approval form decide it. An adoption runs the `adopt` flow: it stores a reference for a model
+registered elsewhere and makes it champion only when the model has none. The flow runs are
+tagged `mcp` and `mcp:<proposal>`.
 
 Flows run in this process, in a small thread pool, on a flow run created first so that its id
 is known at once; an act waits up to `wait_seconds` for the decision and otherwise returns the
@@ -27,7 +29,7 @@ from pydantic import BaseModel, Field
 from agentic_mlops.mcp_reads import ToolFailure, known_version, registered_model
 from agentic_mlops.settings import Settings, load_settings
 
-Proposal = Literal["drift_check", "retrain", "rollback", "canary", "promote"]
+Proposal = Literal["drift_check", "retrain", "rollback", "canary", "promote", "adopt"]
 CANARY_DEPLOYMENT = "canary-rollout/canary"
 REFUSED_INPUT = {"InvalidData", "NoReference", "InvalidParameters", "NoChallenger"}
 act_runs = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mcp-act")
@@ -379,3 +381,71 @@ def request_promotion(
             "call model_versions to see the other versions",
         )
     return canary_act("promote", {"version": version}, wait_seconds)
+
+
+def adopt_model(
+    model_name: Annotated[str, Field(description="The registered model's name in MLflow.")],
+    data_path: Annotated[
+        str,
+        Field(
+            description="A labelled CSV or Parquet table under the agentic-mlops home (rows "
+            "the model was not trained on): the reference and the holdout."
+        ),
+    ],
+    target: Annotated[str, Field(description="Label column of the table.")],
+    version: Annotated[
+        int | None, Field(ge=1, description="Version to adopt; empty: champion, else newest.")
+    ] = None,
+    task: Annotated[
+        Literal["auto", "binary", "multiclass", "regression"],
+        Field(description="The model's task; auto: what the model and its outputs show."),
+    ] = "auto",
+    wait_seconds: DriftWait = 300,
+) -> ActResult:
+    """Adopt a model trained and registered outside agentic-mlops so that drift checks,
+    serving and canaries can guard it: the adopt flow scores it on the labelled table, stores
+    its reference (drift profile with its scores, expectation suite, model card with metrics
+    and permutation importance) in the version's MLflow run, and makes the version champion
+    only if the model has no champion yet. An unknown model or version, a table without the
+    target or the model's input columns, or a task that does not match the model is refused
+    with nothing written. Returns the flow run id and what was stored."""
+    from agentic_mlops.flows.adopt import adopt
+
+    settings = load_settings()
+    registered_model(model_name, settings)
+    if version is not None:
+        known_version(model_name, version, settings)
+    parameters = {
+        "model_name": model_name,
+        "data_path": str(file_under_home(data_path, settings, "data_path")),
+        "target": target,
+        "version": version,
+        "task": task,
+    }
+    run, future = start_flow(adopt, parameters, "adopt")
+    state = finished_state(future, wait_seconds)
+    if state is None:
+        return running("adopt", run, "Running", f"call flow_run with {run.id}")
+    if state.is_failed():
+        raise failure_of(state, run)
+    result = state.result()
+    crowned = "now champion" if result.became_champion else f"champion stays v{result.champion}"
+    metric = next(iter(result.metrics.items()), ("rows", result.rows))
+    return ActResult(
+        proposed="adopt",
+        flow_run_id=str(run.id),
+        flow_run_name=run.name,
+        state=state.name,
+        finished=True,
+        decision=ActDecision(
+            action="adopt",
+            rationale=f"reference stored for {result.model_name} v{result.version} "
+            f"({result.task}, score: {result.score}); {crowned}",
+            decided_by="adopt flow",
+        ),
+        accepted=True,
+        actions_taken=[f"reference stored in {result.reference_dir}"]
+        + (["champion alias set"] if result.became_champion else []),
+        summary=f"{result.model_name} v{result.version} adopted as a {result.task} model on "
+        f"{result.rows} rows ({metric[0]} {metric[1]:.4f}); {crowned}",
+    )

@@ -71,6 +71,7 @@ ACT_TOOLS = (
     mcp_acts.request_rollback,
     mcp_acts.start_canary,
     mcp_acts.request_promotion,
+    mcp_acts.adopt_model,
 )
 READ_DEPENDENCIES = (
     "prefect.client.orchestration",
@@ -79,7 +80,11 @@ READ_DEPENDENCIES = (
     "agentic_mlops.tasks.drift_actions",
     "agentic_mlops.agents.drift_triage",
 )
-ACT_DEPENDENCIES = ("agentic_mlops.flows.drift", "agentic_mlops.flows.canary")
+ACT_DEPENDENCIES = (
+    "agentic_mlops.flows.drift",
+    "agentic_mlops.flows.canary",
+    "agentic_mlops.flows.adopt",
+)
 INSTRUCTIONS = (
     "agentic-mlops runs a churn model's lifecycle as Prefect flows (training, drift checks, "
     "canary rollouts) with agents at its decision points. Read tools inspect the MLflow "

@@ -113,3 +113,20 @@ class DriftCheckResult(BaseModel):
                 }
             ),
         }
+
+
+class AdoptionResult(BaseModel):
+    """What adopting a registered model stored, and whether it became the champion."""
+
+    model_name: str = Field(description="Registered model name.")
+    version: int = Field(description="The adopted version.")
+    task: str = Field(description="binary, multiclass or regression.")
+    score: str = Field(description="What the model's score is (probability, label, prediction).")
+    metrics: dict[str, float] = Field(description="Metrics on the adoption table's labels.")
+    feature_importance: dict[str, float] = Field(
+        description="Permutation importance (drop of the primary metric), most important first."
+    )
+    rows: int = Field(description="Rows of the adoption table.")
+    reference_dir: str = Field(description="Where the reference is stored under home.")
+    champion: int = Field(description="The champion after adoption.")
+    became_champion: bool = Field(description="Whether this adoption set the champion alias.")

@@ -75,6 +75,25 @@ class PerformanceEvidence(BaseModel):
     observed_rate: float | None = None
     predicted_rate: float | None = None
     calibration_z: float | None = None
+    drop_standard_error: float | None = Field(
+        default=None,
+        description="Standard error of (reference - current) where it is known (R² of a "
+        "regressor); a drop within two of them is noise, not a performance drop.",
+    )
+
+    def dropped(self, limits: TriageLimits) -> bool:
+        """Whether the metric fell by at least the limit, and by more than its noise."""
+        drop = self.reference - self.current
+        if drop < limits.performance_drop:
+            return False
+        return self.drop_standard_error is None or drop >= 2 * self.drop_standard_error
+
+    @property
+    def metric_label(self) -> str:
+        """The metric's name as a person reads it (ROC AUC, R², accuracy)."""
+        return {"roc_auc": "ROC AUC", "r2": "R²", "accuracy": "accuracy"}.get(
+            self.metric, self.metric
+        )
 
     def miscalibrated(self, limits: TriageLimits) -> bool:
         """Whether churn happens at a clearly different rate than the champion predicts."""
@@ -375,6 +394,7 @@ def policy_decision(evidence: TriageEvidence, limits: TriageLimits) -> TriageDec
     weighted = sum(weights.get(name, 0.0) for name in drifted)
     performance = evidence.performance
     drop = performance.reference - performance.current if performance else 0.0
+    dropped = bool(performance and performance.dropped(limits))
 
     def decide(action, severity, confidence, rationale, used, features=drifted):
         return TriageDecision(
@@ -408,31 +428,30 @@ def policy_decision(evidence: TriageEvidence, limits: TriageLimits) -> TriageDec
             "rollback",
             "high",
             0.6 + min(gain * 5, 0.35),
-            f"The previous champion scores {gain:.3f} ROC AUC better than the champion on the "
+            f"The previous champion scores {gain:.3f} {performance.metric_label} better than "
+            "the champion on the "
             "same labelled batch: the champion is the problem, and the old one is proven here.",
             ["performance", "registry", "column_drift"],
         )
     miscalibrated = bool(performance and performance.miscalibrated(limits))
-    if (
-        performance
-        and (drop >= limits.performance_drop or miscalibrated)
-        and not evidence.labels_available
-    ):
+    if performance and (dropped or miscalibrated) and not evidence.labels_available:
         return decide(
             "escalate",
             "high",
             0.8,
-            f"Performance looks worse on {performance.rows} labelled rows (ROC AUC "
+            f"Performance looks worse on {performance.rows} labelled rows "
+            f"({performance.metric_label} "
             f"{performance.current:.3f} against {performance.reference:.3f}), but that is too "
             "few labelled rows to retrain on; a person must look.",
             ["performance", "registry"],
         )
-    if performance and (drop >= limits.performance_drop or miscalibrated):
+    if performance and (dropped or miscalibrated):
         kind = "input drift" if drifted else "concept drift (inputs stable, labels changed)"
-        found = [f"ROC AUC fell by {drop:.3f}"] if drop >= limits.performance_drop else []
+        found = [f"{performance.metric_label} fell by {drop:.3f}"] if dropped else []
         if miscalibrated:
             found.append(
-                f"churn ran at {performance.observed_rate:.3f} where the champion predicted "
+                f"the positive rate was {performance.observed_rate:.3f} where the champion "
+                "predicted "
                 f"{performance.predicted_rate:.3f} (calibration z {performance.calibration_z:.1f})"
             )
         summary = "; ".join(found)

@@ -49,6 +49,7 @@ def drift_check(
     batch_id: str | Empty = None,
     act: bool = True,
     serving: ServingEvidence | Empty = None,
+    model_name: str | Empty = None,
 ) -> DriftCheckResult | State:
     """Check one batch for quality problems and drift, decide what to do, and do it.
 
@@ -62,11 +63,16 @@ def drift_check(
         act: Carry out the decision (retrain, rollback, escalate); off, only decide.
         serving: What the monitor saw in serving before sending this batch. Set by the
             monitor flow; leave empty.
+        model_name: The registered model to check for (its champion's reference and
+            scores). Empty: the settings' model name.
     """
     settings = load_settings()
     settings.ensure_dirs()
     logger = get_run_logger()
     batch_id = batch_id or Path(current_path).name
+    own_model = settings.model_name
+    if model_name:
+        settings = settings.model_copy(update={"model_name": model_name})
     model_name = settings.model_name
 
     loaded = load_batch(current_path, return_state=True)
@@ -75,7 +81,9 @@ def drift_check(
         return Failed(name="InvalidData", message=loaded.message)
     current = loaded.result()
 
-    resolved = reference.resolve_reference(reference_path, target, settings, return_state=True)
+    resolved = reference.resolve_reference(
+        reference_path, target, settings, model_name, return_state=True
+    )
     if resolved.is_failed():
         logger.error("no reference: %s", resolved.message)
         return Failed(name=resolved.name, message=resolved.message)
@@ -140,7 +148,10 @@ def drift_check(
 
     performance_summary = (
         PerformanceSummary(
-            reference=performance.reference, current=performance.current, rows=performance.rows
+            metric=performance.metric,
+            reference=performance.reference,
+            current=performance.current,
+            rows=performance.rows,
         )
         if performance
         else None
@@ -184,6 +195,12 @@ def drift_check(
         if not go:
             result.actions_taken.append(f"{action} not approved ({why})")
             action = "escalate"
+    if action == "retrain" and (ref.card.adopted or model_name != own_model):
+        result.actions_taken.append(
+            f"retrain not started: no retraining recipe for {model_name!r} (adopted, or not "
+            "the settings' model); escalated to a person"
+        )
+        action = "escalate"
     if action == "retrain":
         retrain_path = quality.clean_path or current_path
         trained = actions.start_retraining(

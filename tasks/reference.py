@@ -13,18 +13,16 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed, State
 from pydantic import BaseModel, Field
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import accuracy_score, r2_score, roc_auc_score
 
 from agentic_mlops.agents.drift_triage import (
     ColumnEvidence,
@@ -46,12 +44,22 @@ from agentic_mlops.tasks.drift import (
 )
 from agentic_mlops.tasks.ledger import DriftObservation, digest
 from agentic_mlops.tasks.quality import QualityResult, build_suite, load_suite, save_suite
+from agentic_mlops.tasks.scoring import (
+    ScoringError,
+    ScoringModel,
+    Task,
+    load_scoring_model,
+    model_task,
+    score_kind,
+)
 
 PROFILE_FILE = "profile.json"
 SUITE_FILE = "expectations.json"
 CARD_FILE = "model_card.json"
 SAMPLE_FILE = "sample.parquet"
 SAMPLE_ROWS = 5_000
+PRIMARY_METRIC = {"binary": "roc_auc", "multiclass": "accuracy", "regression": "r2"}
+"""Higher is better for each, so the triage compares them the same way."""
 
 
 class ModelCard(BaseModel):
@@ -64,6 +72,21 @@ class ModelCard(BaseModel):
     feature_importance: dict[str, float] = Field(default_factory=dict)
     features: list[str] = Field(default_factory=list)
     data_source: str = ""
+    task: Task = "binary"
+    score: str = Field(
+        default="positive-class probability",
+        description="What the model's score is: a probability, a label or a prediction.",
+    )
+    adopted: bool = Field(
+        default=False,
+        description="Registered outside agentic-mlops and adopted: our retraining recipe "
+        "does not apply to it.",
+    )
+
+    @property
+    def primary_metric(self) -> str:
+        """The metric performance on labelled batches is judged by, for the card's task."""
+        return PRIMARY_METRIC[self.task]
 
 
 @dataclass
@@ -150,26 +173,36 @@ def load_reference(folder: Path, version: int | None, previous: int | None) -> R
 
 @task(name="resolve-reference", cache_policy=NO_CACHE)
 def resolve_reference(
-    reference_path: str | None, target: str | None, settings: Settings | None = None
+    reference_path: str | None,
+    target: str | None,
+    settings: Settings | None = None,
+    model_name: str | None = None,
 ) -> Reference | State:
     """The reference a batch is checked against.
 
     With `reference_path`, it is built from that file (the champion's card is used for
-    feature importance when one exists). Otherwise it is the champion's stored reference.
+    feature importance and task when one exists; a champion without stored reference
+    artifacts still scores it). Otherwise it is the champion's stored reference.
+
+    Args:
+        model_name: The registered model; None: the settings' model name.
 
     Returns:
         The reference, or a `Failed` state named `NoReference` or `InvalidData`.
     """
     settings = settings or load_settings()
-    name = settings.model_name
+    name = model_name or settings.model_name
     champion = registry.alias_version(name, registry.CHAMPION, settings)
     previous = registry.alias_version(name, registry.PREVIOUS_CHAMPION, settings)
     try:
-        stored = (
-            load_reference(registry.fetch_reference(name, champion, settings), champion, previous)
-            if champion is not None
-            else None
-        )
+        stored = None
+        if champion is not None:
+            try:
+                folder = registry.fetch_reference(name, champion, settings)
+                stored = load_reference(folder, champion, previous)
+            except DataError:
+                if reference_path is None:
+                    raise
         if reference_path is None:
             if stored is None:
                 return Failed(
@@ -180,6 +213,9 @@ def resolve_reference(
             return stored
         frame = read_table(reference_path)
         target = target or (stored.card.target if stored else settings.target)
+        task = stored.card.task if stored else None
+        if task is None and champion is not None:
+            task = model_task(scoring_model(name, champion, settings))
         card = ModelCard(
             model_name=name,
             version=champion,
@@ -188,14 +224,21 @@ def resolve_reference(
             feature_importance=stored.card.feature_importance if stored else {},
             features=[c for c in frame.columns if c != target],
             data_source=str(Path(reference_path).resolve()),
+            task=task or "binary",
+            score=stored.card.score if stored else score_kind(task or "binary", None),
+            adopted=stored.card.adopted if stored else False,
         )
-        folder = settings.reports_dir / "adhoc-reference" / file_digest(reference_path)
+        folder = settings.reports_dir / "adhoc-reference" / name / file_digest(reference_path)
         if (folder / CARD_FILE).exists():
             return load_reference(folder, champion, previous)
         scores = None
         if champion is not None:
             scores = score_with(
-                name, champion, frame.drop(columns=[target], errors="ignore"), settings
+                name,
+                champion,
+                frame.drop(columns=[target], errors="ignore"),
+                settings,
+                card.task,
             )
         save_reference(folder, frame, card, scores, settings.seed)
         return load_reference(folder, champion, previous)
@@ -210,25 +253,36 @@ def file_digest(path: str) -> str:
     return digest([str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns])
 
 
-@lru_cache(maxsize=8)
-def _load_model(uri: str, tracking_uri: str) -> Any:
-    mlflow.set_tracking_uri(tracking_uri)
-    return mlflow.pyfunc.load_model(uri)
+def scoring_model(name: str, version: int, settings: Settings | None = None) -> ScoringModel:
+    """A registered version, loaded for scoring.
+
+    Raises:
+        ScoringError: no such version, or its artifact cannot be loaded.
+    """
+    settings = settings or load_settings()
+    registry.client(settings)
+    return load_scoring_model(f"models:/{name}/{version}", settings.tracking_uri())
 
 
 def score_with(
-    name: str, version: int, frame: pd.DataFrame, settings: Settings | None = None
+    name: str,
+    version: int,
+    frame: pd.DataFrame,
+    settings: Settings | None = None,
+    task: Task | None = None,
 ) -> np.ndarray | None:
-    """Churn scores of a registered version for a batch, or None if the batch cannot be scored
-    (missing feature columns)."""
-    settings = settings or load_settings()
-    registry.client(settings)
-    model = _load_model(f"models:/{name}/{version}", settings.tracking_uri())
+    """Scores of a registered version for a batch (see `tasks/scoring.py`: the positive-class
+    probability of a binary classifier, the prediction of a regressor), or None if the batch
+    cannot be scored (missing feature columns).
+
+    Args:
+        task: The model's task, from its card; None: what the model declares, else binary.
+    """
+    model = scoring_model(name, version, settings)
     try:
-        scores = model.predict(registry.as_model_input(frame))
-    except Exception:  # schema enforcement errors name the column; the batch is just unscorable
+        return model.score(frame, task or model_task(model) or "binary")
+    except ScoringError:  # the error names the column; the batch is just unscorable
         return None
-    return np.asarray(scores)[:, 1]
 
 
 @task(name="score-batch", cache_policy=NO_CACHE)
@@ -241,39 +295,77 @@ def score_batch(
     if ref.version is None or features.empty:
         return BatchScores()
     name = ref.card.model_name
-    previous = (
-        score_with(name, ref.previous_version, features, settings)
-        if ref.previous_version is not None
-        else None
-    )
-    return BatchScores(score_with(name, ref.version, features, settings), previous)
+    previous = None
+    task = ref.card.task
+    if ref.previous_version is not None:
+        previous = score_with(name, ref.previous_version, features, settings, task)
+    return BatchScores(score_with(name, ref.version, features, settings, task), previous)
+
+
+def primary_score(task: Task, labels: pd.Series, scores: np.ndarray) -> float:
+    """The card's primary metric (see `PRIMARY_METRIC`) of scores against labels."""
+    if task == "regression":
+        return float(r2_score(labels, scores))
+    if task == "multiclass":
+        return float(accuracy_score(labels, scores))
+    return float(roc_auc_score(labels, scores))
+
+
+def r2_standard_error(labels: np.ndarray, predictions: np.ndarray) -> float:
+    """Approximate standard error of R² on these rows: that of the mean squared error (the
+    spread of the squared errors over sqrt(n)) divided by the labels' variance, which is
+    taken as known. Small batches make R² noisy; the triage does not read noise as a drop."""
+    squared = (labels - predictions) ** 2
+    variance = float(np.var(labels))
+    if len(labels) < 2 or variance <= 0:
+        return 0.0
+    return float(np.std(squared, ddof=1) / math.sqrt(len(labels)) / variance)
 
 
 def labelled_performance(
     frame: pd.DataFrame, target: str | None, ref: Reference, scores: BatchScores
 ) -> PerformanceEvidence | None:
-    """The champion's ROC AUC on the batch's labels next to its training-time figure, and
-    whether observed churn moved away from predicted churn since training
-    (`calibration_shift_z`)."""
+    """The champion's primary metric on the batch's labels next to its training-time figure
+    (ROC AUC for a binary classifier, accuracy for a multiclass one, R² for a regressor),
+    and, for a binary classifier, whether the observed positive rate moved away from the
+    predicted one since training (`calibration_shift_z`); regression and multiclass models
+    have no calibration evidence."""
+    metric = ref.card.primary_metric
     if (
         not target
         or target not in frame.columns
         or scores.champion is None
-        or "roc_auc" not in ref.card.metrics
+        or metric not in ref.card.metrics
     ):
         return None
     labels = frame[target]
     if labels.isna().any() or labels.nunique() < 2:
         return None
+    task = ref.card.task
     previous = (
-        float(roc_auc_score(labels, scores.previous_champion))
+        primary_score(task, labels, scores.previous_champion)
         if scores.previous_champion is not None
         else None
     )
+    current = primary_score(task, labels, scores.champion)
+    if task != "binary":
+        noise = None
+        if task == "regression":
+            batch = r2_standard_error(labels.to_numpy(dtype=float), scores.champion)
+            holdout = ref.card.metrics.get("r2_standard_error", 0.0)
+            noise = math.sqrt(batch**2 + holdout**2)
+        return PerformanceEvidence(
+            metric=metric,
+            reference=ref.card.metrics[metric],
+            current=current,
+            rows=len(frame),
+            previous_champion_current=previous,
+            drop_standard_error=noise,
+        )
     predicted = np.clip(scores.champion, 1e-6, 1 - 1e-6)
     return PerformanceEvidence(
-        reference=ref.card.metrics["roc_auc"],
-        current=float(roc_auc_score(labels, scores.champion)),
+        reference=ref.card.metrics[metric],
+        current=current,
         rows=len(frame),
         previous_champion_current=previous,
         observed_rate=float(labels.mean()),

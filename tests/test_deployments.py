@@ -45,6 +45,7 @@ DEPLOYMENTS = {
     "canary-rollout/canary",
     "monitor/monitor",
     "lifecycle/lifecycle",
+    "adopt/adopt",
 }
 
 

@@ -51,6 +51,7 @@ ACT_TOOLS = {
     "request_rollback",
     "start_canary",
     "request_promotion",
+    "adopt_model",
 }
 TOKEN = "test-token-0123456789abcdef"
 

@@ -1,14 +1,17 @@
-"""A model server for one MLflow pyfunc model: `POST /predict`, `GET /healthz`, `GET /metrics`.
+"""A model server for one MLflow model: `POST /predict`, `GET /healthz`, `GET /metrics`.
 
 `POST /predict` takes one row (a JSON object) or `{"instances": [row, ...]}` and answers
-`{"predictions": [churn score, ...], "model": name, "version": n}`. Rows are scored in a
-worker thread so the event loop keeps answering health checks.
+`{"predictions": [score, ...], "model": name, "version": n}`: the model's score as
+`tasks/scoring.py` defines it (a classifier's positive-class probability, a regressor's
+prediction), the same score the drift check uses. A row the model's signature refuses gets
+422 naming the column. Rows are scored in a worker thread so the event loop keeps answering
+health checks.
 
 Fault injection for drills and tests (`--fault-error-rate`, `--fault-latency-ms`) makes a
 share of requests fail with 503 or every request slower; both are off unless given.
 
 Run: `python -m agentic_mlops.deployments.serving.model_server --model-uri models:/churn/2
---port 8081 [--tracking-uri URI]`.
+--port 8081 [--tracking-uri URI] [--task auto|binary|multiclass|regression]`.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import pandas as pd
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from agentic_mlops.tasks.registry import as_model_input
+from agentic_mlops.tasks.scoring import TASKS, ScoringModel, Task, load_scoring_model, model_task
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -40,8 +43,11 @@ class ModelServer:
         fault_error_rate: float = 0.0,
         fault_latency_ms: float = 0.0,
         seed: int | None = None,
+        task: Task | None = None,
     ) -> None:
-        self.model, self.name, self.version = model, name, version
+        self.model = model if isinstance(model, ScoringModel) else ScoringModel.of(model)
+        self.task: Task = task or model_task(self.model) or "binary"
+        self.name, self.version = name, version
         self.fault_error_rate, self.fault_latency_ms = fault_error_rate, fault_latency_ms
         self.random = random.Random(seed)
         self.registry = CollectorRegistry()
@@ -56,8 +62,7 @@ class ModelServer:
         )
 
     def score(self, rows: list[dict[str, Any]]) -> list[float]:
-        frame = as_model_input(pd.DataFrame(rows))
-        return [float(p[1]) for p in self.model.predict(frame)]
+        return [float(score) for score in self.model.score(pd.DataFrame(rows), self.task)]
 
     async def predict(self, request: web.Request) -> web.Response:
         start = time.perf_counter()
@@ -115,16 +120,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tracking-uri")
     parser.add_argument("--fault-error-rate", type=float, default=0.0)
     parser.add_argument("--fault-latency-ms", type=float, default=0.0)
+    parser.add_argument("--task", choices=("auto", *TASKS), default="auto")
     args = parser.parse_args(argv)
 
-    import mlflow.pyfunc
-
-    if args.tracking_uri:
-        mlflow.set_tracking_uri(args.tracking_uri)
-    model = mlflow.pyfunc.load_model(args.model_uri)
+    model = load_scoring_model(args.model_uri, args.tracking_uri)
     name, _, version = args.model_uri.removeprefix("models:/").partition("/")
-    server = ModelServer(model, name, version, args.fault_error_rate, args.fault_latency_ms)
-    example = model.input_example
+    server = ModelServer(
+        model,
+        name,
+        version,
+        args.fault_error_rate,
+        args.fault_latency_ms,
+        task=None if args.task == "auto" else args.task,
+    )
+    example = model.pyfunc.input_example
     if example is not None:  # the first calls are slow; pay for them before /healthz says ready
         for _ in range(3):
             server.score(pd.DataFrame(example).to_dict("records"))

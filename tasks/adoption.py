@@ -1,0 +1,246 @@
+"""Adopting a model the project did not train: evaluate it by scoring it, and build its reference.
+
+A team's model, registered in MLflow by its own code, is scored on a labelled table the team
+gives (ideally rows the model was not trained on). Its holdout metrics and permutation feature
+importance are computed by scoring the model itself (`tasks/scoring.py`), whatever its
+flavour; the reference (drift profile with the model's scores, expectation suite, model card,
+report sample) is then stored like a version we trained. Every check (the model, the version,
+the columns, the task) runs before anything is written, so a refused adoption changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from sklearn.metrics import (
+    accuracy_score,
+    brier_score_loss,
+    log_loss,
+    mean_absolute_error,
+    r2_score,
+    roc_auc_score,
+)
+
+from agentic_mlops.settings import Settings, load_settings
+from agentic_mlops.tasks import registry
+from agentic_mlops.tasks.batches import DataError, read_table, require_columns
+from agentic_mlops.tasks.reference import (
+    ModelCard,
+    primary_score,
+    r2_standard_error,
+    scoring_model,
+    store_reference,
+)
+from agentic_mlops.tasks.scoring import (
+    ScoringModel,
+    Task,
+    check_task,
+    infer_task,
+    score_kind,
+)
+from agentic_mlops.tasks.training import expected_calibration_error
+
+MIN_ADOPTION_ROWS = 20
+IMPORTANCE_REPEATS = 3
+
+
+@dataclass
+class Candidate:
+    """A registered version about to be adopted, with the table it is judged on."""
+
+    name: str
+    version: int
+    model: ScoringModel
+    frame: pd.DataFrame
+    target: str
+    task: Task
+    source: str
+
+
+def resolve_version(name: str, version: int | None, settings: Settings) -> int:
+    """The version to adopt: the one given, else the champion, else the newest.
+
+    Raises:
+        DataError: the model is not registered, the version does not exist, or it has no
+            MLflow run to log its reference to.
+    """
+    mlflow_client = registry.client(settings)
+    try:
+        mlflow_client.get_registered_model(name)
+    except MlflowException as error:
+        raise DataError(f"no registered model named {name!r} in {settings.tracking_uri()}") from (
+            error
+        )
+    if version is None:
+        version = registry.alias_version(name, registry.CHAMPION, settings)
+    if version is None:
+        versions = mlflow_client.search_model_versions(f"name='{name}'")
+        if not versions:
+            raise DataError(f"{name!r} has no versions")
+        version = max(int(v.version) for v in versions)
+    try:
+        found = mlflow_client.get_model_version(name, str(version))
+    except MlflowException as error:
+        raise DataError(f"{name!r} has no version {version}") from error
+    if not found.run_id:
+        raise DataError(f"{name} v{version} has no MLflow run to log its reference to")
+    return int(version)
+
+
+def prepare(
+    name: str,
+    version: int | None,
+    data_path: str,
+    target: str,
+    task_name: str,
+    settings: Settings,
+) -> Candidate:
+    """Check everything an adoption needs, writing nothing.
+
+    Raises:
+        DataError: an unknown model or version, an artifact that cannot be loaded, a table
+            without the target or the model's input columns, too few labelled rows, or a
+            task that does not match the model's outputs.
+    """
+    frame = read_table(data_path)
+    require_columns(frame, [target], source=str(data_path))
+    labels = frame[target]
+    if labels.isna().any():
+        raise DataError(f"{data_path}: target column {target!r} has null values")
+    if len(frame) < MIN_ADOPTION_ROWS:
+        raise DataError(f"{data_path}: {len(frame)} rows is too few (need {MIN_ADOPTION_ROWS})")
+    version = resolve_version(name, version, settings)
+    model = scoring_model(name, version, settings)
+    features = frame.drop(columns=[target])
+    model.conform(features)
+    chosen: Task = infer_task(model, features, labels) if task_name == "auto" else task_name
+    check_task(model, chosen, features, labels)
+    return Candidate(name, version, model, frame, target, chosen, str(Path(data_path).resolve()))
+
+
+def holdout_metrics(task: Task, labels: pd.Series, scores: np.ndarray) -> dict[str, float]:
+    """The metrics a card holds for a task, computed from the model's scores on labelled rows.
+
+    A binary classifier's include the figures the drift check's calibration evidence needs
+    (`positive_rate`, `mean_prediction`, `prediction_variance_sum`, `holdout_rows`).
+    """
+    y = labels.to_numpy()
+    rows = {"holdout_rows": float(len(y))}
+    if task == "regression":
+        errors = scores - y.astype(float)
+        return {
+            "r2": float(r2_score(y, scores)),
+            "r2_standard_error": r2_standard_error(y.astype(float), scores),
+            "rmse": float(np.sqrt(np.mean(errors**2))),
+            "mae": float(mean_absolute_error(y, scores)),
+            "mean_target": float(np.mean(y)),
+            "mean_prediction": float(np.mean(scores)),
+            **rows,
+        }
+    if task == "multiclass":
+        return {"accuracy": float(accuracy_score(y, scores)), **rows}
+    y = y.astype(int)
+    clipped = np.clip(scores, 1e-6, 1 - 1e-6)
+    return {
+        "roc_auc": float(roc_auc_score(y, scores)),
+        "accuracy": float(accuracy_score(y, scores >= 0.5)),
+        "log_loss": float(log_loss(y, clipped, labels=[0, 1])),
+        "brier_score": float(brier_score_loss(y, scores)),
+        "expected_calibration_error": expected_calibration_error(y, scores),
+        "positive_rate": float(y.mean()),
+        "mean_prediction": float(np.mean(scores)),
+        "prediction_variance_sum": float(np.sum(scores * (1 - scores))),
+        **rows,
+    }
+
+
+def permutation_importance(
+    score: Callable[[pd.DataFrame], np.ndarray],
+    features: pd.DataFrame,
+    labels: pd.Series,
+    metric: Callable[[pd.Series, np.ndarray], float],
+    seed: int = 42,
+    repeats: int = IMPORTANCE_REPEATS,
+) -> dict[str, float]:
+    """How much the metric drops when each column is shuffled, averaged over repeats, most
+    important first: computed by scoring the model, so it works for any flavour."""
+    generator = np.random.default_rng(seed)
+    baseline = metric(labels, score(features))
+    drops = {}
+    for column in features.columns:
+        total = 0.0
+        for _ in range(repeats):
+            shuffled = features.copy()
+            shuffled[column] = generator.permutation(shuffled[column].to_numpy())
+            total += baseline - metric(labels, score(shuffled))
+        drops[str(column)] = total / repeats
+    return dict(sorted(drops.items(), key=lambda kv: -kv[1]))
+
+
+@task(name="check-adoption", cache_policy=NO_CACHE)
+def check_adoption(
+    name: str,
+    version: int | None,
+    data_path: str,
+    target: str,
+    task_name: str,
+    settings: Settings | None = None,
+) -> Candidate:
+    """The checked candidate (see `prepare`); a `DataError` fails the task with its message."""
+    return prepare(name, version, data_path, target, task_name, settings or load_settings())
+
+
+@task(name="evaluate-adopted-model", cache_policy=NO_CACHE)
+def evaluate_candidate(candidate: Candidate, seed: int = 42) -> ModelCard:
+    """The model card: holdout metrics and permutation importance from the model's scores."""
+    features = candidate.frame.drop(columns=[candidate.target])
+    labels = candidate.frame[candidate.target]
+    scores = candidate.model.score(features, candidate.task)
+    importance = permutation_importance(
+        lambda rows: candidate.model.score(rows, candidate.task),
+        features,
+        labels,
+        lambda y, s: primary_score(candidate.task, y, s),
+        seed,
+    )
+    return ModelCard(
+        model_name=candidate.name,
+        version=candidate.version,
+        target=candidate.target,
+        metrics=holdout_metrics(candidate.task, labels, scores),
+        feature_importance=importance,
+        features=list(features.columns),
+        data_source=candidate.source,
+        task=candidate.task,
+        score=score_kind(candidate.task, candidate.model),
+        adopted=True,
+    )
+
+
+def store_adopted_reference(
+    candidate: Candidate, card: ModelCard, settings: Settings | None = None
+) -> Path:
+    """Store the version's reference (under home and in its MLflow run)."""
+    features = candidate.frame.drop(columns=[candidate.target])
+    scores = candidate.model.score(features, candidate.task)
+    return store_reference(candidate.frame, card, scores, settings)
+
+
+@task(name="crown-if-unguarded", cache_policy=NO_CACHE)
+def crown_if_unguarded(
+    name: str, version: int, settings: Settings | None = None
+) -> tuple[int, bool]:
+    """Make `version` the champion when the model has none yet (running it twice is
+    harmless); return the champion and whether this call made it."""
+    champion = registry.alias_version(name, registry.CHAMPION, settings)
+    if champion is None:
+        registry.set_alias(name, registry.CHAMPION, version, settings)
+        return version, True
+    return champion, False

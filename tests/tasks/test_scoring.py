@@ -1,0 +1,124 @@
+"""One score for any MLflow model: real models saved by MLflow's flavours, loaded by URI."""
+
+from __future__ import annotations
+
+import mlflow.pyfunc
+import mlflow.sklearn
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.models import infer_signature
+from sklearn.linear_model import LinearRegression, LogisticRegression
+
+from agentic_mlops.deployments.serving.model_server import ModelServer
+from agentic_mlops.tasks.scoring import (
+    ScoringError,
+    check_task,
+    infer_task,
+    load_scoring_model,
+    model_task,
+    score_kind,
+)
+
+GENERATOR = np.random.default_rng(0)
+ROWS = pd.DataFrame(
+    {
+        "tumour size": GENERATOR.normal(10, 2, 200),
+        "visits": GENERATOR.integers(0, 5, 200).astype("int64"),
+    }
+)
+LABELS = pd.Series((ROWS["tumour size"] + GENERATOR.normal(0, 1, 200) > 10).astype(int), name="y")
+AMOUNTS = pd.Series(3 * ROWS["tumour size"] + ROWS["visits"], name="amount")
+
+
+def saved(tmp_path, model, signature_outputs=None, **options) -> str:
+    path = tmp_path / "model"
+    signature = (
+        infer_signature(ROWS.astype({"visits": "float64"}), signature_outputs)
+        if signature_outputs is not None
+        else None
+    )
+    mlflow.sklearn.save_model(model, path, signature=signature, **options)
+    return str(path)
+
+
+def test_a_classifier_scores_its_positive_class_probability(tmp_path):
+    classifier = LogisticRegression().fit(ROWS, LABELS)
+    model = load_scoring_model(saved(tmp_path, classifier, classifier.predict(ROWS)))
+    assert model_task(model) == "binary" and score_kind("binary", model).startswith("positive")
+    scores = model.score(ROWS, "binary")
+    np.testing.assert_allclose(scores, classifier.predict_proba(ROWS)[:, 1])
+    # a pyfunc alone would give labels: the score is not what pyfunc.predict returns
+    assert set(np.unique(model.pyfunc.predict(ROWS.astype({"visits": "float64"})))) <= {0, 1}
+
+
+def test_our_own_probability_pair_models_keep_working(tmp_path):
+    classifier = LogisticRegression().fit(ROWS, LABELS)
+    uri = saved(
+        tmp_path,
+        classifier,
+        classifier.predict_proba(ROWS),
+        pyfunc_predict_fn="predict_proba",
+    )
+    model = load_scoring_model(uri)
+    np.testing.assert_allclose(model.score(ROWS, "binary"), classifier.predict_proba(ROWS)[:, 1])
+
+
+def test_a_regressor_scores_its_prediction_and_refuses_to_classify(tmp_path):
+    regressor = LinearRegression().fit(ROWS, AMOUNTS)
+    model = load_scoring_model(saved(tmp_path, regressor, regressor.predict(ROWS)))
+    assert model_task(model) == "regression" == infer_task(model, ROWS, AMOUNTS)
+    np.testing.assert_allclose(model.score(ROWS, "regression"), regressor.predict(ROWS))
+    with pytest.raises(ScoringError, match="does not match the model, a regressor"):
+        check_task(model, "binary", ROWS, LABELS)
+
+
+def test_the_signature_names_a_missing_or_wrong_column_in_one_line(tmp_path):
+    classifier = LogisticRegression().fit(ROWS, LABELS)
+    model = load_scoring_model(saved(tmp_path, classifier, classifier.predict(ROWS)))
+    with pytest.raises(ScoringError, match=r"input column\(s\) 'visits'") as missing:
+        model.score(ROWS.drop(columns=["visits"]), "binary")
+    assert "\n" not in str(missing.value)
+    with pytest.raises(ScoringError, match="column 'tumour size' must be numbers"):
+        model.score(ROWS.assign(**{"tumour size": "big"}), "binary")
+    # extra columns are left out, integer columns cast to the declared doubles
+    assert len(model.score(ROWS.assign(extra="x"), "binary")) == len(ROWS)
+
+
+def test_without_a_signature_the_estimators_feature_names_are_checked(tmp_path):
+    classifier = LogisticRegression().fit(ROWS, LABELS)
+    model = load_scoring_model(saved(tmp_path, classifier))
+    assert model.inputs is None
+    np.testing.assert_allclose(model.score(ROWS, "binary"), classifier.predict_proba(ROWS)[:, 1])
+    with pytest.raises(ScoringError, match="'tumour size'"):
+        model.score(ROWS.drop(columns=["tumour size"]), "binary")
+
+
+class Doubled(mlflow.pyfunc.PythonModel):
+    def predict(self, context, model_input, params=None):
+        return model_input["tumour size"].to_numpy() * 2
+
+
+def test_a_custom_pyfunc_scores_its_output_and_its_task_is_read_from_the_labels(tmp_path):
+    path = tmp_path / "doubled"
+    mlflow.pyfunc.save_model(path, python_model=Doubled())
+    model = load_scoring_model(str(path))
+    assert model.native is None and model_task(model) is None
+    assert infer_task(model, ROWS, AMOUNTS) == "regression"
+    np.testing.assert_allclose(model.score(ROWS, "regression"), ROWS["tumour size"] * 2)
+    with pytest.raises(ScoringError, match="outside 0..1"):
+        check_task(model, "binary", ROWS, LABELS)
+
+
+def test_a_model_that_cannot_be_loaded_is_one_line(tmp_path):
+    with pytest.raises(ScoringError, match="cannot be loaded"):
+        load_scoring_model(str(tmp_path / "absent"))
+
+
+def test_the_model_server_answers_with_the_score(tmp_path):
+    regressor = LinearRegression().fit(ROWS, AMOUNTS)
+    model = load_scoring_model(saved(tmp_path, regressor, regressor.predict(ROWS)))
+    server = ModelServer(model, "amount", "1")
+    assert server.task == "regression"
+    rows = ROWS.head(3).to_dict("records")
+    np.testing.assert_allclose(server.score(rows), regressor.predict(ROWS.head(3)))
