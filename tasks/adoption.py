@@ -21,11 +21,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from sklearn.metrics import (
     accuracy_score,
-    brier_score_loss,
-    log_loss,
     mean_absolute_error,
     r2_score,
-    roc_auc_score,
 )
 
 from agentic_mlops.settings import Settings, load_settings
@@ -45,7 +42,7 @@ from agentic_mlops.tasks.scoring import (
     infer_task,
     score_kind,
 )
-from agentic_mlops.tasks.training import expected_calibration_error
+from agentic_mlops.tasks.training import binary_metrics
 
 MIN_ADOPTION_ROWS = 20
 IMPORTANCE_REPEATS = 3
@@ -146,19 +143,7 @@ def holdout_metrics(task: Task, labels: pd.Series, scores: np.ndarray) -> dict[s
         }
     if task == "multiclass":
         return {"accuracy": float(accuracy_score(y, scores)), **rows}
-    y = y.astype(int)
-    clipped = np.clip(scores, 1e-6, 1 - 1e-6)
-    return {
-        "roc_auc": float(roc_auc_score(y, scores)),
-        "accuracy": float(accuracy_score(y, scores >= 0.5)),
-        "log_loss": float(log_loss(y, clipped, labels=[0, 1])),
-        "brier_score": float(brier_score_loss(y, scores)),
-        "expected_calibration_error": expected_calibration_error(y, scores),
-        "positive_rate": float(y.mean()),
-        "mean_prediction": float(np.mean(scores)),
-        "prediction_variance_sum": float(np.sum(scores * (1 - scores))),
-        **rows,
-    }
+    return binary_metrics(y, scores)
 
 
 def permutation_importance(

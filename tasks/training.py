@@ -139,17 +139,16 @@ def expected_calibration_error(y_true: np.ndarray, scores: np.ndarray, bins: int
     return float(gap)
 
 
-@task(name="evaluate-model", cache_policy=NO_CACHE)
-def evaluate_model(
-    model: Pipeline, x_test: pd.DataFrame, y_test: pd.Series, seed: int = 42
-) -> Evaluation:
-    """Holdout metrics, reliability curve and permutation feature importance (ROC AUC drop)."""
-    y_true = y_test.to_numpy()
-    scores = model.predict_proba(x_test)[:, 1]
-    metrics = {
+def binary_metrics(y_true: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    """A binary classifier's holdout figures from its positive-class scores: ranking, accuracy,
+    log loss (scores clipped to [1e-6, 1 - 1e-6], so a 0/1 score is not infinite), calibration,
+    and what the drift check's calibration evidence needs (`positive_rate`, `mean_prediction`,
+    `prediction_variance_sum`, `holdout_rows`)."""
+    y_true = np.asarray(y_true).astype(int)
+    return {
         "roc_auc": float(roc_auc_score(y_true, scores)),
         "accuracy": float(accuracy_score(y_true, scores >= 0.5)),
-        "log_loss": float(log_loss(y_true, scores, labels=[0, 1])),
+        "log_loss": float(log_loss(y_true, np.clip(scores, 1e-6, 1 - 1e-6), labels=[0, 1])),
         "brier_score": float(brier_score_loss(y_true, scores)),
         "expected_calibration_error": expected_calibration_error(y_true, scores),
         "positive_rate": float(y_true.mean()),
@@ -157,6 +156,16 @@ def evaluate_model(
         "prediction_variance_sum": float(np.sum(scores * (1 - scores))),
         "holdout_rows": float(len(y_true)),
     }
+
+
+@task(name="evaluate-model", cache_policy=NO_CACHE)
+def evaluate_model(
+    model: Pipeline, x_test: pd.DataFrame, y_test: pd.Series, seed: int = 42
+) -> Evaluation:
+    """Holdout metrics, reliability curve and permutation feature importance (ROC AUC drop)."""
+    y_true = y_test.to_numpy()
+    scores = model.predict_proba(x_test)[:, 1]
+    metrics = binary_metrics(y_true, scores)
     observed, predicted = calibration_curve(y_true, scores, n_bins=10, strategy="quantile")
     importance = permutation_importance(
         model, x_test, y_true, scoring="roc_auc", n_repeats=3, random_state=seed, n_jobs=1
