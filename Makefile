@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup tools demo test test-all bench lint clean
+.PHONY: setup tools demo down test test-all bench lint clean
 
 setup: $(STAMP)
 
@@ -14,8 +14,14 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --constraint constraints.txt --editable '.[test]'
 	@touch $(STAMP)
 
+# the local stack (Prefect server and MLflow UI) stays up after the demo: its URLs are printed
+# at the end; `make down` stops it
 demo: setup
+	$(BIN)/agentic-mlops up
 	$(BIN)/agentic-mlops demo
+
+down: setup
+	$(BIN)/agentic-mlops down
 
 test: setup
 	$(BIN)/python -m pytest -m "not slow" -q
@@ -35,4 +41,5 @@ lint: setup
 	$(BIN)/ruff format --check .
 
 clean:
+	-test ! -x $(BIN)/agentic-mlops || $(BIN)/agentic-mlops down
 	rm -rf .mlops .pytest_cache .ruff_cache

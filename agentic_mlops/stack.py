@@ -1,0 +1,340 @@
+"""The local stack: a Prefect server on the home's SQLite and the MLflow UI on the home's
+tracking store, started once in the background and used by every command and flow while it
+runs.
+
+`agentic-mlops up` starts both and records them in `home/stack/stack.json` (pid, port, URL and
+log file of each); `down` stops them; `status` says what runs. `configure_environment` points
+Prefect at the recorded server before Prefect is imported, unless `PREFECT_API_URL` is set
+already, so a flow runs there instead of in a temporary server started for one process. A
+record whose process has ended (a reboot, a kill) is stale: it is ignored, and removed by
+`status`, `up` and `down`.
+
+This module is read by every process at import (`runtime.py`), so it imports nothing heavy:
+the standard library and pydantic, which the settings import anyway.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ValidationError
+
+Role = Literal["prefect", "mlflow"]
+COMMAND_MARKERS: dict[str, bytes] = {"prefect": b"prefect", "mlflow": b"mlflow"}
+HEALTH = {"prefect": "/api/health", "mlflow": "/health"}
+
+
+class StackError(RuntimeError):
+    """A stack process did not start: the message ends with its log's last lines."""
+
+
+class StackProcess(BaseModel):
+    """One background process of the stack, as recorded under home."""
+
+    role: Role
+    pid: int
+    port: int
+    url: str
+    log: str
+    started_at: str
+
+    @property
+    def api_url(self) -> str:
+        """Where clients talk to it: Prefect's API under `/api`, MLflow's at its root."""
+        return f"{self.url}/api" if self.role == "prefect" else self.url
+
+
+class StackRecord(BaseModel):
+    """The stack's processes recorded under home; a role without a process is not running."""
+
+    prefect: StackProcess | None = None
+    mlflow: StackProcess | None = None
+
+    def processes(self) -> list[StackProcess]:
+        return [p for p in (self.prefect, self.mlflow) if p is not None]
+
+
+def stack_dir(home: Path) -> Path:
+    return home / "stack"
+
+
+def record_path(home: Path) -> Path:
+    return stack_dir(home) / "stack.json"
+
+
+def read_record(home: Path) -> StackRecord:
+    """The recorded stack; an empty record when there is none or it cannot be read."""
+    try:
+        return StackRecord.model_validate_json(record_path(home).read_text())
+    except (OSError, ValidationError):
+        return StackRecord()
+
+
+def write_record(home: Path, record: StackRecord) -> None:
+    path = record_path(home)
+    if not record.processes():
+        path.unlink(missing_ok=True)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(record.model_dump_json(indent=2))
+    temporary.replace(path)
+
+
+def running(process: StackProcess) -> bool:
+    """Whether the recorded pid still runs the recorded program, not a process that was given
+    the same pid after ours ended (where `/proc` exists to tell)."""
+    try:
+        done, _ = os.waitpid(process.pid, os.WNOHANG)
+        if done == process.pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(process.pid, 0)
+    except OSError:
+        return False
+    try:
+        command = Path(f"/proc/{process.pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    return COMMAND_MARKERS[process.role] in command
+
+
+def live_record(home: Path) -> StackRecord:
+    """The recorded processes that still run; stale entries are left out (not removed)."""
+    record = read_record(home)
+    return StackRecord(
+        **{p.role: p for p in record.processes() if running(p)},
+    )
+
+
+def prefect_api_url(home: Path) -> str | None:
+    """The API address of the home's running Prefect server, or None when it is not up."""
+    process = live_record(home).prefect
+    return process.api_url if process else None
+
+
+def mlflow_ui_url(home: Path) -> str | None:
+    """The address of the home's running MLflow UI, or None when it is not up."""
+    process = live_record(home).mlflow
+    return process.url if process else None
+
+
+def in_use(home: Path) -> str | None:
+    """The stack's Prefect API address when this process talks to it, else None."""
+    url = prefect_api_url(home)
+    return url if url and os.environ.get("PREFECT_API_URL") == url else None
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _log_tail(log: Path) -> str:
+    try:
+        return log.read_text(errors="replace")[-1200:]
+    except OSError:
+        return "(no log)"
+
+
+def _spawn(role: Role, command: list[str], port: int, log: Path, env: dict) -> StackProcess:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=env,
+        )
+    return StackProcess(
+        role=role,
+        pid=process.pid,
+        port=port,
+        url=f"http://127.0.0.1:{port}",
+        log=str(log),
+        started_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    )
+
+
+def _wait_ready(process: StackProcess, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    health = process.url + HEALTH[process.role]
+    while time.monotonic() < deadline:
+        if not running(process):
+            raise StackError(
+                f"{process.role} exited while starting; {process.log} ends:\n"
+                + _log_tail(Path(process.log))
+            )
+        if answers(health):
+            return
+        time.sleep(0.25)
+    stop(process)
+    raise StackError(
+        f"{process.role} did not answer {health} within {timeout:.0f} s; {process.log} ends:\n"
+        + _log_tail(Path(process.log))
+    )
+
+
+def _program(name: str) -> str:
+    """An entry point of this environment (`prefect`, `mlflow`), beside its interpreter."""
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.exists() else name
+
+
+def _server_env(prefect_home: Path) -> dict[str, str]:
+    """The environment of the Prefect server: the home's database, its UI on."""
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(
+        PREFECT_HOME=str(prefect_home),
+        PREFECT_UI_ENABLED="true",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        DO_NOT_TRACK="1",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def start_prefect(prefect_home: Path, folder: Path, port: int | None = None) -> StackProcess:
+    """Start `prefect server start` on loopback with the home's SQLite database."""
+    port = port or free_port()
+    prefect_home.mkdir(parents=True, exist_ok=True)
+    command = [_program("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    return _spawn("prefect", command, port, folder / "prefect.log", _server_env(prefect_home))
+
+
+def start_mlflow(
+    tracking_uri: str, artifacts: Path, folder: Path, port: int | None = None
+) -> StackProcess:
+    """Start the MLflow UI on loopback over the home's tracking store and artifact folder."""
+    port = port or free_port()
+    command = [
+        _program("mlflow"),
+        "ui",
+        "--backend-store-uri",
+        tracking_uri,
+        "--default-artifact-root",
+        artifacts.as_uri(),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return _spawn("mlflow", command, port, folder / "mlflow.log", env)
+
+
+def stop(process: StackProcess, grace: float = 10.0) -> bool:
+    """Stop a recorded process and its children; False when it had ended already."""
+    if not running(process):
+        return False
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except OSError:
+        return False
+    deadline = time.monotonic() + grace
+    while running(process) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if running(process):
+        with contextlib.suppress(OSError):
+            os.killpg(process.pid, signal.SIGKILL)
+    return True
+
+
+StartState = Literal["started", "already running", "skipped"]
+
+
+def up(settings, timeout: float = 180.0) -> dict[Role, tuple[StackProcess | None, StartState]]:
+    """Start what of the stack does not run yet, wait until it answers, and record it.
+
+    The MLflow UI is skipped when tracking is not the home's own store on a database (an
+    MLflow server is its own UI).
+
+    Raises:
+        StackError: a process exited or did not answer within `timeout`; what started in this
+            call is stopped again.
+    """
+    home = settings.home
+    folder = stack_dir(home)
+    folder.mkdir(parents=True, exist_ok=True)
+    record = live_record(home)
+    outcome: dict[Role, tuple[StackProcess | None, StartState]] = {}
+    started: list[StackProcess] = []
+    try:
+        if record.prefect:
+            outcome["prefect"] = (record.prefect, "already running")
+        else:
+            record.prefect = start_prefect(settings.prefect_home, folder)
+            started.append(record.prefect)
+            outcome["prefect"] = (record.prefect, "started")
+        tracking = settings.tracking_uri()
+        if record.mlflow:
+            outcome["mlflow"] = (record.mlflow, "already running")
+        elif tracking.startswith("http"):
+            outcome["mlflow"] = (None, "skipped")
+        else:
+            record.mlflow = start_mlflow(tracking, settings.artifacts_dir, folder)
+            started.append(record.mlflow)
+            outcome["mlflow"] = (record.mlflow, "started")
+        for process in started:
+            _wait_ready(process, timeout)
+    except BaseException:
+        for process in started:
+            stop(process)
+        raise
+    write_record(home, record)
+    return outcome
+
+
+def down(home: Path) -> list[tuple[StackProcess, bool]]:
+    """Stop every recorded process and remove the record; each with whether it was running.
+
+    Safe to run twice: the second run finds no record and stops nothing.
+    """
+    record = read_record(home)
+    stopped = [(process, stop(process)) for process in record.processes()]
+    write_record(home, StackRecord())
+    return stopped
+
+
+def status(home: Path) -> list[tuple[StackProcess, bool]]:
+    """Every recorded process with whether it runs; the record keeps only the running ones."""
+    record = read_record(home)
+    seen = [(process, running(process)) for process in record.processes()]
+    if any(not alive for _, alive in seen):
+        write_record(home, StackRecord(**{p.role: p for p, alive in seen if alive}))
+    return seen
+
+
+def as_json(seen: list[tuple[StackProcess, bool]]) -> str:
+    return json.dumps(
+        [p.model_dump() | {"status": "running" if alive else "stale"} for p, alive in seen]
+    )

@@ -1,0 +1,138 @@
+"""The local stack as a user runs it: `up`, a drift check that runs its flow on the stack's
+Prefect server, `down` (twice); and records whose process has ended. Real processes only."""
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from uuid import UUID
+
+import pytest
+
+from agentic_mlops import stack
+from agentic_mlops.settings import Settings
+from agentic_mlops.tasks import ledger
+from agentic_mlops.tasks.batches import write_table
+from agentic_mlops.tasks.churn import generate_churn
+
+PROGRAM = str(Path(sys.executable).parent / "agentic-mlops")
+
+
+def run(home: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """The command line in a new process whose environment names only `home`."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PREFECT_", "MLFLOW_", "AGENTIC_MLOPS_"))
+    }
+    env["AGENTIC_MLOPS_HOME"] = str(home)
+    return subprocess.run(
+        [PROGRAM, *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+async def flow_run_name(api_url: str, flow_run_id: str) -> tuple[str, str]:
+    from prefect.client.orchestration import PrefectClient
+
+    async with PrefectClient(api=api_url) as client:
+        flow_run = await client.read_flow_run(UUID(flow_run_id))
+        flow = await client.read_flow(flow_run.flow_id)
+    return flow.name, flow_run.state.type.value
+
+
+def test_up_serves_every_command_until_down(tmp_path):
+    home = tmp_path / "home"
+    reference = write_table(generate_churn(1_500, 1), tmp_path / "ref.parquet")
+    current = write_table(generate_churn(1_500, 2, "covariate"), tmp_path / "cur.parquet")
+    try:
+        started = run(home, "up")
+        assert started.returncode == 0, started.stderr
+        record = stack.live_record(home)
+        assert record.prefect and record.mlflow
+        assert stack.answers(record.prefect.api_url + "/health")
+        assert stack.answers(record.mlflow.url + "/health")
+        again = run(home, "up")
+        assert again.stdout.count("already running") == 2
+        assert stack.read_record(home).prefect.pid == record.prefect.pid
+
+        checked = run(
+            home, "drift-check", "--reference", str(reference), "--current", str(current),
+            "--no-act", "--json",
+        )  # fmt: skip
+        assert checked.returncode == 0, checked.stderr
+        assert f"Using the local stack: Prefect at {record.prefect.api_url}" in checked.stderr
+        assert json.loads(checked.stdout)["decision"]["action"]
+        (entry,) = ledger.list_decisions(settings=Settings(home=home))
+        name, state = asyncio.run(flow_run_name(record.prefect.api_url, entry.flow_run_id))
+        assert (name, state) == ("drift-check", "COMPLETED")
+
+        status = json.loads(run(home, "status", "--json").stdout)
+        assert {p["role"]: p["status"] for p in status} == {
+            "prefect": "running",
+            "mlflow": "running",
+        }
+    finally:
+        stopped = run(home, "down")
+    assert stopped.returncode == 0 and stopped.stdout.count(": stopped") == 2
+    assert not stack.running(record.prefect) and not stack.running(record.mlflow)
+    assert not stack.record_path(home).exists()
+    twice = run(home, "down")
+    assert twice.returncode == 0 and "not running" in twice.stdout
+
+
+def test_without_the_stack_a_command_says_it_starts_a_temporary_server(tmp_path):
+    current = write_table(generate_churn(500, 2), tmp_path / "cur.parquet")
+    checked = run(tmp_path / "home", "drift-check", "--current", str(current), "--json")
+    assert checked.returncode == 2 and "No local stack" in checked.stderr
+    assert "no champion" in checked.stderr
+
+
+@pytest.fixture
+def ended_pid() -> int:
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
+def record(home: Path, pid: int) -> None:
+    stack.write_record(
+        home,
+        stack.StackRecord(
+            prefect=stack.StackProcess(
+                role="prefect",
+                pid=pid,
+                port=1,
+                url="http://127.0.0.1:1",
+                log=str(home / "stack" / "prefect.log"),
+                started_at="2026-11-29T00:00:00+00:00",
+            )
+        ),
+    )
+
+
+def test_a_stale_record_is_ignored_reported_and_removed(tmp_path, ended_pid):
+    home = tmp_path / "home"
+    record(home, ended_pid)
+    assert stack.prefect_api_url(home) is None
+    status = run(home, "status")
+    assert status.returncode == 0 and "not running (stale record removed)" in status.stdout
+    assert not stack.record_path(home).exists()
+    record(home, ended_pid)
+    stopped = run(home, "down")
+    assert "already gone (stale record removed)" in stopped.stdout
+    assert not stack.record_path(home).exists()
+
+
+def test_a_pid_taken_by_another_program_is_not_our_server(tmp_path):
+    home = tmp_path / "home"
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        record(home, other.pid)
+        assert stack.prefect_api_url(home) is None
+        assert run(home, "down").returncode == 0
+        assert other.poll() is None, "down must not stop a process that is not ours"
+    finally:
+        other.kill()
+        other.wait()
