@@ -68,11 +68,33 @@ def check_settings() -> None:
             fail(problem)
 
 
+def announce_server() -> None:
+    """Say on one line (stderr) which Prefect server the command's flows run on."""
+    import os
+
+    from agentic_mlops import stack
+
+    if url := stack.in_use(load_settings().home):
+        line = f"Using the local stack: Prefect at {url} (`agentic-mlops down` stops it)"
+    elif os.environ.get("PREFECT_API_URL"):
+        line = f"Using the Prefect server at {os.environ['PREFECT_API_URL']}"
+    else:
+        line = (
+            "No local stack: starting a temporary Prefect server for this command "
+            "(`agentic-mlops up` keeps one running)"
+        )
+    errors.print(line, highlight=False, soft_wrap=True)
+
+
 def where_to_look() -> str:
+    from agentic_mlops import stack
+
     settings = load_settings()
     lines = [f"Home: {settings.home}"]
     tracking = settings.tracking_uri()
-    if tracking.startswith(("sqlite", "postgresql", "mysql")):
+    if mlflow_url := stack.mlflow_ui_url(settings.home):
+        lines.append(f"MLflow UI: {mlflow_url}")
+    elif tracking.startswith(("sqlite", "postgresql", "mysql")):
         lines.append(f"MLflow UI: mlflow ui --backend-store-uri {tracking}")
     else:
         lines.append(f"MLflow UI: {tracking}")
@@ -82,8 +104,7 @@ def where_to_look() -> str:
         lines.append(f"Prefect UI: {PREFECT_UI_URL.value() or PREFECT_API_URL.value()}")
     else:
         lines.append(
-            "Prefect UI: PREFECT_HOME="
-            f"{settings.prefect_home} prefect server start  (then open http://127.0.0.1:4200)"
+            "Prefect UI: `agentic-mlops up` starts it (and the MLflow UI) in the background"
         )
     return "\n".join(lines)
 
@@ -120,6 +141,7 @@ def train(
         scenario=scenario,
         seed=seed,
     )
+    announce_server()
     with errors.status("Training and registering the model..."):
         state = train_flow(**arguments, return_state=True)
     if state.is_failed():
@@ -175,6 +197,7 @@ def retrain(
         synthesize=synthesize,
         hand_over=hand_over,
     )
+    announce_server()
     state = retrain_flow(**arguments, return_state=True)
     if state.is_failed():
         fail(state.message or "retraining failed", 2 if state.name == "InvalidData" else 1)
@@ -249,6 +272,7 @@ def demo(
 
     settings = load_settings()
     settings.ensure_dirs()
+    announce_server()
     run_demo(console, DemoPlan(bad_model=not no_bad_model), wait_for_person=wait_for_person)
     console.print(where_to_look(), highlight=False)
 
@@ -277,6 +301,7 @@ def drift_check(
     for path in (current, reference):
         if path is not None and not path.exists():
             fail(f"{path}: no such file")
+    announce_server()
     with errors.status("Checking quality and drift, and triaging..."):
         state = drift_flow(
             current_path=str(current),
@@ -326,7 +351,29 @@ def print_drift(result) -> None:
     for action in result.actions_taken:
         console.print(f"Done: {action}", highlight=False)
     if result.report_path:
-        console.print(f"Evidently report: {result.report_path}", highlight=False)
+        pending = "" if Path(result.report_path).exists() else " (rendering in the background)"
+        console.print(f"Evidently report: {result.report_path}{pending}", highlight=False)
+
+
+@app.command(name="drift-report")
+def drift_report(
+    report: Annotated[
+        Path, typer.Argument(help="The report's .html path, or the .request.json beside it.")
+    ],
+) -> None:
+    """Render a drift check's Evidently HTML report from the sample the check kept, and log
+    it to the model version's MLflow run. Drift checks start this themselves after deciding."""
+    from agentic_mlops.tasks.reports import publish_drift_report
+
+    request = (
+        report if report.name.endswith(".request.json") else report.with_suffix(".request.json")
+    )
+    if not request.exists():
+        fail(f"{request}: no such file (the drift check keeps one beside its report)")
+    html = publish_drift_report(request, load_settings())
+    if html is None:
+        fail(f"{request}: the sample and the reference share no column")
+    console.print(f"Evidently report: {html}", highlight=False)
 
 
 @app.command()
@@ -405,6 +452,7 @@ def adopt(
         version=version,
         task=task,
     )
+    announce_server()
     with errors.status(f"Scoring {model} and storing its reference..."):
         state = adopt_flow(**arguments, return_state=True)
     if state.is_failed():
@@ -446,6 +494,7 @@ def canary(
     arguments = checked_arguments(
         canary_rollout, version=version, steps=percentages, step_seconds=step_seconds
     )
+    announce_server()
     with errors.status("Rolling out the canary (traffic must reach the router)..."):
         state = canary_rollout(**arguments, return_state=True)
     if state.is_failed():
@@ -717,6 +766,64 @@ def notify(
 
 
 @app.command()
+def up() -> None:
+    """Start the local stack in the background: a Prefect server on the home's SQLite and the
+    MLflow UI on the home's tracking store. Every command and flow uses it until `down`."""
+    from agentic_mlops import stack
+
+    settings = load_settings()
+    settings.ensure_dirs()
+    try:
+        with errors.status("Starting the Prefect server and the MLflow UI..."):
+            started = stack.up(settings)
+    except stack.StackError as error:
+        fail(str(error).splitlines()[0] + f" (logs in {stack.stack_dir(settings.home)})", 1)
+    for role, (process, how) in started.items():
+        if process is None:
+            console.print(f"{role}: {how} (tracking is {settings.tracking_uri()})")
+            continue
+        console.print(
+            f"{role}: {how} at {process.url} (pid {process.pid}, log {process.log})",
+            highlight=False,
+        )
+
+
+@app.command()
+def down() -> None:
+    """Stop the local stack; safe to run twice."""
+    from agentic_mlops import stack
+
+    stopped = stack.down(load_settings().home)
+    if not stopped:
+        console.print("the local stack is not running (nothing recorded)", highlight=False)
+    for process, was_running in stopped:
+        done = "stopped" if was_running else "already gone (stale record removed)"
+        console.print(f"{process.role} (pid {process.pid}, {process.url}): {done}", highlight=False)
+
+
+@app.command()
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the list as JSON.")] = False,
+) -> None:
+    """Say what of the local stack runs: each process's pid, URL and log."""
+    from agentic_mlops import stack
+
+    seen = stack.status(load_settings().home)
+    if as_json:
+        print(stack.as_json(seen))
+        return
+    if not seen:
+        console.print("the local stack is not running (`agentic-mlops up` starts it)")
+    for process, alive in seen:
+        state = "running" if alive else "not running (stale record removed)"
+        console.print(
+            f"{process.role}: {state} at {process.url} (pid {process.pid}, since "
+            f"{process.started_at}, log {process.log})",
+            highlight=False,
+        )
+
+
+@app.command()
 def where() -> None:
     """Print where the embedded defaults keep their state, and how to open the UIs."""
     console.print(where_to_look(), highlight=False)
@@ -766,5 +873,22 @@ def mcp(
         fail(str(error))
 
 
+def main() -> None:
+    """The `agentic-mlops` program: run the command, then end the process at once (see
+    `runtime.quick_exit`) instead of waiting for Prefect's and MLflow's exit handlers."""
+    from agentic_mlops.runtime import quick_exit
+
+    try:
+        app()
+    except SystemExit as done:
+        code = done.code
+    else:
+        code = 0
+    if isinstance(code, str):
+        errors.print(code)
+        code = 1
+    quick_exit(code or 0)
+
+
 if __name__ == "__main__":
-    app()
+    main()

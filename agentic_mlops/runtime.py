@@ -3,16 +3,22 @@
 Prefect reads its settings from the environment when it is imported, so the defaults that put
 its home and database under our home directory, and that keep it quiet offline, are applied
 here, once, from `agentic_mlops/__init__.py`. Only unset variables are filled: whatever the
-user exported (a `PREFECT_API_URL`, a `PREFECT_HOME`) wins.
+user exported (a `PREFECT_API_URL`, a `PREFECT_HOME`) wins. When the home's local stack runs
+(`agentic-mlops up`, see `stack.py`), Prefect is pointed at its server; otherwise Prefect
+starts a temporary one for the process.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+import threading
 from pathlib import Path
+from typing import NoReturn
 
 from pydantic import ValidationError
 
+from agentic_mlops import stack
 from agentic_mlops.settings import Settings
 
 PREFECT_DEFAULTS = {
@@ -45,6 +51,45 @@ def configure_environment(settings: Settings | None = None) -> Settings:
     if "PREFECT_HOME" not in os.environ:
         settings.prefect_home.mkdir(parents=True, exist_ok=True)
         os.environ["PREFECT_HOME"] = str(settings.prefect_home)
+    if "PREFECT_API_URL" not in os.environ and (url := stack.prefect_api_url(settings.home)):
+        os.environ["PREFECT_API_URL"] = url
     for name, value in {**PREFECT_DEFAULTS, **MLFLOW_DEFAULTS}.items():
         os.environ.setdefault(name, value)
     return settings
+
+
+def quick_exit(code: int, budget: float = 2.0) -> NoReturn:
+    """End a command's process as soon as its result is printed.
+
+    Prefect's queued logs and events, and MLflow's queued trace exports, get a flush bounded
+    by `budget` seconds each; a local Ray runtime is shut down (its workers would outlive us);
+    a temporary Prefect server is told to stop and finishes on its own, where Prefect would
+    wait up to five seconds for it and then kill it. What misses the budget is missing from
+    the UIs only: results, the ledger and MLflow runs are written before the result prints.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if "prefect.logging.handlers" in sys.modules:
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+
+        for service in (APILogWorker, EventsWorker):
+            service.drain_all(timeout=budget)
+    if "mlflow.tracing" in sys.modules:
+        import mlflow
+
+        flush = threading.Thread(target=mlflow.flush_trace_async_logging, daemon=True)
+        flush.start()
+        flush.join(budget)
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    if "prefect.server.api.server" in sys.modules:
+        from prefect.server.api.server import SubprocessASGIServer
+
+        for server in list(SubprocessASGIServer._instances.values()):
+            if server.server_process is not None:
+                server.server_process.terminate()
+    os._exit(code)

@@ -41,7 +41,7 @@ def test_nothing_generic_is_installed_at_the_top_level(tmp_path):
 
 def test_console_script_is_declared():
     scripts = importlib.metadata.entry_points(group="console_scripts")
-    assert any(e.name == "agentic-mlops" and e.value == "agentic_mlops.cli:app" for e in scripts)
+    assert any(e.name == "agentic-mlops" and e.value == "agentic_mlops.cli:main" for e in scripts)
 
 
 def test_prefect_yaml_entrypoints_load():
