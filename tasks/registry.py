@@ -23,19 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import mlflow.data
-import mlflow.sklearn
 import pandas as pd
-import sklearn
 import sqlalchemy.exc
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
-from sklearn.pipeline import Pipeline
 
 from agentic_mlops.settings import Settings, load_settings
 from agentic_mlops.tasks.batches import DataError
@@ -228,12 +223,14 @@ def as_model_input(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _pip_requirements() -> list[str]:
+    import sklearn
+
     return [f"scikit-learn=={sklearn.__version__}", f"pandas=={pd.__version__}"]
 
 
 @_mlflow_task(name="log-training-run", cache_policy=NO_CACHE)
 def log_training_run(
-    model: Pipeline,
+    model: Any,
     train_frame: pd.DataFrame,
     target: str,
     params: dict[str, Any],
@@ -265,6 +262,10 @@ def log_training_run(
     Returns:
         The run id, the model URI and the dataset digest.
     """
+    import mlflow.data
+    import mlflow.sklearn
+    from mlflow.models import infer_signature
+
     settings = settings or load_settings()
     experiment_id = ensure_experiment(settings)
     mlflow_client = client(settings)
@@ -491,15 +492,24 @@ class LoggedFile:
     path: str
 
 
+def version_file_location(
+    name: str, version: int, file: Path, folder: str, settings: Settings | None = None
+) -> LoggedFile:
+    """Where a file about a version lands in its MLflow run once logged (`log_version_file`),
+    so a link can be given before the file exists."""
+    mlflow_client = client(settings)
+    run_id = version_run_id(name, version, settings)
+    experiment_id = mlflow_client.get_run(run_id).info.experiment_id
+    return LoggedFile(run_id, experiment_id, f"{folder}/{Path(file).name}")
+
+
 def log_version_file(
     name: str, version: int, file: Path, folder: str, settings: Settings | None = None
 ) -> LoggedFile:
     """Log a file about a version (a drift report, the decisions plot) to its MLflow run."""
-    mlflow_client = client(settings)
-    run_id = version_run_id(name, version, settings)
-    mlflow_client.log_artifact(run_id, str(file), folder)
-    experiment_id = mlflow_client.get_run(run_id).info.experiment_id
-    return LoggedFile(run_id, experiment_id, f"{folder}/{Path(file).name}")
+    location = version_file_location(name, version, file, folder, settings)
+    client(settings).log_artifact(location.run_id, str(file), folder)
+    return location
 
 
 def tag_canary_outcome(

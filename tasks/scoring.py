@@ -25,11 +25,9 @@ from functools import lru_cache
 from typing import Any, Literal
 
 import mlflow
-import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
-from sklearn.base import is_regressor
 
 from agentic_mlops.tasks.batches import DataError
 
@@ -205,6 +203,8 @@ def _native_model(uri: str, flavours: dict[str, Any]) -> tuple[Any | None, str]:
 
 @lru_cache(maxsize=16)
 def _load(uri: str, tracking_uri: str) -> ScoringModel:
+    import mlflow.pyfunc
+
     mlflow.set_tracking_uri(tracking_uri)
     try:
         pyfunc = mlflow.pyfunc.load_model(uri)
@@ -242,6 +242,8 @@ def model_task(model: ScoringModel) -> Task | None:
     if model.classes is not None:
         return "binary" if len(model.classes) == 2 else "multiclass"
     if model.native is not None and hasattr(model.native, "fit"):
+        from sklearn.base import is_regressor
+
         try:
             if is_regressor(model.native):
                 return "regression"
