@@ -10,6 +10,7 @@ champion and assembles the triage agent's evidence.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -22,7 +23,6 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed, State
 from pydantic import BaseModel, Field
-from sklearn.metrics import accuracy_score, r2_score, roc_auc_score
 
 from agentic_mlops.agents.drift_triage import (
     ColumnEvidence,
@@ -180,9 +180,11 @@ def resolve_reference(
 ) -> Reference | State:
     """The reference a batch is checked against.
 
-    With `reference_path`, it is built from that file (the champion's card is used for
+    With `reference_path`, it is built from that file once (the champion's card is used for
     feature importance and task when one exists; a champion without stored reference
-    artifacts still scores it). Otherwise it is the champion's stored reference.
+    artifacts still scores it) and kept under home by the file's content digest, the champion
+    version and the target; the next check against the same content reuses it without reading
+    the file. Otherwise it is the champion's stored reference.
 
     Args:
         model_name: The registered model; None: the settings' model name.
@@ -211,8 +213,16 @@ def resolve_reference(
                     "or give a reference file",
                 )
             return stored
-        frame = read_table(reference_path)
         target = target or (stored.card.target if stored else settings.target)
+        folder = (
+            settings.reports_dir
+            / "adhoc-reference"
+            / name
+            / digest([content_digest(reference_path), champion, target])
+        )
+        if (folder / CARD_FILE).exists():
+            return load_reference(folder, champion, previous)
+        frame = read_table(reference_path)
         task = stored.card.task if stored else None
         if task is None and champion is not None:
             task = model_task(scoring_model(name, champion, settings))
@@ -228,9 +238,6 @@ def resolve_reference(
             score=stored.card.score if stored else score_kind(task or "binary", None),
             adopted=stored.card.adopted if stored else False,
         )
-        folder = settings.reports_dir / "adhoc-reference" / name / file_digest(reference_path)
-        if (folder / CARD_FILE).exists():
-            return load_reference(folder, champion, previous)
         scores = None
         if champion is not None:
             scores = score_with(
@@ -246,11 +253,21 @@ def resolve_reference(
         return Failed(name="InvalidData", message=str(error))
 
 
-def file_digest(path: str) -> str:
-    """A digest of a file's identity (path, size, modification time), to cache what is built
-    from it."""
-    stat = Path(path).stat()
-    return digest([str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns])
+def content_digest(path: str) -> str:
+    """SHA-256 of a file's bytes: what is built from a reference file (its profile, suite and
+    scores) is kept under this name and reused for the same content, wherever it lies.
+
+    Raises:
+        DataError: the file cannot be read.
+    """
+    sha = hashlib.sha256()
+    try:
+        with open(path, "rb") as file:
+            while chunk := file.read(1 << 20):
+                sha.update(chunk)
+    except OSError as error:
+        raise DataError(f"{path}: cannot be read ({error})") from error
+    return sha.hexdigest()
 
 
 def scoring_model(name: str, version: int, settings: Settings | None = None) -> ScoringModel:
@@ -304,6 +321,8 @@ def score_batch(
 
 def primary_score(task: Task, labels: pd.Series, scores: np.ndarray) -> float:
     """The card's primary metric (see `PRIMARY_METRIC`) of scores against labels."""
+    from sklearn.metrics import accuracy_score, r2_score, roc_auc_score
+
     if task == "regression":
         return float(r2_score(labels, scores))
     if task == "multiclass":
