@@ -133,7 +133,13 @@ class Settings(BaseSettings):
         default=2, ge=1, le=64, description="Threads that test columns in parallel."
     )
     drift_report_rows: int = Field(
-        default=50_000, ge=100, description="Most batch rows in Evidently's HTML report."
+        default=10_000, ge=100, description="Most batch rows in Evidently's HTML report."
+    )
+    drift_report_mode: Literal["after", "inline", "off"] = Field(
+        default="after",
+        description="Evidently's HTML report of a drift check: `after` renders it in a process "
+        "of its own once the decision is made (the check does not wait), `inline` before the "
+        "check returns, `off` not at all.",
     )
     sequential_k: float = Field(
         default=0.5, ge=0, description="CUSUM allowance per batch, in standard deviations."

@@ -8,12 +8,14 @@ Runbook:
    validation result; failing rows alone are quarantined and the clean rows go on.
 4. Score the batch with the champion (and the previous champion), for prediction drift and,
    where the batch has labels, performance.
-5. Check drift against the reference profile (no re-read of the reference), save Evidently's
-   HTML report of the columns it could test (a report that fails is logged, not fatal), and
-   add the batch to the sequential (CUSUM) detector and the drift history. A quarantined
-   batch with no testable column still goes on to the triage, which escalates it.
+5. Check drift against the reference profile (no re-read of the reference), keep a bounded
+   sample of the tested columns for Evidently's HTML report, and add the batch to the
+   sequential (CUSUM) detector and the drift history. A quarantined batch with no testable
+   column still goes on to the triage, which escalates it.
 6. Ask the drift-triage agent for a decision; the guardrails bound it; record it in the ledger.
-   The Evidently report is logged to the champion's MLflow run and linked from the artifact.
+   Then the Evidently report is rendered from the sample, by default in a process of its own
+   that nothing waits for (`drift_report_mode`); it is logged to the champion's MLflow run,
+   and the result and the artifact say where it will appear.
 7. With approval mode `all`, a retrain or rollback waits for a person's answer on a form that
    shows the decision, its evidence and the deadline; no approval means escalate.
 8. Act: `retrain` runs the retrain flow (advisor, search, canary hand-over) on the clean
@@ -32,13 +34,12 @@ from prefect.states import Completed, Failed, State
 from agentic_mlops.agents.drift_triage import ServingEvidence, triage
 from agentic_mlops.flows.data_quality import check_quality
 from agentic_mlops.flows.form import Empty
-from agentic_mlops.flows.tune import retrain
 from agentic_mlops.schemas import DecisionSummary, DriftCheckResult, PerformanceSummary
 from agentic_mlops.settings import load_settings
 from agentic_mlops.tasks import approval, ledger, reference, reports
 from agentic_mlops.tasks import drift_actions as actions
 from agentic_mlops.tasks.batches import load_batch
-from agentic_mlops.tasks.drift import DriftResult, detect_drift, drift_report, update_sequential
+from agentic_mlops.tasks.drift import DriftResult, detect_drift, plan_report, update_sequential
 
 
 @flow(name="drift-check", log_prints=True)
@@ -105,18 +106,18 @@ def drift_check(
         drift = DriftResult.untested(ref.profile.columns, str(error), len(rows))
     else:
         drift = checked.result()
-    report = drift_report(
-        ref.profile,
-        ref.sample,
-        rows[list(drift.columns)],
-        settings.reports_dir / model_name / f"{Path(batch_id).stem}-drift.html",
-        settings.drift_report_rows,
-        settings.seed,
-        return_state=True,
-    )
-    report_path = report.result() if report.is_completed() else None
-    if report_path is None and report.is_failed():
-        logger.warning("Evidently report not written: %s", report.message)
+    planned = None
+    if settings.drift_report_mode != "off":
+        planned = plan_report(
+            ref.folder / reference.PROFILE_FILE,
+            ref.folder / reference.SAMPLE_FILE,
+            rows[list(drift.columns)],
+            settings.reports_dir / model_name / f"{Path(batch_id).stem}-drift.html",
+            model_name,
+            ref.version,
+            settings.drift_report_rows,
+            settings.seed,
+        )
     history = [o.drift_score for o in ledger.drift_history(model_name, 20, settings)]
     observation = None
     if not broken:
@@ -177,12 +178,21 @@ def drift_check(
         ),
         ledger_id=entry.id,
         quarantined=quality.quarantined,
-        report_path=str(report_path) if report_path else None,
-        report_link=reports.logged_file_link(
-            model_name, ref.version, report_path, "drift-reports", "Evidently report", settings
-        ),
+        report_path=planned.html if planned else None,
+        report_link=reports.planned_file_link(
+            model_name,
+            ref.version,
+            planned.html,
+            reports.DRIFT_REPORTS,
+            "Evidently report",
+            settings,
+        )
+        if planned
+        else None,
         performance=performance_summary,
     )
+    if planned:
+        reports.render_drift_report(planned.path, settings)
 
     action = decision.action if act else "none"
     if action in ("retrain", "rollback"):
@@ -202,6 +212,8 @@ def drift_check(
         )
         action = "escalate"
     if action == "retrain":
+        from agentic_mlops.flows.tune import retrain
+
         retrain_path = quality.clean_path or current_path
         trained = actions.start_retraining(
             retrain,

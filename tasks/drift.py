@@ -552,6 +552,83 @@ def evidently_columns(snapshot) -> dict[str, tuple[str, float]]:
     return found
 
 
+class ReportRequest(BaseModel):
+    """What Evidently's HTML report of one check is rendered from, kept beside the file it
+    renders to, so that it can be rendered after the decision, or again on demand."""
+
+    html: str = Field(description="Where the report appears.")
+    profile: str = Field(description="The reference profile (column kinds).")
+    reference_sample: str = Field(description="The reference's stored sample.")
+    current_sample: str = Field(description="A bounded sample of the checked rows.")
+    model_name: str
+    version: int | None = Field(description="The version whose MLflow run receives it.")
+    rows: int = Field(description="Rows of the current sample.")
+
+    @property
+    def path(self) -> Path:
+        return Path(self.html).with_suffix(".request.json")
+
+
+@task(name="plan-evidently-report", cache_policy=NO_CACHE)
+def plan_report(
+    profile_path: Path,
+    reference_sample_path: Path,
+    current: pd.DataFrame,
+    html: Path,
+    model_name: str,
+    version: int | None,
+    max_rows: int = 10_000,
+    seed: int = 42,
+) -> ReportRequest | None:
+    """Keep up to `max_rows` of the checked rows and a request to render their report later.
+
+    Returns None when there is nothing to report (no column was tested).
+    """
+    if current.empty or not len(current.columns):
+        return None
+    if len(current) > max_rows:
+        current = current.sample(max_rows, random_state=seed)
+    html.parent.mkdir(parents=True, exist_ok=True)
+    sample = html.with_suffix(".current.parquet")
+    current.to_parquet(sample)
+    request = ReportRequest(
+        html=str(html),
+        profile=str(profile_path),
+        reference_sample=str(reference_sample_path),
+        current_sample=str(sample),
+        model_name=model_name,
+        version=version,
+        rows=len(current),
+    )
+    request.path.write_text(request.model_dump_json(indent=2))
+    return request
+
+
+def render_report(request: ReportRequest) -> Path | None:
+    """Render a planned report: Evidently's HTML and its JSON snapshot beside it.
+
+    Returns None when the reference and the sample share no column.
+    """
+    return save_report(
+        load_profile(request.profile),
+        pd.read_parquet(request.reference_sample),
+        pd.read_parquet(request.current_sample),
+        Path(request.html),
+    )
+
+
+def save_report(
+    profile: ReferenceProfile, reference: pd.DataFrame, current: pd.DataFrame, path: Path
+) -> Path | None:
+    if not [c for c in profile.columns if c in reference.columns and c in current.columns]:
+        return None
+    snapshot = evidently_report(profile, reference, current)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    snapshot.save_html(str(path))
+    path.with_suffix(".json").write_text(json.dumps(snapshot.dict(), default=str))
+    return path
+
+
 @task(name="evidently-report", cache_policy=NO_CACHE)
 def drift_report(
     profile: ReferenceProfile,
@@ -569,10 +646,4 @@ def drift_report(
     """
     if len(current) > max_rows:
         current = current.sample(max_rows, random_state=seed)
-    if not [c for c in profile.columns if c in reference_sample.columns and c in current.columns]:
-        return None
-    snapshot = evidently_report(profile, reference_sample, current)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    snapshot.save_html(str(path))
-    path.with_suffix(".json").write_text(json.dumps(snapshot.dict(), default=str))
-    return path
+    return save_report(profile, reference_sample, current, path)

@@ -12,6 +12,9 @@ import re
 from pathlib import Path
 from uuid import UUID
 
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
 from agentic_mlops.settings import Settings
 
 
@@ -45,9 +48,14 @@ def artifact_link(key: str, label: str | None = None) -> str:
 
 
 def mlflow_ui(settings: Settings) -> str | None:
-    """The MLflow UI's address when tracking is an MLflow server, else None."""
+    """The MLflow UI's address: the tracking server's, or the local stack's UI over the home's
+    store (`agentic-mlops up`); else None."""
     uri = settings.tracking_uri()
-    return uri.rstrip("/") if uri.startswith("http") else None
+    if uri.startswith("http"):
+        return uri.rstrip("/")
+    from agentic_mlops import stack
+
+    return stack.mlflow_ui_url(settings.home)
 
 
 def mlflow_run_link(
@@ -101,8 +109,6 @@ def logged_file_link(
         return None
     if version is None:
         return file_note(file)
-    from prefect import get_run_logger
-
     from agentic_mlops.tasks import registry
 
     try:
@@ -111,3 +117,81 @@ def logged_file_link(
         get_run_logger().warning("%s not logged to MLflow: %s", label, error)
         return file_note(file)
     return mlflow_artifact_link(logged.run_id, logged.experiment_id, logged.path, settings, label)
+
+
+def planned_file_link(
+    model_name: str,
+    version: int | None,
+    file: Path | str,
+    folder: str,
+    label: str,
+    settings: Settings,
+) -> str:
+    """Markdown for a file that is logged to a version's MLflow run later (a report rendered
+    after the decision): where it will be there, or the file on the worker's disk when the run
+    cannot be found."""
+    if version is None:
+        return file_note(file)
+    from agentic_mlops.tasks import registry
+
+    try:
+        where = registry.version_file_location(model_name, version, Path(file), folder, settings)
+    except Exception:  # any tracking failure: the file's own place is still a link
+        return file_note(file)
+    return mlflow_artifact_link(where.run_id, where.experiment_id, where.path, settings, label)
+
+
+DRIFT_REPORTS = "drift-reports"
+"""The folder of a model version's MLflow run that receives its drift reports."""
+
+
+def publish_drift_report(request_path: Path | str, settings: Settings) -> Path | None:
+    """Render a planned Evidently report (see `tasks/drift.py: plan_report`) and log it to the
+    version's MLflow run; the file stays on disk when MLflow cannot take it."""
+    from agentic_mlops.tasks import registry
+    from agentic_mlops.tasks.drift import ReportRequest, render_report
+
+    request = ReportRequest.model_validate_json(Path(request_path).read_text())
+    html = render_report(request)
+    if html is not None and request.version is not None:
+        registry.log_version_file(
+            request.model_name, request.version, html, DRIFT_REPORTS, settings
+        )
+    return html
+
+
+def start_drift_report(request_path: Path, settings: Settings) -> int:
+    """Render and log a planned report in a process of its own, which the caller does not wait
+    for; its output goes to a `.log` beside the report. Returns its pid."""
+    import os
+    import subprocess
+    import sys
+
+    log = Path(request_path).with_suffix(".log")
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "agentic_mlops.cli", "drift-report", str(request_path)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env={**os.environ, "AGENTIC_MLOPS_HOME": str(settings.home)},
+        )
+    return process.pid
+
+
+@task(name="evidently-report", cache_policy=NO_CACHE)
+def render_drift_report(request_path: Path, settings: Settings) -> str:
+    """Render the planned Evidently report: in a process of its own (`after`, the default) or
+    here (`inline`). A report that fails is logged, not fatal: the decision stands."""
+    logger = get_run_logger()
+    if settings.drift_report_mode == "after":
+        pid = start_drift_report(request_path, settings)
+        logger.info("Evidently report rendering in the background (pid %s)", pid)
+        return f"rendering (pid {pid})"
+    try:
+        publish_drift_report(request_path, settings)
+    except Exception as error:  # Evidently or MLflow: the report is for people, not the check
+        logger.warning("Evidently report not written: %s", error)
+        return f"failed: {error}"
+    return "written"

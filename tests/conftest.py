@@ -24,6 +24,8 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 # retraining searches with a small budget in tests: seconds, not minutes
 os.environ.setdefault("AGENTIC_MLOPS_TUNE_MAX_TRIALS", "3")
 os.environ.setdefault("AGENTIC_MLOPS_TUNE_TIME_BUDGET_SECONDS", "60")
+# the Evidently report is rendered before a check returns, so tests can read it at once
+os.environ.setdefault("AGENTIC_MLOPS_DRIFT_REPORT_MODE", "inline")
 for _name in (
     "MLFLOW_TRACKING_URI",
     "PREFECT_API_URL",

@@ -1,7 +1,10 @@
 """The drift check end to end on generated scenarios: real GX, Evidently, MLflow and Prefect."""
 
 import json
+import time
+from pathlib import Path
 
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -61,6 +64,34 @@ def test_covariate_drift_on_prices_asks_for_retraining(champion_home):
     assert result.decision.action == "retrain"
     assert "monthly_charges" in result.decision.drifted_features
     assert result.report_path and result.report_path.endswith(".html")
+
+
+def test_the_evidently_report_is_rendered_after_the_check_returns(champion_home, monkeypatch):
+    monkeypatch.setenv("AGENTIC_MLOPS_DRIFT_REPORT_MODE", "after")
+    result = check(batch(champion_home, "covariate", rows=3_000))
+    report = Path(result.report_path)
+    assert "drift-reports/covariate-100-drift.html" in result.report_link
+    request = report.with_suffix(".request.json")
+    assert request.exists() and len(pd.read_parquet(report.with_suffix(".current.parquet"))) > 0
+    deadline = time.monotonic() + 240
+    while not report.with_suffix(".json").exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert report.exists() and "monthly_charges" in report.with_suffix(".json").read_text()
+    run_id = registry.version_run_id("churn", 1, champion_home)
+    while time.monotonic() < deadline:
+        logged = registry.client(champion_home).list_artifacts(run_id, "drift-reports")
+        if [a.path for a in logged] == ["drift-reports/covariate-100-drift.html"]:
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError(f"report not logged to MLflow: {report.with_suffix('.log')}")
+
+
+def test_no_report_is_planned_when_reports_are_off(champion_home, monkeypatch):
+    monkeypatch.setenv("AGENTIC_MLOPS_DRIFT_REPORT_MODE", "off")
+    result = check(batch(champion_home, "covariate"))
+    assert result.report_path is None and result.report_link is None
+    assert not list((champion_home.reports_dir / "churn").glob("*.request.json"))
 
 
 def test_concept_drift_is_caught_by_performance_not_by_inputs(champion_home):
