@@ -124,8 +124,10 @@ def run_demo(
                 "you. Open the paused run in the Prefect UI (PREFECT_API_URL must point at a "
                 "running server) and answer the form.[/]"
             )
+        began = time.monotonic()
         with console.status(f"{title}: drift check, triage, and whatever it decides..."):
             result = lifecycle(**arguments)
+        timings[f"{title} turn"] = time.monotonic() - began
         for line in result.steps:
             console.print(f"  - {line}", highlight=False)
         return result

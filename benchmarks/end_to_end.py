@@ -1,10 +1,12 @@
 """End to end: `agentic-mlops demo` as a new user runs it, in a new process on a new home.
 
 The wall time counts everything a first run pays for once `.venv` exists: the interpreter and
-imports, Prefect's local server starting on a new SQLite database, MLflow creating its
-database, training, serving, and both scenarios. The demo writes its final state to
-`reports/demo-summary.json`, which gives the time from drift onset to the new champion taking
-all traffic and the outcome of each scenario.
+imports, Prefect's temporary server starting on a new SQLite database, MLflow creating its
+database, training, serving, and both scenarios. `make demo` starts the local stack first
+(`agentic-mlops up`) and the demo runs on it: that is timed too, the stack's start apart. The
+demo writes its final state to `reports/demo-summary.json`, which gives the time from drift
+onset to the new champion taking all traffic, the time of each turn, and the outcome of each
+scenario.
 """
 
 from __future__ import annotations
@@ -17,28 +19,54 @@ import tempfile
 import time
 from pathlib import Path
 
-DEMO_TARGET_SECONDS = 180
+DEMO_TARGET_SECONDS = 120
 DEMO_TIMEOUT_SECONDS = 900
 
 
-def run_demo_process(home: Path) -> float:
-    """Run the demo in a new process whose environment names nothing but `home`; seconds."""
+def run_demo_process(home: Path, command: str = "demo") -> float:
+    """Run a command (the demo) in a new process whose environment names nothing but `home`;
+    seconds from start to exit."""
     env = {
         name: value
         for name, value in os.environ.items()
         if not name.startswith(("PREFECT_", "MLFLOW_", "AGENTIC_MLOPS_", "RAY_"))
     }
     env["AGENTIC_MLOPS_HOME"] = str(home)
-    command = [str(Path(sys.executable).parent / "agentic-mlops"), "demo"]
     started = time.perf_counter()
     done = subprocess.run(
-        command, env=env, capture_output=True, text=True, timeout=DEMO_TIMEOUT_SECONDS
+        [str(Path(sys.executable).parent / "agentic-mlops"), command],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=DEMO_TIMEOUT_SECONDS,
     )
     seconds = time.perf_counter() - started
     if done.returncode != 0:
         tail = (done.stderr or done.stdout)[-3000:]
-        raise RuntimeError(f"the demo failed with exit code {done.returncode}:\n{tail}")
+        raise RuntimeError(f"`{command}` failed with exit code {done.returncode}:\n{tail}")
     return seconds
+
+
+def bench_demo_with_stack() -> list[dict]:
+    """`make demo`: the local stack started on a new home, then the demo on it."""
+    home = Path(tempfile.mkdtemp(prefix="agentic-mlops-demo-stack-"))
+    up = run_demo_process(home, "up")
+    try:
+        wall = run_demo_process(home)
+    finally:
+        run_demo_process(home, "down")
+    return [
+        {
+            "name": "end to end: `agentic-mlops demo` with the local stack up (`make demo`), "
+            "new home",
+            "value": round(wall, 1),
+            "unit": "s",
+            "target": f"<= {DEMO_TARGET_SECONDS} s",
+            "met": wall <= DEMO_TARGET_SECONDS,
+            "headline": True,
+        },
+        {"name": "end to end: `agentic-mlops up` before it", "value": round(up, 1), "unit": "s"},
+    ]
 
 
 def bench_end_to_end() -> list[dict]:
@@ -59,11 +87,11 @@ def bench_end_to_end() -> list[dict]:
             "met": wall <= DEMO_TARGET_SECONDS,
             "headline": True,
         },
-        {
-            "name": "end to end: of which training the champion and starting to serve it",
-            "value": round(timings["trained and serving"], 1),
-            "unit": "s",
-        },
+        *(
+            {"name": f"end to end: of which {name}", "value": round(seconds, 1), "unit": "s"}
+            for name, seconds in timings.items()
+            if name not in ("total", "drift onset to new champion")
+        ),
         {
             "name": "end to end: drift onset to a new champion at 100% of traffic",
             "value": round(onset, 1) if promoted else "not reached",

@@ -116,10 +116,22 @@ def _prefect_overhead() -> list[Row]:
     return bench_prefect_overhead()
 
 
+def _cli_drift() -> list[Row]:
+    from benchmarks.cli_drift import bench_cli_drift
+
+    return bench_cli_drift()
+
+
 def _end_to_end() -> list[Row]:
     from benchmarks.end_to_end import bench_end_to_end
 
     return bench_end_to_end()
+
+
+def _demo_with_stack() -> list[Row]:
+    from benchmarks.end_to_end import bench_demo_with_stack
+
+    return bench_demo_with_stack()
 
 
 BENCHMARKS: dict[str, Callable[[], list[Row]]] = {
@@ -131,7 +143,9 @@ BENCHMARKS: dict[str, Callable[[], list[Row]]] = {
     "tuning_time_to_target": _tuning,
     "drift_streams": _drift_streams,
     "prefect_overhead": _prefect_overhead,
+    "cli_drift": _cli_drift,
     "end_to_end": _end_to_end,
+    "demo_with_stack": _demo_with_stack,
 }
 
 
