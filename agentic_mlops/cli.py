@@ -785,6 +785,7 @@ def up() -> None:
         console.print(
             f"{role}: {how} at {process.url} (pid {process.pid}, log {process.log})",
             highlight=False,
+            soft_wrap=True,
         )
 
 
@@ -798,7 +799,11 @@ def down() -> None:
         console.print("the local stack is not running (nothing recorded)", highlight=False)
     for process, was_running in stopped:
         done = "stopped" if was_running else "already gone (stale record removed)"
-        console.print(f"{process.role} (pid {process.pid}, {process.url}): {done}", highlight=False)
+        console.print(
+            f"{process.role} (pid {process.pid}, {process.url}): {done}",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 @app.command()
@@ -820,6 +825,7 @@ def status(
             f"{process.role}: {state} at {process.url} (pid {process.pid}, since "
             f"{process.started_at}, log {process.log})",
             highlight=False,
+            soft_wrap=True,
         )
 
 

@@ -82,6 +82,7 @@ def test_up_serves_every_command_until_down(tmp_path):
     assert twice.returncode == 0 and "not running" in twice.stdout
 
 
+@pytest.mark.slow
 def test_without_the_stack_a_command_says_it_starts_a_temporary_server(tmp_path):
     current = write_table(generate_churn(500, 2), tmp_path / "cur.parquet")
     checked = run(tmp_path / "home", "drift-check", "--current", str(current), "--json")
