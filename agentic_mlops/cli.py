@@ -295,30 +295,68 @@ def drift_check(
         str | None, typer.Option(help="Registered model to check for; default settings.")
     ] = None,
 ) -> None:
-    """Check a batch for quality problems and drift, triage it, and act on the decision."""
-    from agentic_mlops.flows.drift import drift_check as drift_flow
-
+    """Check a batch for quality problems and drift, triage it, and act on the decision.
+    With the local stack up, its check server runs the check (the same flow, warm)."""
     for path in (current, reference):
         if path is not None and not path.exists():
             fail(f"{path}: no such file")
-    announce_server()
-    with errors.status("Checking quality and drift, and triaging..."):
-        state = drift_flow(
-            current_path=str(current),
-            reference_path=str(reference) if reference else None,
-            target=target,
-            act=act,
-            model_name=model,
-            return_state=True,
-        )
-    if state.is_failed():
-        invalid = state.name in ("InvalidData", "NoReference")
-        fail(state.message or "drift check failed", 2 if invalid else 1)
-    result = state.result()
+    answer = served_check(current, reference, target, act, model)
+    if answer is None:
+        from agentic_mlops.flows.drift import drift_check as drift_flow
+
+        announce_server()
+        with errors.status("Checking quality and drift, and triaging..."):
+            state = drift_flow(
+                current_path=str(current),
+                reference_path=str(reference) if reference else None,
+                target=target,
+                act=act,
+                model_name=model,
+                return_state=True,
+            )
+        failed, name, message = state.is_failed(), state.name, state.message
+        result = None if failed else state.result()
+    else:
+        from agentic_mlops.schemas import DriftCheckResult
+
+        failed, name, message = answer.failed, answer.state, answer.message
+        result = None if failed else DriftCheckResult.model_validate(answer.result)
+    if failed:
+        invalid = name in ("InvalidData", "NoReference")
+        fail(message or "drift check failed", 2 if invalid else 1)
     if as_json:
         print(json.dumps(result.cli_json()))
         return
     print_drift(result)
+
+
+def served_check(current: Path, reference: Path | None, target, act, model):
+    """The check as run by the local stack's check server, or None when there is none, it
+    cannot be reached or it refuses (other settings): this process then runs it."""
+    from agentic_mlops import stack
+    from agentic_mlops.check_server import CheckAnswer, CheckRequest, settings_digest
+
+    settings = load_settings()
+    url = stack.check_server_url(settings.home)
+    if url is None:
+        return None
+    request = CheckRequest(
+        current_path=str(current.resolve()),
+        reference_path=str(reference.resolve()) if reference else None,
+        target=target,
+        act=act,
+        model_name=model,
+        settings_digest=settings_digest(settings),
+    )
+    errors.print(f"Using the local stack: its check server at {url} runs this check")
+    with errors.status("Checking quality and drift, and triaging..."):
+        raw = stack.ask_check_server(url, request.model_dump_json())
+    answer = CheckAnswer.model_validate(raw) if raw else None
+    if answer is None or answer.refused:
+        why = answer.refused if answer else "it did not answer"
+        errors.print(f"Checking in this process instead: {why}", highlight=False)
+        return None
+    return answer
 
 
 def print_drift(result) -> None:

@@ -1,8 +1,9 @@
 """The local stack: a Prefect server on the home's SQLite and the MLflow UI on the home's
 tracking store, started once in the background and used by every command and flow while it
-runs.
+runs; beside them, a drift-check server with the check's modules loaded (`check_server.py`),
+which answers `drift-check` commands in seconds.
 
-`agentic-mlops up` starts both and records them in `home/stack/stack.json` (pid, port, URL and
+`agentic-mlops up` starts them and records them in `home/stack/stack.json` (pid, port, URL and
 log file of each); `down` stops them; `status` says what runs. `configure_environment` points
 Prefect at the recorded server before Prefect is imported, unless `PREFECT_API_URL` is set
 already, so a flow runs there instead of in a temporary server started for one process. A
@@ -31,9 +32,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ValidationError
 
-Role = Literal["prefect", "mlflow"]
-COMMAND_MARKERS: dict[str, bytes] = {"prefect": b"prefect", "mlflow": b"mlflow"}
-HEALTH = {"prefect": "/api/health", "mlflow": "/health"}
+Role = Literal["prefect", "mlflow", "checks"]
+COMMAND_MARKERS: dict[str, bytes] = {
+    "prefect": b"prefect",
+    "mlflow": b"mlflow",
+    "checks": b"agentic_mlops.check_server",
+}
+HEALTH = {"prefect": "/api/health", "mlflow": "/health", "checks": "/health"}
 
 
 class StackError(RuntimeError):
@@ -61,9 +66,10 @@ class StackRecord(BaseModel):
 
     prefect: StackProcess | None = None
     mlflow: StackProcess | None = None
+    checks: StackProcess | None = None
 
     def processes(self) -> list[StackProcess]:
-        return [p for p in (self.prefect, self.mlflow) if p is not None]
+        return [p for p in (self.prefect, self.mlflow, self.checks) if p is not None]
 
 
 def stack_dir(home: Path) -> Path:
@@ -133,6 +139,27 @@ def mlflow_ui_url(home: Path) -> str | None:
     """The address of the home's running MLflow UI, or None when it is not up."""
     process = live_record(home).mlflow
     return process.url if process else None
+
+
+def check_server_url(home: Path) -> str | None:
+    """The address of the home's running drift-check server, when this process uses the stack."""
+    process = live_record(home).checks
+    return process.url if process and in_use(home) else None
+
+
+def ask_check_server(url: str, request_json: str) -> dict | None:
+    """Send a drift check to the check server and wait for its answer; None when it cannot be
+    reached (the command then checks by itself)."""
+    post = urllib.request.Request(
+        f"{url}/drift-check",
+        data=request_json.encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(post, timeout=None) as response:
+            return json.loads(response.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
 
 
 def in_use(home: Path) -> str | None:
@@ -252,6 +279,14 @@ def start_mlflow(
     return _spawn("mlflow", command, port, folder / "mlflow.log", env)
 
 
+def start_checks(prefect_api: str, folder: Path, port: int | None = None) -> StackProcess:
+    """Start the drift-check server on loopback, its flow runs on the stack's Prefect server."""
+    port = port or free_port()
+    command = [sys.executable, "-m", "agentic_mlops.check_server", "--port", str(port)]
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, "PYTHONUNBUFFERED": "1"}
+    return _spawn("checks", command, port, folder / "checks.log", env)
+
+
 def stop(process: StackProcess, grace: float = 10.0) -> bool:
     """Stop a recorded process and its children; False when it had ended already."""
     if not running(process):
@@ -273,7 +308,8 @@ StartState = Literal["started", "already running", "skipped"]
 
 
 def up(settings, timeout: float = 180.0) -> dict[Role, tuple[StackProcess | None, StartState]]:
-    """Start what of the stack does not run yet, wait until it answers, and record it.
+    """Start what of the stack does not run yet, wait until it answers, and record it. The
+    check server starts once the Prefect server answers, since its flow runs go there.
 
     The MLflow UI is skipped when tracking is not the home's own store on a database (an
     MLflow server is its own UI).
@@ -304,6 +340,13 @@ def up(settings, timeout: float = 180.0) -> dict[Role, tuple[StackProcess | None
             record.mlflow = start_mlflow(tracking, settings.artifacts_dir, folder)
             started.append(record.mlflow)
             outcome["mlflow"] = (record.mlflow, "started")
+        if record.checks:
+            outcome["checks"] = (record.checks, "already running")
+        else:
+            _wait_ready(record.prefect, timeout)
+            record.checks = start_checks(record.prefect.api_url, folder)
+            started.append(record.checks)
+            outcome["checks"] = (record.checks, "started")
         for process in started:
             _wait_ready(process, timeout)
     except BaseException:

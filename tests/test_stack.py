@@ -20,14 +20,16 @@ from agentic_mlops.tasks.churn import generate_churn
 PROGRAM = str(Path(sys.executable).parent / "agentic-mlops")
 
 
-def run(home: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """The command line in a new process whose environment names only `home`."""
+def run(home: Path, *args: str, timeout: float = 300, **settings) -> subprocess.CompletedProcess:
+    """The command line in a new process whose environment names only `home` (and the
+    settings given)."""
     env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("PREFECT_", "MLFLOW_", "AGENTIC_MLOPS_"))
     }
     env["AGENTIC_MLOPS_HOME"] = str(home)
+    env.update({f"AGENTIC_MLOPS_{k.upper()}": v for k, v in settings.items()})
     return subprocess.run(
         [PROGRAM, *args], env=env, capture_output=True, text=True, timeout=timeout
     )
@@ -50,33 +52,38 @@ def test_up_serves_every_command_until_down(tmp_path):
         started = run(home, "up")
         assert started.returncode == 0, started.stderr
         record = stack.live_record(home)
-        assert record.prefect and record.mlflow
-        assert stack.answers(record.prefect.api_url + "/health")
-        assert stack.answers(record.mlflow.url + "/health")
+        assert record.prefect and record.mlflow and record.checks
+        for process in record.processes():
+            assert stack.answers(process.url + stack.HEALTH[process.role])
         again = run(home, "up")
-        assert again.stdout.count("already running") == 2
+        assert again.stdout.count("already running") == 3
         assert stack.read_record(home).prefect.pid == record.prefect.pid
 
-        checked = run(
-            home, "drift-check", "--reference", str(reference), "--current", str(current),
-            "--no-act", "--json",
-        )  # fmt: skip
-        assert checked.returncode == 0, checked.stderr
-        assert f"Using the local stack: Prefect at {record.prefect.api_url}" in checked.stderr
-        assert json.loads(checked.stdout)["decision"]["action"]
-        (entry,) = ledger.list_decisions(settings=Settings(home=home))
-        name, state = asyncio.run(flow_run_name(record.prefect.api_url, entry.flow_run_id))
-        assert (name, state) == ("drift-check", "COMPLETED")
+        check = ["drift-check", "--reference", str(reference), "--current", str(current)]
+        served = run(home, *check, "--no-act", "--json")
+        assert served.returncode == 0, served.stderr
+        assert f"its check server at {record.checks.url} runs this check" in served.stderr
+        here = run(home, *check, "--no-act", "--json", drift_report_mode="off")
+        assert here.returncode == 0, here.stderr
+        assert "Checking in this process instead: the command's settings differ" in here.stderr
+        assert f"Using the local stack: Prefect at {record.prefect.api_url}" in here.stderr
+        assert json.loads(served.stdout)["columns"] == json.loads(here.stdout)["columns"]
+        entries = ledger.list_decisions(settings=Settings(home=home))
+        assert len(entries) == 2
+        for entry in entries:
+            name, state = asyncio.run(flow_run_name(record.prefect.api_url, entry.flow_run_id))
+            assert (name, state) == ("drift-check", "COMPLETED")
 
         status = json.loads(run(home, "status", "--json").stdout)
         assert {p["role"]: p["status"] for p in status} == {
             "prefect": "running",
             "mlflow": "running",
+            "checks": "running",
         }
     finally:
         stopped = run(home, "down")
-    assert stopped.returncode == 0 and stopped.stdout.count(": stopped") == 2
-    assert not stack.running(record.prefect) and not stack.running(record.mlflow)
+    assert stopped.returncode == 0 and stopped.stdout.count(": stopped") == 3
+    assert not any(stack.running(p) for p in record.processes())
     assert not stack.record_path(home).exists()
     twice = run(home, "down")
     assert twice.returncode == 0 and "not running" in twice.stdout

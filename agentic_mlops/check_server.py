@@ -1,0 +1,128 @@
+"""The local stack's drift-check server: the drift check's modules and clients loaded once.
+
+A drift check in a new process spends most of its time importing Prefect, MLflow, Great
+Expectations and pydantic-ai and opening MLflow's store, not checking. While the stack runs
+(`agentic-mlops up`), this process keeps them loaded and runs `drift-check` commands as flow
+runs on the stack's Prefect server, one at a time; the command line only sends the request
+and prints the answer. A request made under other settings than the server's is refused, and
+the command runs the check itself.
+
+Run by `stack.py` as `python -m agentic_mlops.check_server --port N`; it answers `GET /health`
+once warm and `POST /drift-check` with a `CheckRequest`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+from pydantic import BaseModel, ValidationError
+
+from agentic_mlops.settings import Settings, load_settings
+
+
+class CheckRequest(BaseModel):
+    """A `drift-check` command's arguments (absolute paths) and the digest of its settings."""
+
+    current_path: str
+    reference_path: str | None = None
+    target: str | None = "churn"
+    act: bool = True
+    model_name: str | None = None
+    settings_digest: str
+
+
+class CheckAnswer(BaseModel):
+    """How the flow run ended: its state's name and message, and the result when it has one;
+    or why the request was refused (the command then runs the check itself)."""
+
+    refused: str | None = None
+    failed: bool = False
+    state: str | None = None
+    message: str | None = None
+    result: dict | None = None
+
+
+def settings_digest(settings: Settings) -> str:
+    """A digest of the settings in force (secrets masked), to tell whether the command and
+    the server would check under the same settings."""
+    return hashlib.sha256(settings.model_dump_json().encode()).hexdigest()
+
+
+def run_check(request: CheckRequest) -> CheckAnswer:
+    """Run one drift check as a flow run, here, if the settings agree."""
+    from agentic_mlops.flows.drift import drift_check
+
+    if request.settings_digest != settings_digest(load_settings()):
+        return CheckAnswer(refused="the command's settings differ from the server's")
+    state = drift_check(
+        current_path=request.current_path,
+        reference_path=request.reference_path,
+        target=request.target,
+        act=request.act,
+        model_name=request.model_name,
+        return_state=True,
+    )
+    if state.is_failed():
+        return CheckAnswer(failed=True, state=state.name, message=state.message)
+    return CheckAnswer(
+        state=state.name, message=state.message, result=state.result().model_dump(mode="json")
+    )
+
+
+class CheckHandler(BaseHTTPRequestHandler):
+    """`GET /health`, `POST /drift-check`; one request at a time (a plain `HTTPServer`)."""
+
+    def do_GET(self) -> None:
+        self._answer(200 if self.path == "/health" else 404, {"ok": self.path == "/health"})
+
+    def do_POST(self) -> None:
+        if self.path != "/drift-check":
+            self._answer(404, {"error": "unknown path"})
+            return
+        try:
+            length = int(self.headers.get("Content-Length", 0))
+            request = CheckRequest.model_validate_json(self.rfile.read(length))
+        except (ValueError, ValidationError) as error:
+            self._answer(400, {"error": str(error)})
+            return
+        try:
+            answer = run_check(request)
+        except Exception as error:  # the command reports it; the server stays up
+            answer = CheckAnswer(failed=True, state="Crashed", message=str(error))
+        self._answer(200, answer.model_dump(mode="json"))
+
+    def _answer(self, status: int, body: dict) -> None:
+        payload = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, format: str, *args) -> None:
+        """Requests are not logged line by line; the flow runs are in Prefect."""
+
+
+def warm_up() -> None:
+    """Import what a check uses and open the MLflow store, before answering `/health`."""
+    import great_expectations  # noqa: F401
+
+    import agentic_mlops.flows.drift  # noqa: F401
+    from agentic_mlops.tasks import registry
+
+    registry.client(load_settings())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, required=True)
+    port = parser.parse_args().port
+    warm_up()
+    HTTPServer(("127.0.0.1", port), CheckHandler).serve_forever()
+
+
+if __name__ == "__main__":
+    main()
