@@ -348,13 +348,17 @@ def served_check(current: Path, reference: Path | None, target, act, model):
         model_name=model,
         settings_digest=settings_digest(settings),
     )
-    errors.print(f"Using the local stack: its check server at {url} runs this check")
+    errors.print(
+        f"Using the local stack: its check server at {url} runs this check",
+        highlight=False,
+        soft_wrap=True,
+    )
     with errors.status("Checking quality and drift, and triaging..."):
         raw = stack.ask_check_server(url, request.model_dump_json())
     answer = CheckAnswer.model_validate(raw) if raw else None
     if answer is None or answer.refused:
         why = answer.refused if answer else "it did not answer"
-        errors.print(f"Checking in this process instead: {why}", highlight=False)
+        errors.print(f"Checking in this process instead: {why}", highlight=False, soft_wrap=True)
         return None
     return answer
 
