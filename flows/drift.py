@@ -108,7 +108,7 @@ def drift_check(
         drift = checked.result()
     planned = None
     if settings.drift_report_mode != "off":
-        planned = plan_report(
+        planning = plan_report(
             ref.folder / reference.PROFILE_FILE,
             ref.folder / reference.SAMPLE_FILE,
             rows[list(drift.columns)],
@@ -117,7 +117,11 @@ def drift_check(
             ref.version,
             settings.drift_report_rows,
             settings.seed,
+            return_state=True,
         )
+        planned = planning.result() if planning.is_completed() else None
+        if planning.is_failed():
+            logger.warning("Evidently report not planned: %s", planning.message)
     history = [o.drift_score for o in ledger.drift_history(model_name, 20, settings)]
     observation = None
     if not broken:

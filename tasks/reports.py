@@ -185,13 +185,13 @@ def render_drift_report(request_path: Path, settings: Settings) -> str:
     """Render the planned Evidently report: in a process of its own (`after`, the default) or
     here (`inline`). A report that fails is logged, not fatal: the decision stands."""
     logger = get_run_logger()
-    if settings.drift_report_mode == "after":
-        pid = start_drift_report(request_path, settings)
-        logger.info("Evidently report rendering in the background (pid %s)", pid)
-        return f"rendering (pid {pid})"
     try:
+        if settings.drift_report_mode == "after":
+            pid = start_drift_report(request_path, settings)
+            logger.info("Evidently report rendering in the background (pid %s)", pid)
+            return f"rendering (pid {pid})"
         publish_drift_report(request_path, settings)
-    except Exception as error:  # Evidently or MLflow: the report is for people, not the check
+    except Exception as error:  # Evidently, MLflow, a process: the report is for people only
         logger.warning("Evidently report not written: %s", error)
         return f"failed: {error}"
     return "written"
