@@ -25,24 +25,27 @@ DEMO_TIMEOUT_SECONDS = 900
 
 def run_demo_process(home: Path, command: str = "demo") -> float:
     """Run a command (the demo) in a new process whose environment names nothing but `home`;
-    seconds from start to exit."""
+    seconds from start to exit. Its output goes to a file in the home, not to a pipe that a
+    process it left behind could hold open."""
     env = {
         name: value
         for name, value in os.environ.items()
         if not name.startswith(("PREFECT_", "MLFLOW_", "AGENTIC_MLOPS_", "RAY_"))
     }
     env["AGENTIC_MLOPS_HOME"] = str(home)
+    log = home / f"{command}.log"
     started = time.perf_counter()
-    done = subprocess.run(
-        [str(Path(sys.executable).parent / "agentic-mlops"), command],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=DEMO_TIMEOUT_SECONDS,
-    )
+    with log.open("w") as out:
+        done = subprocess.run(
+            [str(Path(sys.executable).parent / "agentic-mlops"), command],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=DEMO_TIMEOUT_SECONDS,
+        )
     seconds = time.perf_counter() - started
     if done.returncode != 0:
-        tail = (done.stderr or done.stdout)[-3000:]
+        tail = log.read_text(errors="replace")[-3000:]
         raise RuntimeError(f"`{command}` failed with exit code {done.returncode}:\n{tail}")
     return seconds
 

@@ -16,6 +16,7 @@ import platform
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -229,7 +230,13 @@ def main(selected: list[str]) -> int:
                 continue
             print(f"running {name} ...", flush=True)
             began = time.perf_counter()
-            rows.extend({"benchmark": name, **row} for row in bench())
+            try:
+                rows.extend({"benchmark": name, **row} for row in bench())
+            except Exception as error:  # one failed benchmark must not lose the others' rows
+                traceback.print_exc()
+                rows.append(
+                    {"benchmark": name, "name": f"{name}: failed", "value": str(error)[-300:]}
+                )
             print(f"  {name}: {time.perf_counter() - began:.0f} s", flush=True)
     minutes = (time.perf_counter() - started) / 60
     if not selected:
