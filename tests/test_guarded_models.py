@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,8 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from prefect.client.orchestration import get_client
+from prefect.settings import PREFECT_API_URL
 
 import agentic_mlops
 from agentic_mlops.flows.lifecycle import lifecycle
@@ -36,6 +39,7 @@ from tests.test_own_models import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
+PREFECT = str(Path(sys.executable).with_name("prefect"))
 
 
 def predict(url: str, rows: pd.DataFrame) -> httpx.Response:
@@ -171,3 +175,76 @@ def test_a_retrain_of_an_adopted_model_escalates_without_a_team_deployment(team)
     trained = drift_actions.run_team_training({"data_path": "x.csv"}, entry.id, settings)
     assert trained.state == "NotFound" and trained.challenger is None
     assert "not registered" in ledger.get_decision(entry.id, team).outcome["retrain_failed"]
+
+
+@pytest.mark.slow
+def test_a_retrain_decision_runs_the_teams_deployment_on_a_process_worker(
+    team,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+):
+    """The team's `train-tumour` flow (examples/team_flows.py), deployed and run by a real
+    process worker: a lifecycle turn's `retrain` starts it with the window and the ledger id,
+    waits for it, canaries the version it registered as challenger, and the ledger entry of
+    the decision gets the run, its state and the canary's outcome."""
+    from prefect import Flow
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    register(team, "tumour")
+    cli_json("adopt", "--model", "tumour", "--data", str(team.home / "data" / "tumour-adopt.csv"),
+             "--target", "malignant")  # fmt: skip
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(WorkPoolCreate(name="team-pool", type="process"), overwrite=True)
+    source = Flow.from_source(str(ROOT / "examples"), "team_flows.py:train_tumour")
+    source.deploy(name="team", work_pool_name="team-pool", print_next_steps=False)
+    monkeypatch.setenv("AGENTIC_MLOPS_RETRAIN_DEPLOYMENTS", '{"tumour": "train-tumour/team"}')
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": PREFECT_API_URL.value(),
+        "AGENTIC_MLOPS_HOME": str(team.home),
+        "MLFLOW_TRACKING_URI": team.tracking_uri(),
+    }
+    env.pop("PREFECT_HOME", None)
+    backend = LocalRollout(team.for_model("tumour"))
+    worker_log = tmp_path / "worker.log"
+    with worker_log.open("wb") as log:
+        worker = subprocess.Popen(
+            [PREFECT, "worker", "start", "--pool", "team-pool", "--limit", "1"],
+            cwd=tmp_path,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        backend.start_router()
+        backend.set_baseline(1)
+        batch = str(team.home / "data" / "tumour-shifted.csv")
+        turn = lifecycle(
+            batch_path=batch,
+            model_name="tumour",
+            canary_steps=[50, 100],
+            canary_step_seconds=1,
+            canary_min_samples=10,
+        )
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(timeout=60)
+        backend.shutdown()
+    assert turn.decision == "retrain", worker_log.read_text(errors="replace")[-2000:]
+    assert turn.retrained_version == 2, (turn.steps, worker_log.read_text(errors="replace")[-3000:])
+    assert "registered tumour v2 as challenger" in turn.steps[1]
+    # no traffic reached the router: the canary judges no data and rolls back (fail closed)
+    assert turn.canary == "rolled_back" and turn.champion == 1
+    outcome = ledger.get_decision(turn.ledger_id, team).outcome
+    assert outcome["retrain_state"] == "Completed" and outcome["challenger_version"] == 2
+    assert outcome["canary"] == "rolled_back" and outcome["canaried_version"] == 2
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(outcome["retrain_flow_run"])
+    assert run.parameters == {
+        "data_path": batch,
+        "triage_ledger_id": turn.ledger_id,
+        "model_name": "tumour",
+    }
+    run_id = registry.client(team).get_model_version("tumour", "2").run_id
+    assert registry.client(team).get_run(run_id).data.tags["triage_ledger_id"] == turn.ledger_id
