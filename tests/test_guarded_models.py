@@ -248,3 +248,35 @@ def test_a_retrain_decision_runs_the_teams_deployment_on_a_process_worker(
     }
     run_id = registry.client(team).get_model_version("tumour", "2").run_id
     assert registry.client(team).get_run(run_id).data.tags["triage_ledger_id"] == turn.ledger_id
+
+
+def test_the_teams_deployment_gets_only_the_parameters_its_flow_declares(home):
+    """No worker picks the run up: the decision records the run and that it was not waited
+    for past the timeout; the run holds the window and ledger id, not what its flow lacks."""
+    from prefect import Flow
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(WorkPoolCreate(name="idle-pool", type="process"), overwrite=True)
+    source = Flow.from_source(str(ROOT / "examples"), "team_flows.py:train_tumour")
+    source.deploy(name="idle", work_pool_name="idle-pool", print_next_steps=False)
+    settings = home.model_copy(
+        update={"retrain_deployment": "train-tumour/idle", "retrain_deployment_timeout_seconds": 1}
+    ).for_model("tumour")
+    entry = ledger.record_agent_decision(
+        "drift_triage", {"batch": "b"}, None, settings, model_name="tumour", action="retrain",
+        agent_model="policy",
+    )  # fmt: skip
+    offered = {"data_path": "/w.csv", "recent_path": "/r.csv", "triage_ledger_id": entry.id,
+               "model_name": "tumour", "target": "malignant"}  # fmt: skip
+    trained = drift_actions.run_team_training(offered, entry.id, settings)
+    assert trained.challenger is None and trained.state == "Scheduled"
+    assert "not waited for" in trained.summary
+    outcome = ledger.get_decision(entry.id, home).outcome
+    assert outcome["retrain_flow_run"] == trained.flow_run_id
+    assert outcome["retrain_state"] == "Scheduled" and outcome["challenger_version"] is None
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(trained.flow_run_id)
+        assert run.parameters == {"data_path": "/w.csv", "triage_ledger_id": entry.id,
+                                  "model_name": "tumour"}  # fmt: skip
+        client.delete_flow_run(run.id)
