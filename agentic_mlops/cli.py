@@ -129,6 +129,9 @@ def train(
     scenario: Annotated[str, typer.Option(help="Drift scenario of generated data.")] = "none",
     seed: Annotated[int, typer.Option(help="Seed for generation, split and model.")] = 42,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    model: Annotated[
+        str | None, typer.Option(help="Registered model to act on; default settings.")
+    ] = None,
 ) -> None:
     """Train the churn model, log it to MLflow and register it as the challenger."""
     from agentic_mlops.flows.train import train as train_flow
@@ -140,6 +143,7 @@ def train(
         target=target,
         scenario=scenario,
         seed=seed,
+        model_name=model,
     )
     announce_server()
     with errors.status("Training and registering the model..."):
@@ -178,6 +182,9 @@ def retrain(
         str, typer.Option(help="auto, deployment, event, subflow or none.")
     ] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    model: Annotated[
+        str | None, typer.Option(help="Registered model to act on; default settings.")
+    ] = None,
 ) -> None:
     """Search for a better model with Ray Tune (advised by the tuning agent), register it as
     challenger and hand it to the canary rollout. Runs on RAY_ADDRESS when set."""
@@ -196,6 +203,7 @@ def retrain(
         time_budget_seconds=time_budget,
         synthesize=synthesize,
         hand_over=hand_over,
+        model_name=model,
     )
     announce_server()
     state = retrain_flow(**arguments, return_state=True)
@@ -432,9 +440,7 @@ def serve(
     from agentic_mlops.tasks import registry
     from agentic_mlops.tasks.rollout import LocalRollout, ServingError, reconcile
 
-    settings = load_settings()
-    if model:
-        settings = settings.model_copy(update={"model_name": model})
+    settings = load_settings().for_model(model)
     champion = registry.alias_version(settings.model_name, registry.CHAMPION, settings)
     if champion is None:
         fail(f"no champion of {settings.model_name!r}: run `agentic-mlops train` or `adopt` first")
@@ -525,6 +531,9 @@ def canary(
     steps: Annotated[str | None, typer.Option(help="Percentages, e.g. 5,25,50,100.")] = None,
     step_seconds: Annotated[float | None, typer.Option(help="Longest analysis per step.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    model: Annotated[
+        str | None, typer.Option(help="Registered model to act on; default settings.")
+    ] = None,
 ) -> None:
     """Roll a challenger out behind the router: step traffic, judge, promote or roll back."""
     from agentic_mlops.flows.canary import canary_rollout
@@ -534,7 +543,11 @@ def canary(
     except ValueError:
         fail(f"invalid parameters: steps must be whole percentages like 5,25,50,100, got {steps}")
     arguments = checked_arguments(
-        canary_rollout, version=version, steps=percentages, step_seconds=step_seconds
+        canary_rollout,
+        version=version,
+        steps=percentages,
+        step_seconds=step_seconds,
+        model_name=model,
     )
     announce_server()
     with errors.status("Rolling out the canary (traffic must reach the router)..."):
@@ -572,11 +585,14 @@ app.add_typer(serving, name="serving")
 @serving.command("status")
 def serving_status(
     as_json: Annotated[bool, typer.Option("--json", help="Print the list as JSON.")] = False,
+    model: Annotated[
+        str | None, typer.Option(help="Only this registered model's; default every model's.")
+    ] = None,
 ) -> None:
-    """List every serving process recorded under the home: router and model servers."""
+    """List every serving process recorded under the home: routers and model servers."""
     from agentic_mlops.tasks.rollout import serving_status as recorded
 
-    processes = recorded(load_settings())
+    processes = recorded(load_settings(), model)
     if as_json:
         console.print_json(json.dumps([p.model_dump(mode="json") for p in processes]))
         return
@@ -584,10 +600,11 @@ def serving_status(
         console.print("nothing is serving (no process recorded)", highlight=False)
         return
     table = Table(title="Serving processes")
-    for column in ("role", "pid", "port", "version", "variant", "weight", "status"):
+    for column in ("model", "role", "pid", "port", "version", "variant", "weight", "status"):
         table.add_column(column)
     for process in processes:
         table.add_row(
+            process.model_name,
             process.role,
             str(process.pid),
             str(process.port),
@@ -600,15 +617,21 @@ def serving_status(
 
 
 @serving.command("stop")
-def serving_stop() -> None:
+def serving_stop(
+    model: Annotated[
+        str | None, typer.Option(help="Only this registered model's; default every model's.")
+    ] = None,
+) -> None:
     """Stop every serving process recorded under the home and clean the records."""
     from agentic_mlops.tasks.rollout import stop_serving
 
-    stopped = stop_serving(load_settings())
+    stopped = stop_serving(load_settings(), model)
     if not stopped:
         console.print("nothing was serving", highlight=False)
     for process in stopped:
-        what = process.role + ("" if process.version is None else f" v{process.version}")
+        what = f"{process.model_name} {process.role}" + (
+            "" if process.version is None else f" v{process.version}"
+        )
         done = "stopped" if process.status == "alive" else "already gone (record removed)"
         console.print(f"{what} (pid {process.pid}, port {process.port}): {done}", highlight=False)
 
@@ -621,6 +644,9 @@ app.add_typer(agents, name="agents")
 def agents_report(
     limit: Annotated[int, typer.Option(help="Latest ledger decisions to read.", min=1)] = 1_000,
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+    model: Annotated[
+        str | None, typer.Option(help="Only this registered model's decisions; default all.")
+    ] = None,
 ) -> None:
     """Per decision point and model: cases, agreement with the policy, where they disagreed
     and whether the decision that acted proved right, fallbacks, overrides and cost."""
@@ -628,7 +654,7 @@ def agents_report(
     from agentic_mlops.tasks.agent_report import agent_figures
 
     settings = load_settings()
-    figures = agent_figures(ledger.list_decisions(limit=limit, settings=settings))
+    figures = agent_figures(ledger.list_decisions(model, limit=limit, settings=settings))
     if as_json:
         print(json.dumps([f.model_dump() for f in figures]))
         return
@@ -747,6 +773,36 @@ def agents_eval(
                 soft_wrap=True,
             )
     console.print(f"MLflow run {run.info.run_id}", highlight=False)
+
+
+@app.command()
+def models(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the list as JSON.")] = False,
+) -> None:
+    """List the guarded models (those with a champion): champion, challenger, last drift
+    check and last decision, and the router serving each."""
+    from agentic_mlops.tasks.guarded_models import guarded_models
+
+    listed = guarded_models(load_settings())
+    if as_json:
+        print(json.dumps([m.model_dump() for m in listed]))
+        return
+    if not listed:
+        console.print("no guarded model: `agentic-mlops train` or `adopt` one", highlight=False)
+        return
+    table = Table(title="Guarded models")
+    for column in ("model", "champion", "challenger", "last check", "last decision", "serving"):
+        table.add_column(column)
+    for m in listed:
+        table.add_row(
+            m.name,
+            f"v{m.champion}",
+            "" if m.challenger is None else f"v{m.challenger}",
+            f"{m.last_check} at {m.last_check_at[:16]}" if m.last_check_at else "never",
+            f"{m.last_decision} at {m.last_decision_at[:16]}" if m.last_decision_at else "none",
+            m.router_url or "",
+        )
+    console.print(table)
 
 
 k8s = typer.Typer(help="Kubernetes: render the serving manifests for review or GitOps.")

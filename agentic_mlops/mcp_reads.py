@@ -895,7 +895,7 @@ class CanaryStatus(BaseModel):
 def serving_state(settings: Settings) -> ServingState | None:
     from agentic_mlops.tasks.rollout import LocalRollout
 
-    if not (settings.home / "serving" / "processes.json").exists():
+    if not (settings.serving_dir / "processes.json").exists():
         return None
     backend = LocalRollout(settings)
     if backend.record().router is None:
@@ -953,6 +953,7 @@ def canary_status(model_name: ModelName = None) -> CanaryStatus:
     sequential test, the promotion agent's action and any person's answer."""
     settings = load_settings()
     model = registered_model(model_name, settings)
+    settings = settings.for_model(model.name)
     from agentic_mlops.tasks.rollout import journal_path
 
     entries = ledger.list_decisions(

@@ -73,6 +73,9 @@ class DriftCheckResult(BaseModel):
 
     model_name: str
     model_version: int | None = Field(default=None, description="The champion checked against.")
+    adopted: bool = Field(
+        default=False, description="The champion was trained outside agentic-mlops and adopted."
+    )
     batch_id: str
     quality: QualitySummary
     dataset_drift: bool

@@ -323,6 +323,21 @@ class Settings(BaseSettings):
     monitor_batches_kept: int = Field(
         default=48, ge=1, description="Batch files of recent rows the monitor keeps."
     )
+    retrain_deployment: str | None = Field(
+        default=None,
+        description="The team's own training deployment (`flow/deployment`) that a `retrain` "
+        "decision runs instead of our recipe, for every model without one of its own below.",
+    )
+    retrain_deployments: dict[str, str] = Field(
+        default_factory=dict,
+        description="Per model, the team's own training deployment (JSON map of registered "
+        "model name to `flow/deployment`); wins over retrain_deployment.",
+    )
+    retrain_deployment_timeout_seconds: float = Field(
+        default=3_600.0,
+        gt=0,
+        description="Longest wait for the team's training run before its outcome is left open.",
+    )
 
     @field_validator("home", mode="after")
     @classmethod
@@ -341,6 +356,22 @@ class Settings(BaseSettings):
                 f"{'it' if len(missing) == 1 else 'them'} when they refuse a decision"
             )
         return actions
+
+    def for_model(self, model_name: str | None) -> Settings:
+        """These settings for another registered model (the same home, limits and agents);
+        unchanged when no name is given."""
+        if not model_name or model_name == self.model_name:
+            return self
+        return self.model_copy(update={"model_name": model_name})
+
+    def team_retrain_deployment(self) -> str | None:
+        """The team's training deployment for this model, if one is configured."""
+        return self.retrain_deployments.get(self.model_name) or self.retrain_deployment
+
+    @property
+    def serving_dir(self) -> Path:
+        """This model's serving processes, router state, promotion journal and request log."""
+        return self.home / "serving" / self.model_name
 
     @property
     def mlflow_db(self) -> Path:

@@ -324,6 +324,7 @@ def canary_rollout(
     step_seconds: Annotated[float, Field(gt=0)] | Empty = None,
     min_samples: Annotated[int, Field(ge=10)] | Empty = None,
     approval_timeout_seconds: Annotated[int, Field(ge=1)] | Empty = None,
+    model_name: str | Empty = None,
 ) -> CanaryResult | State:
     """Roll a challenger out step by step; promote it or roll it back.
 
@@ -335,8 +336,10 @@ def canary_rollout(
         min_samples: Requests each variant needs before a step is judged. Empty: the setting.
         approval_timeout_seconds: How long a person has to answer an approval form before
             the canary rolls back. Empty: the setting.
+        model_name: The registered model whose challenger rolls out (its own router and
+            servers). Empty: the settings' model name.
     """
-    settings = load_settings()
+    settings = load_settings().for_model(model_name)
     settings.ensure_dirs()
     logger = get_run_logger()
     name = settings.model_name

@@ -18,8 +18,10 @@ Runbook:
    and the result and the artifact say where it will appear.
 7. With approval mode `all`, a retrain or rollback waits for a person's answer on a form that
    shows the decision, its evidence and the deadline; no approval means escalate.
-8. Act: `retrain` runs the retrain flow (advisor, search, canary hand-over) on the clean
-   rows; `rollback` moves `champion` back to the previous champion; `escalate` emits
+8. Act: `retrain` runs the team's own training deployment when one is configured (its new
+   `challenger` then goes to the canary), else our retrain flow (advisor, search, canary
+   hand-over) on the clean rows, which cannot retrain an adopted model (escalated instead);
+   `rollback` moves `champion` back to the previous champion; `escalate` emits
    `agentic-mlops.drift.escalated`.
 """
 
@@ -71,9 +73,7 @@ def drift_check(
     settings.ensure_dirs()
     logger = get_run_logger()
     batch_id = batch_id or Path(current_path).name
-    own_model = settings.model_name
-    if model_name:
-        settings = settings.model_copy(update={"model_name": model_name})
+    settings = settings.for_model(model_name)
     model_name = settings.model_name
 
     loaded = load_batch(current_path, return_state=True)
@@ -164,6 +164,7 @@ def drift_check(
     result = DriftCheckResult(
         model_name=model_name,
         model_version=ref.version,
+        adopted=ref.card.adopted,
         batch_id=batch_id,
         quality=quality.summary,
         dataset_drift=drift.dataset_drift,
@@ -209,27 +210,34 @@ def drift_check(
         if not go:
             result.actions_taken.append(f"{action} not approved ({why})")
             action = "escalate"
-    if action == "retrain" and (ref.card.adopted or model_name != own_model):
+    route = actions.retraining_route(ref.card.adopted, settings)
+    if action == "retrain" and route == "none":
         result.actions_taken.append(
-            f"retrain not started: no retraining recipe for {model_name!r} (adopted, or not "
-            "the settings' model); escalated to a person"
+            f"retrain not started: no retraining recipe for the adopted {model_name!r} and no "
+            "training deployment of the team's (retrain_deployment); escalated to a person"
         )
         action = "escalate"
-    if action == "retrain":
+    parameters = {
+        "data_path": quality.clean_path or current_path,
+        "recent_path": current_path,
+        "triage_ledger_id": entry.id,
+        "target": target or ref.card.target,
+        "model_name": model_name,
+    }
+    if action == "retrain" and route == "team":
+        from agentic_mlops.flows.tune import hand_over_to_canary
+
+        team = actions.run_team_training(parameters, entry.id, settings)
+        result.retrained_version = team.challenger
+        result.actions_taken.append(f"retrain: {team.summary}")
+        if team.challenger is not None:
+            handed, _ = hand_over_to_canary("auto", team.challenger, settings, entry.id)
+            ledger.record_outcome(entry.id, {"hand_over": handed}, settings)
+            result.actions_taken.append(f"canary: {handed}")
+    elif action == "retrain":
         from agentic_mlops.flows.tune import retrain
 
-        retrain_path = quality.clean_path or current_path
-        trained = actions.start_retraining(
-            retrain,
-            {
-                "data_path": retrain_path,
-                "recent_path": current_path,
-                "triage_ledger_id": entry.id,
-                "target": target or "churn",
-            },
-            entry.id,
-            settings,
-        )
+        trained = actions.start_retraining(retrain, parameters, entry.id, settings)
         result.retrained_version = trained.get("version")
         result.actions_taken.append(
             f"retrain: {trained['how']} -> {trained.get('summary', '')}".strip()

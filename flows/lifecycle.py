@@ -9,8 +9,10 @@ Runbook:
 4. Humans-first: with `approval_mode=all`, a retrain or rollback waits for a person's answer
    in the Prefect UI (no answer: nothing is done and the decision is escalated).
 5. Act:
-   - `retrain` runs the retrain subflow (advisor, synthesis, Ray Tune, holdout comparison)
-     and, when the challenger beats the champion, the canary subflow;
+   - `retrain` runs the team's own training deployment when one is configured and canaries
+     the version it registered as `challenger`; else the retrain subflow (advisor,
+     synthesis, Ray Tune, holdout comparison) and, when the challenger beats the champion,
+     the canary subflow (an adopted model without a team deployment is escalated);
    - `rollback` moves `champion` back and the router's traffic with it;
    - `escalate` emits the escalation event.
    Every step's result goes to the outcome of the triage decision that started it, so the
@@ -33,7 +35,7 @@ from agentic_mlops.flows.form import Empty
 from agentic_mlops.flows.tune import retrain
 from agentic_mlops.schemas import DriftCheckResult
 from agentic_mlops.settings import Settings, load_settings
-from agentic_mlops.tasks import approval, ledger, registry, reports, rollout
+from agentic_mlops.tasks import approval, ledger, reference, registry, reports, rollout
 from agentic_mlops.tasks import drift_actions as actions
 from agentic_mlops.tasks.drift_actions import TriageOutcome
 from agentic_mlops.tasks.lifecycle_report import decision_rows, plot_decisions
@@ -97,7 +99,7 @@ def lifecycle(
     batch_path: str | Empty = None,
     window_since: float | Empty = None,
     window_rows: Annotated[int, Field(ge=1)] | Empty = None,
-    target: str = "churn",
+    target: str | Empty = None,
     retrain_max_trials: Annotated[int, Field(ge=1)] | Empty = None,
     retrain_time_budget_seconds: Annotated[float, Field(gt=0)] | Empty = None,
     require_improvement: bool = True,
@@ -105,6 +107,7 @@ def lifecycle(
     canary_step_seconds: Annotated[float, Field(gt=0)] | Empty = None,
     canary_min_samples: Annotated[int, Field(ge=10)] | Empty = None,
     approval_timeout_seconds: Annotated[int, Field(ge=1)] | Empty = None,
+    model_name: str | Empty = None,
 ) -> LifecycleResult | State:
     """One turn of the loop: check recent production data, decide, and carry it through.
 
@@ -114,7 +117,7 @@ def lifecycle(
         window_since: Without a batch: only rows whose labels arrived after this time
             (seconds since the epoch). Empty: the latest window.
         window_rows: Without a batch: at most this many newest rows.
-        target: Label column.
+        target: Label column. Empty: the champion's (its model card's target).
         retrain_max_trials: Cap on a retraining's trials. Empty: the advisor's own.
         retrain_time_budget_seconds: Cap on a retraining's search seconds. Empty: the
             advisor's own.
@@ -127,11 +130,14 @@ def lifecycle(
             setting.
         approval_timeout_seconds: How long a person has to answer an approval form. Empty:
             the setting.
+        model_name: The registered model this turn guards (its reference, router log,
+            ledger and aliases). Empty: the settings' model name.
     """
-    settings = load_settings()
+    settings = load_settings().for_model(model_name)
     settings.ensure_dirs()
     logger = get_run_logger()
     name = settings.model_name
+    target = target or reference.champion_target(settings)
     steps: list[str] = []
 
     batch = batch_path
@@ -142,7 +148,9 @@ def lifecycle(
         batch = collect_window(settings, window_since, window_rows)
         if batch is None:
             return Failed(name="NoTraffic", message="the router has logged no labelled rows yet")
-    checked = drift_check(current_path=batch, target=target, act=False, return_state=True)
+    checked = drift_check(
+        current_path=batch, target=target, act=False, model_name=name, return_state=True
+    )
     if checked.is_failed():
         return Failed(name=checked.name, message=f"drift check failed: {checked.message}")
     check: DriftCheckResult = checked.result()
@@ -164,12 +172,20 @@ def lifecycle(
         if not ok:
             steps.append(f"not approved: {why}")
             decision = "escalate"
+    route = actions.retraining_route(check.adopted, settings)
+    if decision == "retrain" and route == "none":
+        steps.append(
+            f"retrain not started: no retraining recipe for the adopted {name!r} and no "
+            "training deployment of the team's (retrain_deployment)"
+        )
+        decision = "escalate"
     if decision == "retrain":
         result = result.model_copy(
             update=_retrain_and_canary(
                 batch,
                 entry_id,
                 settings,
+                team=route == "team",
                 target=target,
                 max_trials=retrain_max_trials,
                 time_budget_seconds=retrain_time_budget_seconds,
@@ -215,6 +231,7 @@ def _retrain_and_canary(
     entry_id: str,
     settings: Settings,
     *,
+    team: bool,
     target: str,
     max_trials: int | None,
     time_budget_seconds: float | None,
@@ -224,37 +241,55 @@ def _retrain_and_canary(
     canary_min_samples: int | None,
     approval_timeout_seconds: int | None,
 ) -> dict[str, Any]:
+    """Retrain (the team's own deployment, or our recipe) and canary the new challenger."""
     logger = get_run_logger()
-    state = retrain(
-        data_path=batch,
-        recent_path=batch,
-        triage_ledger_id=entry_id,
-        target=target,
-        max_trials=max_trials,
-        time_budget_seconds=time_budget_seconds,
-        require_improvement=require_improvement,
-        hand_over="none",
-        return_state=True,
-    )
-    if state.is_failed():
-        ledger.record_outcome(entry_id, {"retrain_failed": state.message}, settings)
-        return {"steps": [f"retrain failed: {state.message}"]}
-    retrained = state.result()
-    version, comparison = retrained.training.version, retrained.comparison
-    champion_auc = (
-        "none" if comparison.champion_roc_auc is None else f"{comparison.champion_roc_auc:.3f}"
-    )
-    steps = [
-        f"retrain: v{version} ({retrained.best_family}, {retrained.trials} trials), holdout "
-        f"ROC AUC {comparison.challenger_roc_auc:.3f} vs champion {champion_auc}"
-    ]
-    update: dict[str, Any] = {
-        "retrained_version": version,
-        "beat_champion": comparison.beats_champion,
-    }
-    if require_improvement and not comparison.beats_champion:
-        steps.append("no canary: the challenger did not beat the champion on the holdout")
-        return {**update, "steps": steps}
+    if team:
+        trained = actions.run_team_training(
+            {
+                "data_path": batch,
+                "recent_path": batch,
+                "triage_ledger_id": entry_id,
+                "model_name": settings.model_name,
+                "target": target,
+            },
+            entry_id,
+            settings,
+        )
+        steps = [f"retrain: {trained.summary}"]
+        if trained.challenger is None:
+            return {"steps": steps}
+        version, told = trained.challenger, [entry_id]
+        update: dict[str, Any] = {"retrained_version": version}
+    else:
+        state = retrain(
+            data_path=batch,
+            recent_path=batch,
+            triage_ledger_id=entry_id,
+            target=target,
+            max_trials=max_trials,
+            time_budget_seconds=time_budget_seconds,
+            require_improvement=require_improvement,
+            hand_over="none",
+            model_name=settings.model_name,
+            return_state=True,
+        )
+        if state.is_failed():
+            ledger.record_outcome(entry_id, {"retrain_failed": state.message}, settings)
+            return {"steps": [f"retrain failed: {state.message}"]}
+        retrained = state.result()
+        version, comparison = retrained.training.version, retrained.comparison
+        told = [entry_id, retrained.ledger_id]
+        champion_auc = (
+            "none" if comparison.champion_roc_auc is None else f"{comparison.champion_roc_auc:.3f}"
+        )
+        steps = [
+            f"retrain: v{version} ({retrained.best_family}, {retrained.trials} trials), holdout "
+            f"ROC AUC {comparison.challenger_roc_auc:.3f} vs champion {champion_auc}"
+        ]
+        update = {"retrained_version": version, "beat_champion": comparison.beats_champion}
+        if require_improvement and not comparison.beats_champion:
+            steps.append("no canary: the challenger did not beat the champion on the holdout")
+            return {**update, "steps": steps}
     nothing_serves = rollout.why_no_canary(settings)
     if nothing_serves:
         steps.append(f"no canary: {nothing_serves}; v{version} stays the challenger")
@@ -266,6 +301,7 @@ def _retrain_and_canary(
         step_seconds=canary_step_seconds,
         min_samples=canary_min_samples,
         approval_timeout_seconds=approval_timeout_seconds,
+        model_name=settings.model_name,
         return_state=True,
     )
     if canary_state.is_failed():
@@ -276,7 +312,7 @@ def _retrain_and_canary(
     outcome = getattr(canary, "outcome", canary_state.name)
     steps.append(f"canary v{version}: {outcome} ({getattr(canary, 'reason', '')})")
     logger.info("canary of v%d: %s", version, outcome)
-    for entry in (entry_id, retrained.ledger_id):
+    for entry in told:
         ledger.record_outcome(entry, {"canary": outcome, "canaried_version": version}, settings)
     if getattr(canary, "steps", None):
         ledger.record_outcome(canary.steps[-1].ledger_id, {"carried_out": outcome}, settings)

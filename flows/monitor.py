@@ -243,6 +243,7 @@ def monitor(
     check_drift: bool = True,
     act: bool = True,
     batch: Literal["auto", "labelled", "unlabelled"] = "auto",
+    model_name: str | Empty = None,
 ) -> MonitorResult | State:
     """Measure the served champion since the last run, flag what is heading for its limit,
     and drift-check the recent production rows.
@@ -253,8 +254,11 @@ def monitor(
         act: Let the drift check carry out its decision (retrain, rollback, escalate).
         batch: Rows the drift check gets: the newly labelled ones, the newly logged ones, or
             (auto) the labelled ones when at least `monitor_min_rows` arrived.
+        model_name: The registered model to monitor (its router, request log and history);
+            one deployment serves several models through schedules that set it. Empty: the
+            settings' model name.
     """
-    settings = load_settings()
+    settings = load_settings().for_model(model_name)
     settings.ensure_dirs()
     logger = get_run_logger()
     name = settings.model_name
@@ -336,6 +340,7 @@ def monitor(
                 target=ref.card.target,
                 batch_id=batch_path.name,
                 act=act,
+                model_name=name,
                 serving=ServingEvidence(
                     rows=len(rows),
                     alerts=alerts,
@@ -403,8 +408,9 @@ def collect_window(
     if len(rows) < settings.monitor_min_labels:
         return None
     champion = reference.resolve_reference.fn(None, settings.target, settings)
-    like = None if isinstance(champion, State) else champion.sample
-    batch = serving_log.as_batch(rows, like, settings.target)
+    stored = not isinstance(champion, State)
+    target = champion.card.target if stored else settings.target
+    batch = serving_log.as_batch(rows, champion.sample if stored else None, target)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
     path = serving_log.write_batch(
         batch,

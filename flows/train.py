@@ -66,6 +66,7 @@ def publish_model(
     parent_run_id: str | None = None,
     extra_datasets: list[tuple[str, pd.DataFrame, dict[str, str]]] | None = None,
     training_rows: pd.DataFrame | None = None,
+    settings: Settings | None = None,
 ) -> tuple[TrainingResult, LoggedRun]:
     """Log a fitted model to MLflow, register it as `challenger`, and store its reference.
 
@@ -89,10 +90,11 @@ def publish_model(
         },
         source,
         run_name,
+        settings=settings,
         parent_run_id=parent_run_id,
         extra_datasets=extra_datasets,
     )
-    registered = register_version(logged)
+    registered = register_version(logged, settings)
     store_reference(
         frame,
         ModelCard(
@@ -105,6 +107,7 @@ def publish_model(
             data_source=source,
         ),
         model.predict_proba(frame.drop(columns=[target]))[:, 1],
+        settings,
     )
     result = TrainingResult(
         model_name=registered.name,
@@ -163,6 +166,7 @@ def train(
     test_size: Annotated[float, Field(gt=0.05, lt=0.9)] = 0.25,
     hyperparameters: Hyperparameters | Empty = None,
     run_name: str | Empty = None,
+    model_name: str | Empty = None,
 ) -> TrainingResult | State:
     """Train the churn model and register it as the new challenger.
 
@@ -179,8 +183,9 @@ def train(
         test_size: Share of rows kept as holdout.
         hyperparameters: Gradient-boosting hyperparameters. Empty: the defaults.
         run_name: Name of the MLflow run. Empty: "train <model name>".
+        model_name: The registered model the version joins. Empty: the settings' model name.
     """
-    settings = load_settings()
+    settings = load_settings().for_model(model_name)
     settings.ensure_dirs()
     logger = get_run_logger()
     loaded = training_table(data_path, generate_rows, target, scenario, seed, settings)
@@ -210,6 +215,7 @@ def train(
         evaluation,
         source,
         run_name or f"train {settings.model_name}",
+        settings=settings,
     )
     create_markdown_artifact(
         key=artifact_key(settings.model_name, "training-summary"),

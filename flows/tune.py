@@ -219,7 +219,7 @@ def hand_over_to_canary(
             raise DataError(f"no {CANARY_DEPLOYMENT} deployment is registered")
         run = run_deployment(
             CANARY_DEPLOYMENT,
-            parameters={"version": version},
+            parameters={"version": version, "model_name": settings.model_name},
             idempotency_key=f"canary-{settings.model_name}-v{version}-{ledger_id}",
             timeout=0,
         )
@@ -228,13 +228,13 @@ def hand_over_to_canary(
     if how == "subflow":
         from agentic_mlops.flows.canary import canary_rollout
 
-        state = canary_rollout(version=version, return_state=True)
+        state = canary_rollout(version=version, model_name=settings.model_name, return_state=True)
         outcome = state.result(raise_on_failure=False)
         return f"subflow: {getattr(outcome, 'outcome', state.name)}", None
     emit_event(
         event=CANARY_REQUESTED_EVENT,
         resource={"prefect.resource.id": f"agentic-mlops.model.{settings.model_name}"},
-        payload={"version": version, "ledger_id": ledger_id},
+        payload={"version": version, "ledger_id": ledger_id, "model_name": settings.model_name},
     )
     return f"event: emitted {CANARY_REQUESTED_EVENT}", None
 
@@ -294,6 +294,7 @@ def retrain(
     require_improvement: bool = True,
     hand_over: HandOver = "auto",
     run_name: str | Empty = None,
+    model_name: str | Empty = None,
 ) -> RetrainResult | State:
     """Search for a better model on recent data, register it, and hand it to the canary.
 
@@ -320,8 +321,10 @@ def retrain(
         hand_over: How the canary starts: auto (the canary deployment when registered, else
             an event), deployment, event, subflow (in this run), or none.
         run_name: Name of the MLflow search run. Empty: "retrain <model> after <ledger id>".
+        model_name: The registered model the challenger joins. Empty: the settings' model
+            name.
     """
-    settings = load_settings()
+    settings = load_settings().for_model(model_name)
     settings.ensure_dirs()
     logger = get_run_logger()
     loaded = training_table(data_path, generate_rows, target, scenario, seed, settings)
@@ -441,6 +444,7 @@ def retrain(
             parent_run_id=parent_run_id,
             extra_datasets=extra,
             training_rows=train_rows,
+            settings=settings,
         )
     finish_search_run(
         parent_run_id,

@@ -9,7 +9,7 @@ ledger with its evidence, and its outcome is attached when the action finishes.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -18,6 +18,7 @@ from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
 from prefect.events import emit_event
 from prefect.exceptions import ObjectNotFound
+from pydantic import BaseModel, Field
 
 from agentic_mlops.agents.drift_triage import TriageEvidence, TriageOutcome
 from agentic_mlops.schemas import DriftCheckResult
@@ -27,6 +28,28 @@ from agentic_mlops.tasks import ledger, registry, reports
 ESCALATED_EVENT = "agentic-mlops.drift.escalated"
 RETRAIN_REQUESTED_EVENT = "agentic-mlops.retrain.requested"
 RETRAIN_DEPLOYMENT = "retrain/retrain"
+TEAM_PARAMETERS = ("data_path", "recent_path", "triage_ledger_id", "model_name", "target")
+"""What a retrain decision offers the team's training deployment; it gets those its flow takes."""
+
+
+class TeamTraining(BaseModel):
+    """What the team's own training run did for a retrain decision."""
+
+    deployment: str
+    flow_run_id: str | None = None
+    state: str = Field(description="The run's final state, or why it has none (NotFound, ...).")
+    challenger: int | None = Field(
+        default=None, description="The version the run registered as `challenger`, if it did."
+    )
+    summary: str
+
+
+def retraining_route(adopted: bool, settings: Settings) -> Literal["team", "recipe", "none"]:
+    """Who retrains this model: the team's own deployment when one is configured, else our
+    recipe, which cannot retrain a model adopted from elsewhere (none: a person decides)."""
+    if settings.team_retrain_deployment():
+        return "team"
+    return "none" if adopted else "recipe"
 
 
 @task(name="record-triage", cache_policy=NO_CACHE)
@@ -121,6 +144,74 @@ def start_retraining(
         f"({retrained.best_family}, holdout ROC AUC "
         f"{retrained.comparison.challenger_roc_auc:.3f}); {retrained.hand_over}",
     }
+
+
+def run_team_training(
+    parameters: dict[str, Any], ledger_id: str, settings: Settings
+) -> TeamTraining:
+    """Run the team's own training deployment for a retrain decision and wait for it.
+
+    The run gets those of `TEAM_PARAMETERS` that its flow declares (Prefect refuses any
+    other), is keyed by the ledger entry so a retried decision does not start a second one,
+    and is waited for up to `retrain_deployment_timeout_seconds`. The version it registered
+    as `challenger` (the alias moved during the run, to a version that is not the champion)
+    is what the canary then takes over; the run, its state and that version go to the ledger
+    entry's outcome.
+    """
+    deployment = settings.team_retrain_deployment()
+    name = settings.model_name
+    before = registry.alias_version(name, registry.CHALLENGER, settings)
+    try:
+        with get_client(sync_client=True) as client:
+            found = client.read_deployment_by_name(deployment)
+    except (ObjectNotFound, ValueError):
+        summary = f"the team's training deployment {deployment!r} is not registered"
+        ledger.record_outcome(
+            ledger_id, {"retrain_deployment": deployment, "retrain_failed": summary}, settings
+        )
+        return TeamTraining(deployment=deployment, state="NotFound", summary=summary)
+    declared = set((found.parameter_openapi_schema or {}).get("properties", {}))
+    run = run_deployment(
+        deployment,
+        parameters={k: v for k, v in parameters.items() if k in declared and k in TEAM_PARAMETERS},
+        idempotency_key=f"team-retrain-{name}-{ledger_id}",
+        timeout=settings.retrain_deployment_timeout_seconds,
+        poll_interval=1,
+    )
+    state = run.state
+    after = registry.alias_version(name, registry.CHALLENGER, settings)
+    champion = registry.alias_version(name, registry.CHAMPION, settings)
+    finished = state is not None and state.is_completed()
+    challenger = after if finished and after not in (None, before, champion) else None
+    link = reports.prefect_link("flow-run", run.id, f"flow run {run.name}")
+    ran = f"{deployment} ({link})"
+    if challenger is not None:
+        summary = f"{ran} registered {name} v{challenger} as challenger"
+    elif finished:
+        summary = f"{ran} completed without a new challenger of {name}"
+    elif state is not None and not state.is_final():
+        waited = settings.retrain_deployment_timeout_seconds
+        summary = f"{ran} still {state.name} after {waited:.0f} s; not waited for"
+    else:
+        ended = f"{state.name}: {state.message}" if state else "without a state"
+        summary = f"{ran} ended {ended}"
+    ledger.record_outcome(
+        ledger_id,
+        {
+            "retrain_deployment": deployment,
+            "retrain_flow_run": str(run.id),
+            "retrain_state": state.name if state else None,
+            "challenger_version": challenger,
+        },
+        settings,
+    )
+    return TeamTraining(
+        deployment=deployment,
+        flow_run_id=str(run.id),
+        state=state.name if state else "Unknown",
+        challenger=challenger,
+        summary=summary,
+    )
 
 
 def roll_back(model_name: str, ledger_id: str, settings: Settings | None = None) -> str:

@@ -473,3 +473,9 @@ def column_summaries(drift: DriftResult) -> dict[str, ColumnSummary]:
 
 def card_json(card: ModelCard) -> str:
     return json.dumps(card.model_dump(), indent=2)
+
+
+def champion_target(settings: Settings) -> str:
+    """The label column of the champion's model card, else the settings' `target`."""
+    stored = resolve_reference.fn(None, None, settings)
+    return settings.target if isinstance(stored, State) else stored.card.target

@@ -3,10 +3,11 @@
 Every backend has the same five operations: `deploy` a version as the canary, `set_weight`
 of the canary's traffic, `promote` the canary to baseline, `rollback` to the baseline alone,
 and `status`. `LocalRollout` (the embedded default) runs the canary router and one MLflow model
-server per version as processes on loopback, recorded in `home/serving/processes.json` so that
-any process (the CLI, a flow run, a test) can find and stop them. Each operation is safe to
-repeat: deploying a version that is already served reuses its server; promoting or rolling
-back when there is no canary changes nothing.
+server per version as processes on loopback, recorded per registered model in
+`home/serving/<model>/processes.json` so that any process (the CLI, a flow run, a test) can
+find and stop them; several models serve side by side, each behind its own router. Each
+operation is safe to repeat: deploying a version that is already served reuses its server;
+promoting or rolling back when there is no canary changes nothing.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
 from agentic_mlops.deployments.kubernetes import manifests as k8s
+from agentic_mlops.deployments.serving.request_log import log_folder
 from agentic_mlops.deployments.serving.router import Backend, RouterState
 from agentic_mlops.settings import Settings, load_settings
 
@@ -122,7 +124,7 @@ class LocalRollout:
 
     def __init__(self, settings: Settings | None = None, startup_timeout: float = 90.0):
         self.settings = settings or load_settings()
-        self.folder = self.settings.home / "serving"
+        self.folder = self.settings.serving_dir
         self.folder.mkdir(parents=True, exist_ok=True)
         self.record_path = self.folder / "processes.json"
         self.startup_timeout = startup_timeout
@@ -195,7 +197,14 @@ class LocalRollout:
         log = self.folder / "router.log"
         pid = self._spawn(
             "agentic_mlops.deployments.serving.router",
-            ["--port", str(port), "--state", str(self.folder / "router.json")],
+            [
+                "--port",
+                str(port),
+                "--state",
+                str(self.folder / "router.json"),
+                "--request-log",
+                str(log_folder(self.settings)),
+            ],
             log,
         )
         record.router = ServedProcess(pid=pid, port=port, log=str(log))
@@ -371,9 +380,9 @@ class LocalRollout:
                 state = self.router_state()
         listed = []
         if record.router is not None:
-            listed.append(_listed("router", record.router, state))
+            listed.append(_listed("router", record.router, state, self.settings.model_name))
         for served in sorted(record.servers.values(), key=lambda s: s.version or 0):
-            listed.append(_listed("model server", served, state))
+            listed.append(_listed("model server", served, state, self.settings.model_name))
         return listed
 
     def stop_all(self) -> list[ServingProcess]:
@@ -399,6 +408,7 @@ class ServingProcess(BaseModel):
     """One recorded serving process, as `agentic-mlops serving status` lists it."""
 
     role: Literal["router", "model server"]
+    model_name: str = Field(default="", description="The registered model it serves.")
     pid: int
     port: int
     url: str
@@ -417,7 +427,9 @@ class ServingProcess(BaseModel):
     log: str
 
 
-def _listed(role: str, served: ServedProcess, state: RouterState | None) -> ServingProcess:
+def _listed(
+    role: str, served: ServedProcess, state: RouterState | None, model_name: str
+) -> ServingProcess:
     variant, weight = None, None
     if state is not None:
         weight = state.weight if role == "router" else 0.0
@@ -428,6 +440,7 @@ def _listed(role: str, served: ServedProcess, state: RouterState | None) -> Serv
                     weight = 1 - state.weight if name == "baseline" else state.weight
     return ServingProcess(
         role=role,
+        model_name=model_name,
         pid=served.pid,
         port=served.port,
         url=served.url,
@@ -439,14 +452,32 @@ def _listed(role: str, served: ServedProcess, state: RouterState | None) -> Serv
     )
 
 
-def serving_status(settings: Settings | None = None) -> list[ServingProcess]:
-    """Every serving process recorded under the home: router and model servers."""
-    return LocalRollout(settings).processes()
+def served_models(settings: Settings) -> list[str]:
+    """The registered models with serving processes recorded under the home."""
+    folder = settings.home / "serving"
+    return sorted(p.parent.name for p in folder.glob("*/processes.json")) if folder.is_dir() else []
 
 
-def stop_serving(settings: Settings | None = None) -> list[ServingProcess]:
-    """Stop every serving process recorded under the home and clean the records."""
-    return LocalRollout(settings).stop_all()
+def _rollouts(settings: Settings | None, model_name: str | None) -> list[LocalRollout]:
+    settings = settings or load_settings()
+    names = [n for n in served_models(settings) if model_name in (None, n)]
+    return [LocalRollout(settings.for_model(name)) for name in names]
+
+
+def serving_status(
+    settings: Settings | None = None, model_name: str | None = None
+) -> list[ServingProcess]:
+    """Every serving process recorded under the home (of one model, when named): routers and
+    model servers."""
+    return [p for backend in _rollouts(settings, model_name) for p in backend.processes()]
+
+
+def stop_serving(
+    settings: Settings | None = None, model_name: str | None = None
+) -> list[ServingProcess]:
+    """Stop every serving process recorded under the home (of one model, when named) and
+    clean the records."""
+    return [p for backend in _rollouts(settings, model_name) for p in backend.stop_all()]
 
 
 def why_no_canary(settings: Settings | None = None) -> str | None:
@@ -474,7 +505,7 @@ class PromotionJournal(BaseModel):
 
 
 def journal_path(settings: Settings) -> Path:
-    return settings.home / "serving" / "promotion.json"
+    return settings.serving_dir / "promotion.json"
 
 
 def read_journal(settings: Settings) -> PromotionJournal | None:
@@ -634,7 +665,7 @@ def roll_back_interrupted_run(flow: Any, flow_run: Any, state: Any) -> None:
 
     logger = flow_run_logger(flow_run, flow)
     how = "crashed" if state.is_crashed() else "cancelled"
-    settings = load_settings()
+    settings = load_settings().for_model((flow_run.parameters or {}).get("model_name"))
     try:
         what = restore_champion_traffic(settings)
     except Exception as error:  # noqa: BLE001 - a hook reports, it cannot fail the run again

@@ -43,7 +43,7 @@ CHUNK_BYTES = 64 * 1024
 
 def log_folder(settings: Settings) -> Path:
     """Where the router of this home logs: `serving_log_dir`, else `home/serving/<model>/log`."""
-    return settings.serving_log_dir or settings.home / "serving" / settings.model_name / "log"
+    return settings.serving_log_dir or settings.serving_dir / "log"
 
 
 def log_files(folder: Path, kind: str) -> list[Path]:

@@ -164,7 +164,7 @@ def test_mlflow_unreachable_during_promotion_changes_nothing(serving_home, monke
     assert registry.alias_version("churn", "champion", serving_home) == 1
     state = backend.router_state()
     assert state.baseline.version == 1 and state.canary.version == 2 and state.weight == 0.5
-    assert not (serving_home.home / "serving" / "promotion.json").exists()
+    assert not (serving_home.serving_dir / "promotion.json").exists()
 
 
 def test_a_failed_traffic_switch_undoes_the_alias_move(serving_home, tmp_path):

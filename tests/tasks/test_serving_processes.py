@@ -70,7 +70,7 @@ def test_serving_status_lists_and_stop_stops_every_process_twice_safely(serving_
     assert stopped.exit_code == 0, stopped.output
     assert stopped.output.count(": stopped") == 2 and "already gone" in stopped.output
     assert not any(rollout.alive(pid) for pid in pids)
-    assert not (serving_home.home / "serving" / "router.json").exists()
+    assert not (serving_home.serving_dir / "router.json").exists()
     again = runner.invoke(app, ["serving", "stop"])
     assert again.exit_code == 0 and "nothing was serving" in again.output
     empty = runner.invoke(app, ["serving", "status", "--json"])
