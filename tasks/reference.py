@@ -10,7 +10,6 @@ champion and assembles the triage agent's evidence.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -450,7 +449,3 @@ def column_summaries(drift: DriftResult) -> dict[str, ColumnSummary]:
         name: ColumnSummary(drifted=c.drifted, test=c.test, score=round(c.score, 6))
         for name, c in drift.columns.items()
     }
-
-
-def card_json(card: ModelCard) -> str:
-    return json.dumps(card.model_dump(), indent=2)
