@@ -356,7 +356,8 @@ def serve(
             backend.set_baseline(champion)
             repaired = reconcile(settings.model_name, settings)
     except ServingError as error:
-        backend.shutdown()
+        if settings.serving_backend == "local":  # a cluster keeps what served before
+            backend.shutdown()
         fail(str(error), 1)
     if repaired:
         console.print(f"Repaired: {repaired}", highlight=False)

@@ -229,3 +229,19 @@ def test_a_cluster_that_serves_nothing_is_told(cluster):
     assert backend.router_state() == RouterState(
         baseline=Backend(url="http://churn-stable.default.svc.cluster.local:80", version=1)
     )
+
+
+def test_serve_on_kubernetes_applies_the_champion_and_leaves_it_serving(cluster):
+    settings, server = cluster
+    result = runner.invoke(app, ["serve"])
+    assert result.exit_code == 0 and "on Kubernetes" in result.output, result.output
+    stable = server.get("deployments", "churn-stable")
+    assert stable["metadata"]["labels"][k8s.VERSION_LABEL] == "1"
+    assert server.get("httproutes", "churn") is not None
+
+    server.never_ready.add("churn-stable")
+    registry.move_champion_alias("churn", 2, settings)
+    result = runner.invoke(app, ["serve"])
+    assert result.exit_code == 1 and "not ready" in result.output, result.output
+    stable = server.get("deployments", "churn-stable")
+    assert stable["metadata"]["labels"][k8s.VERSION_LABEL] == "1", "put back, not deleted"
