@@ -438,23 +438,31 @@ def serve(
     import time
 
     from agentic_mlops.tasks import registry
-    from agentic_mlops.tasks.rollout import LocalRollout, ServingError, reconcile
+    from agentic_mlops.tasks.rollout import ServingError, reconcile, rollout_backend
 
     settings = load_settings().for_model(model)
     champion = registry.alias_version(settings.model_name, registry.CHAMPION, settings)
     if champion is None:
         fail(f"no champion of {settings.model_name!r}: run `agentic-mlops train` or `adopt` first")
-    backend = LocalRollout(settings)
+    backend = rollout_backend(settings)
     try:
         with errors.status(f"Starting the router and the model server of v{champion}..."):
             url = backend.start_router(port)
             backend.set_baseline(champion)
             repaired = reconcile(settings.model_name, settings)
     except ServingError as error:
-        backend.shutdown()
+        if settings.serving_backend == "local":  # a cluster keeps what served before
+            backend.shutdown()
         fail(str(error), 1)
     if repaired:
         console.print(f"Repaired: {repaired}", highlight=False)
+    if settings.serving_backend == "kubernetes":
+        console.print(
+            f"Serving {settings.model_name} v{champion} on Kubernetes at {url}; the cluster "
+            "keeps serving (`agentic-mlops serving stop` deletes its objects).",
+            highlight=False,
+        )
+        return
     console.print(
         f"Serving {settings.model_name} v{champion} at {url}/predict "
         f"(metrics {url}/metrics, feedback {url}/feedback). Ctrl-C stops.",
@@ -820,18 +828,32 @@ def k8s_render(
     namespace: Annotated[str, typer.Option(help="Kubernetes namespace.")] = "default",
     canary: Annotated[int | None, typer.Option(help="Also render this version as canary.")] = None,
     weight: Annotated[float, typer.Option(help="Canary share of traffic, 0 to 1.")] = 0.0,
+    gateway: Annotated[
+        str | None,
+        typer.Option(
+            help="Gateway to route through: one Service per track and an HTTPRoute whose "
+            "parentRefs name it. Default kubernetes_gateway; none splits by pods."
+        ),
+    ] = None,
 ) -> None:
-    """Write the Deployments, Service and route of a model version, validated offline."""
+    """Write the Deployments, Services and route of a model version, validated offline."""
+    from pydantic import ValidationError
+
     from agentic_mlops.deployments.kubernetes.manifests import (
+        GatewayRef,
         KubernetesServing,
         ManifestError,
         write_manifests,
     )
 
     settings = load_settings()
+    gateway = gateway or settings.kubernetes_gateway
     try:
         serving = KubernetesServing(
-            image=image, namespace=namespace, tracking_uri=settings.tracking_uri()
+            image=image,
+            namespace=namespace,
+            tracking_uri=settings.tracking_uri(),
+            gateway=GatewayRef(name=gateway) if gateway else None,
         )
         written = write_manifests(
             model or settings.model_name,
@@ -841,6 +863,8 @@ def k8s_render(
             canary_version=canary,
             canary_weight=weight,
         )
+    except ValidationError as error:
+        fail("; ".join(problem["msg"].removeprefix("Value error, ") for problem in error.errors()))
     except (ManifestError, ValueError) as error:
         fail(str(error))
     for path in written:

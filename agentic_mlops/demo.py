@@ -74,7 +74,7 @@ def run_demo(
     from agentic_mlops.tasks import ledger, registry
     from agentic_mlops.tasks.batches import write_table
     from agentic_mlops.tasks.churn import generate_churn
-    from agentic_mlops.tasks.rollout import LocalRollout
+    from agentic_mlops.tasks.rollout import rollout_backend
     from agentic_mlops.tasks.traffic import CustomerTraffic
     from agentic_mlops.tasks.training import Hyperparameters
 
@@ -97,7 +97,7 @@ def run_demo(
         f"champion: {trained.model_name} v{trained.version}, holdout ROC AUC "
         f"{trained.metrics['roc_auc']:.3f}"
     )
-    backend = LocalRollout(settings)
+    backend = rollout_backend(settings)
     with console.status("Starting the router and the champion's model server..."):
         url = backend.start_router()
         backend.set_baseline(trained.version)

@@ -893,12 +893,10 @@ class CanaryStatus(BaseModel):
 
 
 def serving_state(settings: Settings) -> ServingState | None:
-    from agentic_mlops.tasks.rollout import LocalRollout
+    from agentic_mlops.tasks.rollout import rollout_backend
 
-    if not (settings.serving_dir / "processes.json").exists():
-        return None
-    backend = LocalRollout(settings)
-    if backend.record().router is None:
+    backend = rollout_backend(settings)
+    if not backend.is_serving():
         return None
     status = backend.status()
     state = status.state

@@ -185,7 +185,48 @@ class Settings(BaseSettings):
         default=2.0, gt=0, description="How often a step re-reads metrics and the approval."
     )
     prometheus_url: str | None = Field(
-        default=None, description="Read canary metrics from this Prometheus, not the router."
+        default=None,
+        description="Read canary metrics from this Prometheus, not the router (required by the "
+        "kubernetes backend, where no router of ours sees the traffic).",
+    )
+    serving_backend: Literal["local", "kubernetes"] = Field(
+        default="local",
+        description="Where versions are served and traffic is split: local (the router and "
+        "model servers as processes on loopback) or kubernetes (stable and canary Deployments, "
+        "an HTTPRoute's weights or the pods' share).",
+    )
+    kubernetes_context: str | None = Field(
+        default=None,
+        description="Kubeconfig context of the kubernetes backend (KUBECONFIG, ~/.kube/config); "
+        "empty: the current one, or the pod's service account inside a cluster.",
+    )
+    kubernetes_namespace: str = Field(
+        default="default", description="Namespace of the model's Deployments and Services."
+    )
+    kubernetes_image: str = Field(
+        default="agentic-mlops-model-server:0.1.0",
+        description="Model-server image the pods run (deployments/kubernetes/Dockerfile).",
+    )
+    kubernetes_tracking_uri: str = Field(
+        default="http://mlflow:5000",
+        description="MLflow tracking URI as the pods reach it (not the one of this machine).",
+    )
+    kubernetes_replicas: int = Field(
+        default=2, ge=1, description="Pods of the stable track (without a Gateway: of both)."
+    )
+    kubernetes_gateway: str | None = Field(
+        default=None,
+        description="Gateway whose HTTPRoute splits the traffic by weight; empty: the split "
+        "follows the pods behind one Service.",
+    )
+    kubernetes_public_url: str | None = Field(
+        default=None, description="Where clients reach the model (the Gateway's address)."
+    )
+    kubernetes_ready_timeout_seconds: float = Field(
+        default=600.0, gt=0, description="Longest wait for a Deployment's pods to be ready."
+    )
+    kubernetes_poll_seconds: float = Field(
+        default=2.0, gt=0, description="Pause between two reads of a Deployment's status."
     )
     approval_mode: Literal["all", "risky", "none"] = Field(
         default="risky",

@@ -24,6 +24,16 @@ FALSE_ALARM_BOUND = 1.0
 """Sequential evidence must keep false alarms bounded: at most this many per 100 clean batches."""
 
 
+def evidently_columns(snapshot) -> dict[str, tuple[str, float]]:
+    """Per-column (method, score) from an Evidently snapshot, to compare with ours."""
+    found = {}
+    for metric in snapshot.dict()["metrics"]:
+        config = metric.get("config", {})
+        if config.get("type", "").endswith("ValueDrift"):
+            found[config["column"]] = (config.get("method", ""), float(metric["value"]))
+    return found
+
+
 def wide_table(rows: int, seed: int, shift: float = 0.0) -> pd.DataFrame:
     """A mixed table; with `shift`, every fourth column of each kind moves."""
     rng = np.random.default_rng(seed)
@@ -50,7 +60,6 @@ def bench_drift_throughput() -> list[Row]:
     from agentic_mlops.tasks.drift import (
         build_profile,
         compare_to_profile,
-        evidently_columns,
         evidently_report,
     )
 

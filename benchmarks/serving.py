@@ -72,7 +72,7 @@ _OVERRIDDEN = ("AGENTIC_MLOPS_HOME", "AGENTIC_MLOPS_MLFLOW_TRACKING_URI", "MLFLO
 CONSTANT_MODEL_SERVER = """
 import sys
 from aiohttp import web
-from agentic_mlops.deployments.serving.model_server import ModelServer
+from agentic_mlops.serving.model_server import ModelServer
 
 class ConstantModel:
     def predict(self, frame):
@@ -400,7 +400,7 @@ def load_rows(load: Load, setting: str, rate_target: float | None = None) -> lis
 
 def bench_router() -> list[Row]:
     """The router's added latency, and failures through weight changes, rollback and faults."""
-    from agentic_mlops.deployments.serving.router import Backend, RouterState
+    from agentic_mlops.serving.router import Backend, RouterState
     from agentic_mlops.settings import load_settings
     from agentic_mlops.tasks.rollout import LocalRollout
 

@@ -1,1 +1,1 @@
-"""Deployment assets: serving, work-pool templates and manifests."""
+"""Deployment definitions: Kubernetes templates and manifests, Grafana, Prefect automations."""

@@ -5,7 +5,8 @@ Runbook:
    minute and renewed while the run lives): promotions of one model never overlap, and a
    killed run's lock is freed when its lease runs out. Repair any disagreement between the
    champion alias and the router left by an interrupted run, and mark that run `Crashed`.
-2. Serve the champion as baseline and the challenger as canary at 0% (local processes).
+2. Serve the champion as baseline and the challenger as canary at 0%, on the backend that
+   `serving_backend` names (local processes, or Deployments on Kubernetes).
 3. For each step (5%, 25%, 50% by default): set the canary's weight, collect per-request
    metrics from the router until the sequential test decides or the step's time is up, run
    the fixed-horizon judge, and ask the promotion agent. Its decision, bounded by guardrails,
@@ -258,7 +259,7 @@ def ensure_promotion_lock(name: str) -> str:
 
 def promote(name: str, version: int, champion: int | None, settings: Settings) -> None:
     """Move the alias and the traffic together, or neither."""
-    backend = rollout.LocalRollout(settings)
+    backend = rollout.rollout_backend(settings)
     rollout.write_journal(
         rollout.PromotionJournal(
             model_name=name,
@@ -299,7 +300,7 @@ def mark_interrupted(journal: rollout.PromotionJournal | None, repaired: str | N
 
 
 def failed_rollout(
-    name: str, message: str, backend: rollout.LocalRollout, champion: int | None
+    name: str, message: str, backend: rollout.RolloutBackend, champion: int | None
 ) -> State:
     """End a rollout that could not finish: the canary loses its traffic if the router still
     answers, the champion is unchanged, and the state says so on one line."""
@@ -367,12 +368,11 @@ def canary_rollout(
         champion = registry.alias_version(name, registry.CHAMPION, settings)
         if champion is None or champion == version:
             return Completed(name="NothingToDo", message=f"v{version} is already the champion")
-        backend = rollout.LocalRollout(settings)
+        backend = rollout.rollout_backend(settings)
         try:
-            router_url = backend.start_router()
+            metrics = metrics_source(settings, backend.start_router())
             backend.set_baseline(champion)
             backend.deploy(version)
-            metrics = metrics_source(settings, router_url)
             history: list[CanaryStep] = []
 
             def finish(outcome: str, reason: str) -> CanaryResult:
@@ -488,6 +488,8 @@ def canary_rollout(
                     backend,
                     champion,
                 )
+        except MetricsError as error:
+            return failed_rollout("NoMetrics", str(error), backend, champion)
         except rollout.ServingError as error:
             return failed_rollout(
                 "ServingUnavailable",

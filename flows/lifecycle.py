@@ -83,9 +83,9 @@ def follow_up_promotions(decision: str, settings: Settings) -> dict[str, bool]:
 
 def _router_follows_champion(settings: Settings) -> None:
     """After a rollback, the router's baseline serves the champion again (when it runs)."""
-    backend = rollout.LocalRollout(settings)
+    backend = rollout.rollout_backend(settings)
     champion = registry.alias_version(settings.model_name, registry.CHAMPION, settings)
-    if champion is not None and backend.record().router is not None:
+    if champion is not None and backend.is_serving():
         backend.set_baseline(champion)
 
 

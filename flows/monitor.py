@@ -39,10 +39,10 @@ from prefect.states import Failed, State
 from pydantic import BaseModel, Field
 
 from agentic_mlops.agents.drift_triage import ServingEvidence
-from agentic_mlops.deployments.serving.request_log import log_folder
 from agentic_mlops.flows.drift import drift_check
 from agentic_mlops.flows.form import Empty
 from agentic_mlops.schemas import DriftCheckResult
+from agentic_mlops.serving.request_log import log_folder
 from agentic_mlops.settings import Settings, load_settings
 from agentic_mlops.tasks import monitoring, reference, serving_log
 from agentic_mlops.tasks.drift import ColumnDrift
@@ -53,7 +53,7 @@ from agentic_mlops.tasks.monitoring import (
     Trend,
 )
 from agentic_mlops.tasks.reports import artifact_key
-from agentic_mlops.tasks.rollout import LocalRollout
+from agentic_mlops.tasks.rollout import rollout_backend
 
 ALERT_EVENT = "agentic-mlops.monitor.alert"
 
@@ -89,9 +89,8 @@ class MonitorResult(BaseModel):
 
 
 def local_router_url(settings: Settings) -> str | None:
-    """The router this home's `LocalRollout` started, if it did."""
-    router = LocalRollout(settings).record().router
-    return router.url if router else None
+    """The address of the router that serves this home, if one does (none on Kubernetes)."""
+    return rollout_backend(settings).router_url()
 
 
 @task(name="flush-request-log", cache_policy=NO_CACHE)

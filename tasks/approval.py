@@ -16,9 +16,12 @@ import datetime as dt
 from typing import Literal
 
 from prefect import get_run_logger
+from prefect.client.orchestration import get_client
+from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from prefect.runtime import flow_run
+from prefect.states import Running
 from pydantic import Field
 
 from agentic_mlops.settings import Settings
@@ -59,7 +62,12 @@ def deadline_line(timeout_seconds: int, on_silence: str) -> str:
 def wait_for_person(
     form: type[RunInput], description: str, timeout_seconds: int, key: str, poll_seconds: int = 10
 ) -> RunInput | None:
-    """Pause the run with the form; the answer, or None when nobody answered in time."""
+    """Pause the run with the form; the answer, or None when nobody answered in time.
+
+    A pause that times out leaves the run `Paused` on the server, which then refuses every later
+    state ("never resumed") and would mark `Failed` a run that goes on to the safe side as
+    designed: the run is set `Running` again first, saying why.
+    """
     try:
         return pause_flow_run(
             wait_for_input=form.with_initial_data(description=description),
@@ -67,7 +75,16 @@ def wait_for_person(
             poll_interval=poll_seconds,
             key=key,
         )
-    except Exception as error:  # FlowPauseTimeout, or a resume without input
+    except FlowPauseTimeout:
+        get_run_logger().warning("no answer to the approval form within %d s", timeout_seconds)
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(
+                flow_run.get_id(),
+                Running(message=f"no answer within {timeout_seconds} s: the safe side follows"),
+                force=True,
+            )
+        return None
+    except Exception as error:  # a resume without input
         get_run_logger().warning("no answer to the approval form (%s)", type(error).__name__)
         return None
 

@@ -37,8 +37,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 from scipy import stats
 
@@ -854,24 +852,3 @@ def noninferiority_sample_size(
         variances = 2 * baseline_sd**2
     z = stats.norm.ppf(1 - alpha) + stats.norm.ppf(power)
     return max(spec.min_samples, math.ceil(z * z * variances / spec.tolerance**2))
-
-
-@task(name="judge-canary", cache_policy=NO_CACHE)
-def judge_canary(
-    canary: Values,
-    baseline: Values,
-    specs: list[MetricSpec],
-    pass_threshold: float = 95.0,
-    marginal_threshold: float = 75.0,
-    alpha: float = 0.05,
-) -> JudgeResult:
-    """Prefect task around `judge`."""
-    return judge(canary, baseline, specs, pass_threshold, marginal_threshold, alpha)
-
-
-@task(name="check-canary", cache_policy=NO_CACHE)
-def check_canary(
-    canary: Values, baseline: Values, specs: list[MetricSpec], alpha: float = 0.05
-) -> SequentialResult:
-    """Prefect task around `sequential_judge`."""
-    return sequential_judge(canary, baseline, specs, alpha)

@@ -542,16 +542,6 @@ def evidently_report(profile: ReferenceProfile, reference: pd.DataFrame, current
     )
 
 
-def evidently_columns(snapshot) -> dict[str, tuple[str, float]]:
-    """Per-column (method, score) from an Evidently snapshot."""
-    found = {}
-    for metric in snapshot.dict()["metrics"]:
-        config = metric.get("config", {})
-        if config.get("type", "").endswith("ValueDrift"):
-            found[config["column"]] = (config.get("method", ""), float(metric["value"]))
-    return found
-
-
 class ReportRequest(BaseModel):
     """What Evidently's HTML report of one check is rendered from, kept beside the file it
     renders to, so that it can be rendered after the decision, or again on demand."""

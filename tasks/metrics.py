@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import httpx
 import numpy as np
@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from agentic_mlops.settings import Settings
 
 VARIANTS = ("baseline", "canary")
+TRACK_VARIANTS = {"stable": "baseline", "canary": "canary"}
+"""The variant each Kubernetes track plays: its model servers' series carry a `track` label."""
 
 
 class MetricsError(RuntimeError):
@@ -172,6 +174,11 @@ class PrometheusMetrics:
     `router_requests_total`: a failed canary call answered by the baseline is counted there
     under the baseline, which would make a canary failing half its calls look as failing all
     of them. A variant that has had calls but no error series yet has an error ratio of 0.
+
+    With `series="model_server"` (the Kubernetes backend, where no router of ours sees the
+    traffic) the series are the model servers' own, `model_requests_total{code}` and
+    `model_latency_seconds`, summed per `track` label (stable is the baseline): errors are their
+    5xx answers, and there is no Brier score, since labels reach no model server.
     """
 
     def __init__(
@@ -181,9 +188,10 @@ class PrometheusMetrics:
         scrape_interval_seconds: float = 1.0,
         matchers: str = "",
         timeout: float = 5.0,
+        series: Literal["router", "model_server"] = "router",
     ):
         """`matchers` are label matchers added to every selector, such as `job="router"`, for
-        a Prometheus that scrapes more than one router."""
+        a Prometheus that scrapes more than one router; `series` whose metrics are read."""
         if step_seconds <= 0 or scrape_interval_seconds <= 0:
             raise ValueError("the step and the scrape interval must be positive")
         self.prometheus_url = prometheus_url.rstrip("/")
@@ -191,6 +199,8 @@ class PrometheusMetrics:
         self.window_seconds = step_seconds + scrape_interval_seconds
         self.matchers = matchers
         self.timeout = timeout
+        self.series = series
+        self.variant_label = "variant" if series == "router" else "track"
         self.start: float | None = None
         self.clock_offset = 0.0
 
@@ -198,10 +208,18 @@ class PrometheusMetrics:
         """The PromQL of each metric: one series per variant, one value per window."""
         window = f"{round(self.window_seconds * 1000)}ms"
 
-        def rate(name: str) -> str:
-            selector = f"{name}{{{self.matchers}}}" if self.matchers else name
-            return f"sum by (variant) (rate({selector}[{window}]))"
+        def rate(name: str, matcher: str = "") -> str:
+            matchers = ",".join(m for m in (matcher, self.matchers) if m)
+            selector = f"{name}{{{matchers}}}" if matchers else name
+            return f"sum by ({self.variant_label}) (rate({selector}[{window}]))"
 
+        if self.series == "model_server":
+            calls = rate("model_latency_seconds_count")
+            errors = rate("model_requests_total", 'code=~"5.."')
+            return {
+                "error": f"({errors} or {calls} * 0) / {calls}",
+                "latency_ms": f"1000 * {rate('model_latency_seconds_sum')} / {calls}",
+            }
         calls = rate("router_latency_seconds_count")
         return {
             "error": f"({rate('router_errors_total')} or {calls} * 0) / {calls}",
@@ -270,7 +288,9 @@ class PrometheusMetrics:
                 if data["resultType"] != "matrix":
                     raise ValueError(f"a {data['resultType']} answer, not a matrix")
                 for series in data["result"]:
-                    variant = series["metric"].get("variant")
+                    variant = series["metric"].get(self.variant_label)
+                    if self.series == "model_server":
+                        variant = TRACK_VARIANTS.get(variant)
                     if variant in values:
                         points = np.asarray([float(v) for _, v in series["values"]])
                         values[variant][name] = points[np.isfinite(points)]
@@ -280,7 +300,18 @@ class PrometheusMetrics:
 
 
 def metrics_source(settings: Settings, router_url: str) -> RouterMetrics | PrometheusMetrics:
-    """Where a canary's metrics come from: `settings.prometheus_url` if set, else the router."""
+    """Where a canary's metrics come from: `settings.prometheus_url` if set, else the router.
+
+    On the kubernetes backend no router of ours sees the traffic: the model servers' own series
+    are read from Prometheus, which must be set (`MetricsError` otherwise).
+    """
+    if settings.serving_backend == "kubernetes":
+        if not settings.prometheus_url:
+            raise MetricsError(
+                "the kubernetes backend judges a canary on Prometheus' metrics of its model "
+                "servers: set AGENTIC_MLOPS_PROMETHEUS_URL"
+            )
+        return PrometheusMetrics(settings.prometheus_url, series="model_server")
     if settings.prometheus_url:
         return PrometheusMetrics(settings.prometheus_url)
     return RouterMetrics(router_url)
@@ -290,8 +321,11 @@ def judged_metrics(
     source: RouterMetrics | PrometheusMetrics, min_requests: int, step_seconds: float
 ) -> list[MetricSpec]:
     """The metric specs that fit a source: per request from the router; per interval from
-    Prometheus, where a step of `step_seconds` holds at most step / interval values."""
+    Prometheus, where a step of `step_seconds` holds at most step / interval values, and only
+    the metrics its series have (no Brier score from model servers)."""
     if isinstance(source, PrometheusMetrics):
         intervals = int(step_seconds // source.step_seconds)
-        return interval_canary_metrics(max(min(min_requests, intervals // 2), 5))
+        specs = interval_canary_metrics(max(min(min_requests, intervals // 2), 5))
+        read = with_derived_metrics({"any": dict.fromkeys(source.queries())})["any"]
+        return [spec for spec in specs if spec.name in read]
     return canary_metrics(min_requests)

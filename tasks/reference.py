@@ -11,7 +11,6 @@ champion and assembles the triage agent's evidence.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -469,10 +468,6 @@ def column_summaries(drift: DriftResult) -> dict[str, ColumnSummary]:
         name: ColumnSummary(drifted=c.drifted, test=c.test, score=round(c.score, 6))
         for name, c in drift.columns.items()
     }
-
-
-def card_json(card: ModelCard) -> str:
-    return json.dumps(card.model_dump(), indent=2)
 
 
 def champion_target(settings: Settings) -> str:

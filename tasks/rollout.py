@@ -1,11 +1,14 @@
 """Rollout backends: where model versions are served and how traffic moves between them.
 
-Every backend has the same five operations: `deploy` a version as the canary, `set_weight`
-of the canary's traffic, `promote` the canary to baseline, `rollback` to the baseline alone,
-and `status`. `LocalRollout` (the embedded default) runs the canary router and one MLflow model
-server per version as processes on loopback, recorded per registered model in
+Every backend offers `RolloutBackend`: `deploy` a version as the canary, `set_weight` of the
+canary's traffic, `promote` the canary to baseline, `rollback` to the baseline alone, `restore`
+a recorded state, `status`, and the reads and clean-ups around them. `rollout_backend(settings)`
+is the one place a backend is chosen (`serving_backend`): flows, the CLI, the MCP tools and the
+demo take theirs from it. `LocalRollout` (the embedded default) runs the canary router and one
+MLflow model server per version as processes on loopback, recorded per registered model in
 `home/serving/<model>/processes.json` so that any process (the CLI, a flow run, a test) can
-find and stop them; several models serve side by side, each behind its own router. Each
+find and stop them; several models serve side by side, each behind its own router.
+`KubernetesRollout` keeps a stable and a canary Deployment on a cluster. Each
 operation is safe to repeat: deploying a version that is already served reuses its server;
 promoting or rolling back when there is no canary changes nothing.
 """
@@ -30,8 +33,8 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
 from agentic_mlops.deployments.kubernetes import manifests as k8s
-from agentic_mlops.deployments.serving.request_log import log_folder
-from agentic_mlops.deployments.serving.router import Backend, RouterState
+from agentic_mlops.serving.request_log import log_folder
+from agentic_mlops.serving.router import Backend, RouterState
 from agentic_mlops.settings import Settings, load_settings
 
 READY, LIVE = "/healthz", "/livez"
@@ -71,17 +74,75 @@ class RolloutStatus(BaseModel):
 
 
 class RolloutBackend(Protocol):
-    """The interface every rollout backend offers (local processes, Kubernetes)."""
+    """The interface every rollout backend offers (local processes, Kubernetes): everything
+    the flows, the CLI, the MCP tools and the demo do with serving goes through it."""
 
-    def deploy(self, version: int) -> Backend: ...
+    def start_router(self, port: int | None = None) -> str:
+        """Make one address serve the model (the router, or the Services and route), and
+        return it."""
+        ...
 
-    def set_weight(self, weight: float) -> RouterState: ...
+    def router_url(self) -> str | None:
+        """The address of a router of ours that answers (its `/admin` API and request log);
+        None when none runs."""
+        ...
 
-    def promote(self) -> RouterState: ...
+    def is_serving(self) -> bool:
+        """Whether a baseline is served, so that traffic can be moved and must follow the
+        champion."""
+        ...
 
-    def rollback(self) -> RouterState: ...
+    def why_not_serving(self) -> str | None:
+        """Why a canary cannot run now (nothing serves a baseline); None when one can."""
+        ...
 
-    def status(self) -> RolloutStatus: ...
+    def router_state(self) -> RouterState:
+        """Baseline, canary and the canary's share of traffic as they are now."""
+        ...
+
+    def set_baseline(self, version: int) -> RouterState:
+        """Serve `version` as the baseline."""
+        ...
+
+    def deploy(self, version: int) -> Backend:
+        """Serve `version` as the canary, at weight 0 until `set_weight`."""
+        ...
+
+    def set_weight(self, weight: float) -> RouterState:
+        """Give the canary `weight` of the traffic."""
+        ...
+
+    def promote(self) -> RouterState:
+        """The canary becomes the baseline at full traffic."""
+        ...
+
+    def rollback(self) -> RouterState:
+        """All traffic back to the baseline; the canary stops."""
+        ...
+
+    def restore(self, state: RouterState) -> RouterState:
+        """Put serving back to a recorded state (the undo of promote or rollback)."""
+        ...
+
+    def status(self) -> RolloutStatus:
+        """What is served, where, and how traffic is split."""
+        ...
+
+    def processes(self) -> list[ServingProcess]:
+        """The serving processes of this machine, alive or stale."""
+        ...
+
+    def stray_servers(self, keep: set[int | None]) -> list[int]:
+        """Stop the servers of versions not in `keep`; their versions."""
+        ...
+
+    def stop_all(self) -> list[ServingProcess]:
+        """Stop everything that serves and forget it; what was running."""
+        ...
+
+    def shutdown(self) -> None:
+        """Stop everything that serves."""
+        ...
 
 
 def free_port() -> int:
@@ -116,7 +177,7 @@ def runs_ours(served: ServedProcess) -> bool:
         return False
     except OSError:  # no /proc here: trust the pid
         return True
-    return b"agentic_mlops.deployments.serving" in command
+    return b"agentic_mlops.serving" in command
 
 
 class LocalRollout:
@@ -135,6 +196,7 @@ class LocalRollout:
         return ServingRecord()
 
     def _save(self, record: ServingRecord) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
         tmp = self.record_path.with_name(f".{self.record_path.name}.tmp")
         tmp.write_text(record.model_dump_json(indent=2))
         tmp.replace(self.record_path)
@@ -196,7 +258,7 @@ class LocalRollout:
         port = port or free_port()
         log = self.folder / "router.log"
         pid = self._spawn(
-            "agentic_mlops.deployments.serving.router",
+            "agentic_mlops.serving.router",
             [
                 "--port",
                 str(port),
@@ -215,6 +277,23 @@ class LocalRollout:
     def router_alive(self) -> bool:
         """Whether the recorded router runs and answers (`/livez`), with a model or not."""
         return self._healthy(self.record().router, LIVE)
+
+    def router_url(self) -> str | None:
+        router = self.record().router
+        return router.url if router is not None and self.router_alive() else None
+
+    def is_serving(self) -> bool:
+        return self.router_alive()
+
+    def why_not_serving(self) -> str | None:
+        """No router runs, or it serves no model (no baseline to compare with, no traffic to
+        judge by); None when the router is ready."""
+        router = self.record().router
+        if router is None or not self.router_alive():
+            return "nothing is serving: no router is running (start one with `agentic-mlops serve`)"
+        if not self._healthy(router, READY):
+            return "nothing is serving: the router runs but serves no model (no baseline)"
+        return None
 
     def serve_version(
         self, version: int, fault_error_rate: float = 0.0, fault_latency_ms: float = 0.0
@@ -241,7 +320,7 @@ class LocalRollout:
             args += ["--fault-error-rate", str(fault_error_rate)]
         if fault_latency_ms:
             args += ["--fault-latency-ms", str(fault_latency_ms)]
-        pid = self._spawn("agentic_mlops.deployments.serving.model_server", args, log)
+        pid = self._spawn("agentic_mlops.serving.model_server", args, log)
         served = ServedProcess(pid=pid, port=port, version=version, log=str(log))
         record.servers[str(version)] = served
         self._save(record)
@@ -458,10 +537,39 @@ def served_models(settings: Settings) -> list[str]:
     return sorted(p.parent.name for p in folder.glob("*/processes.json")) if folder.is_dir() else []
 
 
-def _rollouts(settings: Settings | None, model_name: str | None) -> list[LocalRollout]:
+def rollout_backend(settings: Settings) -> RolloutBackend:
+    """The rollout backend that `settings.serving_backend` names: the one place a backend is
+    made, so every flow, the CLI, the MCP tools and the demo move the same traffic."""
+    if settings.serving_backend == "kubernetes":
+        serving = k8s.KubernetesServing(
+            namespace=settings.kubernetes_namespace,
+            image=settings.kubernetes_image,
+            tracking_uri=settings.kubernetes_tracking_uri,
+            replicas=settings.kubernetes_replicas,
+            gateway=(
+                k8s.GatewayRef(name=settings.kubernetes_gateway)
+                if settings.kubernetes_gateway
+                else None
+            ),
+        )
+        return KubernetesRollout(
+            kubernetes_api_client(settings.kubernetes_context),
+            serving,
+            model_name=settings.model_name,
+            ready_timeout=settings.kubernetes_ready_timeout_seconds,
+            poll_seconds=settings.kubernetes_poll_seconds,
+            public_url=settings.kubernetes_public_url,
+        )
+    return LocalRollout(settings)
+
+
+def _backends(settings: Settings | None, model_name: str | None) -> list[RolloutBackend]:
     settings = settings or load_settings()
-    names = [n for n in served_models(settings) if model_name in (None, n)]
-    return [LocalRollout(settings.for_model(name)) for name in names]
+    if settings.serving_backend == "kubernetes":
+        names = [model_name or settings.model_name]
+    else:
+        names = [n for n in served_models(settings) if model_name in (None, n)]
+    return [rollout_backend(settings.for_model(name)) for name in names]
 
 
 def serving_status(
@@ -469,7 +577,7 @@ def serving_status(
 ) -> list[ServingProcess]:
     """Every serving process recorded under the home (of one model, when named): routers and
     model servers."""
-    return [p for backend in _rollouts(settings, model_name) for p in backend.processes()]
+    return [p for backend in _backends(settings, model_name) for p in backend.processes()]
 
 
 def stop_serving(
@@ -477,19 +585,12 @@ def stop_serving(
 ) -> list[ServingProcess]:
     """Stop every serving process recorded under the home (of one model, when named) and
     clean the records."""
-    return [p for backend in _rollouts(settings, model_name) for p in backend.stop_all()]
+    return [p for backend in _backends(settings, model_name) for p in backend.stop_all()]
 
 
-def why_no_canary(settings: Settings | None = None) -> str | None:
-    """Why a canary cannot run now: no router runs, or it serves no model (no baseline to
-    compare with, no traffic to judge by); None when the router is ready."""
-    backend = LocalRollout(settings)
-    router = backend.record().router
-    if router is None or not backend.router_alive():
-        return "nothing is serving: no router is running (start one with `agentic-mlops serve`)"
-    if not backend._healthy(router, READY):
-        return "nothing is serving: the router runs but serves no model (no baseline)"
-    return None
+def why_no_canary(settings: Settings) -> str | None:
+    """Why a canary cannot run now (nothing serves a baseline); None when one can."""
+    return rollout_backend(settings).why_not_serving()
 
 
 class PromotionJournal(BaseModel):
@@ -533,7 +634,8 @@ def switch_traffic(settings: Settings | None = None) -> RouterState:
     """Send all traffic to the canary inside a promotion transaction; undone on rollback."""
     from prefect.transactions import get_transaction
 
-    backend = LocalRollout(settings)
+    settings = settings or load_settings()
+    backend = rollout_backend(settings)
     before = backend.router_state()
     transaction = get_transaction()
     if transaction is not None:
@@ -544,7 +646,7 @@ def switch_traffic(settings: Settings | None = None) -> RouterState:
 
 @switch_traffic.on_rollback
 def _undo_switch_traffic(transaction) -> None:
-    LocalRollout(transaction.get("settings")).restore(transaction.get("router_before"))
+    rollout_backend(transaction.get("settings")).restore(transaction.get("router_before"))
 
 
 def reconcile(model_name: str, settings: Settings | None = None) -> str | None:
@@ -557,12 +659,12 @@ def reconcile(model_name: str, settings: Settings | None = None) -> str | None:
     from agentic_mlops.tasks import registry
 
     settings = settings or load_settings()
-    backend = LocalRollout(settings)
+    backend = rollout_backend(settings)
     journal = read_journal(settings)
     if journal is not None:
         if journal.previous_champion is not None:
             registry.promote_champion(journal.model_name, journal.previous_champion, settings)
-        if backend.record().router is not None:
+        if backend.is_serving():
             backend.restore(journal.router_before)
         clear_journal(settings)
         return (
@@ -570,8 +672,7 @@ def reconcile(model_name: str, settings: Settings | None = None) -> str | None:
             f"v{journal.previous_champion} and its traffic restored"
         )
     champion = registry.alias_version(model_name, registry.CHAMPION, settings)
-    record = backend.record()
-    if champion is None or record.router is None or not backend.router_alive():
+    if champion is None or not backend.is_serving():
         return None
     state = backend.router_state()
     if state.baseline is None or state.baseline.version != champion:
@@ -594,7 +695,7 @@ def restore_champion_traffic(settings: Settings | None = None) -> str:
     from agentic_mlops.tasks import registry
 
     settings = settings or load_settings()
-    backend = LocalRollout(settings)
+    backend = rollout_backend(settings)
     done: list[str] = []
     champion = registry.alias_version(settings.model_name, registry.CHAMPION, settings)
     keep: set[int | None] = {champion}
@@ -602,7 +703,7 @@ def restore_champion_traffic(settings: Settings | None = None) -> str:
         repaired = reconcile(settings.model_name, settings)
         if repaired:
             done.append(repaired)
-        if backend.router_alive():
+        if backend.is_serving():
             before = backend.router_state()
             after = backend.rollback()
             if before.canary is not None:
@@ -682,13 +783,15 @@ def roll_back_interrupted_run(flow: Any, flow_run: Any, state: Any) -> None:
 
 def kubernetes_api_client(context: str | None = None) -> Any:
     """A `kubernetes.client.ApiClient`: the pod's service account inside a cluster, else the
-    kubeconfig (`KUBECONFIG`, `~/.kube/config`) with its current or the named context."""
+    kubeconfig (`KUBECONFIG` as it is now, else `~/.kube/config`) with its current or the named
+    context. The client library reads `KUBECONFIG` once, at import, so it is passed here."""
     from kubernetes import client, config
 
     try:
         config.load_incluster_config()
     except config.ConfigException:
-        return config.new_client_from_config(context=context)
+        kubeconfig = os.environ.get("KUBECONFIG") or None
+        return config.new_client_from_config(config_file=kubeconfig, context=context)
     return client.ApiClient()
 
 
@@ -826,13 +929,18 @@ class KubernetesRollout:
             return answer
         return self.api_client.sanitize_for_serialization(answer)
 
+    def _refused(self, error: Any, what: str) -> ServingError:
+        """An API error the rollout cannot handle, as the `ServingError` flows end on."""
+        reason = getattr(error, "reason", None) or error
+        return ServingError(f"the Kubernetes API refused {what}: {error.status} {reason}")
+
     def _read(self, kind: str, name: str) -> dict[str, Any] | None:
         try:
             return self._plain(self._calls(kind)[0](name))
         except self.client.ApiException as error:
             if error.status == 404:
                 return None
-            raise
+            raise self._refused(error, f"a read of {kind}/{name}") from error
 
     def _apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
         """Create the object, or replace it when the cluster holds something else; else
@@ -861,7 +969,7 @@ class KubernetesRollout:
                 return self._plain(replace(name, body))
             except self.client.ApiException as error:
                 if error.status != 409:
-                    raise
+                    raise self._refused(error, f"a write of {kind}/{name}") from error
         raise ServingError(f"{kind}/{name} kept changing while it was being applied")
 
     def _delete(self, kind: str, name: str) -> bool:
@@ -871,7 +979,7 @@ class KubernetesRollout:
         except self.client.ApiException as error:
             if error.status == 404:
                 return False
-            raise
+            raise self._refused(error, f"a delete of {kind}/{name}") from error
         return True
 
     def _pod_trouble(self, track: str) -> str:
@@ -997,6 +1105,33 @@ class KubernetesRollout:
                 undo=self._as_it_is(deployment, track),
             )
 
+    def start_router(self, port: int | None = None) -> str:
+        """Create the Services (and, with a Gateway, the route) and return where clients
+        reach the model; `port` is the local router's and means nothing here."""
+        self._services()
+        if self.gateway and self._read("HTTPRoute", k8s.route_name(self.model_name)) is None:
+            self._route(0.0)
+        return self.public_url or self._url(k8s.STABLE if self.gateway else None)
+
+    def router_url(self) -> str | None:
+        """None: no router of ours runs; a Gateway or a Service splits the traffic."""
+        return None
+
+    def is_serving(self) -> bool:
+        return self._deployments()[0] is not None
+
+    def why_not_serving(self) -> str | None:
+        """No stable Deployment, or its pods are not ready; None when it serves."""
+        stable = self._deployments()[0]
+        where = f"{self.model_name!r} in namespace {self.namespace}"
+        if stable is None:
+            return f"nothing is serving: no stable Deployment of {where}"
+        done, why = _rolled_out(stable)
+        return None if done else f"the stable Deployment of {where} is not ready: {why}"
+
+    def router_state(self) -> RouterState:
+        return self._state()
+
     def set_baseline(self, version: int) -> RouterState:
         """Serve `version` on the stable track: the first rollout, or a reconcile."""
         self._services()
@@ -1103,6 +1238,25 @@ class KubernetesRollout:
         }
         router_url = self.public_url or (None if self.gateway else self._url(None))
         return RolloutStatus(router_url=router_url, state=state, servers=servers)
+
+    def processes(self) -> list[ServingProcess]:
+        """None: the cluster runs the pods, no process of this machine serves (`status`
+        names what the cluster serves)."""
+        return []
+
+    def stray_servers(self, keep: set[int | None]) -> list[int]:
+        """Delete a canary Deployment whose version is not in `keep`, after taking its
+        traffic away; its version."""
+        canary = self._deployments()[1]
+        if canary is None or _version_of(canary) in keep:
+            return []
+        self.rollback()
+        return [_version_of(canary)]
+
+    def stop_all(self) -> list[ServingProcess]:
+        """Delete every object of the model's serving (`shutdown`); no local process ran."""
+        self.shutdown()
+        return []
 
     def shutdown(self) -> None:
         """Delete every object of the model's serving: route, Deployments, Services."""

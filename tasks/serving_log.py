@@ -1,6 +1,6 @@
 """Reading the router's request log: production rows with their scores, and their labels.
 
-The router writes the log (`deployments/serving/request_log.py`); this module turns it into
+The router writes the log (`serving/request_log.py`); this module turns it into
 tables. A logged request becomes one row per instance it carried, with `ts` (seconds since
 the epoch), `request_id`, `variant`, `version` (the model version that answered), `row_index`
 (its place in the request) and `score`, beside the features as the client sent them. A label
@@ -22,12 +22,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from agentic_mlops.deployments.serving.request_log import LABELS, REQUESTS, log_files
+from agentic_mlops.serving.request_log import LABELS, REQUESTS, log_files
 from agentic_mlops.tasks.batches import write_table
 
 META_COLUMNS = ("ts", "request_id", "variant", "version", "row_index", "score")
@@ -151,14 +150,6 @@ def _requests_table(records: list[dict], limit: int | None) -> pd.DataFrame:
     return frame.tail(limit).reset_index(drop=True) if limit is not None else frame
 
 
-def recent_requests(
-    folder: Path, since: float | None = None, limit: int | None = None
-) -> pd.DataFrame:
-    """The logged rows after `since` (seconds since the epoch), the newest `limit` of them,
-    oldest first."""
-    return _requests_table(_recent(folder, REQUESTS, since, limit)[0], limit)
-
-
 def requests_by_id(folder: Path, request_ids: Iterable[str]) -> pd.DataFrame:
     """The logged rows of the given requests (as far back as the log goes), oldest first."""
     wanted = set(request_ids)
@@ -204,16 +195,6 @@ def labelled_requests(folder: Path, received: pd.DataFrame) -> pd.DataFrame:
     first_rows = rows[rows["row_index"] == 0].drop_duplicates("request_id", keep="last")
     joined = received.merge(first_rows, on="request_id", how="inner")
     return joined.sort_values("label_ts", kind="stable").reset_index(drop=True)
-
-
-def with_labels(rows: pd.DataFrame, received: pd.DataFrame) -> pd.DataFrame:
-    """`rows` with `label` (NaN while unknown) and `label_ts` joined by request id."""
-    by_id = received.set_index("request_id")
-    first = rows["row_index"] == 0
-    joined = rows.copy()
-    joined["label"] = np.where(first, rows["request_id"].map(by_id["label"]), np.nan)
-    joined["label_ts"] = np.where(first, rows["request_id"].map(by_id["label_ts"]), np.nan)
-    return joined
 
 
 def _text(value: object) -> object:

@@ -28,7 +28,6 @@ from pydantic import BaseModel, Field, FiniteFloat, model_validator
 
 from agentic_mlops.settings import Settings, load_settings
 from agentic_mlops.tasks.models import (
-    FAMILIES,
     PARAMETER_BOUNDS,
     STEPS,
     ModelFamily,
@@ -118,16 +117,6 @@ class SearchSpace(BaseModel):
     def ranges(self, family: str) -> dict[str, ParameterRange]:
         """Every parameter's range for a family: the given ones, the defaults for the rest."""
         return {**DEFAULT_RANGES[family], **self.families.get(family, {})}
-
-
-def default_space(settings: Settings, families: tuple[str, ...] = FAMILIES) -> SearchSpace:
-    """The search a retraining runs when nothing better is known."""
-    return SearchSpace(
-        families={family: {} for family in families},
-        max_trials=settings.tune_max_trials,
-        time_budget_seconds=settings.tune_time_budget_seconds,
-        algorithm=settings.tune_search_algorithm,
-    )
 
 
 def _domain(family: str, name: str, span: ParameterRange) -> Any:

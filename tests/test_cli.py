@@ -118,6 +118,29 @@ def test_k8s_render_writes_validated_manifests_and_refuses_bad_input(home, tmp_p
     assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
 
 
+def test_k8s_render_with_a_gateway_writes_the_route_that_names_it(home, tmp_path):
+    import yaml
+
+    out = tmp_path / "k8s"
+    arguments = ["k8s", "render", "--version", "3", "--canary", "4", "--weight", "0.25"]
+    result = runner.invoke(app, [*arguments, "--gateway", "public", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    objects = {p.name: yaml.safe_load(p.read_text()) for p in out.iterdir()}
+    kinds = sorted(o["kind"] for o in objects.values())
+    assert kinds == ["Deployment", "Deployment", "HTTPRoute", "Service", "Service"]
+    route = next(o for o in objects.values() if o["kind"] == "HTTPRoute")
+    assert [ref["name"] for ref in route["spec"]["parentRefs"]] == ["public"]
+    backends = route["spec"]["rules"][0]["backendRefs"]
+    assert [(b["name"], b["weight"]) for b in backends] == [
+        ("churn-stable", 750),
+        ("churn-canary", 250),
+    ]
+    bad = tmp_path / "bad"
+    result = runner.invoke(app, [*arguments, "--gateway", "Not A Name", "--out", str(bad)])
+    assert result.exit_code == 2 and "Not A Name" in result.output
+    assert not bad.exists() or not any(bad.iterdir())
+
+
 @pytest.mark.parametrize(
     ("variables", "message"),
     [

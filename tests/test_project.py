@@ -17,25 +17,27 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_namespace_maps_the_root_folders():
     import agentic_mlops.agents
     import agentic_mlops.flows
+    import agentic_mlops.serving
     import agentic_mlops.tasks
 
     assert Path(agentic_mlops.flows.__file__).parent == ROOT / "flows"
     assert Path(agentic_mlops.tasks.__file__).parent == ROOT / "tasks"
     assert Path(agentic_mlops.agents.__file__).parent == ROOT / "agents"
+    assert Path(agentic_mlops.serving.__file__).parent == ROOT / "serving"
 
 
 def test_nothing_generic_is_installed_at_the_top_level(tmp_path):
     probe = (
         "import importlib.util, json; "
         "print(json.dumps({n: getattr(importlib.util.find_spec(n), 'origin', None) "
-        "for n in ['flows', 'tasks', 'agents', 'deployments', 'agentic_mlops.flows']}))"
+        "for n in ['flows', 'tasks', 'agents', 'deployments', 'serving', 'agentic_mlops.flows']}))"
     )
     out = subprocess.run(
         [sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, check=True
     )
     found = json.loads(out.stdout)
     assert found["agentic_mlops.flows"] == str(ROOT / "flows" / "__init__.py")
-    for generic in ("flows", "tasks", "agents", "deployments"):
+    for generic in ("flows", "tasks", "agents", "deployments", "serving"):
         assert found[generic] is None or str(ROOT) not in found[generic]
 
 
@@ -125,3 +127,22 @@ def test_prefect_home_and_telemetry_defaults_are_applied():
 
     assert os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
     assert os.environ["PREFECT_HOME"].endswith("prefect")
+
+
+def constructions(folder: Path) -> list[str]:
+    """Where a rollout backend is built by hand below `folder`, as `path:line`."""
+    found = []
+    for path in sorted(folder.rglob("*.py")):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if "LocalRollout(" in line or "KubernetesRollout(" in line:
+                found.append(f"{path}:{number}")
+    return found
+
+
+def test_every_backend_comes_from_the_one_factory(tmp_path):
+    """Flows, the CLI, the MCP tools and the demo take their backend from `rollout_backend`."""
+    for folder in ("agentic_mlops", "flows", "agents", "tasks"):
+        built = [place for place in constructions(ROOT / folder) if "tasks/rollout.py" not in place]
+        assert built == [], f"build it with rollout_backend(settings): {built}"
+    (tmp_path / "flow.py").write_text("backend = LocalRollout(settings)\n")
+    assert constructions(tmp_path) != [], "the check sees a construction"

@@ -1,7 +1,7 @@
 """Kubernetes manifests of the model server: rendered from templates, validated offline.
 
 A model is served on two tracks, `stable` and `canary`, each a Deployment of the MLflow model
-server (`deployments/serving/model_server.py`) probed on `/healthz` and scraped on `/metrics`.
+server (`serving/model_server.py`) probed on `/healthz` and scraped on `/metrics`.
 Traffic is split in one of two ways:
 
 - **with a Gateway** (`KubernetesServing.gateway` set): one Service per track and a Gateway API
@@ -33,7 +33,7 @@ import jsonschema
 import kubernetes_validate
 import yaml
 from packaging.version import Version
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from referencing import Registry, Resource
 
 HERE = Path(__file__).resolve().parent
@@ -71,6 +71,18 @@ class GatewayRef(BaseModel):
     section_name: str | None = Field(
         default=None, description="Listener of the Gateway to attach to; default all."
     )
+
+    @field_validator("name")
+    @classmethod
+    def _a_gateway_name(cls, name: str) -> str:
+        """A Gateway's name is a DNS subdomain, as every Kubernetes object's; the route's
+        schema alone would take any string and attach to nothing."""
+        if len(name) > 253 or not DNS_SUBDOMAIN.match(name):
+            raise ValueError(
+                f"gateway {name!r} is not a Kubernetes object name "
+                "(lower-case letters, digits, '-' and '.')"
+            )
+        return name
 
 
 class Resources(BaseModel):

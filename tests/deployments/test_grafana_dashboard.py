@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agentic_mlops.deployments.serving.router import Router
+from agentic_mlops.serving.router import Router
 from agentic_mlops.settings import Settings
 from agentic_mlops.tasks import ledger
 

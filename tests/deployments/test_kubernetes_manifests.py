@@ -89,7 +89,7 @@ def test_deployment_runs_the_model_server_with_probes_and_scrape_annotations():
     assert container["command"] == [
         "python",
         "-m",
-        "agentic_mlops.deployments.serving.model_server",
+        "agentic_mlops.serving.model_server",
     ]
     assert container["args"] == [
         "--model-uri",

@@ -8,6 +8,7 @@ No Kubernetes API server can run on this machine, so the official `kubernetes` c
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import uuid
@@ -17,8 +18,13 @@ from kubernetes import client
 
 from agentic_mlops.deployments.kubernetes import manifests as k8s
 from agentic_mlops.deployments.kubernetes.manifests import GatewayRef, KubernetesServing
-from agentic_mlops.deployments.serving.router import RouterState
-from agentic_mlops.tasks.rollout import KubernetesRollout, RolloutBackend, ServingError
+from agentic_mlops.serving.router import RouterState
+from agentic_mlops.tasks.rollout import (
+    KubernetesRollout,
+    LocalRollout,
+    RolloutBackend,
+    ServingError,
+)
 from tests.deployments.apiserver import FakeApiServer
 
 GATEWAY = GatewayRef(name="public")
@@ -59,11 +65,31 @@ def version_and_pods(server: FakeApiServer, name: str) -> tuple[str, int] | None
     return deployment["metadata"]["labels"][k8s.VERSION_LABEL], deployment["spec"]["replicas"]
 
 
-def test_it_offers_every_operation_of_a_rollout_backend(gateway):
-    operations = [name for name in vars(RolloutBackend) if not name.startswith("_")]
-    assert sorted(operations) == ["deploy", "promote", "rollback", "set_weight", "status"]
-    for operation in operations:
-        assert callable(getattr(gateway, operation))
+def operations(kind: type) -> dict[str, list[str]]:
+    """Each public method of a class with the names of its parameters."""
+    return {
+        name: list(inspect.signature(member).parameters)
+        for name, member in vars(kind).items()
+        if callable(member) and not name.startswith("_")
+    }
+
+
+@pytest.mark.parametrize("backend", [KubernetesRollout, LocalRollout])
+def test_it_offers_every_operation_of_a_rollout_backend(backend):
+    wanted = operations(RolloutBackend)
+    assert {"deploy", "set_weight", "promote", "rollback", "restore", "router_state"} <= set(wanted)
+    offered = operations(backend)
+    for name, parameters in wanted.items():
+        assert name in offered, f"{backend.__name__} lacks {name}"
+        assert offered[name][: len(parameters)] == parameters, name
+
+
+def test_a_class_missing_an_operation_is_told_apart():
+    class Partial:
+        def deploy(self, version):
+            return version
+
+    assert "promote" not in operations(Partial)
 
 
 def test_deploy_creates_the_canary_waits_for_it_then_routes_it_at_weight_0(server, gateway):

@@ -26,14 +26,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from agentic_mlops.deployments.serving.request_log import (
+from agentic_mlops.flows.monitor import monitor
+from agentic_mlops.serving.request_log import (
     LABELS,
     REQUESTS,
     RequestLog,
     log_files,
     log_folder,
 )
-from agentic_mlops.flows.monitor import monitor
 from agentic_mlops.settings import Settings
 from agentic_mlops.tasks import registry, serving_log
 from agentic_mlops.tasks.batches import read_table
@@ -389,7 +389,7 @@ def test_a_huge_log_is_read_to_the_newest_window_and_the_next_run_goes_on(champi
             bodies[index % 2_000],
         )
     log.flush()
-    on_disk = serving_log.recent_requests(log_folder(champion_home))
+    on_disk = serving_log.read_window.fn(log_folder(champion_home), None, None, None).rows
     assert len(on_disk) > champion_home.monitor_window_rows
 
     started = time.perf_counter()

@@ -4,19 +4,16 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from prefect import flow
 
 from agentic_mlops.tasks import canary_judge
 from agentic_mlops.tasks.canary_judge import (
     MetricSpec,
-    check_canary,
     compare_proportions,
     fixed_horizon_judge,
     fixed_horizon_noninferiority,
     fixed_horizon_sample_size,
     hodges_lehmann,
     judge,
-    judge_canary,
     noninferiority_sample_size,
     replay_sequential,
     sequential_judge,
@@ -418,15 +415,3 @@ def test_noninferiority_false_promotion_at_the_margin_stays_near_alpha(metric):
             baseline = {"loss": rng.normal(0, 1, n)}
         promoted += fixed_horizon_noninferiority(canary, baseline, [spec], n).outcome == "promote"
     assert promoted / 400 < 0.08
-
-
-def test_prefect_tasks_judge_inside_a_flow():
-    @flow
-    def canary_check():
-        rng = np.random.default_rng(22)
-        canary, baseline = traffic(rng, 500), traffic(rng, 500)
-        return judge_canary(canary, baseline, SPECS), check_canary(canary, baseline, SPECS)
-
-    analysis, look = canary_check()
-    assert analysis.verdict == "pass"
-    assert look.outcome == "continue"

@@ -15,12 +15,12 @@ from agentic_mlops.tasks.drift import (
     column_kind,
     compare_to_profile,
     cusum_step,
-    evidently_columns,
     evidently_report,
     load_profile,
     save_profile,
     update_sequential,
 )
+from benchmarks.drift import evidently_columns
 
 SETTINGS = Settings()
 

@@ -9,12 +9,9 @@ prometheus`): without it every test here fails, so `make test-all` cannot pass u
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -36,6 +33,8 @@ from agentic_mlops.tasks.metrics import (
 from agentic_mlops.tasks.rollout import LocalRollout, free_port
 from agentic_mlops.tasks.training import Hyperparameters
 from tests.conftest import trained_home
+from tests.prometheus import prometheus_binary as find_prometheus
+from tests.prometheus import running_prometheus
 
 pytestmark = pytest.mark.slow
 
@@ -46,72 +45,7 @@ METRICS = {"error", "latency_ms", "brier"}
 
 @pytest.fixture(scope="module", autouse=True)
 def prometheus_binary() -> str:
-    binary = shutil.which("prometheus")
-    if binary is None:
-        pytest.fail(
-            "the `prometheus` binary is not on PATH: install it with "
-            "`apt-get install -y prometheus` (Debian 12 ships 2.42) to run these tests",
-            pytrace=False,
-        )
-    return binary
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    pytest.fail(f"{what} within {timeout:.0f} s", pytrace=False)
-
-
-@contextmanager
-def running_prometheus(binary: str, target: str, folder: Path) -> Iterator[str]:
-    """A Prometheus scraping `target` every second; yields its address, stops it after."""
-    folder.mkdir(parents=True, exist_ok=True)
-    config = folder / "prometheus.yml"
-    config.write_text(
-        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
-        "scrape_configs:\n  - job_name: router\n"
-        f"    static_configs:\n      - targets: ['{target}']\n"
-    )
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    with (folder / "prometheus.log").open("wb") as log:
-        process = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={config}",
-                f"--storage.tsdb.path={folder / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-    try:
-
-        def scraped() -> bool:
-            if process.poll() is not None:
-                tail = (folder / "prometheus.log").read_text(errors="replace")[-800:]
-                pytest.fail(f"prometheus exited; its log ends:\n{tail}", pytrace=False)
-            answer = httpx.get(f"{url}/api/v1/query", params={"query": "up"}, timeout=1)
-            return answer.status_code == 200 and any(
-                series["value"][1] == "1" for series in answer.json()["data"]["result"]
-            )
-
-        wait_for(scraped, 30, "prometheus did not scrape the router")
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+    return find_prometheus()
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +78,7 @@ def router_url(two_versions) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def prometheus_url(prometheus_binary, router_url, tmp_path_factory) -> Iterator[str]:
     target = router_url.removeprefix("http://")
-    with running_prometheus(prometheus_binary, target, tmp_path_factory.mktemp("prom")) as url:
+    with running_prometheus("router", {target: {}}, tmp_path_factory.mktemp("prom")) as url:
         yield url
 
 
@@ -260,7 +194,8 @@ def test_a_prometheus_error_answer_raises(prometheus_url):
 
 
 def test_a_prometheus_that_goes_down_raises(prometheus_binary, router_url, tmp_path):
-    with running_prometheus(prometheus_binary, router_url.removeprefix("http://"), tmp_path) as url:
+    target = router_url.removeprefix("http://")
+    with running_prometheus("router", {target: {}}, tmp_path) as url:
         metrics = PrometheusMetrics(url)
         metrics.mark()
     time.sleep(metrics.window_seconds + 0.5)

@@ -10,7 +10,7 @@ import pytest
 from mlflow.models import infer_signature
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
-from agentic_mlops.deployments.serving.model_server import ModelServer
+from agentic_mlops.serving.model_server import ModelServer
 from agentic_mlops.tasks.scoring import (
     ScoringError,
     check_task,

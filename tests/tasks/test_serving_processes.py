@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from agentic_mlops.cli import app
-from agentic_mlops.deployments.serving.router import Backend
+from agentic_mlops.serving.router import Backend
 from agentic_mlops.tasks import rollout
 from agentic_mlops.tasks.rollout import LocalRollout, runs_ours
 from tests.flows.test_canary_flow import serving_home, start_serving, two_versions  # noqa: F401

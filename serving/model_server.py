@@ -10,7 +10,7 @@ health checks.
 Fault injection for drills and tests (`--fault-error-rate`, `--fault-latency-ms`) makes a
 share of requests fail with 503 or every request slower; both are off unless given.
 
-Run: `python -m agentic_mlops.deployments.serving.model_server --model-uri models:/churn/2
+Run: `python -m agentic_mlops.serving.model_server --model-uri models:/churn/2
 --port 8081 [--tracking-uri URI] [--task auto|binary|multiclass|regression]`.
 """
 

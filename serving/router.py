@@ -19,7 +19,7 @@
   (`request_log.py`: JSON lines under `home/serving/<model>/log/`, rotated and bounded), which
   the monitor reads; `POST /admin/flush-log` writes what is buffered at once.
 
-Run: `python -m agentic_mlops.deployments.serving.router --port 8080 --state PATH
+Run: `python -m agentic_mlops.serving.router --port 8080 --state PATH
 [--request-log DIR]`; the log's folder and bounds come from the `serving_log_*` settings.
 """
 
@@ -40,7 +40,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from agentic_mlops.deployments.serving.request_log import RequestLog
+from agentic_mlops.serving.request_log import RequestLog
 from agentic_mlops.settings import load_settings
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)

@@ -1,1 +1,0 @@
-"""Local serving: an MLflow pyfunc model server and a canary router, both aiohttp apps."""
