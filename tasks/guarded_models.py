@@ -51,8 +51,7 @@ def guarded_models(settings: Settings) -> list[GuardedModel]:
         )
         latest = ledger.list_decisions(model.name, limit=1, settings=settings)
         served = model.name in rollout.served_models(settings)
-        backend = rollout.LocalRollout(settings.for_model(model.name)) if served else None
-        router = backend.record().router if backend else None
+        backend = rollout.rollout_backend(settings.for_model(model.name)) if served else None
         listed.append(
             GuardedModel(
                 name=model.name,
@@ -66,7 +65,7 @@ def guarded_models(settings: Settings) -> list[GuardedModel]:
                 ),
                 last_decision_at=latest[0].created_at if latest else None,
                 last_decision=_decision(latest[0]) if latest else None,
-                router_url=router.url if router and backend.router_alive() else None,
+                router_url=backend.router_url() if backend else None,
             )
         )
     return listed
