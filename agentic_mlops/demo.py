@@ -38,7 +38,7 @@ class DemoPlan:
     rate: float = 70.0
     label_delay_seconds: float = 1.0
     max_trials: int = 4
-    search_seconds: float = 15.0
+    search_seconds: float = 30.0
     canary_steps: tuple[int, ...] = (50, 100)
     canary_step_seconds: float = 25.0
     canary_min_samples: int = 120
