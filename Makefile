@@ -39,6 +39,7 @@ bench: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python -m tests.layers
 
 clean:
 	-test ! -x $(BIN)/agentic-mlops || $(BIN)/agentic-mlops down

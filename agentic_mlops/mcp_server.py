@@ -462,8 +462,4 @@ def serve(
 
 
 if __name__ == "__main__":
-    import sys
-
-    from agentic_mlops.cli import app
-
-    app(["mcp", *sys.argv[1:]])
+    serve()

@@ -2,6 +2,7 @@
 
 import importlib.metadata
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 from prefect.flows import load_flow_from_entrypoint
 
 from agentic_mlops.settings import Settings
+from tests.layers import link_tree, lint_imports
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -146,3 +148,40 @@ def test_every_backend_comes_from_the_one_factory(tmp_path):
         assert built == [], f"build it with rollout_backend(settings): {built}"
     (tmp_path / "flow.py").write_text("backend = LocalRollout(settings)\n")
     assert constructions(tmp_path) != [], "the check sees a construction"
+
+
+def test_the_layers_contract_holds():
+    """cli/mcp → flows → agents → tasks → runtimes and settings: no import goes upward."""
+    done = lint_imports()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 kept, 0 broken" in done.stdout
+
+
+def test_the_layers_contract_sees_an_upward_import(tmp_path):
+    """The check is live: a task that imports a flow breaks the contract."""
+    tree = link_tree(tmp_path)
+    upward = tree / "agentic_mlops" / "tasks_upward.py"
+    upward.write_text("from agentic_mlops.flows import drift\n")
+    config = tmp_path / "layers.toml"
+    config.write_text(
+        (ROOT / "pyproject.toml")
+        .read_text()
+        .replace(
+            '"agentic_mlops.tasks",\n', '"agentic_mlops.tasks : agentic_mlops.tasks_upward",\n'
+        )
+    )
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("lint-imports")),
+            "--config",
+            str(config),
+            "--no-cache",
+        ],
+        cwd=tree,
+        env={**os.environ, "PYTHONPATH": str(tree)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "agentic_mlops.tasks_upward is not allowed to import agentic_mlops.flows" in done.stdout
