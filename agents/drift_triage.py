@@ -660,7 +660,7 @@ def enforce_guardrails(
     if demanded:
         raised = _policy_or_escalate(evidence, limits, acting=True)
         reasons.append(f"{decision.action} ignores that {demanded}: raised to {raised.action}")
-        return raised, "; ".join(reasons)
+        decision = raised
     if decision.action in ("retrain", "rollback") and decision.confidence < limits.min_confidence:
         reasons.append(
             f"{decision.action} at confidence {decision.confidence:.2f} is below "
