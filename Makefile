@@ -23,15 +23,18 @@ demo: setup
 down: setup
 	$(BIN)/agentic-mlops down
 
+# two workers, each module on one of them (its module fixtures made once); docs/testing.md
+PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadfile
+
 test: setup
-	$(BIN)/python -m pytest -m "not slow" -q
+	$(PYTEST) -m "not slow"
 
 # the slow suite also reads canary metrics from a real Prometheus (Debian's package)
 tools:
 	@command -v prometheus >/dev/null || (apt-get update -qq && apt-get install -y -qq prometheus)
 
 test-all: setup tools
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
 
 bench: setup
 	$(BIN)/python -m benchmarks.run

@@ -652,15 +652,16 @@ def enforce_guardrails(
             "rollback needs the previous champion to score at least as well on the labelled "
             "rows at hand"
         )
+    demanded = None
     if broken:
-        return _policy_or_escalate(evidence, limits), "; ".join(
-            [*reasons, f"{broken}: replaced by the policy's decision"]
-        )
-    demanded = demands_action(evidence, limits) if decision.action in ("none", "monitor") else None
+        decision = _policy_or_escalate(evidence, limits)
+        reasons.append(f"{broken}: replaced by the policy's decision")
+    elif decision.action in ("none", "monitor"):
+        demanded = demands_action(evidence, limits)
     if demanded:
         raised = _policy_or_escalate(evidence, limits, acting=True)
         reasons.append(f"{decision.action} ignores that {demanded}: raised to {raised.action}")
-        return raised, "; ".join(reasons)
+        decision = raised
     if decision.action in ("retrain", "rollback") and decision.confidence < limits.min_confidence:
         reasons.append(
             f"{decision.action} at confidence {decision.confidence:.2f} is below "

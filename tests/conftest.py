@@ -85,14 +85,20 @@ def artifacts_by_key(key: str) -> list[dict]:
     return response.json()
 
 
-def trained_home(tmp_path_factory, mlflow_template: Path, name: str, *trainings) -> Path:
-    """A home holding the versions trained from `trainings` (`train` arguments), in order; made
-    once per module by the modules' own fixtures and copied by each test."""
+def trained_home(
+    tmp_path_factory, mlflow_template: Path, name: str, *trainings, start: Path | None = None
+) -> Path:
+    """A home holding the versions trained from `trainings` (`train` arguments), in order, on
+    top of a copy of the home `start` when given; made once per module or session by fixtures
+    and copied by each test."""
     from agentic_mlops.flows.train import train
 
     root = tmp_path_factory.mktemp(name) / "home"
-    root.mkdir()
-    shutil.copy(mlflow_template, root / "mlflow.db")
+    if start is not None:
+        shutil.copytree(start, root)
+    else:
+        root.mkdir()
+        shutil.copy(mlflow_template, root / "mlflow.db")
     previous = os.environ["AGENTIC_MLOPS_HOME"]
     os.environ["AGENTIC_MLOPS_HOME"] = str(root)
     try:
@@ -101,6 +107,20 @@ def trained_home(tmp_path_factory, mlflow_template: Path, name: str, *trainings)
     finally:
         os.environ["AGENTIC_MLOPS_HOME"] = previous
     return root
+
+
+def champion_recipe() -> dict:
+    """The `train` arguments of the shared champion: 3,000 generated rows, seed 1, a quick fit."""
+    from agentic_mlops.tasks.training import Hyperparameters
+
+    return dict(generate_rows=3_000, seed=1, hyperparameters=Hyperparameters(max_iter=60))
+
+
+@pytest.fixture(scope="session")
+def trained_champion(tmp_path_factory, mlflow_template: Path) -> Path:
+    """One home with champion v1 (`champion_recipe`), trained once per session and shared by
+    every module that needs a plain champion; tests work on copies (`use_home_copy`)."""
+    return trained_home(tmp_path_factory, mlflow_template, "champion", champion_recipe())
 
 
 def use_home_copy(source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:

@@ -57,6 +57,7 @@ def test_train_rejects_invalid_parameters(home):
     assert result.exit_code == 2 and "rows" in result.output
 
 
+@pytest.mark.slow
 def test_retrain_prints_the_search_and_the_challenger(home):
     result = runner.invoke(
         app,

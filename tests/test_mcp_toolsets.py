@@ -100,6 +100,7 @@ def test_invalid_entries_are_skipped_with_a_warning(home, monkeypatch, caplog):
     assert {"both", "neither", "9lives", "extra"} <= set(caplog.text.split("'"))
 
 
+@pytest.mark.slow
 def test_a_read_only_mount_shows_only_tools_declared_read_only_unless_told_otherwise(
     home, monkeypatch
 ):

@@ -390,6 +390,7 @@ def test_an_explicit_reference_checks_a_champion_that_was_never_adopted(team):
         (["--model", "tumour", "--data", "no-such.csv"], "no such file"),
     ],
 )
+@pytest.mark.slow
 def test_bad_adoptions_exit_2_with_one_line_and_write_nothing(team, arguments, message):
     register(team, "tumour", "diabetes")
     given = {"--data": "tumour-adopt.csv", "--target": "malignant"}

@@ -155,6 +155,7 @@ def test_a_canary_interrupted_mid_rollout_leaves_all_traffic_on_the_champion(
                 client.delete_global_concurrency_limit_by_name("agentic-mlops-promote-churn")
 
 
+@pytest.mark.slow
 def test_a_retrain_with_nothing_serving_registers_the_challenger_and_starts_no_canary(
     serving_home,  # noqa: F811
 ):
@@ -198,6 +199,7 @@ def test_a_retrain_with_nothing_serving_registers_the_challenger_and_starts_no_c
     )
 
 
+@pytest.mark.slow
 def test_a_lifecycle_retrain_with_nothing_serving_starts_no_canary(serving_home):  # noqa: F811
     from agentic_mlops.flows.lifecycle import lifecycle
     from tests.flows.test_lifecycle_flow import window

@@ -14,23 +14,17 @@ from agentic_mlops.tasks.churn import generate_churn
 from agentic_mlops.tasks.rollout import LocalRollout
 from agentic_mlops.tasks.traffic import CustomerTraffic
 from agentic_mlops.tasks.training import Hyperparameters
-from tests.conftest import trained_home
-
-FAST = Hyperparameters(max_iter=60)
+from tests.conftest import champion_recipe, trained_home
 
 
 @pytest.fixture(scope="module")
-def two_versions(tmp_path_factory, mlflow_template):
+def two_versions(tmp_path_factory, mlflow_template, trained_champion):
     """A home with champion v1 and a challenger v2 exactly as good (the same recipe on the same
     rows), trained once per module: any real gap in quality would eat into the Brier margin, and
     whether the sequential test shows non-inferiority in time would then hang on how much traffic
     a loaded machine manages to send."""
     return trained_home(
-        tmp_path_factory,
-        mlflow_template,
-        "canary",
-        dict(generate_rows=3_000, seed=1, hyperparameters=FAST),
-        dict(generate_rows=3_000, seed=1, hyperparameters=FAST),
+        tmp_path_factory, mlflow_template, "canary", champion_recipe(), start=trained_champion
     )
 
 
@@ -78,10 +72,16 @@ def rollout(**extra):
     return canary_rollout(**{**params, **extra}, return_state=True)
 
 
+UNTIL_DECIDED = dict(step_seconds=300)
+"""A step ends as soon as the sequential test decides; 300 s only bounds it. With the usual 40 s
+the step could end first on a loaded machine, too few requests sent to show non-inferiority,
+and a good challenger was held, sent to a person and rolled back."""
+
+
 def test_a_good_challenger_is_promoted_and_traffic_follows_the_alias(serving_home):
     backend, url = start_serving(serving_home)
-    with customer_traffic(url) as traffic:
-        state = rollout()
+    with customer_traffic(url, limit=100_000, seconds=600) as traffic:
+        state = rollout(**UNTIL_DECIDED)
     result = state.result()
     assert result.outcome == "promoted", result
     assert registry.model_aliases("churn", serving_home)["champion"] == 2
@@ -117,7 +117,7 @@ def test_a_slightly_slower_canary_waits_for_a_person_who_approves_it(serving_hom
     answered = {}
 
     def answer_the_form():
-        deadline = time.monotonic() + 150
+        deadline = time.monotonic() + 450
         with get_client(sync_client=True) as client:
             while time.monotonic() < deadline and not answered:
                 for run in client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=20):
@@ -130,8 +130,8 @@ def test_a_slightly_slower_canary_waits_for_a_person_who_approves_it(serving_hom
 
     person = threading.Thread(target=answer_the_form, daemon=True)
     person.start()
-    with customer_traffic(url) as traffic:
-        state = rollout(steps=[50, 100])
+    with customer_traffic(url, limit=100_000, seconds=600) as traffic:
+        state = rollout(steps=[50, 100], **UNTIL_DECIDED)
     person.join(timeout=5)
     result = state.result()
     assert answered, "the flow never paused for approval"
@@ -148,6 +148,7 @@ def test_a_slightly_slower_canary_waits_for_a_person_who_approves_it(serving_hom
     )
 
 
+@pytest.mark.slow
 def test_mlflow_unreachable_during_promotion_changes_nothing(serving_home, monkeypatch):
     from agentic_mlops.flows.canary import promote
 
@@ -167,6 +168,7 @@ def test_mlflow_unreachable_during_promotion_changes_nothing(serving_home, monke
     assert not (serving_home.serving_dir / "promotion.json").exists()
 
 
+@pytest.mark.slow
 def test_a_failed_traffic_switch_undoes_the_alias_move(serving_home, tmp_path):
     from prefect.transactions import transaction
 
@@ -181,6 +183,7 @@ def test_a_failed_traffic_switch_undoes_the_alias_move(serving_home, tmp_path):
     assert registry.model_aliases("churn", serving_home) == {"challenger": 2, "champion": 1}
 
 
+@pytest.mark.slow
 def test_a_promotion_killed_between_alias_and_traffic_is_repaired(serving_home):
     from agentic_mlops.tasks import rollout
 
@@ -203,6 +206,7 @@ def test_a_promotion_killed_between_alias_and_traffic_is_repaired(serving_home):
     assert rollout.reconcile("churn", serving_home) is None
 
 
+@pytest.mark.slow
 def test_a_router_serving_the_wrong_version_follows_the_champion(serving_home):
     from agentic_mlops.tasks import rollout
 
@@ -225,6 +229,7 @@ def test_unreachable_metrics_fail_closed(serving_home):
     assert analysis.sequential_outcome == "continue"
 
 
+@pytest.mark.slow
 def test_the_router_drops_no_request_while_weights_change_and_the_canary_is_removed(
     serving_home,
 ):
@@ -290,6 +295,7 @@ def test_a_less_accurate_canary_is_rolled_back_on_its_feedback(serving_home):
     assert traffic.counts.failed == 0
 
 
+@pytest.mark.slow
 def test_an_llm_cannot_promote_by_increasing_traffic_at_the_last_step(serving_home, monkeypatch):
     """A complacent LLM answers `increase_traffic` at 0.99 whatever it reads. At the last step
     that is a promotion, so without the sequential test's non-inferiority the flow never ends

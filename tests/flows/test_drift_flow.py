@@ -94,6 +94,7 @@ def test_no_report_is_planned_when_reports_are_off(champion_home, monkeypatch):
     assert not list((champion_home.reports_dir / "churn").glob("*.request.json"))
 
 
+@pytest.mark.slow
 def test_concept_drift_is_caught_by_performance_not_by_inputs(champion_home):
     result = check(batch(champion_home, "concept", rows=4_000))
     assert not any(c.drifted for c in result.columns.values())
@@ -101,6 +102,7 @@ def test_concept_drift_is_caught_by_performance_not_by_inputs(champion_home):
     assert "concept" in result.decision.rationale
 
 
+@pytest.mark.slow
 def test_concept_drift_without_labels_cannot_be_seen(champion_home):
     path = champion_home.home / "incoming" / "concept-unlabelled.parquet"
     write_table(generate_churn(2_000, 100, "concept").drop(columns=["churn"]), path)
@@ -124,6 +126,7 @@ def test_broken_batch_is_quarantined_and_escalated(champion_home):
     assert any("escalate" in a for a in result.actions_taken)
 
 
+@pytest.mark.slow
 def test_gradual_drift_is_flagged_before_the_per_batch_test_alone(champion_home):
     actions, per_batch = [], []
     for index, frame in enumerate(generate_batches(8, 1_500, seed=200, scenario="gradual")):
@@ -139,6 +142,7 @@ def test_gradual_drift_is_flagged_before_the_per_batch_test_alone(champion_home)
     assert len(ledger.drift_history("churn", settings=champion_home)) == 8
 
 
+@pytest.mark.slow
 def test_retrain_decision_registers_a_new_challenger_and_records_the_outcome(champion_home):
     result = check(batch(champion_home, "covariate", rows=3_000), act=True)
     assert result.decision.action == "retrain" and result.retrained_version == 2
@@ -152,6 +156,7 @@ def test_retrain_decision_registers_a_new_challenger_and_records_the_outcome(cha
     )
 
 
+@pytest.mark.slow
 def test_rollback_decision_moves_the_champion_back(champion_home):
     worse = train(
         generate_rows=300, seed=9, scenario="concept", hyperparameters=Hyperparameters(max_iter=5)
@@ -238,6 +243,7 @@ def _write(path, content):
     return path
 
 
+@pytest.mark.slow
 def test_a_few_bad_rows_are_quarantined_and_the_rest_is_checked(champion_home):
     frame = generate_churn(2_000, 100)
     frame.loc[[5, 50, 500], "contract"] = "lifetime_deal"
@@ -251,6 +257,7 @@ def test_a_few_bad_rows_are_quarantined_and_the_rest_is_checked(champion_home):
     assert result.decision.action == "none" and not result.dataset_drift
 
 
+@pytest.mark.slow
 def test_standalone_data_quality_flow(champion_home):
     suite = champion_home.home / "models" / "churn" / "v1" / "expectations.json"
     good = batch(champion_home, "none")
@@ -286,6 +293,7 @@ def answer_paused_runs(decision: str, seen: dict, seconds: float = 240) -> None:
             time.sleep(0.5)
 
 
+@pytest.mark.slow
 def test_approval_mode_all_stops_the_drift_check_before_it_acts(champion_home, monkeypatch):
     import threading
 

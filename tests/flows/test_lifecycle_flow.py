@@ -12,18 +12,13 @@ from agentic_mlops.tasks import ledger, registry
 from agentic_mlops.tasks.batches import write_table
 from agentic_mlops.tasks.churn import generate_churn
 from agentic_mlops.tasks.lifecycle_report import decision_rows, verdict
-from agentic_mlops.tasks.training import Hyperparameters
-from tests.conftest import artifacts_by_key, trained_home, use_home_copy
+from tests.conftest import artifacts_by_key, use_home_copy
 
 
-@pytest.fixture(scope="module")
-def champion_v1(tmp_path_factory, mlflow_template):
-    return trained_home(
-        tmp_path_factory,
-        mlflow_template,
-        "lifecycle",
-        dict(generate_rows=3_000, seed=1, hyperparameters=Hyperparameters(max_iter=60)),
-    )
+@pytest.fixture
+def champion_v1(trained_champion):
+    """The session's champion (`tests/conftest.py`), trained once for every module."""
+    return trained_champion
 
 
 @pytest.fixture
@@ -49,6 +44,7 @@ def test_a_quiet_window_changes_nothing_and_is_reported(champion_home):
     assert "drift_triage" in table["data"]
 
 
+@pytest.mark.slow
 def test_approval_mode_all_waits_and_no_answer_escalates(champion_home, monkeypatch):
     monkeypatch.setenv("AGENTIC_MLOPS_APPROVAL_MODE", "all")
     result = lifecycle(batch_path=window(champion_home, "gradual", 32), approval_timeout_seconds=2)

@@ -20,19 +20,13 @@ from agentic_mlops.tasks.batches import read_table
 from agentic_mlops.tasks.churn import generate_churn
 from agentic_mlops.tasks.monitoring import MonitorPoint
 from agentic_mlops.tasks.rollout import LocalRollout
-from agentic_mlops.tasks.training import Hyperparameters
-from tests.conftest import artifacts_by_key, trained_home
+from tests.conftest import artifacts_by_key
 
 
-@pytest.fixture(scope="module")
-def champion(tmp_path_factory, mlflow_template):
-    """A home with champion v1, trained once per module."""
-    return trained_home(
-        tmp_path_factory,
-        mlflow_template,
-        "monitor",
-        dict(generate_rows=3_000, seed=1, hyperparameters=Hyperparameters(max_iter=60)),
-    )
+@pytest.fixture
+def champion(trained_champion):
+    """The session's champion (`tests/conftest.py`), trained once for every module."""
+    return trained_champion
 
 
 @pytest.fixture

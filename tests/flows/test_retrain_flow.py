@@ -9,21 +9,16 @@ from agentic_mlops.flows.tune import retrain
 from agentic_mlops.settings import Settings
 from agentic_mlops.tasks import ledger, registry
 from agentic_mlops.tasks.batches import read_table, write_table
-from agentic_mlops.tasks.training import Hyperparameters
-from tests.conftest import artifacts_by_key, trained_home, use_home_copy
+from tests.conftest import artifacts_by_key, use_home_copy
 from tests.tasks.test_synthesis import SEGMENT, VALUE, world
 
 QUICK = {"max_trials": 3, "time_budget_seconds": 90, "hand_over": "none"}
 
 
-@pytest.fixture(scope="module")
-def champion_v1(tmp_path_factory, mlflow_template):
-    return trained_home(
-        tmp_path_factory,
-        mlflow_template,
-        "retrain",
-        dict(generate_rows=3_000, seed=1, hyperparameters=Hyperparameters(max_iter=60)),
-    )
+@pytest.fixture
+def champion_v1(trained_champion):
+    """The session's champion (`tests/conftest.py`), trained once for every module."""
+    return trained_champion
 
 
 @pytest.fixture
@@ -90,6 +85,7 @@ def triage_entry(settings: Settings) -> str:
     return ledger.record_decision(entry, settings).id
 
 
+@pytest.mark.slow
 def test_synthesis_feeds_only_the_fit_rows_and_is_logged_with_lineage(champion_home):
     window = world(3_000, 11, 0.03)
     data = write_table(window, champion_home.data_dir / "window.parquet")
@@ -138,6 +134,7 @@ def test_bad_inputs_end_in_a_named_failed_state(champion_home, tmp_path):
     assert registry.model_aliases(champion_home.model_name, champion_home)[registry.CHALLENGER] == 1
 
 
+@pytest.mark.slow
 def test_a_challenger_that_does_not_beat_the_champion_is_not_handed_over(champion_home):
     # 300 rows against a champion fitted on 2,250: the small model loses on the holdout
     result = retrain(

@@ -6,20 +6,15 @@ from __future__ import annotations
 import pytest
 
 from agentic_mlops.settings import Settings
-from agentic_mlops.tasks.training import Hyperparameters
-from tests.conftest import trained_home, use_home_copy
+from tests.conftest import use_home_copy
 from tests.flows.test_canary_flow import serving_home, two_versions  # noqa: F401 - fixtures
 from tests.reliability.test_faults import mlflow_at  # noqa: F401 - fixture
 
 
-@pytest.fixture(scope="session")
-def reliability_champion(tmp_path_factory, mlflow_template):
-    return trained_home(
-        tmp_path_factory,
-        mlflow_template,
-        "reliability",
-        dict(generate_rows=3_000, seed=1, hyperparameters=Hyperparameters(max_iter=60)),
-    )
+@pytest.fixture
+def reliability_champion(trained_champion):
+    """The session's champion (`tests/conftest.py`), trained once for every module."""
+    return trained_champion
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from pydantic_ai.messages import ModelResponse, TextPart, ToolCallPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
-QUICK, THOROUGH = 25, 2_000
+QUICK, THOROUGH, EXHAUSTIVE = 25, 300, 3_000
 OUTPUT_TOOL = "<the agent's output tool>"
 
 json_values = st.recursive(
@@ -44,6 +44,22 @@ def scripts(tools: tuple[str, ...], output: st.SearchStrategy) -> st.SearchStrat
     return st.lists(st.lists(part, min_size=1, max_size=4), min_size=1, max_size=6)
 
 
+def grounded_scripts(tools: tuple[str, ...], decision: st.SearchStrategy) -> st.SearchStrategy:
+    """A model that reads the evidence (all of it, or some) and answers with well-formed
+    decisions, a new one each time it is told to try again. A script drawn from `scripts`
+    almost never gets that far (none of 300 did), so without these the guardrails would mostly
+    judge the policy's fallback, not a model's own decision."""
+    everything = st.just(list(tools))
+    some = st.lists(st.sampled_from(tools), min_size=1, unique=True)
+    answers = st.lists(decision, min_size=1, max_size=3)
+    return st.tuples(everything | some, answers).map(
+        lambda drawn: [
+            [("tool", name, {}) for name in drawn[0]],
+            *([("tool", OUTPUT_TOOL, answer)] for answer in drawn[1]),
+        ]
+    )
+
+
 def played_back(script: list[list[tuple]]) -> FunctionModel:
     """A fake LLM that answers with the script's responses, one per request."""
     requests = iter(script)
@@ -68,4 +84,7 @@ quick = settings(
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow],
 )
-thorough = settings(quick, max_examples=THOROUGH, derandomize=False)
+thorough = settings(quick, max_examples=THOROUGH)
+"""Whole agent runs, about a tenth of a second each: derandomised, so a run in CI is repeatable."""
+exhaustive = settings(quick, max_examples=EXHAUSTIVE, derandomize=False)
+"""A pure guardrail function, a millisecond an example: many examples, new ones each run."""

@@ -11,6 +11,10 @@ champion scores at least as well on the labelled rows, no `none` or `monitor` wh
 evidence demands action; no canary promoted or given traffic past a judge that did not pass,
 and no advance to full traffic (`promote`, or `increase_traffic` at the last step) without
 the promotion rules, at any step.
+
+Half the generated models read the evidence and answer with a well-formed decision, so the
+guardrails judge a model's own decision and not only the policy's fallback. The guardrail
+functions themselves are fuzzed apart, with many more decisions than whole runs could afford.
 """
 
 from __future__ import annotations
@@ -23,7 +27,15 @@ from pydantic_ai import models
 from agentic_mlops.agents import canary_promotion as canary
 from agentic_mlops.agents import drift_triage as drift
 from agentic_mlops.settings import Settings
-from tests.reliability.fuzzed_models import json_values, played_back, quick, scripts, thorough
+from tests.reliability.fuzzed_models import (
+    exhaustive,
+    grounded_scripts,
+    json_values,
+    played_back,
+    quick,
+    scripts,
+    thorough,
+)
 
 models.ALLOW_MODEL_REQUESTS = False
 COLUMNS = ("tenure_months", "contract", "monthly_charges", "total_charges", "num_products")
@@ -99,16 +111,33 @@ triage_evidence = st.builds(
 ).map(lambda e: e.model_copy(update={"labels_available": True}) if e.performance else e)
 """Performance figures exist only for labelled batches (see the known gap below for one
 labelled batch too small to train on)."""
-triage_scripts = scripts(
+SEVERITIES = drift.Severity.__args__
+drifted_features = st.lists(st.sampled_from(COLUMNS) | st.text(max_size=12), max_size=5)
+
+
+def triage_decisions(actions: st.SearchStrategy) -> st.SearchStrategy:
+    """Decisions that get past the output's schema, their action drawn from `actions`."""
+    return st.builds(
+        drift.TriageDecision,
+        action=actions,
+        severity=st.sampled_from(SEVERITIES),
+        confidence=st.floats(0, 1),
+        drifted_features=drifted_features,
+        rationale=st.text(max_size=200),
+        evidence_used=st.lists(
+            st.sampled_from(drift.EvidenceRef.__args__), min_size=1, unique=True
+        ),
+    )
+
+
+junk_triage_scripts = scripts(
     drift.EVIDENCE_TOOLS,
     decisions(
         drift.ACTIONS,
         tuple(drift.EvidenceRef.__args__),
         {
-            "severity": st.sampled_from(["none", "low", "medium", "high", "critical"]),
-            "drifted_features": st.lists(
-                st.sampled_from(COLUMNS) | st.text(max_size=12), max_size=5
-            ),
+            "severity": st.sampled_from([*SEVERITIES, "critical"]),
+            "drifted_features": drifted_features,
         },
     ),
 )
@@ -120,22 +149,42 @@ triage_limits = st.fixed_dictionaries(
         "triage_min_confidence": st.floats(0, 1),
     }
 )
+triage_cases = triage_limits.flatmap(
+    lambda limits: st.tuples(
+        grounded_scripts(
+            drift.EVIDENCE_TOOLS,
+            triage_decisions(
+                st.sampled_from(limits["triage_allowed_actions"]) | st.sampled_from(drift.ACTIONS)
+            ).map(lambda d: d.model_dump()),
+        )
+        | junk_triage_scripts,
+        st.just(limits),
+    )
+)
+"""A script and the limits it runs under: half the scripts are any model output, half a model
+that reads evidence and decides, mostly within the allowed actions (an action outside them is
+sent back to the model, and a model that insists is replaced by the policy)."""
 
 
-def check_triage(evidence: drift.TriageEvidence, script, limits: dict) -> None:
-    chosen = Settings(agent_tracing=False, **limits)
-    outcome = drift.triage(evidence, chosen, model=played_back(script))
-    decision = outcome.decision
-    assert decision.action in chosen.triage_allowed_actions
+def assert_triage_bounded(
+    decision: drift.TriageDecision, evidence: drift.TriageEvidence, limits: drift.TriageLimits
+) -> None:
+    assert decision.action in limits.allowed_actions
     assert set(decision.drifted_features) <= set(evidence.drifted())
     if decision.action == "retrain":
         assert evidence.labels_available and not evidence.quality.batch_failed
     if decision.action == "rollback":
         assert drift.previous_champion_proven(evidence)
     if decision.action in ("retrain", "rollback"):
-        assert decision.confidence >= chosen.triage_min_confidence
-    if drift.demands_action(evidence, drift.TriageLimits.from_settings(chosen)):
+        assert decision.confidence >= limits.min_confidence
+    if drift.demands_action(evidence, limits):
         assert decision.action not in ("none", "monitor")
+
+
+def check_triage(evidence: drift.TriageEvidence, script, limits: dict) -> None:
+    chosen = Settings(agent_tracing=False, **limits)
+    outcome = drift.triage(evidence, chosen, model=played_back(script))
+    assert_triage_bounded(outcome.decision, evidence, drift.TriageLimits.from_settings(chosen))
     attribution = outcome.attribution
     assert attribution.policy_action in drift.ACTIONS
     assert (attribution.decided_by == "fuzzed-llm") == (
@@ -144,18 +193,48 @@ def check_triage(evidence: drift.TriageEvidence, script, limits: dict) -> None:
 
 
 @quick
-@given(evidence=triage_evidence, script=triage_scripts, limits=triage_limits)
-def test_no_model_output_takes_the_triage_outside_its_guardrails(evidence, script, limits):
-    check_triage(evidence, script, limits)
+@given(evidence=triage_evidence, case=triage_cases)
+def test_no_model_output_takes_the_triage_outside_its_guardrails(evidence, case):
+    check_triage(evidence, *case)
 
 
 @pytest.mark.slow
 @thorough
-@given(evidence=triage_evidence, script=triage_scripts, limits=triage_limits)
-def test_no_model_output_takes_the_triage_outside_its_guardrails_thoroughly(
-    evidence, script, limits
-):
-    check_triage(evidence, script, limits)
+@given(evidence=triage_evidence, case=triage_cases)
+def test_no_model_output_takes_the_triage_outside_its_guardrails_thoroughly(evidence, case):
+    check_triage(evidence, *case)
+
+
+def triage_limits_of(limits: dict) -> drift.TriageLimits:
+    return drift.TriageLimits(
+        allowed_actions=tuple(limits["triage_allowed_actions"]),
+        min_confidence=limits["triage_min_confidence"],
+    )
+
+
+@quick
+@given(
+    evidence=triage_evidence,
+    decision=triage_decisions(st.sampled_from(drift.ACTIONS)),
+    limits=triage_limits,
+)
+def test_no_decision_stands_outside_the_triage_guardrails(evidence, decision, limits):
+    chosen = triage_limits_of(limits)
+    guarded, _ = drift.enforce_guardrails(decision, evidence, chosen)
+    assert_triage_bounded(guarded, evidence, chosen)
+
+
+@pytest.mark.slow
+@exhaustive
+@given(
+    evidence=triage_evidence,
+    decision=triage_decisions(st.sampled_from(drift.ACTIONS)),
+    limits=triage_limits,
+)
+def test_no_decision_stands_outside_the_triage_guardrails_exhaustively(evidence, decision, limits):
+    chosen = triage_limits_of(limits)
+    guarded, _ = drift.enforce_guardrails(decision, evidence, chosen)
+    assert_triage_bounded(guarded, evidence, chosen)
 
 
 metric_evidence = st.builds(
@@ -188,7 +267,22 @@ canary_evidence = st.builds(
     holds=st.integers(0, 4),
     max_holds=st.integers(0, 3),
 )
-canary_scripts = scripts(
+
+
+def canary_decisions(actions: st.SearchStrategy) -> st.SearchStrategy:
+    """Decisions that get past the output's schema, their action drawn from `actions`."""
+    return st.builds(
+        canary.PromotionDecision,
+        action=actions,
+        confidence=st.floats(0, 1),
+        rationale=st.text(max_size=200),
+        evidence_used=st.lists(
+            st.sampled_from(canary.EvidenceRef.__args__), min_size=1, unique=True
+        ),
+    )
+
+
+junk_canary_scripts = scripts(
     canary.EVIDENCE_TOOLS,
     decisions(canary.ACTIONS, tuple(canary.EvidenceRef.__args__), {}),
 )
@@ -203,12 +297,28 @@ canary_limits = st.fixed_dictionaries(
     }
 )
 
+canary_cases = canary_limits.flatmap(
+    lambda limits: st.tuples(
+        grounded_scripts(
+            canary.EVIDENCE_TOOLS,
+            canary_decisions(
+                st.sampled_from(limits["canary_allowed_actions"]) | st.sampled_from(canary.ACTIONS)
+            ).map(lambda d: d.model_dump()),
+        )
+        | junk_canary_scripts,
+        st.just(limits),
+    )
+)
+"""A script and the limits it runs under, as `triage_cases`."""
 
-def check_canary(evidence: canary.CanaryEvidence, script, limits: dict) -> None:
-    chosen = Settings(agent_tracing=False, **limits)
-    outcome = canary.advise(evidence, chosen, model=played_back(script))
-    action, judge = outcome.decision.action, evidence.judge
-    assert action in chosen.canary_allowed_actions
+
+def assert_canary_bounded(
+    decision: canary.PromotionDecision,
+    evidence: canary.CanaryEvidence,
+    limits: canary.PromotionLimits,
+) -> None:
+    action, judge = decision.action, evidence.judge
+    assert action in limits.allowed_actions
     if judge.verdict != "pass" or judge.critical_failures:
         assert action not in ("promote", "increase_traffic")
     if evidence.sequential_outcome == "rollback":
@@ -216,20 +326,89 @@ def check_canary(evidence: canary.CanaryEvidence, script, limits: dict) -> None:
     if canary.advances_to_full(action, evidence):
         assert action == "promote" and evidence.sequential_outcome == "promote"
         assert judge.verdict == "pass" and not judge.critical_failures
-        assert outcome.decision.confidence >= chosen.canary_min_confidence
+        assert decision.confidence >= limits.min_confidence
+
+
+def check_canary(evidence: canary.CanaryEvidence, script, limits: dict) -> None:
+    chosen = Settings(agent_tracing=False, **limits)
+    outcome = canary.advise(evidence, chosen, model=played_back(script))
+    assert_canary_bounded(outcome.decision, evidence, canary.PromotionLimits.from_settings(chosen))
 
 
 @quick
-@given(evidence=canary_evidence, script=canary_scripts, limits=canary_limits)
-def test_no_model_output_promotes_a_canary_past_its_judge(evidence, script, limits):
-    check_canary(evidence, script, limits)
+@given(evidence=canary_evidence, case=canary_cases)
+def test_no_model_output_promotes_a_canary_past_its_judge(evidence, case):
+    check_canary(evidence, *case)
 
 
 @pytest.mark.slow
 @thorough
-@given(evidence=canary_evidence, script=canary_scripts, limits=canary_limits)
-def test_no_model_output_promotes_a_canary_past_its_judge_thoroughly(evidence, script, limits):
-    check_canary(evidence, script, limits)
+@given(evidence=canary_evidence, case=canary_cases)
+def test_no_model_output_promotes_a_canary_past_its_judge_thoroughly(evidence, case):
+    check_canary(evidence, *case)
+
+
+def canary_limits_of(limits: dict) -> canary.PromotionLimits:
+    return canary.PromotionLimits(
+        allowed_actions=tuple(limits["canary_allowed_actions"]),
+        min_confidence=limits["canary_min_confidence"],
+    )
+
+
+@quick
+@given(
+    evidence=canary_evidence,
+    decision=canary_decisions(st.sampled_from(canary.ACTIONS)),
+    limits=canary_limits,
+)
+def test_no_decision_gets_a_canary_past_its_guardrails(evidence, decision, limits):
+    chosen = canary_limits_of(limits)
+    guarded, _ = canary.enforce_guardrails(decision, evidence, chosen)
+    assert_canary_bounded(guarded, evidence, chosen)
+
+
+@pytest.mark.slow
+@exhaustive
+@given(
+    evidence=canary_evidence,
+    decision=canary_decisions(st.sampled_from(canary.ACTIONS)),
+    limits=canary_limits,
+)
+def test_no_decision_gets_a_canary_past_its_guardrails_exhaustively(evidence, decision, limits):
+    chosen = canary_limits_of(limits)
+    guarded, _ = canary.enforce_guardrails(decision, evidence, chosen)
+    assert_canary_bounded(guarded, evidence, chosen)
+
+
+def test_a_decision_raised_by_the_floors_still_needs_the_confidence_to_act():
+    """Found by the guardrail fuzzing: `none` on a miscalibrated labelled batch was raised to
+    the policy's `retrain` at 0.75 and stood, though acting needed confidence 1.0."""
+    evidence = drift.TriageEvidence(
+        model_name="churn",
+        champion_version=1,
+        quality=drift.QualityEvidence(passed=True, batch_failed=False),
+        dataset_drift=False,
+        drift_share=0.0,
+        columns={},
+        labels_available=True,
+        performance=drift.PerformanceEvidence(
+            reference=0.9,
+            current=0.9,
+            rows=400,
+            observed_rate=0.0,
+            predicted_rate=1.0,
+            calibration_z=4.0,
+        ),
+    )
+    decision = drift.TriageDecision(
+        action="none", severity="none", confidence=0.9, rationale="fine", evidence_used=["quality"]
+    )
+    for threshold, expected in ((0.5, "retrain"), (1.0, "escalate")):
+        limits = drift.TriageLimits(min_confidence=threshold)
+        assert drift.demands_action(evidence, limits)
+        guarded, reason = drift.enforce_guardrails(decision, evidence, limits)
+        assert guarded.action == expected, reason
+        assert "raised to retrain" in reason
 
 
 def test_a_labelled_batch_too_small_to_train_on_is_not_retrained_on():

@@ -128,6 +128,7 @@ def assert_named_failure(state, name: str) -> None:
     assert state.message and "\n" not in state.message
 
 
+@pytest.mark.slow
 def test_prometheus_down_as_the_metrics_source_fails_closed(serving_home, monkeypatch):
     monkeypatch.setenv("AGENTIC_MLOPS_PROMETHEUS_URL", f"http://127.0.0.1:{closed_port()}")
     backend, url = start_serving(serving_home)

@@ -3,6 +3,7 @@
 import datetime as dt
 import time
 
+import pytest
 from prefect.client.orchestration import get_client
 
 from agentic_mlops.agents.drift_triage import TriageDecision, TriageOutcome
@@ -89,6 +90,7 @@ def test_retrain_goes_through_the_deployment_once_per_decision(home):
     assert not drift_actions.deployment_exists(drift_actions.RETRAIN_DEPLOYMENT)
 
 
+@pytest.mark.slow
 def test_without_a_deployment_retraining_runs_in_process_and_records_the_outcome(home):
     entry = record(home)
     done = drift_actions.start_retraining(

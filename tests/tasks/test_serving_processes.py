@@ -88,6 +88,7 @@ def test_a_stale_record_whose_pid_was_reused_is_not_stopped(serving_home):  # no
     assert rollout.serving_status(serving_home) == []
 
 
+@pytest.mark.slow
 def test_putting_traffic_back_on_the_champion_is_safe_with_nothing_serving_and_twice(
     serving_home,  # noqa: F811
 ):

@@ -121,6 +121,7 @@ def test_trials_are_child_runs_with_metrics_per_step(home, data):
     assert sum(run["kind"] == "tuning-trial" for run in history) == 5
 
 
+@pytest.mark.slow
 def test_asha_stops_trailing_trials_and_fifo_does_not(home, data):
     space = small_space(trials=6, algorithm="random")
     asha = run_search(data, space, home, early_stopping=True)
@@ -138,6 +139,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_ray_address_is_honoured_and_results_match_local(home, data):
     import ray
 
