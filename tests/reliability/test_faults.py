@@ -98,7 +98,7 @@ def test_mlflow_failing_while_the_champion_loads_keeps_every_row(champion_home, 
     def unreachable(uri, tracking_uri):
         raise MlflowException("API request to MLflow failed: connection refused")
 
-    monkeypatch.setattr(reference, "_load_model", unreachable)
+    monkeypatch.setattr(reference, "load_scoring_model", unreachable)
     frame = generate_churn(1_000, 100)
     frame.loc[[3, 30, 300], "contract"] = "lifetime_deal"
     path = champion_home.home / "incoming" / "few-bad.parquet"
