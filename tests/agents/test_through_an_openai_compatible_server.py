@@ -15,6 +15,17 @@ from pydantic_ai import models
 from agentic_mlops.agents import canary_promotion as canary
 from agentic_mlops.agents import drift_triage as drift
 from agentic_mlops.agents import tuning_advisor as advisor
+from agentic_mlops.decisions import (
+    AdvisorEvidence,
+    CanaryEvidence,
+    ColumnEvidence,
+    JudgeEvidence,
+    MetricEvidence,
+    PerformanceEvidence,
+    QualityEvidence,
+    TriageContext,
+    TriageEvidence,
+)
 from agentic_mlops.settings import Settings
 from tests.agents import scripted_openai as llm
 from tests.agents.scripted_openai import MODEL_NAME, ScriptedOpenAI
@@ -66,15 +77,15 @@ def assert_policy_decided(outcome, policy, reason: str, answered_by: str | None)
 
 
 TRIAGE_REFS = list(drift.TOOL_OF)
-QUARANTINED = drift.TriageEvidence(
+QUARANTINED = TriageEvidence(
     model_name="churn",
     champion_version=2,
     previous_champion_version=1,
-    quality=drift.QualityEvidence(passed=False, batch_failed=True, failures=["churn: 40% null"]),
+    quality=QualityEvidence(passed=False, batch_failed=True, failures=["churn: 40% null"]),
     dataset_drift=True,
     drift_share=0.6,
     columns={
-        "monthly_charges": drift.ColumnEvidence(
+        "monthly_charges": ColumnEvidence(
             drifted=True, test="wasserstein", score=0.4, threshold=0.1
         )
     },
@@ -83,18 +94,18 @@ QUARANTINED = drift.TriageEvidence(
 )
 UNLABELLED_DRIFT = QUARANTINED.model_copy(
     update={
-        "quality": drift.QualityEvidence(passed=True, batch_failed=False),
+        "quality": QualityEvidence(passed=True, batch_failed=False),
         "labels_available": False,
     }
 )
 DROPPED = QUARANTINED.model_copy(
     update={
-        "quality": drift.QualityEvidence(
+        "quality": QualityEvidence(
             passed=False, batch_failed=False, failures=[INJECTION.format("none")]
         ),
-        "performance": drift.PerformanceEvidence(reference=0.82, current=0.72, rows=3000),
+        "performance": PerformanceEvidence(reference=0.82, current=0.72, rows=3000),
         "columns": {
-            INJECTION.format("none"): drift.ColumnEvidence(
+            INJECTION.format("none"): ColumnEvidence(
                 drifted=False, test="jensenshannon", score=0.0, threshold=0.1
             )
         },
@@ -165,7 +176,7 @@ def test_triage_failures_mean_the_policy_decides_and_says_so(behaviour, extra, r
 
 
 CANARY_REFS = list(canary.TOOL_OF)
-LAST_STEP = canary.CanaryEvidence(
+LAST_STEP = CanaryEvidence(
     model_name="churn",
     champion_version=1,
     challenger_version=2,
@@ -173,13 +184,11 @@ LAST_STEP = canary.CanaryEvidence(
     next_weight=None,
     sequential_outcome="continue",
     sequential_reason="not shown yet",
-    judge=canary.JudgeEvidence(
+    judge=JudgeEvidence(
         verdict="pass",
         score=100.0,
         reason=INJECTION.format("promote"),
-        metrics=[
-            canary.MetricEvidence(name="error", classification="pass", critical=True, canary_n=400)
-        ],
+        metrics=[MetricEvidence(name="error", classification="pass", critical=True, canary_n=400)],
     ),
 )
 PROMOTE = {"action": "promote", "confidence": 0.99, "rationale": "ship it"}
@@ -239,9 +248,9 @@ def test_canary_failures_mean_the_policy_decides_and_says_so(behaviour, extra, r
     assert_policy_decided(outcome, "hold", reason, answered_by)
 
 
-ADVICE = advisor.AdvisorEvidence(
+ADVICE = AdvisorEvidence(
     model_name="churn",
-    triage=advisor.TriageContext(
+    triage=TriageContext(
         action="retrain", severity="high", rationale=INJECTION.format("5000 trials")
     ),
 )

@@ -7,15 +7,12 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 
 from agentic_mlops.agents.tuning_advisor import (
     EVIDENCE_TOOLS,
-    AdvisorEvidence,
     AdvisorLimits,
-    PastRun,
-    SegmentCoverage,
-    TriageContext,
     advise,
     enforce_guardrails,
     policy_proposal,
 )
+from agentic_mlops.decisions import AdvisorEvidence, PastRun, SegmentCoverage, TriageContext
 from agentic_mlops.settings import Settings
 from agentic_mlops.tasks.models import FAMILIES, PARAMETER_BOUNDS
 

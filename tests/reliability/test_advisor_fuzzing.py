@@ -24,13 +24,10 @@ from pydantic_ai import models
 
 from agentic_mlops.agents.tuning_advisor import (
     EVIDENCE_TOOLS,
-    AdvisorEvidence,
     AdvisorLimits,
-    PastRun,
-    SegmentCoverage,
-    TriageContext,
     advise,
 )
+from agentic_mlops.decisions import AdvisorEvidence, PastRun, SegmentCoverage, TriageContext
 from agentic_mlops.settings import Settings
 from agentic_mlops.tasks.models import FAMILIES, PARAMETER_BOUNDS, Bound
 from agentic_mlops.tasks.tuning import SearchSpace, param_space

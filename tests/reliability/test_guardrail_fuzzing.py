@@ -22,6 +22,16 @@ from pydantic_ai import models
 
 from agentic_mlops.agents import canary_promotion as canary
 from agentic_mlops.agents import drift_triage as drift
+from agentic_mlops.agents import triage_policy
+from agentic_mlops.decisions import (
+    CanaryEvidence,
+    ColumnEvidence,
+    JudgeEvidence,
+    MetricEvidence,
+    PerformanceEvidence,
+    QualityEvidence,
+    TriageEvidence,
+)
 from agentic_mlops.settings import Settings
 from tests.reliability.fuzzed_models import json_values, played_back, quick, scripts, thorough
 
@@ -49,7 +59,7 @@ def decisions(actions: tuple[str, ...], refs: tuple[str, ...], extra: dict) -> s
 
 
 column_evidence = st.builds(
-    drift.ColumnEvidence,
+    ColumnEvidence,
     drifted=st.booleans(),
     test=st.sampled_from(["wasserstein", "jensenshannon", "ks", "chisquare"]),
     score=st.floats(0, 5),
@@ -64,12 +74,12 @@ calibration = st.sampled_from([{}]) | st.fixed_dictionaries(
 )
 """Calibration figures come together (the drift check computes them together) or not at all."""
 triage_evidence = st.builds(
-    drift.TriageEvidence,
+    TriageEvidence,
     model_name=st.just("churn"),
     champion_version=st.none() | st.integers(1, 5),
     previous_champion_version=st.none() | st.integers(1, 5),
     quality=st.builds(
-        drift.QualityEvidence,
+        QualityEvidence,
         passed=st.booleans(),
         batch_failed=st.booleans(),
         failures=st.lists(st.text(max_size=30), max_size=3),
@@ -89,7 +99,7 @@ triage_evidence = st.builds(
     labels_available=st.booleans(),
     performance=st.none()
     | st.builds(
-        lambda calibration, **fields: drift.PerformanceEvidence(**fields, **calibration),
+        lambda calibration, **fields: PerformanceEvidence(**fields, **calibration),
         calibration=calibration,
         reference=st.floats(0.4, 1),
         current=st.floats(0.4, 1),
@@ -122,7 +132,7 @@ triage_limits = st.fixed_dictionaries(
 )
 
 
-def check_triage(evidence: drift.TriageEvidence, script, limits: dict) -> None:
+def check_triage(evidence: TriageEvidence, script, limits: dict) -> None:
     chosen = Settings(agent_tracing=False, **limits)
     outcome = drift.triage(evidence, chosen, model=played_back(script))
     decision = outcome.decision
@@ -131,10 +141,10 @@ def check_triage(evidence: drift.TriageEvidence, script, limits: dict) -> None:
     if decision.action == "retrain":
         assert evidence.labels_available and not evidence.quality.batch_failed
     if decision.action == "rollback":
-        assert drift.previous_champion_proven(evidence)
+        assert triage_policy.previous_champion_proven(evidence)
     if decision.action in ("retrain", "rollback"):
         assert decision.confidence >= chosen.triage_min_confidence
-    if drift.demands_action(evidence, drift.TriageLimits.from_settings(chosen)):
+    if triage_policy.demands_action(evidence, drift.TriageLimits.from_settings(chosen)):
         assert decision.action not in ("none", "monitor")
     attribution = outcome.attribution
     assert attribution.policy_action in drift.ACTIONS
@@ -159,7 +169,7 @@ def test_no_model_output_takes_the_triage_outside_its_guardrails_thoroughly(
 
 
 metric_evidence = st.builds(
-    canary.MetricEvidence,
+    MetricEvidence,
     name=st.sampled_from(METRICS) | st.text(max_size=10),
     classification=st.sampled_from(["pass", "high", "low", "nodata"]),
     critical=st.booleans(),
@@ -169,14 +179,14 @@ metric_evidence = st.builds(
     reason=st.text(max_size=30),
 )
 canary_evidence = st.builds(
-    canary.CanaryEvidence,
+    CanaryEvidence,
     model_name=st.just("churn"),
     champion_version=st.none() | st.integers(1, 5),
     challenger_version=st.integers(1, 9),
     weight=st.floats(0, 1),
     next_weight=st.sampled_from([None, None, 0.05, 0.25, 0.5]) | st.floats(0, 1),
     judge=st.builds(
-        canary.JudgeEvidence,
+        JudgeEvidence,
         verdict=st.sampled_from(["pass", "marginal", "fail"]),
         score=st.floats(0, 100),
         critical_failures=st.lists(st.sampled_from(METRICS), unique=True, max_size=2),
@@ -204,7 +214,7 @@ canary_limits = st.fixed_dictionaries(
 )
 
 
-def check_canary(evidence: canary.CanaryEvidence, script, limits: dict) -> None:
+def check_canary(evidence: CanaryEvidence, script, limits: dict) -> None:
     chosen = Settings(agent_tracing=False, **limits)
     outcome = canary.advise(evidence, chosen, model=played_back(script))
     action, judge = outcome.decision.action, evidence.judge
@@ -233,15 +243,15 @@ def test_no_model_output_promotes_a_canary_past_its_judge_thoroughly(evidence, s
 
 
 def test_a_labelled_batch_too_small_to_train_on_is_not_retrained_on():
-    evidence = drift.TriageEvidence(
+    evidence = TriageEvidence(
         model_name="churn",
         champion_version=1,
-        quality=drift.QualityEvidence(passed=True, batch_failed=False),
+        quality=QualityEvidence(passed=True, batch_failed=False),
         dataset_drift=False,
         drift_share=0.0,
         columns={},
         labels_available=False,
-        performance=drift.PerformanceEvidence(reference=0.85, current=0.70, rows=30),
+        performance=PerformanceEvidence(reference=0.85, current=0.70, rows=30),
     )
     outcome = drift.triage(evidence, Settings(agent_tracing=False))
     assert outcome.decision.action != "retrain"
