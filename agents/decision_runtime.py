@@ -221,8 +221,6 @@ def decision_trace(name: str, tags: dict[str, str], traced: bool) -> Iterator[di
         yield found
 
 
-
-
 def policy_model(evidence_tools: tuple[str, ...], decision: BaseModel) -> FunctionModel:
     """The policy as a model for one case: call every evidence tool, then return `decision`
     (the policy's, already taken on the same evidence) through the output tool."""
