@@ -229,7 +229,7 @@ def assert_runnable(space: SearchSpace) -> None:
 def check_advice(evidence: AdvisorEvidence, script, limits: dict) -> None:
     chosen = Settings(agent_tracing=False, **limits)
     outcome = advise(evidence, chosen, model=played_back(script))
-    proposal = outcome.proposal
+    proposal = outcome.decision
     space = proposal.space
     assert space.families and set(space.families) <= set(FAMILIES)
     for family, ranges in space.families.items():
