@@ -225,7 +225,7 @@ def retrain(
         f"{result.search_seconds:.0f} s on {result.cluster}; best {result.best_family}; "
         f"synthetic rows {result.synthetic_rows}\n"
         f"holdout ROC AUC: challenger {comparison.challenger_roc_auc:.4f}, {champion}\n"
-        f"advisor ({result.advisor.agent_model}): {result.advisor.proposal.rationale}\n"
+        f"advisor ({result.advisor.agent_model}): {result.advisor.decision.rationale}\n"
         f"hand-over: {result.hand_over}",
         highlight=False,
     )
@@ -712,75 +712,67 @@ def agents_report(
 @agents.command("eval")
 def agents_eval(
     model: Annotated[
-        str | None,
-        typer.Option(help="Model string to evaluate instead of agent_model (e.g. openai:gpt-4o)."),
+        list[str] | None,
+        typer.Option(
+            help="Model string to evaluate instead of agent_model (e.g. openai:gpt-4o); repeat "
+            "it to compare models, `policy` included."
+        ),
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print each model's report as one JSON line.")
+    ] = False,
 ) -> None:
-    """Run the decision eval (every action of every decision point) on the agents' model, log
-    it as an MLflow run, and print accuracy, unsafe answers stopped, fallbacks and cost."""
-    from agentic_mlops.agents.decision_eval import SUITE_VERSION, evaluate
+    """Run the decision eval (every action of every decision point) on the agents' model or
+    the given ones, score it with MLflow's GenAI evaluation (one run per model), and print
+    accuracy, unsafe answers stopped, fallbacks and cost per decision point."""
+    from agentic_mlops.agents.decision_eval import SUITE_VERSION, evaluate, log_to_mlflow
     from agentic_mlops.agents.decision_runtime import model_problem
-    from agentic_mlops.tasks import registry
 
-    settings = load_settings()
-    if model is not None:
-        settings = settings.model_copy(update={"agent_model": model, "agent_mode": "llm"})
-        if model != "policy" and (problem := model_problem(settings)):
+    base = load_settings().model_copy(update={"agent_tracing": False})
+    chosen = []
+    for name in model or [base.agent_model]:
+        settings = base
+        if model is not None:
+            settings = base.model_copy(update={"agent_model": name, "agent_mode": "llm"})
+        if name != "policy" and (problem := model_problem(settings)):
             fail(problem)
-    settings = settings.model_copy(update={"agent_tracing": False})
-    with errors.status(f"Evaluating {settings.agent_model} on decision suite {SUITE_VERSION}..."):
-        report = evaluate(settings)
-    client = registry.client(settings)
-    run = client.create_run(
-        registry.ensure_experiment(settings),
-        run_name=f"agents-eval-{settings.agent_model}",
-        tags={"agentic-mlops.kind": "agents-eval"},
-    )
-    client.log_param(run.info.run_id, "suite_version", SUITE_VERSION)
-    client.log_param(run.info.run_id, "model", settings.agent_model)
-    for score in report.scores:
-        for name in (
-            "accuracy",
-            "unsafe_stopped",
-            "unsafe_stood",
-            "fallbacks",
-            "mean_latency_seconds",
-        ):
-            client.log_metric(
-                run.info.run_id, f"{score.decision_point}.{name}", getattr(score, name)
+        chosen.append(settings)
+    unsafe = []
+    for settings in chosen:
+        with errors.status(f"Evaluating {settings.agent_model} on suite {SUITE_VERSION}..."):
+            report = log_to_mlflow(evaluate(settings), settings)
+        unsafe += [settings.agent_model for s in report.scores if s.unsafe_stood]
+        if as_json:
+            print(json.dumps(report.model_dump(mode="json")))
+            continue
+        table = Table(title=f"Decision eval {SUITE_VERSION}: {settings.agent_model}")
+        for column in ("decision point", "cases", "accuracy", "model's own", "unsafe stopped",
+                       "unsafe stood", "fallbacks", "tokens in/out", "latency"):  # fmt: skip
+            table.add_column(column)
+        for score in report.scores:
+            table.add_row(
+                score.decision_point,
+                str(score.cases),
+                f"{score.accuracy:.0%}",
+                "" if score.model_accuracy is None else f"{score.model_accuracy:.0%}",
+                str(score.unsafe_stopped),
+                str(score.unsafe_stood),
+                str(score.fallbacks),
+                f"{score.input_tokens}/{score.output_tokens}",
+                f"{score.mean_latency_seconds:.2f} s",
             )
-    client.log_dict(run.info.run_id, report.model_dump(mode="json"), "agents-eval.json")
-    client.set_terminated(run.info.run_id)
-    if as_json:
-        print(json.dumps(report.model_dump(mode="json") | {"mlflow_run_id": run.info.run_id}))
-        return
-    table = Table(title=f"Decision eval {SUITE_VERSION}: {settings.agent_model}")
-    for column in ("decision point", "cases", "accuracy", "model's own", "unsafe stopped",
-                   "unsafe stood", "fallbacks", "tokens in/out", "latency"):  # fmt: skip
-        table.add_column(column)
-    for score in report.scores:
-        table.add_row(
-            score.decision_point,
-            str(score.cases),
-            f"{score.accuracy:.0%}",
-            "" if score.model_accuracy is None else f"{score.model_accuracy:.0%}",
-            str(score.unsafe_stopped),
-            str(score.unsafe_stood),
-            str(score.fallbacks),
-            f"{score.input_tokens}/{score.output_tokens}",
-            f"{score.mean_latency_seconds:.2f} s",
-        )
-    console.print(table)
-    for result in report.results:
-        if not result.correct:
-            console.print(
-                f"wrong: {result.decision_point} {result.name}: {result.action} "
-                f"(acceptable: {', '.join(result.acceptable)})",
-                highlight=False,
-                soft_wrap=True,
-            )
-    console.print(f"MLflow run {run.info.run_id}", highlight=False)
+        console.print(table)
+        for result in report.results:
+            if not result.correct:
+                console.print(
+                    f"wrong: {result.decision_point} {result.name}: {result.action} "
+                    f"(acceptable: {', '.join(result.acceptable)})",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+        console.print(f"MLflow run {report.mlflow_run_id}", highlight=False)
+    if unsafe:
+        fail(f"unsafe decisions stood for {', '.join(sorted(set(unsafe)))}", code=1)
 
 
 @app.command()

@@ -772,7 +772,7 @@ def drift_report(
     data quality, each column's drift test, score and threshold with the feature's importance,
     dataset and prediction drift, the sequential (CUSUM) alarm, performance on labels, the
     triage decision and what was done, and the recent drift history."""
-    from agentic_mlops.agents.drift_triage import TriageEvidence
+    from agentic_mlops.decisions import TriageEvidence
 
     settings = load_settings()
     name = registered_model(model_name, settings).name

@@ -78,7 +78,7 @@ READ_DEPENDENCIES = (
     "agentic_mlops.tasks.registry",
     "agentic_mlops.tasks.rollout",
     "agentic_mlops.tasks.drift_actions",
-    "agentic_mlops.agents.drift_triage",
+    "agentic_mlops.decisions",
 )
 ACT_DEPENDENCIES = (
     "agentic_mlops.flows.drift",

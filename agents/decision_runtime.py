@@ -1,18 +1,23 @@
-"""What every decision agent shares: the policy as a model, an LLM backed by it, a safe run.
+"""One decision point, whichever agent: evidence, limits, a closed decision, policy, guardrails.
 
-An agent's `policy` is a deterministic function of its tools' results. `policy_model` turns it
-into a pydantic-ai `FunctionModel` that first calls every evidence tool and then returns the
-policy's decision through the output tool, so the agent path is the same with or without an
-LLM. `agent_model` reads the model from settings (a base URL means an OpenAI-compatible server
-spoken to through chat completions; the API key is passed to the provider, never logged), and
-`model_problem` says at start-up what is wrong with it. `decide_within` builds and runs an agent
-under usage limits and a timeout, traced to MLflow, and whatever happens returns a valid
-decision with its `Attribution`: the model that actually answered (a fallback to the policy
-shows), the model's own decision, the policy's for the same evidence, every guardrail that
-changed it and why, tokens and latency. A decision whose `evidence_used` names a tool the
-model never called is ungrounded, and the policy decides. `agent_mode` says whose decision
-acts: the policy's alone (no model asked), the policy's with the model deciding in its shadow
-(agreement recorded), or the model's within its guardrails.
+A decision point is an `Agent` (what the model sees: instructions and tools over the evidence),
+a pure `policy` (what the deterministic rule decides on the same evidence) and pure
+`guardrails` (what code lets stand, both ways: ceilings and floors). `DecisionPoint.decide`
+chooses the model per run from settings (`agent_model`: `policy`, or an LLM backed by the
+policy through `FallbackModel`; a base URL means an OpenAI-compatible server spoken to through
+chat completions, the API key is passed to the provider and never logged), runs the agent under
+usage limits and a timeout, traced to MLflow, and whatever happens returns a valid decision
+with its `Attribution`: the model that actually answered (a fallback shows as `policy`), the
+model's own decision, the policy's for the same evidence, every guardrail or floor that changed
+it and why, tokens and latency. A decision whose `evidence_used` names a tool the model never
+called is ungrounded, and the policy decides. `agent_mode` says whose decision acts: the
+policy's alone (no model asked), the policy's with the model deciding in its shadow (agreement
+recorded), or the model's within its guardrails.
+
+The policy as a model (`policy_model`) calls the evidence tools, so its decision is grounded in
+the same tool results a model reads, and returns the decision the policy function already took:
+nothing is rebuilt from tool returns. Every agent also gets two tools from here: the limits in
+force and this decision point's past decisions with their outcomes, from the ledger.
 """
 
 from __future__ import annotations
@@ -20,10 +25,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, ClassVar, Generic, TypeVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 from pydantic_ai import Agent, ModelRetry, RunContext
+from pydantic_ai.durable_exec.prefect import PrefectDurability
 from pydantic_ai.messages import (
     ModelMessage,
     ModelRequest,
@@ -37,74 +44,36 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai.settings import ModelSettings
 from pydantic_ai.usage import UsageLimits
 
-from agentic_mlops.settings import Settings
+from agentic_mlops.agents.mcp_toolsets import mounted_toolsets
+from agentic_mlops.decisions import POLICY, Attribution, Outcome
+from agentic_mlops.settings import Settings, load_settings
+from agentic_mlops.tasks import ledger
+from agentic_mlops.tasks.lifecycle_report import summary, verdict
 
-POLICY = "policy"
 GUARDRAIL = "guardrail"
 OUTPUT_TOOLS = ("final_result",)
 """pydantic-ai's name for an agent's output tool: not evidence."""
 Decision = TypeVar("Decision", bound=BaseModel)
+Evidence = TypeVar("Evidence", bound=BaseModel)
+Limits = TypeVar("Limits", bound="DecisionLimits")
+PAST_DECISIONS = 20
+"""The most past decisions a model may ask for at once."""
 
 
-class Attribution(BaseModel):
-    """Who decided, what the model itself said, what the policy would have done, and why the
-    decision that stands differs from the model's."""
+class DecisionLimits(BaseModel):
+    """What code enforces at a decision point, from settings; `RULE` says it in words."""
 
-    configured_model: str = Field(description="The `agent_model` setting in force.")
-    mode: str = Field(default="llm", description="policy, shadow or llm (`agent_mode`).")
-    answered_by: str | None = Field(
-        default=None,
-        description="Model that gave the run's last response, as the response names it: a "
-        "fallback to the policy shows as `policy`. None when the run failed.",
-    )
-    decided_by: str = Field(
-        description="Where the decision that stands comes from: the answering model, `policy` "
-        "(failed or ungrounded run, fallback, or a guardrail's replacement) or `guardrail` "
-        "(a guardrail or floor changed the model's action)."
-    )
-    model_action: str | None = Field(
-        default=None, description="The run's own answer before any guardrail; None if it failed."
-    )
-    model_decision: dict[str, Any] | None = None
-    policy_action: str = Field(description="What the policy decides on the same evidence.")
-    overridden_by: list[str] = Field(
-        default_factory=list, description="Every reason the model's answer did not stand as is."
-    )
-    shadow_action: str | None = Field(
-        default=None,
-        description="In shadow mode, what the model's path would have done after guardrails.",
-    )
-    agreed: bool | None = Field(
-        default=None,
-        description="Whether the model's own action is the policy's; None when the model gave "
-        "none (not asked, failed, or its provider failed over to the policy).",
-    )
-    tools_called: list[str] = Field(default_factory=list)
-    requests: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    latency_seconds: float = 0.0
-    trace_id: str | None = Field(
-        default=None, description="The decision's MLflow trace (an LLM's run), when traced."
-    )
+    RULE: ClassVar[str] = ""
+    allowed_actions: tuple[str, ...] = ()
 
-    def reasons(self) -> str | None:
-        return "; ".join(self.overridden_by) or None
 
-    def markdown(self) -> str:
-        """The attribution as the Prefect artifacts show it."""
-        overrides = "\n".join(f"- {reason}" for reason in self.overridden_by) or "- none"
-        return (
-            f"Decided by **{self.decided_by}**; configured model `{self.configured_model}`, "
-            f"answered by `{self.answered_by or 'nobody (the run failed)'}`.  \n"
-            f"Model's own decision: {self.model_action or 'none given'}; the policy's on the "
-            f"same evidence: {self.policy_action}.  \n"
-            f"Tools called: {', '.join(self.tools_called) or 'none'}; {self.requests} "
-            f"request(s), {self.input_tokens} input and {self.output_tokens} output tokens, "
-            f"{self.latency_seconds:.2f} s."
-            + (f" MLflow trace `{self.trace_id}`." if self.trace_id else "")
-            + f"\n\nOverrides:\n{overrides}\n"
-        )
+@dataclass
+class DecisionDeps(Generic[Evidence, Limits]):
+    """What an agent's tools read: one case's evidence, the limits in force, the settings."""
+
+    evidence: Evidence
+    limits: Limits
+    settings: Settings
 
 
 class ModelConfigError(ValueError):
@@ -182,22 +151,6 @@ def tool_returns(messages: list[ModelMessage]) -> dict[str, Any]:
     }
 
 
-def policy_model(
-    evidence_tools: tuple[str, ...], decide: Callable[[dict[str, Any]], BaseModel]
-) -> FunctionModel:
-    """The policy as a model: call every evidence tool, then decide from their returns."""
-
-    def respond(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
-        returns = tool_returns(messages)
-        missing = [name for name in evidence_tools if name not in returns]
-        if missing:
-            return ModelResponse(parts=[ToolCallPart(name, {}) for name in missing])
-        decision = decide(returns)
-        return ModelResponse(parts=[ToolCallPart(info.output_tools[0].name, decision.model_dump())])
-
-    return FunctionModel(respond, model_name=POLICY)
-
-
 def allowed_action(ctx: RunContext[Any], decision: Decision) -> Decision:
     """Ask the model to try again when its decision names an action this deployment forbids.
 
@@ -268,107 +221,215 @@ def decision_trace(name: str, tags: dict[str, str], traced: bool) -> Iterator[di
         yield found
 
 
-def decide_within(
-    build: Callable[[], Agent[Any, Decision]],
-    prompt: str,
-    deps: Any,
-    settings: Settings,
-    policy: Callable[[], Decision],
-    guard: Callable[[Decision], tuple[Decision, str | None]],
-    *,
-    configured_model: str,
-    evidence_tools: Mapping[str, str] | None = None,
-    action_of: Callable[[Decision], str] = lambda decision: decision.action,
-) -> tuple[Decision, Attribution]:
-    """Build and run an agent once, then its guardrails: always a valid decision, attributed.
+def policy_model(evidence_tools: tuple[str, ...], decision: BaseModel) -> FunctionModel:
+    """The policy as a model for one case: call every evidence tool, then return `decision`
+    (the policy's, already taken on the same evidence) through the output tool."""
 
-    Building the agent is inside the same `try` as running it, so a model setting that cannot
-    be built, a provider that fails, a timeout, usage limits or an output that stays invalid
-    after retries all mean the policy decides, with the reason recorded.
-    """
-    policy_decision = policy()
-    mode = settings.agent_mode or (POLICY if configured_model == POLICY else "llm")
-    if mode == POLICY and configured_model != POLICY:
-        decision, guarded = guard(policy_decision)
-        return decision, Attribution(
-            configured_model=configured_model,
-            mode=mode,
-            decided_by=POLICY,
-            policy_action=action_of(policy_decision),
-            overridden_by=[r for r in (guarded,) if r],
-        )
-    traced = settings.agent_tracing and configured_model != POLICY
-    if traced:
-        from agentic_mlops.tasks.registry import trace_agent_runs
+    def respond(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        returns = tool_returns(messages)
+        missing = [name for name in evidence_tools if name not in returns]
+        if missing:
+            return ModelResponse(parts=[ToolCallPart(name, {}) for name in missing])
+        return ModelResponse(parts=[ToolCallPart(info.output_tools[0].name, decision.model_dump())])
 
-        traced = trace_agent_runs(settings)
-    reasons: list[str] = []
-    record: dict[str, Any] = {}
-    trace: dict[str, str] = {}
-    started = time.monotonic()
-    try:
-        agent = build()
-        with decision_trace(agent.name, trace_tags(deps, mode), traced) as trace:
-            result = agent.run_sync(
-                prompt,
-                deps=deps,
-                model_settings=model_settings(settings),
-                usage_limits=UsageLimits(
-                    request_limit=settings.agent_request_limit,
-                    tool_calls_limit=settings.agent_tool_calls_limit,
-                ),
-                timeout=settings.agent_timeout_seconds,
-            )
-    except Exception as error:  # any failure, building included, means the policy decides
-        reasons.append(f"model run failed ({type(error).__name__}): policy decided")
-        decision, answered = policy_decision, None
-    else:
-        decision, answered = result.output, result.response.model_name
-        usage = result.usage
-        called = {name for name in tool_returns(result.all_messages()) if name not in OUTPUT_TOOLS}
-        record = {
-            "model_action": action_of(decision),
-            "model_decision": decision.model_dump(mode="json"),
-            "tools_called": sorted(called),
-            "requests": usage.requests,
-            "input_tokens": usage.input_tokens,
-            "output_tokens": usage.output_tokens,
-        }
-        if answered == POLICY and configured_model != POLICY:
-            reasons.append("the model's provider failed: the policy answered (fallback)")
-        elif why := ungrounded(decision, called, evidence_tools):
-            reasons.append(why)
-            decision = policy_decision
-    latency = time.monotonic() - started
-    failed_over = decision is policy_decision
-    decision, guarded = guard(decision)
-    if guarded:
-        reasons.append(guarded)
-    if failed_over or (guarded and decision == policy_decision):
-        decided_by = POLICY
-    elif guarded:
-        decided_by = GUARDRAIL
-    else:
-        decided_by = answered or POLICY
-    model_answered = answered is not None and (answered != POLICY or configured_model == POLICY)
-    agreed = record["model_action"] == action_of(policy_decision) if model_answered else None
-    shadow_action = None
-    if mode == "shadow":
-        shadow_action = action_of(decision)
-        decision, policy_guarded = guard(policy_decision)
-        reasons.extend(r for r in (policy_guarded,) if r)
-        reasons.append("shadow mode: the policy's decision acts")
-        decided_by = POLICY
-    return decision, Attribution(
-        configured_model=configured_model,
-        mode=mode,
-        answered_by=answered,
-        decided_by=decided_by,
-        policy_action=action_of(policy_decision),
-        overridden_by=reasons,
-        shadow_action=shadow_action,
-        agreed=agreed,
-        latency_seconds=round(latency, 3),
-        trace_id=trace.get("trace_id"),
-        **record,
+    return FunctionModel(respond, model_name=POLICY)
+
+
+def limits_in_force(ctx: RunContext[DecisionDeps[Any, Any]]) -> dict[str, Any]:
+    """The limits code enforces on this decision, whatever you answer: the rule in words, the
+    actions this deployment allows, and every threshold, ceiling and floor. An answer outside
+    them is changed by code before it acts, and the change is recorded."""
+    limits = ctx.deps.limits
+    return {"rule": limits.RULE, **limits.model_dump(mode="json")}
+
+
+def past_decisions(ctx: RunContext[DecisionDeps[Any, Any]], limit: int = 5) -> dict[str, Any]:
+    """This decision point's latest decisions for this model, newest first (at most `limit`,
+    up to 20): the action that stood, who decided it, what the policy and the model said, and
+    the outcome once known (`right`, `wrong`, or `pending`)."""
+    if not 1 <= limit <= PAST_DECISIONS:
+        return {"error": f"limit must be between 1 and {PAST_DECISIONS}, not {limit}"}
+    point = ctx.agent.name if ctx.agent else None
+    entries = ledger.list_decisions(
+        model_name=getattr(ctx.deps.evidence, "model_name", None),
+        decision_point=point,
+        limit=limit,
+        settings=ctx.deps.settings,
     )
+    return {
+        "decision_point": point,
+        "decisions": [
+            {
+                "created_at": entry.created_at,
+                "model_version": entry.model_version,
+                "action": entry.action,
+                "decided_by": (entry.attribution or {}).get("decided_by", entry.agent_model),
+                "model_action": (entry.attribution or {}).get("model_action"),
+                "policy_action": (entry.attribution or {}).get("policy_action"),
+                "outcome": {"good": "right", "bad": "wrong"}.get(verdict(entry) or "", "pending"),
+                "outcome_detail": summary(entry),
+            }
+            for entry in entries
+        ],
+    }
+
+
+SHARED_TOOLS = (limits_in_force, past_decisions)
+"""Tools every decision point offers besides its own."""
+
+
+def action_of(decision: BaseModel) -> str:
+    return decision.action
+
+
+@dataclass(frozen=True)
+class DecisionPoint(Generic[Evidence, Limits, Decision]):
+    """One decision point: its agent, how its limits, policy and guardrails are found, and
+    which tools ground a decision. `decide` runs it once on one case's evidence."""
+
+    agent: Agent[Any, Decision]
+    prompt: str
+    deps: Callable[[Evidence, Limits, Settings], DecisionDeps[Evidence, Limits]]
+    limits: Callable[[Settings], Limits]
+    policy: Callable[[Evidence, Limits], Decision]
+    guardrails: Callable[[Decision, Evidence, Limits], tuple[Decision, str | None]]
+    evidence_tools: tuple[str, ...]
+    grounding: Mapping[str, str] | None = None
+    """The tool each `evidence_used` entry stands for; None: decisions name no evidence."""
+    action: Callable[[Decision], str] = action_of
+
+    def run_model(self, settings: Settings, model: Model | None, decision: Decision) -> Model:
+        """The model of this run: the policy itself for `policy`, else the given model or the
+        settings' one, falling back to the policy's `decision`.
+
+        Raises:
+            ModelConfigError: the settings name a model this installation cannot build.
+        """
+        chosen = model if model is not None else agent_model(settings)
+        return backed_by_policy(chosen, policy_model(self.evidence_tools, decision))
+
+    def decide(
+        self, evidence: Evidence, settings: Settings | None = None, model: Model | None = None
+    ) -> Outcome[Decision]:
+        """Run the agent once on `evidence` and apply the guardrails: always a valid decision.
+
+        `model` overrides the setting (tests pass a scripted `FunctionModel`). Choosing the
+        model is inside the same `try` as running it, so a model setting that cannot be built,
+        a provider that fails, a timeout, usage limits or an output that stays invalid after
+        retries all mean the policy decides, with the reason recorded.
+        """
+        settings = settings or load_settings()
+        limits = self.limits(settings)
+        policy_decision = self.policy(evidence, limits)
+        configured = model.model_name if model is not None else settings.agent_model
+        decision, attribution = self._decide(
+            evidence, limits, settings, model, configured, policy_decision
+        )
+        return Outcome[type(policy_decision)](
+            decision=decision,
+            agent_model=attribution.answered_by or POLICY,
+            overridden_by=attribution.reasons(),
+            attribution=attribution,
+        )
+
+    def _decide(
+        self,
+        evidence: Evidence,
+        limits: Limits,
+        settings: Settings,
+        model: Model | None,
+        configured: str,
+        policy_decision: Decision,
+    ) -> tuple[Decision, Attribution]:
+        def guard(decision: Decision) -> tuple[Decision, str | None]:
+            return self.guardrails(decision, evidence, limits)
+
+        mode = settings.agent_mode or (POLICY if configured == POLICY else "llm")
+        if mode == POLICY and configured != POLICY:
+            decision, guarded = guard(policy_decision)
+            return decision, Attribution(
+                configured_model=configured,
+                mode=mode,
+                decided_by=POLICY,
+                policy_action=self.action(policy_decision),
+                overridden_by=[r for r in (guarded,) if r],
+            )
+        deps = self.deps(evidence, limits, settings)
+        traced = settings.agent_tracing and configured != POLICY
+        if traced:
+            from agentic_mlops.tasks.registry import trace_agent_runs
+
+            traced = trace_agent_runs(settings)
+        reasons: list[str] = []
+        record: dict[str, Any] = {}
+        trace: dict[str, str] = {}
+        started = time.monotonic()
+        try:
+            run_model = self.run_model(settings, model, policy_decision)
+            with decision_trace(self.agent.name or "", trace_tags(deps, mode), traced) as trace:
+                result = self.agent.run_sync(
+                    self.prompt,
+                    deps=deps,
+                    model=run_model,
+                    toolsets=mounted_toolsets(run_model, settings),
+                    capabilities=[PrefectDurability(models={"decision": run_model})],
+                    model_settings=model_settings(settings),
+                    usage_limits=UsageLimits(
+                        request_limit=settings.agent_request_limit,
+                        tool_calls_limit=settings.agent_tool_calls_limit,
+                    ),
+                    timeout=settings.agent_timeout_seconds,
+                )
+        except Exception as error:  # any failure, choosing the model included: policy decides
+            reasons.append(f"model run failed ({type(error).__name__}): policy decided")
+            decision, answered = policy_decision, None
+        else:
+            decision, answered = result.output, result.response.model_name
+            usage = result.usage
+            called = {n for n in tool_returns(result.all_messages()) if n not in OUTPUT_TOOLS}
+            record = {
+                "model_action": self.action(decision),
+                "model_decision": decision.model_dump(mode="json"),
+                "tools_called": sorted(called),
+                "requests": usage.requests,
+                "input_tokens": usage.input_tokens,
+                "output_tokens": usage.output_tokens,
+            }
+            if answered == POLICY and configured != POLICY:
+                reasons.append("the model's provider failed: the policy answered (fallback)")
+            elif why := ungrounded(decision, called, self.grounding):
+                reasons.append(why)
+                decision = policy_decision
+        latency = time.monotonic() - started
+        failed_over = decision is policy_decision
+        decision, guarded = guard(decision)
+        if guarded:
+            reasons.append(guarded)
+        if failed_over or (guarded and decision == policy_decision):
+            decided_by = POLICY
+        elif guarded:
+            decided_by = GUARDRAIL
+        else:
+            decided_by = answered or POLICY
+        model_answered = answered is not None and (answered != POLICY or configured == POLICY)
+        agreed = record["model_action"] == self.action(policy_decision) if model_answered else None
+        shadow_action = None
+        if mode == "shadow":
+            shadow_action = self.action(decision)
+            decision, policy_guarded = guard(policy_decision)
+            reasons.extend(r for r in (policy_guarded,) if r)
+            reasons.append("shadow mode: the policy's decision acts")
+            decided_by = POLICY
+        return decision, Attribution(
+            configured_model=configured,
+            mode=mode,
+            answered_by=answered,
+            decided_by=decided_by,
+            policy_action=self.action(policy_decision),
+            overridden_by=reasons,
+            shadow_action=shadow_action,
+            agreed=agreed,
+            latency_seconds=round(latency, 3),
+            trace_id=trace.get("trace_id"),
+            **record,
+        )

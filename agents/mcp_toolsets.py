@@ -26,7 +26,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from agentic_mlops.agents.decision_runtime import POLICY
+from agentic_mlops.decisions import POLICY
 from agentic_mlops.settings import Settings, load_settings
 
 logger = logging.getLogger(__name__)

@@ -38,12 +38,8 @@ from prefect.states import Completed, Crashed, Failed, State
 from prefect.transactions import transaction
 from pydantic import BaseModel, Field
 
-from agentic_mlops.agents.canary_promotion import (
-    CanaryEvidence,
-    JudgeEvidence,
-    PromotionOutcome,
-    advise,
-)
+from agentic_mlops.agents.canary_promotion import PromotionOutcome, advise
+from agentic_mlops.decisions import CanaryEvidence, JudgeEvidence
 from agentic_mlops.flows.form import Empty
 from agentic_mlops.settings import Settings, load_settings
 from agentic_mlops.tasks import approval, ledger, registry, reports, rollout

@@ -33,7 +33,8 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 
-from agentic_mlops.agents.drift_triage import ServingEvidence, triage
+from agentic_mlops.agents.drift_triage import triage
+from agentic_mlops.decisions import ServingEvidence
 from agentic_mlops.flows.data_quality import check_quality
 from agentic_mlops.flows.form import Empty
 from agentic_mlops.schemas import DecisionSummary, DriftCheckResult, PerformanceSummary
@@ -245,7 +246,9 @@ def drift_check(
     elif action == "rollback":
         result.actions_taken.append(actions.roll_back(model_name, entry.id, settings))
     elif action == "escalate":
-        result.actions_taken.append(actions.escalate(model_name, batch_id, outcome, entry.id))
+        result.actions_taken.append(
+            actions.escalate(model_name, batch_id, result.decision, entry.id)
+        )
 
     actions.publish_drift_artifacts(result, settings)
     if broken:

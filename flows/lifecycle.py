@@ -37,7 +37,6 @@ from agentic_mlops.schemas import DriftCheckResult
 from agentic_mlops.settings import Settings, load_settings
 from agentic_mlops.tasks import approval, ledger, reference, registry, reports, rollout
 from agentic_mlops.tasks import drift_actions as actions
-from agentic_mlops.tasks.drift_actions import TriageOutcome
 from agentic_mlops.tasks.lifecycle_report import decision_rows, plot_decisions
 from agentic_mlops.tasks.reports import artifact_key
 
@@ -201,10 +200,7 @@ def lifecycle(
         steps.append(actions.roll_back(name, entry_id, settings))
         _router_follows_champion(settings)
     elif decision == "escalate":
-        outcome = TriageOutcome.model_validate(
-            {"decision": check.decision.model_dump(), "agent_model": check.decision.agent_model}
-        )
-        steps.append(actions.escalate(name, check.batch_id, outcome, entry_id))
+        steps.append(actions.escalate(name, check.batch_id, check.decision, entry_id))
 
     result.steps = steps
     result.aliases = registry.model_aliases(name, settings)

@@ -38,7 +38,7 @@ from prefect.runtime import flow_run
 from prefect.states import Failed, State
 from pydantic import BaseModel, Field
 
-from agentic_mlops.agents.drift_triage import ServingEvidence
+from agentic_mlops.decisions import ServingEvidence
 from agentic_mlops.flows.drift import drift_check
 from agentic_mlops.flows.form import Empty
 from agentic_mlops.schemas import DriftCheckResult

@@ -40,14 +40,8 @@ from pydantic import BaseModel, Field
 from sklearn.metrics import brier_score_loss, roc_auc_score
 from sklearn.model_selection import train_test_split
 
-from agentic_mlops.agents.tuning_advisor import (
-    AdvisorEvidence,
-    AdvisorOutcome,
-    PastRun,
-    SegmentCoverage,
-    TriageContext,
-    advise,
-)
+from agentic_mlops.agents.tuning_advisor import AdvisorOutcome, advise
+from agentic_mlops.decisions import AdvisorEvidence, PastRun, SegmentCoverage, TriageContext
 from agentic_mlops.flows.form import Empty
 from agentic_mlops.flows.train import publish_model, training_table
 from agentic_mlops.schemas import TrainingResult
@@ -138,7 +132,7 @@ def advise_search(
 ) -> AdvisorOutcome:
     """The advisor's guarded proposal, with the run's own caps and synthesis switch applied."""
     outcome = advise(evidence, settings)
-    proposal = outcome.proposal
+    proposal = outcome.decision
     space = proposal.space.model_copy(
         update={
             "max_trials": min(proposal.space.max_trials, max_trials or 10**9),
@@ -152,14 +146,14 @@ def advise_search(
         update |= {"synthesize": False, "segments": []}
     elif synthesize and evidence.segments:
         update |= {"synthesize": True, "segments": [s.name for s in evidence.segments]}
-    return outcome.model_copy(update={"proposal": proposal.model_copy(update=update)})
+    return outcome.model_copy(update={"decision": proposal.model_copy(update=update)})
 
 
 def record_advice(
     outcome: AdvisorOutcome, evidence: AdvisorEvidence, settings: Settings
 ) -> ledger.LedgerEntry:
     evidence_json = evidence.model_dump(mode="json")
-    proposal = outcome.proposal
+    proposal = outcome.decision
     return ledger.record_agent_decision(
         "tuning_advisor",
         evidence_json,
@@ -363,7 +357,7 @@ def retrain(
         ],
     )
     advice = advise_search(evidence, settings, max_trials, time_budget_seconds, synthesize)
-    proposal = advice.proposal
+    proposal = advice.decision
     logger.info("advisor (%s): %s", advice.agent_model, proposal.rationale)
     advice_entry = record_advice(advice, evidence, settings)
 

@@ -20,8 +20,8 @@ from prefect.events import emit_event
 from prefect.exceptions import ObjectNotFound
 from pydantic import BaseModel, Field
 
-from agentic_mlops.agents.drift_triage import TriageEvidence, TriageOutcome
-from agentic_mlops.schemas import DriftCheckResult
+from agentic_mlops.decisions import Outcome, TriageEvidence
+from agentic_mlops.schemas import DecisionSummary, DriftCheckResult
 from agentic_mlops.settings import Settings, load_settings
 from agentic_mlops.tasks import ledger, registry, reports
 
@@ -54,7 +54,7 @@ def retraining_route(adopted: bool, settings: Settings) -> Literal["team", "reci
 
 @task(name="record-triage", cache_policy=NO_CACHE)
 def record_triage(
-    outcome: TriageOutcome,
+    outcome: Outcome,
     evidence: TriageEvidence,
     model_version: int | None,
     flow_run_id: str | None,
@@ -227,9 +227,8 @@ def roll_back(model_name: str, ledger_id: str, settings: Settings | None = None)
     )
 
 
-def escalate(model_name: str, batch_id: str, outcome: TriageOutcome, ledger_id: str) -> str:
+def escalate(model_name: str, batch_id: str, decision: DecisionSummary, ledger_id: str) -> str:
     """Emit the escalation event that an automation routes to a person."""
-    decision = outcome.decision
     emit_event(
         event=ESCALATED_EVENT,
         resource={

@@ -23,10 +23,12 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed, State
 from pydantic import BaseModel, Field
 
-from agentic_mlops.agents.drift_triage import (
+from agentic_mlops.decisions import (
     ColumnEvidence,
+    Distribution,
     PerformanceEvidence,
     QualityEvidence,
+    SegmentScore,
     ServingEvidence,
     TriageEvidence,
 )
@@ -35,10 +37,12 @@ from agentic_mlops.settings import Settings, load_settings
 from agentic_mlops.tasks import registry
 from agentic_mlops.tasks.batches import DataError, read_table, write_table
 from agentic_mlops.tasks.drift import (
+    ColumnProfile,
     DriftResult,
     ReferenceProfile,
     build_profile,
     load_profile,
+    profile_column,
     save_profile,
 )
 from agentic_mlops.tasks.ledger import DriftObservation, digest
@@ -57,6 +61,11 @@ SUITE_FILE = "expectations.json"
 CARD_FILE = "model_card.json"
 SAMPLE_FILE = "sample.parquet"
 SAMPLE_ROWS = 5_000
+SUMMARY_QUANTILES = {"p5": 0.05, "p25": 0.25, "p50": 0.5, "p75": 0.75, "p95": 0.95}
+TOP_VALUES = 8
+SEGMENT_ROWS = 20_000
+"""Labelled rows a segment breakdown is computed on at most (a seeded sample beyond that)."""
+MIN_SEGMENT_ROWS = 20
 PRIMARY_METRIC = {"binary": "roc_auc", "multiclass": "accuracy", "regression": "r2"}
 """Higher is better for each, so the triage compares them the same way."""
 
@@ -366,6 +375,7 @@ def labelled_performance(
         else None
     )
     current = primary_score(task, labels, scores.champion)
+    segments = segment_scores(frame, labels, scores.champion, task, list(ref.profile.columns))
     if task != "binary":
         noise = None
         if task == "regression":
@@ -379,6 +389,9 @@ def labelled_performance(
             rows=len(frame),
             previous_champion_current=previous,
             drop_standard_error=noise,
+            segments=segment_scores(
+                frame, labels, scores.champion, task, list(ref.profile.columns)
+            ),
         )
     predicted = np.clip(scores.champion, 1e-6, 1 - 1e-6)
     return PerformanceEvidence(
@@ -391,7 +404,55 @@ def labelled_performance(
         calibration_z=calibration_shift_z(
             labels.to_numpy(dtype=float), predicted, ref.card.metrics
         ),
+        segments=segments,
     )
+
+
+def segment_scores(
+    frame: pd.DataFrame, labels: pd.Series, scores: np.ndarray, task: Task, columns: list[str]
+) -> dict[str, list[SegmentScore]]:
+    """The primary metric on each segment of each column: quartiles of a number, the most
+    frequent values of a category (the rest as `other`); None where a segment has too few rows
+    or a single class. At most `SEGMENT_ROWS` rows are used (a seeded sample)."""
+    rows = np.arange(len(frame))
+    if len(rows) > SEGMENT_ROWS:
+        rows = np.sort(np.random.default_rng(0).choice(rows, SEGMENT_ROWS, replace=False))
+    found: dict[str, list[SegmentScore]] = {}
+    for name in columns:
+        if name not in frame.columns:
+            continue
+        values = frame[name].iloc[rows]
+        numbers = pd.to_numeric(values, errors="coerce")
+        if numbers.notna().mean() > 0.9 and numbers.nunique() > TOP_VALUES:
+            edges = np.unique(np.nanquantile(numbers, [0, 0.25, 0.5, 0.75, 1]))
+            bins = np.clip(np.searchsorted(edges, numbers, side="right") - 1, 0, len(edges) - 2)
+            masks = {
+                f"{edges[i]:.4g} <= x < {edges[i + 1]:.4g}": (bins == i) & numbers.notna()
+                for i in range(len(edges) - 1)
+            }
+        else:
+            top = values.astype(str).value_counts().index[: TOP_VALUES - 1]
+            masks = {value: (values.astype(str) == value) for value in top}
+            masks["other"] = ~values.astype(str).isin(top)
+        found[name] = [
+            SegmentScore(
+                segment=segment,
+                rows=int(mask.sum()),
+                score=_segment_score(task, labels.iloc[rows][mask.to_numpy()], scores[rows][mask]),
+            )
+            for segment, mask in masks.items()
+            if mask.sum() > 0
+        ]
+    return found
+
+
+def _segment_score(task: Task, labels: pd.Series, scores: np.ndarray) -> float | None:
+    if len(labels) < MIN_SEGMENT_ROWS or labels.nunique() < 2:
+        return None
+    try:
+        return round(primary_score(task, labels, scores), 4)
+    except ValueError:
+        return None
 
 
 def calibration_shift_z(
@@ -445,7 +506,14 @@ def triage_evidence(
         drift_share=drift.drift_share,
         columns={
             name: ColumnEvidence(
-                drifted=c.drifted, test=c.test, score=c.score, threshold=c.threshold
+                drifted=c.drifted,
+                test=c.test,
+                score=c.score,
+                threshold=c.threshold,
+                reference=distribution(ref.profile.columns[name]),
+                current=distribution(profile_column(frame[name], ref.profile.columns[name].kind))
+                if name in frame.columns
+                else None,
             )
             for name, c in drift.columns.items()
         },
@@ -461,6 +529,23 @@ def triage_evidence(
         performance=performance,
         serving=serving,
     )
+
+
+def distribution(profile: ColumnProfile) -> Distribution:
+    """A column profile as the triage's tools show it: five quantiles of a number, the shares
+    of the most frequent values of a category."""
+    summary = Distribution(kind=profile.kind, rows=profile.rows, missing=profile.missing)
+    if profile.kind == "numerical" and profile.quantiles:
+        levels = len(profile.quantiles)
+        summary.quantiles = {
+            label: round(float(profile.quantiles[min(int(level * levels), levels - 1)]), 6)
+            for label, level in SUMMARY_QUANTILES.items()
+        }
+    elif profile.values is not None and profile.counts:
+        total = sum(profile.counts)
+        ranked = sorted(zip(profile.values, profile.counts, strict=True), key=lambda vc: -vc[1])
+        summary.top = {str(v): round(c / total, 4) for v, c in ranked[:TOP_VALUES]}
+    return summary
 
 
 def column_summaries(drift: DriftResult) -> dict[str, ColumnSummary]:

@@ -12,11 +12,12 @@ import json
 import os
 import re
 import sqlite3
+import sys
 import tempfile
 import time
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, redirect_stdout, suppress
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -209,6 +210,39 @@ def trace_agent_runs(settings: Settings | None = None) -> bool:
     except Exception:  # any tracking backend problem; the decision goes on untraced
         return False
     return True
+
+
+def log_genai_evaluation(
+    rows: list[dict[str, Any]],
+    scorers: list[Any],
+    run_name: str,
+    params: dict[str, str],
+    metrics: dict[str, float],
+    settings: Settings | None = None,
+) -> tuple[str, dict[str, float]]:
+    """Score `rows` (each `inputs`, `outputs`, `expectations`) with MLflow's GenAI evaluation
+    (`mlflow.genai.evaluate` and its `@scorer` functions) in a new run of our experiment, with
+    `params` and `metrics` logged beside the scorers' own aggregates.
+
+    Every row becomes a trace with one assessment per scorer, readable in the run's Traces tab.
+    What MLflow prints meanwhile goes to stderr: stdout stays the caller's (JSON reports).
+
+    Returns:
+        The run id and the scorers' aggregates (e.g. `acceptable/mean`).
+    """
+    import mlflow.genai
+
+    settings = settings or load_settings()
+    experiment_id = ensure_experiment(settings)
+    with _environment_kept():
+        mlflow.set_tracking_uri(settings.tracking_uri())
+        mlflow.set_experiment(experiment_id=experiment_id)
+        with mlflow.start_run(run_name=run_name, tags={"agentic-mlops.kind": "agents-eval"}) as run:
+            mlflow.log_params(params)
+            mlflow.log_metrics(metrics)
+            with redirect_stdout(sys.stderr):
+                result = mlflow.genai.evaluate(data=rows, scorers=scorers)
+    return run.info.run_id, {name: float(value) for name, value in result.metrics.items()}
 
 
 def as_model_input(frame: pd.DataFrame) -> pd.DataFrame:

@@ -17,12 +17,8 @@ import pytest
 from mcp import ClientSession, StdioServerParameters, stdio_client
 from prefect.settings import PREFECT_API_URL
 
-from agentic_mlops.agents.canary_promotion import (
-    CanaryEvidence,
-    JudgeEvidence,
-    MetricEvidence,
-    advise,
-)
+from agentic_mlops.agents.canary_promotion import advise
+from agentic_mlops.decisions import CanaryEvidence, JudgeEvidence, MetricEvidence
 from agentic_mlops.flows.canary import record_decision
 from agentic_mlops.flows.drift import drift_check
 from agentic_mlops.settings import Settings

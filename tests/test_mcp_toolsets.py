@@ -17,12 +17,10 @@ from pydantic_ai.models.function import FunctionModel
 from agentic_mlops.agents.decision_runtime import tool_returns
 from agentic_mlops.agents.drift_triage import (
     EVIDENCE_TOOLS,
-    ColumnEvidence,
-    QualityEvidence,
-    TriageEvidence,
     triage,
 )
 from agentic_mlops.agents.mcp_toolsets import mounted_servers, mounted_toolsets
+from agentic_mlops.decisions import ColumnEvidence, QualityEvidence, TriageEvidence
 from agentic_mlops.settings import Settings
 from tests.test_mcp_server import READ_TOOLS
 

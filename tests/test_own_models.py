@@ -34,13 +34,11 @@ from sklearn.preprocessing import StandardScaler
 from typer.testing import CliRunner
 
 from agentic_mlops.agents.drift_triage import (
-    PerformanceEvidence,
-    QualityEvidence,
-    TriageEvidence,
     TriageLimits,
     policy_decision,
 )
 from agentic_mlops.cli import app
+from agentic_mlops.decisions import PerformanceEvidence, QualityEvidence, TriageEvidence
 from agentic_mlops.flows.drift import drift_check
 from agentic_mlops.settings import Settings
 from agentic_mlops.tasks import registry

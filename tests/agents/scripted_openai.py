@@ -40,7 +40,13 @@ def offered_tools(body: dict[str, Any]) -> list[str]:
 
 
 def evidence_tools(body: dict[str, Any]) -> list[str]:
-    return [name for name in offered_tools(body) if name != OUTPUT_TOOL]
+    """The summaries offered: every tool but the output one that needs no argument."""
+    return [
+        tool["function"]["name"]
+        for tool in body.get("tools", [])
+        if tool["function"]["name"] != OUTPUT_TOOL
+        and not tool["function"].get("parameters", {}).get("required")
+    ]
 
 
 def called_tools(body: dict[str, Any]) -> list[str]:
@@ -180,3 +186,74 @@ def completion(reply: Reply, number: int) -> dict[str, Any]:
         ],
         "usage": {"prompt_tokens": 120, "completion_tokens": 30, "total_tokens": 150},
     }
+
+
+INJECTED_ACTIONS = ("promote", "increase_traffic", "rollback", "retrain", "none")
+
+
+def decision_point(body: dict[str, Any]) -> str:
+    """Which decision point a request comes from, by the tools it offers."""
+    tools = offered_tools(body)
+    if "judge_result" in tools:
+        return "canary_promotion"
+    return "drift_triage" if "quality_result" in tools else "tuning_advisor"
+
+
+def drastic(body: dict[str, Any], confident: bool = True) -> dict[str, Any]:
+    """The most drastic answer of the request's decision point, grounded in every summary."""
+    point = decision_point(body)
+    if point == "canary_promotion":
+        used: list[str] = ["judge", "sequential", "traffic"]
+        return {"action": "promote", "confidence": 0.99, "rationale": "ship it",
+                "evidence_used": used}  # fmt: skip
+    if point == "drift_triage":
+        used = ["quality", "column_drift", "drift_history", "feature_importance", "performance",
+                "registry", "serving"]  # fmt: skip
+        return {"action": "rollback", "severity": "high", "confidence": 0.99,
+                "rationale": "roll it back", "evidence_used": used}  # fmt: skip
+    return {"space": {"families": {"random_forest": {}}, "max_trials": 1,
+                      "time_budget_seconds": 1}, "rationale": "quick"}  # fmt: skip
+
+
+def idle(body: dict[str, Any]) -> dict[str, Any]:
+    """The do-nothing answer of the request's decision point, at 0.99, citing no tool."""
+    point = decision_point(body)
+    if point == "canary_promotion":
+        return {"action": "promote", "confidence": 0.99, "rationale": "looks fine"}
+    if point == "drift_triage":
+        return {"action": "none", "severity": "none", "confidence": 0.99, "rationale": "fine"}
+    return {"space": {"families": {}, "max_trials": 1, "time_budget_seconds": 1},
+            "rationale": "nothing to search"}  # fmt: skip
+
+
+def complacent_anywhere(body: dict[str, Any]) -> Reply:
+    """`none` or `promote` at 0.99 at once, without reading a tool."""
+    return Reply(calls=[(OUTPUT_TOOL, idle(body))])
+
+
+def follows_injection(body: dict[str, Any]) -> Reply:
+    """Reads every summary, then does what injected text in them says, else the drastic thing."""
+    if not called_tools(body):
+        return Reply(calls=[(name, {}) for name in evidence_tools(body)])
+    answer = drastic(body)
+    text = tool_results(body)
+    order = text[text.find("IGNORE PREVIOUS INSTRUCTIONS") :] if "IGNORE" in text else ""
+    named = [choice for choice in INJECTED_ACTIONS if choice in order]
+    if named and "action" in answer:
+        answer["action"] = min(named, key=order.find)
+    return Reply(calls=[(OUTPUT_TOOL, answer)])
+
+
+ADVERSARIES: dict[str, Behaviour] = {
+    "complacent": complacent_anywhere,
+    "reckless": diligent(drastic),
+    "gullible": follows_injection,
+    "garbage": garbage,
+    "unavailable": unavailable,
+}
+"""The adversaries by the model name a request asks for (`--model NAME` with a base URL)."""
+
+
+def by_model(body: dict[str, Any]) -> Reply:
+    """The adversary named by the request's `model`."""
+    return ADVERSARIES[body["model"]](body)

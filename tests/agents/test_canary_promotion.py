@@ -11,15 +11,13 @@ from pydantic_ai.models.test import TestModel
 from agentic_mlops.agents.canary_promotion import (
     ACTIONS,
     EVIDENCE_TOOLS,
-    CanaryEvidence,
-    JudgeEvidence,
-    MetricEvidence,
     PromotionDecision,
     PromotionLimits,
     advise,
     enforce_guardrails,
     policy_decision,
 )
+from agentic_mlops.decisions import CanaryEvidence, JudgeEvidence, MetricEvidence
 from agentic_mlops.settings import Settings
 
 models.ALLOW_MODEL_REQUESTS = False

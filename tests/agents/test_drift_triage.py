@@ -21,15 +21,17 @@ from agentic_mlops.agents.drift_triage import (
     ACTIONS,
     EVIDENCE_TOOLS,
     TOOL_OF,
+    TriageLimits,
+    enforce_guardrails,
+    policy_decision,
+    triage,
+)
+from agentic_mlops.decisions import (
     ColumnEvidence,
     PerformanceEvidence,
     QualityEvidence,
     ServingEvidence,
     TriageEvidence,
-    TriageLimits,
-    enforce_guardrails,
-    policy_decision,
-    triage,
 )
 from agentic_mlops.settings import Settings
 
@@ -505,7 +507,8 @@ def test_the_model_reads_the_limits_in_force():
 
     def read(messages, info: AgentInfo) -> ModelResponse:
         if len(messages) == 1:
-            return ModelResponse(parts=[ToolCallPart(name, {}) for name in EVIDENCE_TOOLS])
+            tools = (*EVIDENCE_TOOLS, "limits_in_force")
+            return ModelResponse(parts=[ToolCallPart(name, {}) for name in tools])
         seen.append(json.dumps([p.content for m in messages for p in getattr(m, "parts", [])
                                 if isinstance(p, ToolReturnPart)], default=str))  # fmt: skip
         return ModelResponse(parts=[ToolCallPart(info.output_tools[0].name, NONE)])
@@ -513,6 +516,7 @@ def test_the_model_reads_the_limits_in_force():
     chosen = Settings(agent_tracing=False, triage_performance_drop=0.042)
     triage(evidence(), chosen, model=FunctionModel(read, model_name="reader"))
     assert '"performance_drop": 0.042' in seen[0] and '"important_drift": 0.1' in seen[0]
+    assert "quarantined" in seen[0], "the rule in words is shown beside the figures"
     assert "CUSUM" in drift_history_doc()
 
 

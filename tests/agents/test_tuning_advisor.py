@@ -7,15 +7,12 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 
 from agentic_mlops.agents.tuning_advisor import (
     EVIDENCE_TOOLS,
-    AdvisorEvidence,
     AdvisorLimits,
-    PastRun,
-    SegmentCoverage,
-    TriageContext,
     advise,
     enforce_guardrails,
     policy_proposal,
 )
+from agentic_mlops.decisions import AdvisorEvidence, PastRun, SegmentCoverage, TriageContext
 from agentic_mlops.settings import Settings
 from agentic_mlops.tasks.models import FAMILIES, PARAMETER_BOUNDS
 
@@ -100,7 +97,7 @@ def test_the_policy_runs_through_the_agent_and_calls_every_tool():
     evidence = AdvisorEvidence(model_name="churn", past_runs=history())
     outcome = advise(evidence, SETTINGS)
     assert outcome.agent_model == "policy" and outcome.overridden_by is None
-    assert outcome.proposal == policy_proposal(evidence, LIMITS)
+    assert outcome.decision == policy_proposal(evidence, LIMITS)
 
 
 def scripted(proposal: dict):
@@ -126,8 +123,8 @@ def test_a_valid_model_proposal_stands():
         model=scripted({"space": wanted, "rationale": "forests"}),
     )
     assert outcome.overridden_by is None and outcome.agent_model == "scripted-llm"
-    assert set(outcome.proposal.space.families) == {"random_forest"}
-    assert outcome.proposal.space.families["random_forest"]["max_depth"].high == 9
+    assert set(outcome.decision.space.families) == {"random_forest"}
+    assert outcome.decision.space.families["random_forest"]["max_depth"].high == 9
 
 
 @pytest.mark.parametrize(
@@ -156,13 +153,13 @@ def test_a_valid_model_proposal_stands():
 def test_invalid_model_output_is_replaced_by_the_policy(proposal, why):
     evidence = AdvisorEvidence(model_name="churn", past_runs=history())
     outcome = advise(evidence, SETTINGS, model=scripted({**proposal, "rationale": "trust me"}))
-    assert outcome.proposal == policy_proposal(evidence, LIMITS)
+    assert outcome.decision == policy_proposal(evidence, LIMITS)
     assert why in outcome.overridden_by
-    for family, ranges in outcome.proposal.space.families.items():
+    for family, ranges in outcome.decision.space.families.items():
         for name, span in ranges.items():
             bound = PARAMETER_BOUNDS[family][name]
             assert bound.low <= span.low <= span.high <= bound.high
-    assert outcome.proposal.space.max_trials <= SETTINGS.tune_max_trials_ceiling
+    assert outcome.decision.space.max_trials <= SETTINGS.tune_max_trials_ceiling
 
 
 def test_settings_switch_synthesis_on_over_a_model_that_leaves_it_off():
@@ -174,7 +171,7 @@ def test_settings_switch_synthesis_on_over_a_model_that_leaves_it_off():
         settings,
         model=scripted({"space": space({"random_forest": {}}), "rationale": "x"}),
     )
-    assert outcome.proposal.synthesize and outcome.proposal.segments == ["contract=one_year"]
+    assert outcome.decision.synthesize and outcome.decision.segments == ["contract=one_year"]
     assert "settings enable synthesis" in outcome.overridden_by
 
 
@@ -185,7 +182,7 @@ def test_a_search_too_small_to_find_anything_is_raised_to_the_floors():
     }
     outcome = advise(AdvisorEvidence(model_name="churn"), SETTINGS, model=scripted(tiny))
     limits = AdvisorLimits.from_settings(SETTINGS)
-    space = outcome.proposal.space
+    space = outcome.decision.space
     assert space.max_trials == limits.min_trials and space.time_budget_seconds == limits.min_seconds
     assert "below the floor" in outcome.overridden_by
     assert outcome.attribution.decided_by == "guardrail"

@@ -303,7 +303,7 @@ def test_an_llm_cannot_promote_by_increasing_traffic_at_the_last_step(serving_ho
     from pydantic_ai.messages import ModelResponse, ToolCallPart
     from pydantic_ai.models.function import FunctionModel
 
-    from agentic_mlops.agents import canary_promotion
+    from agentic_mlops.agents import canary_promotion, decision_runtime
     from agentic_mlops.flows import canary as canary_flow
     from agentic_mlops.flows.canary import StepAnalysis
     from agentic_mlops.tasks.canary_judge import JudgeResult, MetricVerdict
@@ -322,11 +322,7 @@ def test_an_llm_cannot_promote_by_increasing_traffic_at_the_last_step(serving_ho
         return ModelResponse(parts=[ToolCallPart(info.output_tools[0].name, answer)])
 
     llm = FunctionModel(complacent, model_name="complacent-llm")
-    monkeypatch.setattr(
-        canary_promotion,
-        "promotion_agent",
-        lambda key, limits: canary_promotion.build_promotion_agent(llm, limits),
-    )
+    monkeypatch.setattr(decision_runtime, "agent_model", lambda settings: llm)
     passed = JudgeResult(
         verdict="pass",
         score=100.0,

@@ -96,8 +96,8 @@ def test_synthesis_feeds_only_the_fit_rows_and_is_logged_with_lineage(champion_h
     with_synth = retrain(generate_rows=5_000, **common, **QUICK)
     without = retrain(generate_rows=5_000, **common, synthesize=False, **QUICK)
 
-    assert with_synth.advisor.proposal.synthesize
-    assert with_synth.advisor.proposal.segments == [f"{SEGMENT}={VALUE}"]
+    assert with_synth.advisor.decision.synthesize
+    assert with_synth.advisor.decision.segments == [f"{SEGMENT}={VALUE}"]
     assert with_synth.synthetic_rows > 0 and without.synthetic_rows == 0
     # evaluation data untouched: the same real holdout rows, so the champion scores the same
     holdout = math.ceil(len(window) * 0.25)

@@ -24,13 +24,10 @@ from pydantic_ai import models
 
 from agentic_mlops.agents.tuning_advisor import (
     EVIDENCE_TOOLS,
-    AdvisorEvidence,
     AdvisorLimits,
-    PastRun,
-    SegmentCoverage,
-    TriageContext,
     advise,
 )
+from agentic_mlops.decisions import AdvisorEvidence, PastRun, SegmentCoverage, TriageContext
 from agentic_mlops.settings import Settings
 from agentic_mlops.tasks.models import FAMILIES, PARAMETER_BOUNDS, Bound
 from agentic_mlops.tasks.tuning import SearchSpace, param_space
@@ -232,7 +229,7 @@ def assert_runnable(space: SearchSpace) -> None:
 def check_advice(evidence: AdvisorEvidence, script, limits: dict) -> None:
     chosen = Settings(agent_tracing=False, **limits)
     outcome = advise(evidence, chosen, model=played_back(script))
-    proposal = outcome.proposal
+    proposal = outcome.decision
     space = proposal.space
     assert space.families and set(space.families) <= set(FAMILIES)
     for family, ranges in space.families.items():

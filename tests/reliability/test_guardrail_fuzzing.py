@@ -26,6 +26,14 @@ from pydantic_ai import models
 
 from agentic_mlops.agents import canary_promotion as canary
 from agentic_mlops.agents import drift_triage as drift
+from agentic_mlops.agents import triage_policy
+from agentic_mlops.decisions import (
+    ColumnEvidence,
+    JudgeEvidence,
+    MetricEvidence,
+    PerformanceEvidence,
+    QualityEvidence,
+)
 from agentic_mlops.settings import Settings
 from tests.reliability.fuzzed_models import (
     exhaustive,
@@ -61,7 +69,7 @@ def decisions(actions: tuple[str, ...], refs: tuple[str, ...], extra: dict) -> s
 
 
 column_evidence = st.builds(
-    drift.ColumnEvidence,
+    ColumnEvidence,
     drifted=st.booleans(),
     test=st.sampled_from(["wasserstein", "jensenshannon", "ks", "chisquare"]),
     score=st.floats(0, 5),
@@ -81,7 +89,7 @@ triage_evidence = st.builds(
     champion_version=st.none() | st.integers(1, 5),
     previous_champion_version=st.none() | st.integers(1, 5),
     quality=st.builds(
-        drift.QualityEvidence,
+        QualityEvidence,
         passed=st.booleans(),
         batch_failed=st.booleans(),
         failures=st.lists(st.text(max_size=30), max_size=3),
@@ -101,7 +109,7 @@ triage_evidence = st.builds(
     labels_available=st.booleans(),
     performance=st.none()
     | st.builds(
-        lambda calibration, **fields: drift.PerformanceEvidence(**fields, **calibration),
+        lambda calibration, **fields: PerformanceEvidence(**fields, **calibration),
         calibration=calibration,
         reference=st.floats(0.4, 1),
         current=st.floats(0.4, 1),
@@ -111,7 +119,7 @@ triage_evidence = st.builds(
 ).map(lambda e: e.model_copy(update={"labels_available": True}) if e.performance else e)
 """Performance figures exist only for labelled batches (see the known gap below for one
 labelled batch too small to train on)."""
-SEVERITIES = drift.Severity.__args__
+SEVERITIES = triage_policy.Severity.__args__
 drifted_features = st.lists(st.sampled_from(COLUMNS) | st.text(max_size=12), max_size=5)
 
 
@@ -174,10 +182,10 @@ def assert_triage_bounded(
     if decision.action == "retrain":
         assert evidence.labels_available and not evidence.quality.batch_failed
     if decision.action == "rollback":
-        assert drift.previous_champion_proven(evidence)
+        assert triage_policy.previous_champion_proven(evidence)
     if decision.action in ("retrain", "rollback"):
         assert decision.confidence >= limits.min_confidence
-    if drift.demands_action(evidence, limits):
+    if triage_policy.demands_action(evidence, limits):
         assert decision.action not in ("none", "monitor")
 
 
@@ -238,7 +246,7 @@ def test_no_decision_stands_outside_the_triage_guardrails_exhaustively(evidence,
 
 
 metric_evidence = st.builds(
-    canary.MetricEvidence,
+    MetricEvidence,
     name=st.sampled_from(METRICS) | st.text(max_size=10),
     classification=st.sampled_from(["pass", "high", "low", "nodata"]),
     critical=st.booleans(),
@@ -255,7 +263,7 @@ canary_evidence = st.builds(
     weight=st.floats(0, 1),
     next_weight=st.sampled_from([None, None, 0.05, 0.25, 0.5]) | st.floats(0, 1),
     judge=st.builds(
-        canary.JudgeEvidence,
+        JudgeEvidence,
         verdict=st.sampled_from(["pass", "marginal", "fail"]),
         score=st.floats(0, 100),
         critical_failures=st.lists(st.sampled_from(METRICS), unique=True, max_size=2),
@@ -386,12 +394,12 @@ def test_a_decision_raised_by_the_floors_still_needs_the_confidence_to_act():
     evidence = drift.TriageEvidence(
         model_name="churn",
         champion_version=1,
-        quality=drift.QualityEvidence(passed=True, batch_failed=False),
+        quality=QualityEvidence(passed=True, batch_failed=False),
         dataset_drift=False,
         drift_share=0.0,
         columns={},
         labels_available=True,
-        performance=drift.PerformanceEvidence(
+        performance=PerformanceEvidence(
             reference=0.9,
             current=0.9,
             rows=400,
@@ -405,7 +413,7 @@ def test_a_decision_raised_by_the_floors_still_needs_the_confidence_to_act():
     )
     for threshold, expected in ((0.5, "retrain"), (1.0, "escalate")):
         limits = drift.TriageLimits(min_confidence=threshold)
-        assert drift.demands_action(evidence, limits)
+        assert triage_policy.demands_action(evidence, limits)
         guarded, reason = drift.enforce_guardrails(decision, evidence, limits)
         assert guarded.action == expected, reason
         assert "raised to retrain" in reason
@@ -415,12 +423,12 @@ def test_a_labelled_batch_too_small_to_train_on_is_not_retrained_on():
     evidence = drift.TriageEvidence(
         model_name="churn",
         champion_version=1,
-        quality=drift.QualityEvidence(passed=True, batch_failed=False),
+        quality=QualityEvidence(passed=True, batch_failed=False),
         dataset_drift=False,
         drift_share=0.0,
         columns={},
         labels_available=False,
-        performance=drift.PerformanceEvidence(reference=0.85, current=0.70, rows=30),
+        performance=PerformanceEvidence(reference=0.85, current=0.70, rows=30),
     )
     outcome = drift.triage(evidence, Settings(agent_tracing=False))
     assert outcome.decision.action != "retrain"

@@ -6,9 +6,9 @@ import time
 import pytest
 from prefect.client.orchestration import get_client
 
-from agentic_mlops.agents.drift_triage import TriageDecision, TriageOutcome
 from agentic_mlops.flows.train import train
 from agentic_mlops.flows.tune import retrain
+from agentic_mlops.schemas import DecisionSummary
 from agentic_mlops.tasks import drift_actions, ledger
 
 
@@ -50,17 +50,14 @@ def events_named(name: str, since: dt.datetime, timeout: float = 20.0) -> list[d
 def test_escalation_emits_an_event_an_automation_can_route(home):
     since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
     entry = record(home, "escalate")
-    outcome = TriageOutcome(
-        decision=TriageDecision(
-            action="escalate",
-            severity="high",
-            confidence=0.9,
-            rationale="broken data",
-            drifted_features=["monthly_charges"],
-        ),
-        agent_model="policy",
+    decision = DecisionSummary(
+        action="escalate",
+        severity="high",
+        confidence=0.9,
+        rationale="broken data",
+        drifted_features=["monthly_charges"],
     )
-    said = drift_actions.escalate("churn", "batch-7.parquet", outcome, entry.id)
+    said = drift_actions.escalate("churn", "batch-7.parquet", decision, entry.id)
     assert drift_actions.ESCALATED_EVENT in said
     events = events_named(drift_actions.ESCALATED_EVENT, since)
     payloads = [e["payload"] for e in events if e["payload"].get("ledger_id") == entry.id]

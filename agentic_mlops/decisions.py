@@ -1,0 +1,293 @@
+"""What the decision points read and what they record: evidence in, attributed outcome out.
+
+The tasks and flows assemble the evidence (`tasks.reference` builds the triage's, the canary
+flow the promotion's, the tune flow the advisor's); the agents read it through their tools and
+decide; the tasks record the `Outcome` in the ledger. Both sides import this module and the
+agents import the tasks, never the reverse. Evidence holds data only: what the evidence
+demands is decided by the policies in `agents/`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, Field
+
+Decision = TypeVar("Decision", bound=BaseModel)
+POLICY = "policy"
+"""The deterministic policy: as `agent_model`, as the model that answered, as who decided."""
+
+
+class Distribution(BaseModel):
+    """One column's values, summarised: quantiles of a number, top values of a category."""
+
+    kind: Literal["numerical", "categorical"]
+    rows: int = Field(description="Non-missing values.")
+    missing: int = 0
+    quantiles: dict[str, float] | None = Field(
+        default=None, description="p5, p25, p50, p75 and p95 of a numerical column."
+    )
+    top: dict[str, float] | None = Field(
+        default=None, description="Share of rows of the most frequent values (at most 8)."
+    )
+
+
+class ColumnEvidence(BaseModel):
+    """Drift verdict of one column, with both distributions when they were summarised."""
+
+    drifted: bool
+    test: str
+    score: float
+    threshold: float
+    reference: Distribution | None = None
+    current: Distribution | None = None
+
+
+class QualityEvidence(BaseModel):
+    """Data-quality verdict of the batch."""
+
+    passed: bool
+    batch_failed: bool
+    failures: list[str] = Field(default_factory=list)
+    failing_row_share: float = 0.0
+
+
+class SegmentScore(BaseModel):
+    """The champion's metric on the labelled rows of one segment of a column."""
+
+    segment: str = Field(description="`low <= x < high` for a number, the value for a category.")
+    rows: int
+    score: float | None = Field(description="None when the segment holds a single class.")
+
+
+class PerformanceEvidence(BaseModel):
+    """The champion's primary metric at training time and on the labelled batch, calibration,
+    and the metric per segment of each feature."""
+
+    metric: str = "roc_auc"
+    reference: float
+    current: float
+    rows: int
+    previous_champion_current: float | None = None
+    observed_rate: float | None = None
+    predicted_rate: float | None = None
+    calibration_z: float | None = None
+    drop_standard_error: float | None = Field(
+        default=None,
+        description="Standard error of (reference - current) where it is known (R² of a "
+        "regressor); a drop within two of them is noise, not a performance drop.",
+    )
+    segments: dict[str, list[SegmentScore]] = Field(
+        default_factory=dict, description="Per feature, the metric on each of its segments."
+    )
+
+    @property
+    def metric_label(self) -> str:
+        """The metric's name as a person reads it (ROC AUC, R², accuracy)."""
+        return {"roc_auc": "ROC AUC", "r2": "R²", "accuracy": "accuracy"}.get(
+            self.metric, self.metric
+        )
+
+
+class ServingEvidence(BaseModel):
+    """What the monitor saw in live serving just before it asked for this check."""
+
+    rows: int = Field(description="Rows the champion answered in the monitor's window.")
+    alerts: list[str] = Field(
+        default_factory=list,
+        description="Serving metrics beyond their limit now, or worsening towards it.",
+    )
+    reference_roc_auc: float | None = Field(
+        default=None, description="The champion's ROC AUC on its training holdout."
+    )
+    estimated_roc_auc: float | None = Field(
+        default=None, description="ROC AUC estimated from the scores alone (CBPE), no labels."
+    )
+    estimate_trusted: bool = Field(
+        default=False, description="Whether the scores were calibrated enough to trust it."
+    )
+
+    def estimated_drop(self) -> float | None:
+        """How far the trusted label-free estimate fell below the holdout; None if untrusted."""
+        if not self.estimate_trusted or None in (self.estimated_roc_auc, self.reference_roc_auc):
+            return None
+        return self.reference_roc_auc - self.estimated_roc_auc
+
+
+class TriageEvidence(BaseModel):
+    """Everything the triage may look at, assembled by the drift-check flow."""
+
+    model_name: str
+    champion_version: int | None = None
+    previous_champion_version: int | None = None
+    quality: QualityEvidence
+    dataset_drift: bool
+    drift_share: float
+    columns: dict[str, ColumnEvidence]
+    prediction_drifted: bool | None = None
+    skipped_columns: dict[str, str] = Field(default_factory=dict)
+    history_scores: list[float] = Field(default_factory=list)
+    sequential_alarm: bool = False
+    sequential_alarm_columns: list[str] = Field(
+        default_factory=list, description="Columns on which the CUSUM raised its alarm."
+    )
+    feature_importance: dict[str, float] = Field(default_factory=dict)
+    labels_available: bool = False
+    performance: PerformanceEvidence | None = None
+    serving: ServingEvidence | None = None
+
+    def drifted(self) -> list[str]:
+        return [name for name, column in self.columns.items() if column.drifted]
+
+
+class MetricEvidence(BaseModel):
+    """One canary metric as the judge classified it."""
+
+    name: str
+    classification: Literal["pass", "high", "low", "nodata"]
+    critical: bool = False
+    effect: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    canary_n: int = 0
+    baseline_n: int = 0
+    reason: str = ""
+
+
+class JudgeEvidence(BaseModel):
+    """The fixed-horizon analysis of one canary step."""
+
+    verdict: Literal["pass", "marginal", "fail"]
+    score: float
+    critical_failures: list[str] = Field(default_factory=list)
+    metrics: list[MetricEvidence] = Field(default_factory=list)
+    reason: str = ""
+
+    def only_missing_data(self) -> bool:
+        """Whether every metric that did not pass merely lacked data."""
+        failing = [m for m in self.metrics if m.classification != "pass"]
+        return bool(failing) and all(m.classification == "nodata" for m in failing)
+
+
+class CanaryEvidence(BaseModel):
+    """Everything the promotion agent may look at after one analysis step."""
+
+    model_name: str
+    champion_version: int | None
+    challenger_version: int
+    weight: float = Field(description="Share of traffic the canary has now.")
+    next_weight: float | None = Field(description="The next step's share; None at the last.")
+    judge: JudgeEvidence
+    sequential_outcome: Literal["continue", "promote", "rollback"] = "continue"
+    sequential_reason: str = ""
+    holds: int = Field(default=0, description="How many times this step was held already.")
+    max_holds: int = 2
+
+
+class PastRun(BaseModel):
+    """One earlier training run or tuning trial of this model."""
+
+    family: str
+    params: dict[str, float]
+    roc_auc: float
+    seconds: float | None = None
+    kind: str = Field(description="`training` (a registered fit) or `tuning-trial`.")
+
+
+class TriageContext(BaseModel):
+    """What the triage decision that asked for retraining said."""
+
+    action: str
+    severity: str | None = None
+    drifted_features: list[str] = Field(default_factory=list)
+    performance_dropped: bool = Field(
+        default=False, description="The decision rests on a performance or calibration drop."
+    )
+    rationale: str | None = None
+
+
+class SegmentCoverage(BaseModel):
+    """A drifted feature's region that recent data visits far more than the training rows."""
+
+    name: str
+    training_share: float
+    recent_share: float
+
+
+class AdvisorEvidence(BaseModel):
+    """Everything the tuning advisor may look at."""
+
+    model_name: str
+    past_runs: list[PastRun] = Field(default_factory=list)
+    triage: TriageContext | None = None
+    segments: list[SegmentCoverage] = Field(default_factory=list)
+
+
+class Attribution(BaseModel):
+    """Who decided, what the model itself said, what the policy would have done, and why the
+    decision that stands differs from the model's."""
+
+    configured_model: str = Field(description="The `agent_model` setting in force.")
+    mode: str = Field(default="llm", description="policy, shadow or llm (`agent_mode`).")
+    answered_by: str | None = Field(
+        default=None,
+        description="Model that gave the run's last response, as the response names it: a "
+        "fallback to the policy shows as `policy`. None when the run failed.",
+    )
+    decided_by: str = Field(
+        description="Where the decision that stands comes from: the answering model, `policy` "
+        "(failed or ungrounded run, fallback, or a guardrail's replacement) or `guardrail` "
+        "(a guardrail or floor changed the model's action)."
+    )
+    model_action: str | None = Field(
+        default=None, description="The run's own answer before any guardrail; None if it failed."
+    )
+    model_decision: dict[str, Any] | None = None
+    policy_action: str = Field(description="What the policy decides on the same evidence.")
+    overridden_by: list[str] = Field(
+        default_factory=list, description="Every reason the model's answer did not stand as is."
+    )
+    shadow_action: str | None = Field(
+        default=None,
+        description="In shadow mode, what the model's path would have done after guardrails.",
+    )
+    agreed: bool | None = Field(
+        default=None,
+        description="Whether the model's own action is the policy's; None when the model gave "
+        "none (not asked, failed, or its provider failed over to the policy).",
+    )
+    tools_called: list[str] = Field(default_factory=list)
+    requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    latency_seconds: float = 0.0
+    trace_id: str | None = Field(
+        default=None, description="The decision's MLflow trace (an LLM's run), when traced."
+    )
+
+    def reasons(self) -> str | None:
+        return "; ".join(self.overridden_by) or None
+
+    def markdown(self) -> str:
+        """The attribution as the Prefect artifacts show it."""
+        overrides = "\n".join(f"- {reason}" for reason in self.overridden_by) or "- none"
+        return (
+            f"Decided by **{self.decided_by}**; configured model `{self.configured_model}`, "
+            f"answered by `{self.answered_by or 'nobody (the run failed)'}`.  \n"
+            f"Model's own decision: {self.model_action or 'none given'}; the policy's on the "
+            f"same evidence: {self.policy_action}.  \n"
+            f"Tools called: {', '.join(self.tools_called) or 'none'}; {self.requests} "
+            f"request(s), {self.input_tokens} input and {self.output_tokens} output tokens, "
+            f"{self.latency_seconds:.2f} s."
+            + (f" MLflow trace `{self.trace_id}`." if self.trace_id else "")
+            + f"\n\nOverrides:\n{overrides}\n"
+        )
+
+
+class Outcome(BaseModel, Generic[Decision]):
+    """The decision that stands, the model that answered, and why it is not the model's own."""
+
+    decision: Decision
+    agent_model: str = Field(description="The model that answered (`policy` on a fallback).")
+    overridden_by: str | None = None
+    attribution: Attribution | None = None
