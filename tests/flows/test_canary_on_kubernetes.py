@@ -132,7 +132,7 @@ def canary_on_the_cli(monkeypatch, prometheus_url: str) -> dict:
         app, ["canary", "--version", "2", "--steps", "50,100", "--step-seconds", "20", "--json"]
     )
     assert result.exit_code == 0, result.output
-    return json.loads(result.output)
+    return json.loads(result.stdout)
 
 
 def test_the_canary_flow_promotes_through_the_kubernetes_api(cluster, monkeypatch, tmp_path):
