@@ -214,10 +214,7 @@ def test_no_model_output_takes_the_triage_outside_its_guardrails_thoroughly(evid
 
 
 def triage_limits_of(limits: dict) -> drift.TriageLimits:
-    return drift.TriageLimits(
-        allowed_actions=tuple(limits["triage_allowed_actions"]),
-        min_confidence=limits["triage_min_confidence"],
-    )
+    return drift.TriageLimits.from_settings(Settings(agent_tracing=False, **limits))
 
 
 @quick
@@ -357,10 +354,7 @@ def test_no_model_output_promotes_a_canary_past_its_judge_thoroughly(evidence, c
 
 
 def canary_limits_of(limits: dict) -> canary.PromotionLimits:
-    return canary.PromotionLimits(
-        allowed_actions=tuple(limits["canary_allowed_actions"]),
-        min_confidence=limits["canary_min_confidence"],
-    )
+    return canary.PromotionLimits.from_settings(Settings(agent_tracing=False, **limits))
 
 
 @quick
