@@ -7,6 +7,13 @@ import time
 
 from prefect import flow, task
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    FlowFilter,
+    FlowFilterName,
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateName,
+)
 from prefect.flow_runs import resume_flow_run
 
 from agentic_mlops.tasks import approval
@@ -45,8 +52,13 @@ def test_an_answered_form_returns_the_answer_without_a_forced_resume():
         deadline = time.monotonic() + 60
         with get_client(sync_client=True) as client:
             while not answered and time.monotonic() < deadline:
-                for run in client.read_flow_runs(limit=20):
-                    if run.state and run.state.is_paused():
+                paused = client.read_flow_runs(
+                    flow_filter=FlowFilter(name=FlowFilterName(any_=["asks-a-person"])),
+                    flow_run_filter=FlowRunFilter(
+                        state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["Paused"]))
+                    ),
+                )
+                for run in paused:
                         resume_flow_run(run.id, run_input={"decision": "approve", "comment": ""})
                         answered.append(run.id)
                 time.sleep(0.3)

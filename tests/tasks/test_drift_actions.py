@@ -27,13 +27,16 @@ def record(home, action="retrain"):
     )
 
 
-def events_named(name: str, since: dt.datetime, timeout: float = 20.0) -> list[dict]:
+def events_named(name: str, since: dt.datetime, ledger_id: str, timeout: float = 30.0) -> list[dict]:
+    """The events of that name about one ledger entry, waiting until one arrives: other tests
+    on the same server emit events of the same name."""
     body = {
         "filter": {
             "event": {"name": [name]},
             "occurred": {"since": since.isoformat(), "until": dt.datetime.now(dt.UTC).isoformat()},
         },
         "limit": 50,
+        "order": "DESC",
     }
     deadline = time.monotonic() + timeout
     while True:
@@ -41,7 +44,8 @@ def events_named(name: str, since: dt.datetime, timeout: float = 20.0) -> list[d
             dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5)
         ).isoformat()
         with get_client(sync_client=True) as client:
-            found = client.request("POST", "/events/filter", json=body).json()["events"]
+            events = client.request("POST", "/events/filter", json=body).json()["events"]
+        found = [e for e in events if e["payload"].get("ledger_id") == ledger_id]
         if found or time.monotonic() > deadline:
             return found
         time.sleep(0.5)
@@ -59,8 +63,8 @@ def test_escalation_emits_an_event_an_automation_can_route(home):
     )
     said = drift_actions.escalate("churn", "batch-7.parquet", decision, entry.id)
     assert drift_actions.ESCALATED_EVENT in said
-    events = events_named(drift_actions.ESCALATED_EVENT, since)
-    payloads = [e["payload"] for e in events if e["payload"].get("ledger_id") == entry.id]
+    events = events_named(drift_actions.ESCALATED_EVENT, since, entry.id)
+    payloads = [e["payload"] for e in events]
     assert payloads and payloads[0]["batch_id"] == "batch-7.parquet"
     assert payloads[0]["drifted_features"] == ["monthly_charges"]
 
