@@ -5,6 +5,7 @@ Bad input ends with a one-line error and exit code 2; a failed run with exit cod
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Annotated
@@ -84,6 +85,49 @@ def announce_server() -> None:
             "(`agentic-mlops up` keeps one running)"
         )
     errors.print(line, highlight=False, soft_wrap=True)
+
+
+def start_server_early():
+    """Announce the server the flow will run on; with none to use, start the temporary one now
+    so it starts while this process imports and reads its data (`runtime.start_temporary_server`).
+    Called before Prefect is imported."""
+    from agentic_mlops.runtime import start_temporary_server
+
+    server = start_temporary_server(load_settings())
+    if server is None:
+        announce_server()
+    else:
+        errors.print(
+            "No local stack: starting a temporary Prefect server for this command "
+            "(`agentic-mlops up` keeps one running)",
+            highlight=False,
+            soft_wrap=True,
+        )
+    return server
+
+
+def wait_for_server(server) -> None:
+    """Wait for the temporary server started early, if one was; a one-line error if it fails."""
+    from agentic_mlops import stack
+
+    if server is None:
+        return
+    try:
+        with errors.status("Waiting for the temporary Prefect server..."):
+            stack.wait_ready(server, timeout=90)
+    except stack.StackError as error:
+        fail(str(error).splitlines()[0] + f" (log: {server.log})", 1)
+
+
+def profile_reference_early(reference: Path, target: str | None, model: str | None) -> None:
+    """Build (or find) the reference file's cached profile while the temporary server starts;
+    the flow then finds it ready. What goes wrong here is left to the flow, which reports it
+    on its own terms (a `NoReference` or `InvalidData` state)."""
+    from agentic_mlops.tasks.reference import resolve_reference
+
+    settings = load_settings()
+    with contextlib.suppress(Exception):
+        resolve_reference.fn(str(reference), target, settings, model)
 
 
 def where_to_look() -> str:
@@ -310,9 +354,13 @@ def drift_check(
             fail(f"{path}: no such file")
     answer = served_check(current, reference, target, act, model)
     if answer is None:
+        server = start_server_early()
+        if reference is not None:
+            with errors.status(f"Profiling {reference.name} (once per file content)..."):
+                profile_reference_early(reference, target, model)
         from agentic_mlops.flows.drift import drift_check as drift_flow
 
-        announce_server()
+        wait_for_server(server)
         with errors.status("Checking quality and drift, and triaging..."):
             state = drift_flow(
                 current_path=str(current),

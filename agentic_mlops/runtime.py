@@ -10,7 +10,10 @@ starts a temporary one for the process.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
+import signal
 import sys
 import threading
 from pathlib import Path
@@ -60,6 +63,41 @@ def configure_environment(settings: Settings | None = None) -> Settings:
     return settings
 
 
+temporary_server: stack.StackProcess | None = None
+"""The Prefect server this process started for itself, if any (`start_temporary_server`)."""
+
+
+def start_temporary_server(settings: Settings) -> stack.StackProcess | None:
+    """With no Prefect server to use (no local stack, no `PREFECT_API_URL`), start the
+    temporary one now, in the background, and point this process at it; Prefect itself would
+    start it only at the first flow run and wait for it there. The command imports its
+    libraries and reads its data meanwhile. Nothing is started once Prefect is imported (it
+    has read its settings then) or when a server is set. The server ends with the process.
+    """
+    global temporary_server
+    if temporary_server or os.environ.get("PREFECT_API_URL") or "prefect" in sys.modules:
+        return None
+    folder = stack.stack_dir(settings.home)
+    temporary_server = stack.start_temporary_prefect(settings.prefect_home, folder)
+    os.environ["PREFECT_API_URL"] = temporary_server.api_url
+    atexit.register(stop_temporary_server)
+    return temporary_server
+
+
+def stop_temporary_server(grace: float = 5.0) -> None:
+    """End the temporary server this process started; safe to call twice. With no `grace`,
+    it is told to stop and finishes on its own."""
+    global temporary_server
+    if temporary_server is None:
+        return
+    if grace > 0:
+        stack.stop(temporary_server, grace)
+    else:
+        with contextlib.suppress(OSError):
+            os.killpg(temporary_server.pid, signal.SIGTERM)
+    temporary_server = None
+
+
 def quick_exit(code: int, budget: float = 2.0) -> NoReturn:
     """End a command's process as soon as its result is printed.
 
@@ -94,4 +132,5 @@ def quick_exit(code: int, budget: float = 2.0) -> NoReturn:
         for server in list(SubprocessASGIServer._instances.values()):
             if server.server_process is not None:
                 server.server_process.terminate()
+    stop_temporary_server(grace=0)
     os._exit(code)

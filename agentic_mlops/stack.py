@@ -38,6 +38,7 @@ COMMAND_MARKERS: dict[str, bytes] = {
     "mlflow": b"mlflow",
     "checks": b"agentic_mlops.check_server",
 }
+PR_SET_PDEATHSIG = 1
 HEALTH = {"prefect": "/api/health", "mlflow": "/health", "checks": "/health"}
 
 
@@ -189,7 +190,19 @@ def _log_tail(log: Path) -> str:
         return "(no log)"
 
 
-def _spawn(role: Role, command: list[str], port: int, log: Path, env: dict) -> StackProcess:
+def _end_with_parent() -> None:
+    """In a child before it runs: ask Linux to end it when the process that started it ends."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _spawn(
+    role: Role, command: list[str], port: int, log: Path, env: dict, with_parent: bool = False
+) -> StackProcess:
+    """Start a process in a session of its own, its output appended to `log`; with
+    `with_parent`, it ends when this process ends, however this one ends (Linux)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
         process = subprocess.Popen(
@@ -199,6 +212,7 @@ def _spawn(role: Role, command: list[str], port: int, log: Path, env: dict) -> S
             stdin=subprocess.DEVNULL,
             start_new_session=True,
             env=env,
+            preexec_fn=_end_with_parent if with_parent and sys.platform == "linux" else None,
         )
     return StackProcess(
         role=role,
@@ -210,7 +224,12 @@ def _spawn(role: Role, command: list[str], port: int, log: Path, env: dict) -> S
     )
 
 
-def _wait_ready(process: StackProcess, timeout: float) -> None:
+def wait_ready(process: StackProcess, timeout: float) -> None:
+    """Wait until a started process answers its health address.
+
+    Raises:
+        StackError: it exited, or did not answer within `timeout` (it is then stopped).
+    """
     deadline = time.monotonic() + timeout
     health = process.url + HEALTH[process.role]
     while time.monotonic() < deadline:
@@ -254,6 +273,34 @@ def start_prefect(prefect_home: Path, folder: Path, port: int | None = None) -> 
     prefect_home.mkdir(parents=True, exist_ok=True)
     command = [_program("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     return _spawn("prefect", command, port, folder / "prefect.log", _server_env(prefect_home))
+
+
+def start_temporary_prefect(prefect_home: Path, folder: Path) -> StackProcess:
+    """Start a Prefect server for one command, as Prefect's own temporary server runs (no UI,
+    no background services), but at once and in the background: it starts while the command
+    imports its libraries and reads its data, where Prefect would start it only at the first
+    flow run and wait for it. `stop_temporary` ends it with the command.
+    """
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--factory",
+        "prefect.server.api.server:create_app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "error",
+        "--lifespan",
+        "on",
+    ]
+    env = _server_env(prefect_home)
+    env.update(PREFECT_UI_ENABLED="false", PREFECT__SERVER_EPHEMERAL="1", PREFECT__SERVER_FINAL="1")
+    prefect_home.mkdir(parents=True, exist_ok=True)
+    return _spawn("prefect", command, port, folder / "temporary-prefect.log", env, True)
 
 
 def start_mlflow(
@@ -308,8 +355,9 @@ StartState = Literal["started", "already running", "skipped"]
 
 
 def up(settings, timeout: float = 180.0) -> dict[Role, tuple[StackProcess | None, StartState]]:
-    """Start what of the stack does not run yet, wait until it answers, and record it. The
-    check server starts once the Prefect server answers, since its flow runs go there.
+    """Start what of the stack does not run yet, all at once, wait until it answers, and
+    record it. The check server needs the Prefect server only at its first check, so it
+    loads its modules while the Prefect server starts.
 
     The MLflow UI is skipped when tracking is not the home's own store on a database (an
     MLflow server is its own UI).
@@ -343,12 +391,11 @@ def up(settings, timeout: float = 180.0) -> dict[Role, tuple[StackProcess | None
         if record.checks:
             outcome["checks"] = (record.checks, "already running")
         else:
-            _wait_ready(record.prefect, timeout)
             record.checks = start_checks(record.prefect.api_url, folder)
             started.append(record.checks)
             outcome["checks"] = (record.checks, "started")
         for process in started:
-            _wait_ready(process, timeout)
+            wait_ready(process, timeout)
     except BaseException:
         for process in started:
             stop(process)

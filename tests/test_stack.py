@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from uuid import UUID
 
@@ -91,10 +92,48 @@ def test_up_serves_every_command_until_down(tmp_path):
 
 @pytest.mark.slow
 def test_without_the_stack_a_command_says_it_starts_a_temporary_server(tmp_path):
+    home = tmp_path / "home"
     current = write_table(generate_churn(500, 2), tmp_path / "cur.parquet")
-    checked = run(tmp_path / "home", "drift-check", "--current", str(current), "--json")
+    checked = run(home, "drift-check", "--current", str(current), "--json")
     assert checked.returncode == 2 and "No local stack" in checked.stderr
     assert "no champion" in checked.stderr
+
+    reference = write_table(generate_churn(1_500, 1), tmp_path / "ref.parquet")
+    check = ["drift-check", "--reference", str(reference), "--current", str(current)]
+    checked = run(home, *check, "--no-act", "--json", drift_report_mode="off")
+    assert checked.returncode == 0, checked.stderr
+    assert "No local stack: starting a temporary Prefect server" in checked.stderr
+    [entry] = ledger.list_decisions(settings=Settings(home=home))
+    assert entry.flow_run_id and json.loads(checked.stdout)["decision"]["action"] == entry.action
+    assert (home / "stack" / "temporary-prefect.log").exists()
+    assert not stack.live_record(home).processes(), "a temporary server is not the stack"
+
+
+def test_a_temporary_server_ends_with_the_command_that_started_it(tmp_path):
+    """However the command ends (here: killed), its temporary Prefect server goes with it."""
+    starter = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from agentic_mlops import stack\n"
+        "home = Path(sys.argv[1])\n"
+        "server = stack.start_temporary_prefect(home / 'prefect', home / 'stack')\n"
+        "stack.wait_ready(server, 120)\n"
+        "print(server.model_dump_json(), flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    command = subprocess.Popen(
+        [sys.executable, "-c", starter, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        server = stack.StackProcess.model_validate_json(command.stdout.readline())
+        assert stack.answers(server.url + stack.HEALTH["prefect"])
+    finally:
+        command.kill()
+        command.wait()
+    deadline = time.monotonic() + 30
+    while stack.running(server) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not stack.running(server)
 
 
 @pytest.fixture

@@ -59,8 +59,8 @@ def test_an_answered_form_returns_the_answer_without_a_forced_resume():
                     ),
                 )
                 for run in paused:
-                        resume_flow_run(run.id, run_input={"decision": "approve", "comment": ""})
-                        answered.append(run.id)
+                    resume_flow_run(run.id, run_input={"decision": "approve", "comment": ""})
+                    answered.append(run.id)
                 time.sleep(0.3)
 
     thread = threading.Thread(target=person, daemon=True)

@@ -27,7 +27,9 @@ def record(home, action="retrain"):
     )
 
 
-def events_named(name: str, since: dt.datetime, ledger_id: str, timeout: float = 30.0) -> list[dict]:
+def events_named(
+    name: str, since: dt.datetime, ledger_id: str, timeout: float = 30.0
+) -> list[dict]:
     """The events of that name about one ledger entry, waiting until one arrives: other tests
     on the same server emit events of the same name."""
     body = {
