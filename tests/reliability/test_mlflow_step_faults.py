@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from agentic_mlops.flows.monitor import monitor
-from agentic_mlops.flows.tune import retrain
+from agentic_mlops.flows.retrain import retrain
 from agentic_mlops.tasks import monitoring, registry
 from tests.reliability.test_faults import closed_port
 
