@@ -149,8 +149,8 @@ def retrain(
     advice = retraining.advise_search(
         advise, evidence, settings, max_trials, time_budget_seconds, synthesize
     )
-    told = [retraining.record_advice(advice, evidence, settings).id]
-    told += [triage_ledger_id] if triage_ledger_id else []
+    ledger_ids = [retraining.record_advice(advice, evidence, settings).id]
+    ledger_ids += [triage_ledger_id] if triage_ledger_id else []
     rows = retraining.add_synthetic_rows(rows, advice.decision, settings)
 
     space = advice.decision.space
@@ -159,10 +159,10 @@ def retrain(
     with retraining.closed_on_failure(run_id, settings):
         found = search(rows.tuning_data(), space, run_id, experiment_id, settings)
         challenger = retraining.publish_challenger(found, rows, run_id, settings)
-    retraining.close_search(found, challenger, run_id, told, settings)
+    retraining.close_search(found, challenger, run_id, ledger_ids, settings)
 
     handed = retraining.hand_over(
-        hand_over, challenger, require_improvement, told, settings, canary_rollout
+        hand_over, challenger, require_improvement, ledger_ids, settings, canary_rollout
     )
     retraining.publish_search_report(found, challenger, handed, advice, settings)
-    return RetrainResult.of(found, challenger, run_id, advice, told[0], handed)
+    return RetrainResult.of(found, challenger, run_id, advice, ledger_ids[0], handed)
