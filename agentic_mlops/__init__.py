@@ -26,7 +26,7 @@ _PUBLIC = {
     "AdoptionResult": "agentic_mlops.schemas",
     "DriftCheckResult": "agentic_mlops.schemas",
     "CanaryResult": "agentic_mlops.flows.canary",
-    "LifecycleResult": "agentic_mlops.flows.lifecycle",
+    "LifecycleResult": "agentic_mlops.schemas",
     "MonitorResult": "agentic_mlops.flows.monitor",
 }
 """The Python API: each name and the module that defines it."""

@@ -232,7 +232,7 @@ def retrain(
 ) -> None:
     """Search for a better model with Ray Tune (advised by the tuning agent), register it as
     challenger and hand it to the canary rollout. Runs on RAY_ADDRESS when set."""
-    from agentic_mlops.flows.tune import retrain as retrain_flow
+    from agentic_mlops.flows.retrain import retrain as retrain_flow
 
     arguments = checked_arguments(
         retrain_flow,

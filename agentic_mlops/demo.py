@@ -20,11 +20,25 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
+import pandas as pd
 from rich.console import Console
 from rich.table import Table
+
+from agentic_mlops.flows.lifecycle import lifecycle
+from agentic_mlops.flows.train import train
+from agentic_mlops.schemas import LifecycleResult
+from agentic_mlops.settings import Settings, load_settings
+from agentic_mlops.tasks import ledger, registry
+from agentic_mlops.tasks.batches import write_table
+from agentic_mlops.tasks.churn import generate_churn
+from agentic_mlops.tasks.lifecycle_report import summary, verdict
+from agentic_mlops.tasks.rollout import RolloutBackend, rollout_backend
+from agentic_mlops.tasks.traffic import CustomerTraffic
+from agentic_mlops.tasks.training import Hyperparameters
 
 DRIFT_SEVERITY = 1.0
 
@@ -46,6 +60,23 @@ class DemoPlan:
     bad_model: bool = True
 
 
+@dataclass
+class DemoRun:
+    """What the story's steps share: where they print, the plan, the settings, and the clock."""
+
+    console: Console
+    plan: DemoPlan
+    settings: Settings
+    wait_for_person: bool
+    step: Callable[[str], None]
+    started: float = field(default_factory=time.monotonic)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def took(self, what: str, since: float | None = None) -> None:
+        """Note how long something took, from `since` (default: the demo's start)."""
+        self.timings[what] = time.monotonic() - (self.started if since is None else since)
+
+
 def _wait_for_window(traffic, since: int, rows: int, console: Console, what: str):
     started = time.monotonic()
     with console.status(f"{what}: waiting for {rows} labelled requests...") as status:
@@ -61,117 +92,127 @@ def _wait_for_window(traffic, since: int, rows: int, console: Console, what: str
             time.sleep(0.5)
 
 
-def run_demo(
-    console: Console,
-    plan: DemoPlan | None = None,
-    wait_for_person: bool = False,
-    on_step: Callable[[str], None] | None = None,
-) -> dict:
-    """Run the story and return the final state (aliases, router weights, ledger)."""
-    from agentic_mlops.flows.lifecycle import lifecycle
-    from agentic_mlops.flows.train import train
-    from agentic_mlops.settings import load_settings
-    from agentic_mlops.tasks import ledger, registry
-    from agentic_mlops.tasks.batches import write_table
-    from agentic_mlops.tasks.churn import generate_churn
-    from agentic_mlops.tasks.rollout import rollout_backend
-    from agentic_mlops.tasks.traffic import CustomerTraffic
-    from agentic_mlops.tasks.training import Hyperparameters
-
-    plan = plan or DemoPlan()
-    if wait_for_person:
-        os.environ["AGENTIC_MLOPS_APPROVAL_MODE"] = "all"
-    settings = load_settings()
-    settings.ensure_dirs()
-    step = on_step or (lambda title: console.rule(f"[bold]{title}"))
-    incoming = settings.home / "incoming"
-    timings: dict[str, float] = {}
-    started = time.monotonic()
-
-    step("1/5 Training the champion on reference customers")
+def train_and_serve(run: DemoRun) -> tuple[RolloutBackend, str]:
+    """Step 1: train the champion on reference customers and serve it behind the router."""
+    run.step("1/5 Training the champion on reference customers")
+    console = run.console
     with console.status("Training, logging to MLflow, registering..."):
         trained = train(
-            generate_rows=plan.train_rows, seed=1, hyperparameters=Hyperparameters(max_iter=100)
+            generate_rows=run.plan.train_rows,
+            seed=1,
+            hyperparameters=Hyperparameters(max_iter=100),
         )
     console.print(
         f"champion: {trained.model_name} v{trained.version}, holdout ROC AUC "
         f"{trained.metrics['roc_auc']:.3f}"
     )
-    backend = rollout_backend(settings)
+    backend = rollout_backend(run.settings)
     with console.status("Starting the router and the champion's model server..."):
         url = backend.start_router()
         backend.set_baseline(trained.version)
     console.print(f"serving v{trained.version} behind the router at {url}")
-    timings["trained and serving"] = time.monotonic() - started
+    run.took("trained and serving")
+    return backend, url
 
-    def turn(title: str, offline=None, **extra):
-        """One lifecycle turn: on the monitor's window of the router's log, or on an offline
-        batch when one is given."""
-        path = write_table(offline, incoming / f"{title}.parquet") if offline is not None else None
-        arguments = dict(
-            batch_path=str(path) if path else None,
-            retrain_max_trials=plan.max_trials,
-            retrain_time_budget_seconds=plan.search_seconds,
-            canary_steps=list(plan.canary_steps),
-            canary_step_seconds=plan.canary_step_seconds,
-            canary_min_samples=plan.canary_min_samples,
-            approval_timeout_seconds=3600 if wait_for_person else plan.approval_timeout_seconds,
-            **extra,
+
+def lifecycle_turn(
+    run: DemoRun, title: str, offline: pd.DataFrame | None = None, **extra: Any
+) -> LifecycleResult:
+    """One lifecycle turn: on the monitor's window of the router's log, or on an offline
+    batch when one is given."""
+    plan, console = run.plan, run.console
+    incoming = run.settings.home / "incoming"
+    path = write_table(offline, incoming / f"{title}.parquet") if offline is not None else None
+    arguments = dict(
+        batch_path=str(path) if path else None,
+        retrain_max_trials=plan.max_trials,
+        retrain_time_budget_seconds=plan.search_seconds,
+        canary_steps=list(plan.canary_steps),
+        canary_step_seconds=plan.canary_step_seconds,
+        canary_min_samples=plan.canary_min_samples,
+        approval_timeout_seconds=3600 if run.wait_for_person else plan.approval_timeout_seconds,
+        **extra,
+    )
+    if run.wait_for_person:
+        console.print(
+            "[yellow]Approval mode `all`: each retrain, rollback and promotion waits for "
+            "you. Open the paused run in the Prefect UI (PREFECT_API_URL must point at a "
+            "running server) and answer the form.[/]"
         )
-        if wait_for_person:
-            console.print(
-                "[yellow]Approval mode `all`: each retrain, rollback and promotion waits for "
-                "you. Open the paused run in the Prefect UI (PREFECT_API_URL must point at a "
-                "running server) and answer the form.[/]"
-            )
-        began = time.monotonic()
-        with console.status(f"{title}: drift check, triage, and whatever it decides..."):
-            result = lifecycle(**arguments)
-        timings[f"{title} turn"] = time.monotonic() - began
-        for line in result.steps:
-            console.print(f"  - {line}", highlight=False)
-        return result
+    began = time.monotonic()
+    with console.status(f"{title}: drift check, triage, and whatever it decides..."):
+        result = lifecycle(**arguments)
+    run.took(f"{title} turn", began)
+    for line in result.steps:
+        console.print(f"  - {line}", highlight=False)
+    return result
 
-    reference = generate_churn(20_000, 21)
-    traffic = CustomerTraffic(
-        url, reference, rate=plan.rate, label_delay_seconds=plan.label_delay_seconds
-    ).start()
+
+def tell_the_story(run: DemoRun, traffic: CustomerTraffic) -> dict[str, LifecycleResult]:
+    """Steps 2 to 4: a normal stretch, a price rise that changes churn behaviour, and (with
+    `bad_model`) a broken label join feeding the next retraining."""
+    plan, console = run.plan, run.console
     results = {}
-    try:
-        step("2/5 A normal stretch of production traffic")
-        mark, since = traffic.mark(), time.time() + plan.label_delay_seconds
-        _wait_for_window(traffic, mark, plan.window_rows, console, "normal traffic")
-        results["normal"] = turn("normal-window", window_since=since, window_rows=plan.window_rows)
+    run.step("2/5 A normal stretch of production traffic")
+    mark, since = traffic.mark(), time.time() + plan.label_delay_seconds
+    _wait_for_window(traffic, mark, plan.window_rows, console, "normal traffic")
+    results["normal"] = lifecycle_turn(
+        run, "normal-window", window_since=since, window_rows=plan.window_rows
+    )
 
-        step("3/5 A price rise arrives, and churn behaviour changes with it")
-        drifted = generate_churn(20_000, 22, "gradual", severity=DRIFT_SEVERITY)
-        traffic.use(drifted)
-        onset = time.monotonic()
-        mark, since = traffic.mark(), time.time() + plan.label_delay_seconds
-        _wait_for_window(traffic, mark, plan.window_rows, console, "after the rise")
-        results["drift"] = turn("drift-window", window_since=since, window_rows=plan.window_rows)
-        timings["drift onset to new champion"] = time.monotonic() - onset
+    run.step("3/5 A price rise arrives, and churn behaviour changes with it")
+    traffic.use(generate_churn(20_000, 22, "gradual", severity=DRIFT_SEVERITY))
+    onset = time.monotonic()
+    mark, since = traffic.mark(), time.time() + plan.label_delay_seconds
+    _wait_for_window(traffic, mark, plan.window_rows, console, "after the rise")
+    results["drift"] = lifecycle_turn(
+        run, "drift-window", window_since=since, window_rows=plan.window_rows
+    )
+    run.took("drift onset to new champion", onset)
 
-        if plan.bad_model:
-            step("4/5 A broken label join feeds the next retraining wrong labels")
-            mark = traffic.mark()
-            window = _wait_for_window(traffic, mark, plan.window_rows, console, "next window")
-            rng = np.random.default_rng(5)
-            window["churn"] = rng.permutation(window["churn"].to_numpy())
-            console.print(
-                "The labels of this window were shuffled by the broken join. The holdout "
-                "shares the bug, so the holdout gate is off for this turn; the canary is "
-                "judged on live labels."
-            )
-            results["bad"] = turn("bad-labels-window", window, require_improvement=False)
-    except BaseException:
-        traffic.stop()
-        backend.shutdown()
-        raise
-    traffic.stop()
-    timings["total"] = time.monotonic() - started
+    if plan.bad_model:
+        run.step("4/5 A broken label join feeds the next retraining wrong labels")
+        mark = traffic.mark()
+        window = _wait_for_window(traffic, mark, plan.window_rows, console, "next window")
+        rng = np.random.default_rng(5)
+        window["churn"] = rng.permutation(window["churn"].to_numpy())
+        console.print(
+            "The labels of this window were shuffled by the broken join. The holdout "
+            "shares the bug, so the holdout gate is off for this turn; the canary is "
+            "judged on live labels."
+        )
+        results["bad"] = lifecycle_turn(run, "bad-labels-window", window, require_improvement=False)
+    return results
 
-    step("5/5 Where things stand")
+
+def ledger_table(settings: Settings) -> Table:
+    """The decision ledger, oldest first, each decision marked right, wrong or pending."""
+    entries = list(reversed(ledger.list_decisions(settings.model_name, settings=settings)))
+    decisions = Table(title="Decision ledger (oldest first)")
+    for column in ("decision point", "version", "action", "by", "outcome"):
+        decisions.add_column(column)
+    marks = {"good": "[green]right[/]", "bad": "[red]wrong[/]", None: "pending"}
+    for entry in entries:
+        decisions.add_row(
+            entry.decision_point,
+            "" if entry.model_version is None else f"v{entry.model_version}",
+            entry.action,
+            entry.agent_model,
+            f"{marks[verdict(entry)]} {summary(entry)}",
+        )
+    return decisions
+
+
+def where_things_stand(
+    run: DemoRun,
+    backend: RolloutBackend,
+    traffic: CustomerTraffic,
+    results: dict[str, LifecycleResult],
+) -> dict:
+    """Step 5: print the aliases, the router's traffic, the ledger and the timings; return
+    the final state."""
+    run.step("5/5 Where things stand")
+    console, settings = run.console, run.settings
     aliases = registry.model_aliases(settings.model_name, settings)
     router = backend.router_state()
     table = Table(title=f"Registry aliases of {settings.model_name}")
@@ -187,37 +228,58 @@ def run_demo(
         f"{traffic.counts.labelled} labels",
         highlight=False,
     )
-    entries = list(reversed(ledger.list_decisions(settings.model_name, settings=settings)))
-    decisions = Table(title="Decision ledger (oldest first)")
-    for column in ("decision point", "version", "action", "by", "outcome"):
-        decisions.add_column(column)
-    from agentic_mlops.tasks.lifecycle_report import summary, verdict
-
-    for entry in entries:
-        mark_ = {"good": "[green]right[/]", "bad": "[red]wrong[/]", None: "pending"}
-        decisions.add_row(
-            entry.decision_point,
-            "" if entry.model_version is None else f"v{entry.model_version}",
-            entry.action,
-            entry.agent_model,
-            f"{mark_[verdict(entry)]} {summary(entry)}",
-        )
-    console.print(decisions)
+    console.print(ledger_table(settings))
     plot = list(results.values())[-1].plot_path if results else None
     console.print(
         f"Decisions-and-outcomes plot: {plot}\n"
-        + "\n".join(f"{name}: {seconds:.0f} s" for name, seconds in timings.items()),
+        + "\n".join(f"{name}: {seconds:.0f} s" for name, seconds in run.timings.items()),
         highlight=False,
     )
-    backend.shutdown()
-    state = {
+    return {
         "aliases": aliases,
         "router": router.model_dump(),
         "results": {k: v.model_dump() for k, v in results.items()},
-        "timings": timings,
+        "timings": run.timings,
         "plot": plot,
         "traffic": traffic.counts,
     }
+
+
+def run_demo(
+    console: Console,
+    plan: DemoPlan | None = None,
+    wait_for_person: bool = False,
+    on_step: Callable[[str], None] | None = None,
+) -> dict:
+    """Run the story and return the final state (aliases, router weights, ledger)."""
+    if wait_for_person:
+        os.environ["AGENTIC_MLOPS_APPROVAL_MODE"] = "all"
+    settings = load_settings()
+    settings.ensure_dirs()
+    run = DemoRun(
+        console,
+        plan or DemoPlan(),
+        settings,
+        wait_for_person,
+        on_step or (lambda title: console.rule(f"[bold]{title}")),
+    )
+    backend, url = train_and_serve(run)
+    traffic = CustomerTraffic(
+        url,
+        generate_churn(20_000, 21),
+        rate=run.plan.rate,
+        label_delay_seconds=run.plan.label_delay_seconds,
+    ).start()
+    try:
+        results = tell_the_story(run, traffic)
+    except BaseException:
+        traffic.stop()
+        backend.shutdown()
+        raise
+    traffic.stop()
+    run.took("total")
+    state = where_things_stand(run, backend, traffic, results)
+    backend.shutdown()
     write_summary(state, settings.reports_dir / "demo-summary.json")
     return state
 

@@ -133,3 +133,20 @@ class AdoptionResult(BaseModel):
     reference_dir: str = Field(description="Where the reference is stored under home.")
     champion: int = Field(description="The champion after adoption.")
     became_champion: bool = Field(description="Whether this adoption set the champion alias.")
+
+
+class LifecycleResult(BaseModel):
+    """What one turn of the loop saw, decided and did."""
+
+    model_name: str
+    batch: str
+    decision: str
+    ledger_id: str | None
+    retrained_version: int | None = None
+    beat_champion: bool | None = None
+    canary: str | None = None
+    champion: int | None = None
+    aliases: dict[str, int] = Field(default_factory=dict)
+    followed_up: dict[str, bool] = Field(default_factory=dict)
+    steps: list[str] = Field(default_factory=list)
+    plot_path: str | None = None

@@ -226,7 +226,7 @@ def drift_check(
         "model_name": model_name,
     }
     if action == "retrain" and route == "team":
-        from agentic_mlops.flows.tune import hand_over_to_canary
+        from agentic_mlops.tasks.retraining import hand_over_to_canary
 
         team = actions.run_team_training(parameters, entry.id, settings)
         result.retrained_version = team.challenger
@@ -236,7 +236,7 @@ def drift_check(
             ledger.record_outcome(entry.id, {"hand_over": handed}, settings)
             result.actions_taken.append(f"canary: {handed}")
     elif action == "retrain":
-        from agentic_mlops.flows.tune import retrain
+        from agentic_mlops.flows.retrain import retrain
 
         trained = actions.start_retraining(retrain, parameters, entry.id, settings)
         result.retrained_version = trained.get("version")

@@ -4,16 +4,19 @@ Every agent decision is a point on its decision point's lane, labelled with its 
 coloured by what later happened: green when the outcome proved it right (the retrained model
 beat the champion, the canary was promoted and held, the rollback went through), red when it
 did not (a challenger that lost, a canary rolled back, a promotion that did not hold), grey
-while the outcome is unknown.
-"""
+while the outcome is unknown. A lifecycle turn publishes both with the steps it took
+(`publish_turn`)."""
 
 from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
 
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from agentic_mlops.schemas import LifecycleResult
 from agentic_mlops.settings import Settings, load_settings
-from agentic_mlops.tasks import ledger
+from agentic_mlops.tasks import ledger, registry, reports
 
 LANES = ("drift_triage", "tuning_advisor", "canary_promotion")
 GOOD, BAD, UNKNOWN = "#2e7d32", "#c62828", "#9e9e9e"
@@ -121,3 +124,37 @@ def plot_decisions(path: Path, settings: Settings | None = None, limit: int = 20
     figure.savefig(path)
     plt.close(figure)
     return path
+
+
+def publish_turn(result: LifecycleResult, action: str, settings: Settings) -> LifecycleResult:
+    """The turn's aliases after it acted, the ledger table and decisions plot, and the turn's
+    steps as a keyed markdown artifact that links to them and to the drift check's."""
+    name = settings.model_name
+    key = reports.artifact_key
+    aliases = registry.model_aliases(name, settings)
+    create_table_artifact(
+        key=key(name, "decisions-and-outcomes"),
+        table=decision_rows(settings),
+        description="Every decision, who made it, and what happened after",
+    )
+    plot_path = plot_decisions(settings.reports_dir / name / "lifecycle.png", settings)
+    result = result.model_copy(
+        update={
+            "aliases": aliases,
+            "champion": aliases.get(registry.CHAMPION),
+            "plot_path": str(plot_path),
+        }
+    )
+    plot = reports.logged_file_link(
+        name, result.champion, result.plot_path, "lifecycle", "decisions plot", settings
+    )
+    create_markdown_artifact(
+        key=key(name, "lifecycle"),
+        markdown=f"# Lifecycle turn on `{result.batch}`\n\n"
+        + "\n".join(f"1. {step}" for step in result.steps)
+        + f"\n\nAliases: {result.aliases}  \nDecisions and outcomes: {plot} · "
+        + reports.artifact_link(key(name, "decisions-and-outcomes"), "ledger table")
+        + f"  \nDrift check: {reports.artifact_link(key(name, 'drift-triage'))}\n",
+        description=f"{name}: {action}",
+    )
+    return result

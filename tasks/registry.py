@@ -262,6 +262,69 @@ def _pip_requirements() -> list[str]:
     return [f"scikit-learn=={sklearn.__version__}", f"pandas=={pd.__version__}"]
 
 
+def _training_datasets(
+    train_frame: pd.DataFrame,
+    target: str,
+    data_source: str,
+    extra_datasets: list[tuple[str, pd.DataFrame, dict[str, str]]] | None,
+    model_name: str,
+) -> tuple[Any, list[tuple[str, Any, dict[str, str]]]]:
+    """The training rows and any extra inputs as `mlflow.data` datasets, their schemas
+    computed here, where MLflow's warning about integer columns is silenced: the model's
+    signature declares them as doubles (see `as_model_input`), the dataset's is a record."""
+    import mlflow.data
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        dataset = mlflow.data.from_pandas(
+            train_frame, source=data_source, targets=target, name=f"{model_name}-training"
+        )
+        dataset.schema  # noqa: B018 - computed here, inside the filter, then cached
+        extras = [
+            (
+                context,
+                mlflow.data.from_pandas(
+                    rows,
+                    source=tags.get("source", data_source),
+                    targets=target,
+                    name=f"{model_name}-{context}",
+                ),
+                tags,
+            )
+            for context, rows, tags in extra_datasets or []
+        ]
+        for _, extra, _ in extras:
+            extra.schema  # noqa: B018 - computed inside the filter, as above
+    return dataset, extras
+
+
+def _log_json_files(mlflow_client: MlflowClient, run_id: str, files: dict[str, Any]) -> None:
+    """Log each value as `<key>.json` in the run's artifacts."""
+    with tempfile.TemporaryDirectory() as folder:
+        for key, value in files.items():
+            path = Path(folder) / f"{key}.json"
+            path.write_text(json.dumps(value, indent=2))
+            mlflow_client.log_artifact(run_id, str(path))
+
+
+def _log_model(model: Any, features: pd.DataFrame) -> Any:
+    """Log the fitted pipeline to the active run with its signature and an input example;
+    served models answer with `predict_proba`."""
+    import mlflow.sklearn
+    from mlflow.models import infer_signature
+
+    example = as_model_input(features.head(5))
+    return mlflow.sklearn.log_model(
+        model,
+        name=MODEL_ARTIFACT,
+        signature=infer_signature(example, model.predict_proba(example)),
+        input_example=example,
+        pip_requirements=_pip_requirements(),
+        pyfunc_predict_fn="predict_proba",
+        skops_trusted_types=SKOPS_TRUSTED_TYPES,
+    )
+
+
 @_mlflow_task(name="log-training-run", cache_policy=NO_CACHE)
 def log_training_run(
     model: Any,
@@ -296,37 +359,12 @@ def log_training_run(
     Returns:
         The run id, the model URI and the dataset digest.
     """
-    import mlflow.data
-    import mlflow.sklearn
-    from mlflow.models import infer_signature
-
     settings = settings or load_settings()
     experiment_id = ensure_experiment(settings)
     mlflow_client = client(settings)
-    features = train_frame.drop(columns=[target])
-    with warnings.catch_warnings():
-        # MLflow warns that the dataset's inferred schema has integer columns; the model's
-        # signature declares them as doubles (see as_model_input), the dataset's is a record.
-        warnings.simplefilter("ignore", UserWarning)
-        dataset = mlflow.data.from_pandas(
-            train_frame, source=data_source, targets=target, name=f"{settings.model_name}-training"
-        )
-        dataset.schema  # noqa: B018 - computed here, inside the filter, then cached
-        extras_in = [
-            (
-                context,
-                mlflow.data.from_pandas(
-                    rows,
-                    source=tags.get("source", data_source),
-                    targets=target,
-                    name=f"{settings.model_name}-{context}",
-                ),
-                tags,
-            )
-            for context, rows, tags in extra_datasets or []
-        ]
-        for _, extra, _ in extras_in:
-            extra.schema  # noqa: B018 - computed inside the filter, as above
+    dataset, extras_in = _training_datasets(
+        train_frame, target, data_source, extra_datasets, settings.model_name
+    )
     run_tags = prefect_run_tags() | ({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=run_tags) as run:
         run_id = run.info.run_id
@@ -339,22 +377,8 @@ def log_training_run(
         for context, extra, tags in extras_in:
             mlflow.log_input(extra, context=context, tags=tags)
         mlflow.set_tags({"agentic_mlops.model_name": settings.model_name, "target": target})
-        with tempfile.TemporaryDirectory() as folder:
-            for key, value in extras.items():
-                path = Path(folder) / f"{key}.json"
-                path.write_text(json.dumps(value, indent=2))
-                mlflow_client.log_artifact(run_id, str(path))
-        example = as_model_input(features.head(5))
-        signature = infer_signature(example, model.predict_proba(example))
-        logged = mlflow.sklearn.log_model(
-            model,
-            name=MODEL_ARTIFACT,
-            signature=signature,
-            input_example=example,
-            pip_requirements=_pip_requirements(),
-            pyfunc_predict_fn="predict_proba",
-            skops_trusted_types=SKOPS_TRUSTED_TYPES,
-        )
+        _log_json_files(mlflow_client, run_id, extras)
+        logged = _log_model(model, train_frame.drop(columns=[target]))
     return LoggedRun(run_id, logged.model_uri, experiment_id, dataset.digest)
 
 

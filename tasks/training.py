@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed, State
 from pydantic import BaseModel, Field
@@ -215,3 +215,36 @@ def load_training_data(
     frame = generate_churn(rows, seed, scenario)
     path = write_table(frame, Path(data_dir) / f"train-{scenario}-seed{seed}-{rows}.parquet")
     return frame, str(path)
+
+
+def training_table(
+    data_path: str | None,
+    generate_rows: int | None,
+    target: str,
+    scenario: Scenario,
+    seed: int,
+    data_dir: Path,
+) -> tuple[pd.DataFrame, str] | State:
+    """The table a run names (`data_path`, or `generate_rows` of generated churn data) and its
+    source, or the `Failed` state named `InvalidData` the run ends with.
+
+    A run that names neither fails: a deployed run whose data path was left empty must not
+    train on generated data without anyone asking for it.
+    """
+    if not data_path and not generate_rows:
+        message = "no training data: set data_path (or generate_rows for generated churn data)"
+        get_run_logger().error(message)
+        return Failed(name="InvalidData", message=message)
+    loaded = load_training_data(
+        data_path or None,
+        target,
+        data_dir,
+        generate_rows or 0,
+        scenario,
+        seed,
+        return_state=True,
+    )
+    if loaded.is_failed():
+        get_run_logger().error("training data rejected: %s", loaded.message)
+        return Failed(name="InvalidData", message=loaded.message)
+    return loaded.result()

@@ -199,99 +199,123 @@ class _TrialRecord:
     last: dict[str, Any] = field(default_factory=dict)
 
 
-def _tracking_callback(
-    tracking_uri: str | None,
-    experiment_id: str | None,
-    parent_run_id: str | None,
-    model_name: str,
-    max_trials: int,
-    target: float | None,
-) -> Any:
-    """A Ray Tune callback that logs each trial as an MLflow child run and shows progress."""
+class TrialTracker:
+    """Logs each trial as an MLflow child run of the search's parent run (none without a
+    parent run), shows progress, and notes when a reported ROC AUC first reached `target`.
+
+    Ray Tune calls it through `_ray_callback`; it runs on the driver, so workers need no
+    access to the tracking store.
+    """
+
+    def __init__(
+        self,
+        tracking_uri: str | None,
+        experiment_id: str | None,
+        parent_run_id: str | None,
+        model_name: str,
+        max_trials: int,
+        target: float | None,
+    ) -> None:
+        self.client = MlflowClient(tracking_uri) if tracking_uri and parent_run_id else None
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.model_name = model_name
+        self.max_trials = max_trials
+        self.target = target
+        self.records: dict[str, _TrialRecord] = {}
+        self.started = time.perf_counter()
+        self.reached_target: float | None = None
+        self.best = float("-inf")
+        self.finished = 0
+
+    def start(self, trial: Any) -> None:
+        """Open the trial's child run, with its family and parameters."""
+        run_id = None
+        family, _ = family_params(trial.config)
+        if self.client is not None:
+            run = self.client.create_run(
+                self.experiment_id,
+                run_name=f"trial-{len(self.records) + 1:03d}-{family}",
+                tags={
+                    "mlflow.parentRunId": self.parent_run_id,
+                    "agentic_mlops.model_name": self.model_name,
+                    "agentic_mlops.kind": "tuning-trial",
+                    "agentic_mlops.trial_id": trial.trial_id,
+                },
+            )
+            run_id = run.info.run_id
+            params = {"family": family, **_trial_params(trial.config)}
+            self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        self.records[trial.trial_id] = _TrialRecord(run_id, time.perf_counter())
+
+    def report(self, trial: Any, result: dict[str, Any]) -> None:
+        """Log one step's validation ROC AUC and elapsed seconds."""
+        record = self.records.get(trial.trial_id)
+        if record is None:
+            return
+        record.last = result
+        score = float(result[METRIC])
+        if self.target is not None and score >= self.target and self.reached_target is None:
+            self.reached_target = time.perf_counter() - self.started
+        if record.run_id is not None:
+            stamp = int(time.time() * 1000)
+            step = int(result["training_iteration"])
+            self.client.log_batch(
+                record.run_id,
+                metrics=[
+                    Metric(METRIC, score, stamp, step),
+                    Metric("elapsed_seconds", float(result["elapsed_seconds"]), stamp, step),
+                ],
+            )
+
+    def finish(self, trial: Any, status: str) -> None:
+        """Close the trial's run (steps taken, whether ASHA stopped it) and say how it did."""
+        record = self.records.get(trial.trial_id)
+        if record is None:
+            return
+        steps = int(record.last.get("training_iteration", 0))
+        score = record.last.get(METRIC)
+        self.finished += 1
+        if score is not None:
+            self.best = max(self.best, float(score))
+        if record.run_id is not None:
+            self.client.log_batch(
+                record.run_id,
+                tags=[
+                    RunTag("agentic_mlops.steps", str(steps)),
+                    RunTag("agentic_mlops.stopped_early", str(steps < STEPS).lower()),
+                ],
+            )
+            self.client.set_terminated(record.run_id, status)
+        _log(
+            "trial %d/%d %s: ROC AUC %s after %d/%d steps%s (best so far %.4f)",
+            self.finished,
+            self.max_trials,
+            family_params(trial.config)[0],
+            f"{score:.4f}" if score is not None else "n/a",
+            steps,
+            STEPS,
+            ", stopped early" if status == "FINISHED" and steps < STEPS else "",
+            self.best if self.best > float("-inf") else float("nan"),
+        )
+
+
+def _ray_callback(tracker: TrialTracker) -> Any:
+    """A Ray Tune callback that hands each trial's start, results and end to `tracker`."""
     from ray.tune import Callback
 
     class TrackTrials(Callback):
-        def __init__(self) -> None:
-            self.client = MlflowClient(tracking_uri) if tracking_uri and parent_run_id else None
-            self.records: dict[str, _TrialRecord] = {}
-            self.started = time.perf_counter()
-            self.reached_target: float | None = None
-            self.best = float("-inf")
-            self.finished = 0
-
         def on_trial_start(self, iteration, trials, trial, **info) -> None:
-            run_id = None
-            family, _ = family_params(trial.config)
-            if self.client is not None:
-                run = self.client.create_run(
-                    experiment_id,
-                    run_name=f"trial-{len(self.records) + 1:03d}-{family}",
-                    tags={
-                        "mlflow.parentRunId": parent_run_id,
-                        "agentic_mlops.model_name": model_name,
-                        "agentic_mlops.kind": "tuning-trial",
-                        "agentic_mlops.trial_id": trial.trial_id,
-                    },
-                )
-                run_id = run.info.run_id
-                params = {"family": family, **_trial_params(trial.config)}
-                self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
-            self.records[trial.trial_id] = _TrialRecord(run_id, time.perf_counter())
+            tracker.start(trial)
 
         def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-            record = self.records.get(trial.trial_id)
-            if record is None:
-                return
-            record.last = result
-            score = float(result[METRIC])
-            if target is not None and score >= target and self.reached_target is None:
-                self.reached_target = time.perf_counter() - self.started
-            if record.run_id is not None:
-                stamp = int(time.time() * 1000)
-                step = int(result["training_iteration"])
-                self.client.log_batch(
-                    record.run_id,
-                    metrics=[
-                        Metric(METRIC, score, stamp, step),
-                        Metric("elapsed_seconds", float(result["elapsed_seconds"]), stamp, step),
-                    ],
-                )
-
-        def _finish(self, trial, status: str) -> None:
-            record = self.records.get(trial.trial_id)
-            if record is None:
-                return
-            steps = int(record.last.get("training_iteration", 0))
-            score = record.last.get(METRIC)
-            self.finished += 1
-            if score is not None:
-                self.best = max(self.best, float(score))
-            if record.run_id is not None:
-                self.client.log_batch(
-                    record.run_id,
-                    tags=[
-                        RunTag("agentic_mlops.steps", str(steps)),
-                        RunTag("agentic_mlops.stopped_early", str(steps < STEPS).lower()),
-                    ],
-                )
-                self.client.set_terminated(record.run_id, status)
-            _log(
-                "trial %d/%d %s: ROC AUC %s after %d/%d steps%s (best so far %.4f)",
-                self.finished,
-                max_trials,
-                family_params(trial.config)[0],
-                f"{score:.4f}" if score is not None else "n/a",
-                steps,
-                STEPS,
-                ", stopped early" if status == "FINISHED" and steps < STEPS else "",
-                self.best if self.best > float("-inf") else float("nan"),
-            )
+            tracker.report(trial, result)
 
         def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-            self._finish(trial, "FINISHED")
+            tracker.finish(trial, "FINISHED")
 
         def on_trial_error(self, iteration, trials, trial, **info) -> None:
-            self._finish(trial, "FAILED")
+            tracker.finish(trial, "FAILED")
 
     return TrackTrials()
 
@@ -319,6 +343,106 @@ def ensure_ray(settings: Settings) -> str:
             configure_logging=False,
         )
     return address or "local"
+
+
+def _search_algorithm(space: SearchSpace, seed: int, max_concurrent_trials: int | None) -> Any:
+    """Optuna's TPE or random sampling, seeded, so a search samples the same configurations
+    wherever it runs."""
+    from ray.tune.search import BasicVariantGenerator
+    from ray.tune.search.optuna import OptunaSearch
+
+    if space.algorithm == "optuna":
+        return OptunaSearch(metric=METRIC, mode="max", seed=seed)
+    return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent_trials or 0)
+
+
+def _scheduler(early_stopping: bool, settings: Settings) -> Any:
+    """ASHA, which ends trials that trail their peers after `tune_grace_steps`; or none."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if not early_stopping:
+        return FIFOScheduler()
+    return ASHAScheduler(
+        time_attr="training_iteration",
+        max_t=STEPS,
+        grace_period=settings.tune_grace_steps,
+        reduction_factor=3,
+    )
+
+
+def _tuner(
+    data: TuningData,
+    space: SearchSpace,
+    settings: Settings,
+    search_alg: Any,
+    scheduler: Any,
+    tracker: TrialTracker,
+    max_concurrent_trials: int | None,
+) -> Any:
+    """Ray Tune's `Tuner` over the space: one CPU per trial, the budget's trials and seconds,
+    results under home's `ray_results`."""
+    from ray import tune
+
+    storage = settings.home / "ray_results"
+    storage.mkdir(parents=True, exist_ok=True)
+    return tune.Tuner(
+        tune.with_resources(tune.with_parameters(ray_trial, data=data), {"cpu": 1}),
+        param_space=param_space(space),
+        tune_config=tune.TuneConfig(
+            metric=METRIC,
+            mode="max",
+            search_alg=search_alg,
+            scheduler=scheduler,
+            num_samples=space.max_trials,
+            max_concurrent_trials=max_concurrent_trials if space.algorithm == "optuna" else None,
+            time_budget_s=space.time_budget_seconds,
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=f"{settings.model_name}-search-{int(time.time() * 1000)}",
+            storage_path=str(storage),
+            callbacks=[_ray_callback(tracker)],
+            verbose=0,
+        ),
+    )
+
+
+def _trial_summaries(grid: Any, tracker: TrialTracker) -> list[TrialSummary]:
+    """Every trial the search started, with its MLflow run when it has one."""
+    trials = []
+    for result in grid:
+        metrics = result.metrics or {}
+        config = result.config or {}
+        if "family" not in config:
+            continue
+        trial_id = metrics.get("trial_id", "")
+        record = tracker.records.get(trial_id)
+        steps = int(metrics.get("training_iteration", 0))
+        trials.append(
+            TrialSummary(
+                trial_id=trial_id,
+                family=config["family"],
+                params=_trial_params(config),
+                roc_auc=metrics.get(METRIC),
+                steps=steps,
+                stopped_early=0 < steps < STEPS,
+                seconds=float(metrics.get("elapsed_seconds", 0.0)),
+                status="error" if result.error else "finished",
+                run_id=record.run_id if record else None,
+            )
+        )
+    return trials
+
+
+def _best_trial(trials: list[TrialSummary], seconds: float) -> TrialSummary:
+    """The trial that ran every step with the best ROC AUC (the faster on a tie)."""
+    scored = [t for t in trials if t.roc_auc is not None and t.steps == STEPS]
+    if not scored:
+        raise RuntimeError(
+            f"the search finished no trial ({len(trials)} started in {seconds:.0f} s): "
+            "raise the time budget or the trial count"
+        )
+    return max(scored, key=lambda t: (t.roc_auc, -t.seconds))
 
 
 def run_search(
@@ -349,31 +473,12 @@ def run_search(
     Raises:
         RuntimeError: no trial reported a result (all failed, or the budget ran out first).
     """
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search import BasicVariantGenerator
-    from ray.tune.search.optuna import OptunaSearch
-
     settings = settings or load_settings()
     seed = settings.seed if seed is None else seed
     cluster = ensure_ray(settings)
-    if space.algorithm == "optuna":
-        search_alg: Any = OptunaSearch(metric=METRIC, mode="max", seed=seed)
-    else:
-        search_alg = BasicVariantGenerator(
-            random_state=seed, max_concurrent=max_concurrent_trials or 0
-        )
-    scheduler = (
-        ASHAScheduler(
-            time_attr="training_iteration",
-            max_t=STEPS,
-            grace_period=settings.tune_grace_steps,
-            reduction_factor=3,
-        )
-        if early_stopping
-        else FIFOScheduler()
-    )
-    callback = _tracking_callback(
+    search_alg = _search_algorithm(space, seed, max_concurrent_trials)
+    scheduler = _scheduler(early_stopping, settings)
+    tracker = TrialTracker(
         settings.tracking_uri() if parent_run_id else None,
         experiment_id,
         parent_run_id,
@@ -381,60 +486,12 @@ def run_search(
         space.max_trials,
         target_roc_auc,
     )
-    storage = settings.home / "ray_results"
-    storage.mkdir(parents=True, exist_ok=True)
-    tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(ray_trial, data=data), {"cpu": 1}),
-        param_space=param_space(space),
-        tune_config=tune.TuneConfig(
-            metric=METRIC,
-            mode="max",
-            search_alg=search_alg,
-            scheduler=scheduler,
-            num_samples=space.max_trials,
-            max_concurrent_trials=max_concurrent_trials if space.algorithm == "optuna" else None,
-            time_budget_s=space.time_budget_seconds,
-            reuse_actors=True,
-        ),
-        run_config=tune.RunConfig(
-            name=f"{settings.model_name}-search-{int(time.time() * 1000)}",
-            storage_path=str(storage),
-            callbacks=[callback],
-            verbose=0,
-        ),
-    )
+    tuner = _tuner(data, space, settings, search_alg, scheduler, tracker, max_concurrent_trials)
     started = time.perf_counter()
     grid = tuner.fit()
     seconds = time.perf_counter() - started
-    trials = []
-    for result in grid:
-        metrics = result.metrics or {}
-        config = result.config or {}
-        if "family" not in config:
-            continue
-        trial_id = metrics.get("trial_id", "")
-        record = callback.records.get(trial_id)
-        steps = int(metrics.get("training_iteration", 0))
-        trials.append(
-            TrialSummary(
-                trial_id=trial_id,
-                family=config["family"],
-                params=_trial_params(config),
-                roc_auc=metrics.get(METRIC),
-                steps=steps,
-                stopped_early=0 < steps < STEPS,
-                seconds=float(metrics.get("elapsed_seconds", 0.0)),
-                status="error" if result.error else "finished",
-                run_id=record.run_id if record else None,
-            )
-        )
-    scored = [t for t in trials if t.roc_auc is not None and t.steps == STEPS]
-    if not scored:
-        raise RuntimeError(
-            f"the search finished no trial ({len(trials)} started in {seconds:.0f} s): "
-            "raise the time budget or the trial count"
-        )
-    best = max(scored, key=lambda t: (t.roc_auc, -t.seconds))
+    trials = _trial_summaries(grid, tracker)
+    best = _best_trial(trials, seconds)
     return SearchResult(
         best_family=best.family,
         best_params=best.params,
@@ -445,7 +502,7 @@ def run_search(
         cluster=cluster,
         algorithm=space.algorithm,
         early_stopping=early_stopping,
-        time_to_target_seconds=callback.reached_target,
+        time_to_target_seconds=tracker.reached_target,
     )
 
 

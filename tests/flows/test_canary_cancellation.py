@@ -22,7 +22,7 @@ from prefect.client.schemas.sorting import DeploymentSort
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL
 
-from agentic_mlops.flows.tune import retrain
+from agentic_mlops.flows.retrain import retrain
 from agentic_mlops.tasks import ledger, registry, rollout
 from agentic_mlops.tasks.rollout import LocalRollout, alive
 from tests.conftest import artifacts_by_key

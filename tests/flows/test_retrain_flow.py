@@ -5,7 +5,7 @@ import math
 import pytest
 from mlflow import MlflowClient
 
-from agentic_mlops.flows.tune import retrain
+from agentic_mlops.flows.retrain import retrain
 from agentic_mlops.settings import Settings
 from agentic_mlops.tasks import ledger, registry
 from agentic_mlops.tasks.batches import read_table, write_table

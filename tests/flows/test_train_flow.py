@@ -73,7 +73,7 @@ def test_transient_mlflow_failure_is_retried(home, monkeypatch):
 
     monkeypatch.setattr(MlflowClient, "create_model_version", flaky)
     monkeypatch.setattr(
-        "agentic_mlops.flows.train.register_version",
+        "agentic_mlops.tasks.publishing.register_version",
         registry.register_version.with_options(retry_delay_seconds=0),
     )
     result = train(generate_rows=300, hyperparameters=FAST)

@@ -118,12 +118,12 @@ def test_mlflow_failing_while_the_champion_loads_keeps_every_row(champion_home, 
 def test_mlflow_failing_while_retraining_records_the_decision_and_the_failure(
     champion_home, monkeypatch
 ):
-    from agentic_mlops.flows import train as train_flow
+    from agentic_mlops.tasks import publishing
 
     def unreachable(*args, **kwargs):
         raise MlflowException("API request to MLflow failed: connection refused")
 
-    monkeypatch.setattr(train_flow, "log_training_run", unreachable)
+    monkeypatch.setattr(publishing, "log_training_run", unreachable)
     path, content = batch(champion_home, "covariate", rows=2_000)
     state = drift_check(current_path=str(path), act=True, return_state=True)
     assert state.is_completed(), state.message

@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from agentic_mlops.flows.monitor import monitor
-from agentic_mlops.flows.tune import retrain
+from agentic_mlops.flows.retrain import retrain
 from agentic_mlops.tasks import monitoring, registry
 from tests.reliability.test_faults import closed_port
 
@@ -77,6 +77,6 @@ def test_mlflow_failing_when_the_retraining_registers_its_challenger(champion_ho
     assert [int(v.version) for v in versions] == [1]
     experiments = [e.experiment_id for e in client.search_experiments()]
     runs = client.search_runs(experiments, max_results=500)
-    searches = [r for r in runs if r.info.run_name.startswith("retrain-search-")]
+    searches = [r for r in runs if r.data.tags.get("agentic_mlops.kind") == "tuning-search"]
     assert [r.info.status for r in searches] == ["FAILED"]
     assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]

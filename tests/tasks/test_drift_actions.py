@@ -6,8 +6,8 @@ import time
 import pytest
 from prefect.client.orchestration import get_client
 
+from agentic_mlops.flows.retrain import retrain
 from agentic_mlops.flows.train import train
-from agentic_mlops.flows.tune import retrain
 from agentic_mlops.schemas import DecisionSummary
 from agentic_mlops.tasks import drift_actions, ledger
 

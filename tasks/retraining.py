@@ -1,0 +1,544 @@
+"""A retraining's steps, in the order the `retrain` flow (`flows/retrain.py`) runs them.
+
+What asked for it (the triage decision, a recent production batch) is read first; the window
+is split into holdout, fit and validation rows, all real; the advisor's proposal gets the run's
+own caps and goes to the ledger; synthetic rows, when asked for, join the fit rows only. After
+the search, the best configuration is refit on every non-holdout row and compared with the
+champion on the same holdout, then registered as `challenger`. The search's MLflow run is
+closed either way (`closed_on_failure`), and the challenger is handed to the canary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.deployments import run_deployment
+from prefect.events import emit_event
+from prefect.runtime import flow_run
+from prefect.states import State
+from pydantic import BaseModel
+from sklearn.metrics import brier_score_loss, roc_auc_score
+from sklearn.model_selection import train_test_split
+
+from agentic_mlops.decisions import (
+    AdvisorEvidence,
+    Outcome,
+    PastRun,
+    SegmentCoverage,
+    TriageContext,
+)
+from agentic_mlops.schemas import TrainingResult
+from agentic_mlops.settings import Settings
+from agentic_mlops.tasks import ledger, registry, reports, rollout
+from agentic_mlops.tasks.batches import DataError, read_data, write_table
+from agentic_mlops.tasks.drift_actions import deployment_exists
+from agentic_mlops.tasks.models import TuningData, family_pipeline
+from agentic_mlops.tasks.publishing import publish_model
+from agentic_mlops.tasks.reference import score_with
+from agentic_mlops.tasks.synthesis import Segment, Synthesis, find_segments
+from agentic_mlops.tasks.synthesis import synthesize as synthesize_rows
+from agentic_mlops.tasks.training import Split, evaluate_model, feature_columns, split_data
+from agentic_mlops.tasks.tuning import SearchResult, finish_search_run, past_runs
+
+CANARY_DEPLOYMENT = "canary-rollout/canary"
+CANARY_REQUESTED_EVENT = "agentic-mlops.canary.requested"
+HandOver = Literal["auto", "deployment", "event", "subflow", "none"]
+NOT_BETTER = "none: the challenger did not beat the champion on the holdout"
+
+
+class HoldoutComparison(BaseModel):
+    """Challenger and champion on the same holdout rows."""
+
+    rows: int
+    challenger_roc_auc: float
+    champion_version: int | None
+    champion_roc_auc: float | None = None
+    challenger_brier: float
+    champion_brier: float | None = None
+
+    @property
+    def beats_champion(self) -> bool:
+        return self.champion_roc_auc is None or self.challenger_roc_auc >= self.champion_roc_auc
+
+
+@dataclass(frozen=True)
+class SearchRows:
+    """One retraining's rows: the holdout split, the fit and validation rows the search uses
+    (always real), the drifted segments the fit rows barely cover, and the synthetic rows
+    added to the fit rows for some of them (none until `add_synthetic_rows`)."""
+
+    frame: pd.DataFrame
+    source: str
+    target: str
+    seed: int
+    test_size: float
+    split: Split
+    x_fit: pd.DataFrame
+    x_val: pd.DataFrame
+    y_fit: pd.Series
+    y_val: pd.Series
+    segments: list[Segment]
+    synthesis: Synthesis | None = None
+
+    @property
+    def fit_rows(self) -> pd.DataFrame:
+        return self.x_fit.assign(**{self.target: self.y_fit})
+
+    @property
+    def synthetic(self) -> pd.DataFrame:
+        return self.synthesis.rows if self.synthesis is not None else self.fit_rows.iloc[:0]
+
+    def tuning_data(self) -> TuningData:
+        """The search's rows: the fit rows with the synthetic ones, and the validation rows."""
+        numeric, categorical = feature_columns(self.frame, self.target)
+        synthetic = self.synthetic
+        return TuningData(
+            x_fit=pd.concat([self.x_fit, synthetic.drop(columns=[self.target])], ignore_index=True),
+            y_fit=pd.concat([self.y_fit, synthetic[self.target]], ignore_index=True).astype(int),
+            x_val=self.x_val,
+            y_val=self.y_val,
+            numeric=numeric,
+            categorical=categorical,
+            seed=self.seed,
+        )
+
+    def training_rows(self) -> pd.DataFrame:
+        """The refit's rows: every non-holdout row, with the synthetic ones."""
+        split = self.split
+        return pd.concat(
+            [split.x_train.assign(**{self.target: split.y_train}), self.synthetic],
+            ignore_index=True,
+        )
+
+
+@dataclass(frozen=True)
+class Challenger:
+    """The refit best configuration as registered, and how it did against the champion."""
+
+    training: TrainingResult
+    comparison: HoldoutComparison
+    synthetic_rows: int
+
+
+def triage_context(ledger_id: str | None, settings: Settings) -> TriageContext | None:
+    """The triage decision that asked for this retraining, as the advisor reads it."""
+    if not ledger_id:
+        return None
+    entry = ledger.get_decision(ledger_id, settings)
+    if entry is None:
+        raise DataError(f"no decision {ledger_id!r} in the ledger")
+    used = entry.evidence.get("used", [])
+    return TriageContext(
+        action=entry.action,
+        severity=entry.severity,
+        drifted_features=list(entry.evidence.get("drifted_features", [])),
+        performance_dropped="performance" in used and entry.action == "retrain",
+        rationale=entry.rationale,
+    )
+
+
+def read_request(
+    triage_ledger_id: str | None, recent_path: str | None, settings: Settings
+) -> tuple[TriageContext | None, pd.DataFrame | None]:
+    """What asked for the retraining and the recent batch it answers.
+
+    Raises:
+        DataError, OSError: no such decision, or an unreadable batch.
+    """
+    triage = triage_context(triage_ledger_id, settings)
+    return triage, read_data(recent_path) if recent_path else None
+
+
+def split_window(
+    loaded: tuple[pd.DataFrame, str],
+    target: str,
+    test_size: float,
+    validation_size: float,
+    seed: int,
+    triage: TriageContext | None,
+    recent: pd.DataFrame | None,
+) -> SearchRows:
+    """Split off the holdout (stratified by the label), split the rest into fit and
+    validation rows, and find the drifted features' segments the fit rows barely cover."""
+    frame, source = loaded
+    split = split_data(frame, target, test_size, seed)
+    x_fit, x_val, y_fit, y_val = train_test_split(
+        split.x_train,
+        split.y_train,
+        test_size=validation_size,
+        random_state=seed,
+        stratify=split.y_train,
+    )
+    rows = SearchRows(
+        frame, source, target, seed, test_size, split, x_fit, x_val, y_fit, y_val, segments=[]
+    )
+    if recent is None or not triage or not triage.drifted_features:
+        return rows
+    return replace(rows, segments=find_segments(rows.fit_rows, recent, triage.drifted_features))
+
+
+def advisor_evidence(
+    rows: SearchRows, triage: TriageContext | None, settings: Settings
+) -> AdvisorEvidence:
+    """What the tuning advisor sees: past runs, the triage decision, the segments' coverage."""
+    return AdvisorEvidence(
+        model_name=settings.model_name,
+        past_runs=[PastRun(**run) for run in past_runs(settings)],
+        triage=triage,
+        segments=[
+            SegmentCoverage(
+                name=s.name, training_share=s.training_share, recent_share=s.recent_share
+            )
+            for s in rows.segments
+        ],
+    )
+
+
+@task(name="advise-search", cache_policy=NO_CACHE)
+def advise_search(
+    advisor: Callable[[AdvisorEvidence, Settings], Outcome],
+    evidence: AdvisorEvidence,
+    settings: Settings,
+    max_trials: int | None,
+    time_budget_seconds: float | None,
+    synthesize: bool | None,
+) -> Outcome:
+    """The advisor's guarded proposal, with the run's own caps and synthesis switch applied.
+
+    `advisor` is the tuning advisor's `advise` (agents sit above tasks, so the flow hands
+    it in)."""
+    outcome = advisor(evidence, settings)
+    proposal = outcome.decision
+    space = proposal.space.model_copy(
+        update={
+            "max_trials": min(proposal.space.max_trials, max_trials or 10**9),
+            "time_budget_seconds": min(
+                proposal.space.time_budget_seconds, time_budget_seconds or float("inf")
+            ),
+        }
+    )
+    update: dict[str, Any] = {"space": space}
+    if synthesize is False:
+        update |= {"synthesize": False, "segments": []}
+    elif synthesize and evidence.segments:
+        update |= {"synthesize": True, "segments": [s.name for s in evidence.segments]}
+    capped = outcome.model_copy(update={"decision": proposal.model_copy(update=update)})
+    get_run_logger().info("advisor (%s): %s", capped.agent_model, capped.decision.rationale)
+    return capped
+
+
+def record_advice(
+    outcome: Outcome, evidence: AdvisorEvidence, settings: Settings
+) -> ledger.LedgerEntry:
+    """Append the advisor's proposal, with the evidence it saw, to the ledger."""
+    evidence_json = evidence.model_dump(mode="json")
+    proposal = outcome.decision
+    return ledger.record_agent_decision(
+        "tuning_advisor",
+        evidence_json,
+        flow_run.get_id(),
+        settings,
+        model_name=settings.model_name,
+        action="search+synthesize" if proposal.synthesize else "search",
+        rationale=proposal.rationale,
+        evidence={
+            "proposal": proposal.model_dump(mode="json"),
+            "past_runs": len(evidence.past_runs),
+            "triage": evidence_json["triage"],
+            "segments": evidence_json["segments"],
+        },
+        agent_model=outcome.agent_model,
+        overridden_by=outcome.overridden_by,
+        attribution=outcome.attribution.model_dump(mode="json") if outcome.attribution else None,
+    )
+
+
+def add_synthetic_rows(rows: SearchRows, proposal: Any, settings: Settings) -> SearchRows:
+    """SMOTE-NC rows for the segments the proposal names, when it asks for them, capped at
+    `synthesis_max_share` of the fit rows."""
+    if not proposal.synthesize:
+        return rows
+    fit_rows = rows.fit_rows
+    synthesis = synthesize_rows(
+        fit_rows,
+        rows.target,
+        [s for s in rows.segments if s.name in proposal.segments],
+        max_rows=int(settings.synthesis_max_share * len(fit_rows)),
+        seed=rows.seed,
+    )
+    get_run_logger().info("synthesised %s (skipped: %s)", synthesis.per_segment, synthesis.skipped)
+    return replace(rows, synthesis=synthesis)
+
+
+def search_run_name(settings: Settings, triage_ledger_id: str | None) -> str:
+    """The search run's default name: "retrain <model> after <ledger id>"."""
+    after = f" after {triage_ledger_id}" if triage_ledger_id else ""
+    return f"retrain {settings.model_name}{after}"
+
+
+@task(name="compare-on-holdout", cache_policy=NO_CACHE)
+def compare_on_holdout(
+    challenger_scores: np.ndarray, x_test: pd.DataFrame, y_test: pd.Series, settings: Settings
+) -> HoldoutComparison:
+    """The challenger's and the current champion's ROC AUC and Brier score on one holdout."""
+    y = y_test.to_numpy()
+    champion = registry.alias_version(settings.model_name, registry.CHAMPION, settings)
+    champion_scores = (
+        score_with(settings.model_name, champion, x_test, settings) if champion else None
+    )
+    return HoldoutComparison(
+        rows=len(y),
+        challenger_roc_auc=float(roc_auc_score(y, challenger_scores)),
+        challenger_brier=float(brier_score_loss(y, challenger_scores)),
+        champion_version=champion,
+        champion_roc_auc=(
+            float(roc_auc_score(y, champion_scores)) if champion_scores is not None else None
+        ),
+        champion_brier=(
+            float(brier_score_loss(y, champion_scores)) if champion_scores is not None else None
+        ),
+    )
+
+
+def keep_synthetic_rows(rows: SearchRows, settings: Settings) -> list[tuple] | None:
+    """Write the synthetic rows under the data folder, named by their digest, and return them
+    as the extra dataset the training run logs (with their lineage); None without any."""
+    synthesis = rows.synthesis
+    if synthesis is None or not len(synthesis.rows):
+        return None
+    kept = write_table(
+        synthesis.rows,
+        settings.data_dir / "synthetic" / f"{settings.model_name}-{synthesis.digest()}.parquet",
+    )
+    return [("synthetic", synthesis.rows, {**synthesis.lineage(), "source": str(kept)})]
+
+
+def publish_challenger(
+    found: SearchResult, rows: SearchRows, parent_run_id: str, settings: Settings
+) -> Challenger:
+    """Refit the best configuration on every non-holdout row, compare it with the champion
+    on the holdout, and register it as `challenger`, a child run of the search."""
+    split, target = rows.split, rows.target
+    numeric, categorical = feature_columns(rows.frame, target)
+    train_rows = rows.training_rows()
+    model = family_pipeline(
+        found.best_family, found.best_params, numeric, categorical, rows.seed
+    ).fit(train_rows.drop(columns=[target]), train_rows[target].astype(int))
+    evaluation = evaluate_model(model, split.x_test, split.y_test, rows.seed)
+    comparison = compare_on_holdout(
+        model.predict_proba(split.x_test)[:, 1], split.x_test, split.y_test, settings
+    )
+    get_run_logger().info(
+        "holdout ROC AUC: challenger %.4f, champion %s",
+        comparison.challenger_roc_auc,
+        f"v{comparison.champion_version} {comparison.champion_roc_auc:.4f}"
+        if comparison.champion_roc_auc is not None
+        else "none",
+    )
+    synthetic_rows = len(rows.synthetic)
+    trained, _ = publish_model(
+        model,
+        rows.frame,
+        split,
+        target,
+        {
+            "family": found.best_family,
+            **found.best_params,
+            "seed": rows.seed,
+            "test_size": rows.test_size,
+            "rows": len(rows.frame),
+            "synthetic_rows": synthetic_rows,
+        },
+        evaluation,
+        rows.source,
+        f"retrain-best-{found.best_family}",
+        parent_run_id=parent_run_id,
+        extra_datasets=keep_synthetic_rows(rows, settings),
+        training_rows=train_rows,
+        settings=settings,
+    )
+    return Challenger(trained, comparison, synthetic_rows)
+
+
+@contextmanager
+def closed_on_failure(search_run_id: str, settings: Settings) -> Iterator[None]:
+    """Mark the search's MLflow run FAILED when anything from the search to the registration
+    fails, so no run is left RUNNING; when MLflow itself is what failed, say the run stays
+    open and raise the original error."""
+    try:
+        yield
+    except Exception:
+        try:
+            finish_search_run(search_run_id, {}, settings, failed=True)
+        except Exception as error:
+            get_run_logger().warning("search run %s left open: %s", search_run_id, error)
+        raise
+
+
+def close_search(
+    found: SearchResult,
+    challenger: Challenger,
+    search_run_id: str,
+    ledger_ids: list[str],
+    settings: Settings,
+) -> None:
+    """Record the search's summary figures on its run and close it; tell the ledger entries
+    (the advisor's, the triage's) what the retraining produced."""
+    comparison = challenger.comparison
+    finish_search_run(
+        search_run_id,
+        {
+            "best_validation_roc_auc": found.best_roc_auc,
+            "holdout_roc_auc": comparison.challenger_roc_auc,
+            **(
+                {"champion_holdout_roc_auc": comparison.champion_roc_auc}
+                if comparison.champion_roc_auc is not None
+                else {}
+            ),
+            "trials": len(found.trials),
+            "stopped_early": found.stopped_early,
+            "search_seconds": found.seconds,
+            "synthetic_rows": challenger.synthetic_rows,
+            "challenger_version": challenger.training.version,
+        },
+        settings,
+    )
+    outcome = {
+        "challenger_version": challenger.training.version,
+        "challenger_holdout_roc_auc": comparison.challenger_roc_auc,
+        "champion_version": comparison.champion_version,
+        "champion_holdout_roc_auc": comparison.champion_roc_auc,
+        "beat_champion": comparison.beats_champion,
+        "search_run_id": search_run_id,
+    }
+    for entry_id in ledger_ids:
+        ledger.record_outcome(entry_id, outcome, settings)
+
+
+def hand_over_to_canary(
+    how: HandOver,
+    version: int,
+    settings: Settings,
+    ledger_id: str,
+    canary: Callable[..., State] | None = None,
+) -> tuple[str, str | None]:
+    """Start the canary rollout of the challenger; say how, and the flow run if one started.
+
+    `canary` is the canary flow, which `subflow` runs in this run (flows sit above tasks, so
+    the caller hands it in).
+    """
+    if how == "none":
+        return "none: not handed over", None
+    nothing_serves = rollout.why_no_canary(settings)
+    if nothing_serves:  # a canary would judge no traffic, then leave its processes running
+        return f"none: no canary ran, {nothing_serves}; v{version} is the challenger", None
+    deployed = deployment_exists(CANARY_DEPLOYMENT)
+    if how == "deployment" or (how == "auto" and deployed):
+        if not deployed:
+            raise DataError(f"no {CANARY_DEPLOYMENT} deployment is registered")
+        run = run_deployment(
+            CANARY_DEPLOYMENT,
+            parameters={"version": version, "model_name": settings.model_name},
+            idempotency_key=f"canary-{settings.model_name}-v{version}-{ledger_id}",
+            timeout=0,
+        )
+        link = reports.prefect_link("flow-run", run.id, f"flow run {run.name}")
+        return f"deployment {CANARY_DEPLOYMENT}: {link}", str(run.id)
+    if how == "subflow":
+        if canary is None:
+            raise ValueError("a subflow hand-over needs the canary flow")
+        state = canary(version=version, model_name=settings.model_name, return_state=True)
+        outcome = state.result(raise_on_failure=False)
+        return f"subflow: {getattr(outcome, 'outcome', state.name)}", None
+    emit_event(
+        event=CANARY_REQUESTED_EVENT,
+        resource={"prefect.resource.id": f"agentic-mlops.model.{settings.model_name}"},
+        payload={"version": version, "ledger_id": ledger_id, "model_name": settings.model_name},
+    )
+    return f"event: emitted {CANARY_REQUESTED_EVENT}", None
+
+
+def hand_over(
+    how: HandOver,
+    challenger: Challenger,
+    require_improvement: bool,
+    ledger_ids: list[str],
+    settings: Settings,
+    canary: Callable[..., State] | None = None,
+) -> str:
+    """Hand the challenger to the canary unless it had to beat the champion and did not;
+    tell the ledger entries (the first is the advisor's) how."""
+    if require_improvement and not challenger.comparison.beats_champion:
+        handed = NOT_BETTER
+    else:
+        version = challenger.training.version
+        handed, _ = hand_over_to_canary(how, version, settings, ledger_ids[0], canary)
+    get_run_logger().info("hand-over: %s", handed)
+    for entry_id in ledger_ids:
+        ledger.record_outcome(entry_id, {"hand_over": handed}, settings)
+    return handed
+
+
+def search_markdown(result: SearchResult, comparison: HoldoutComparison, synth: int) -> str:
+    rows = "\n".join(
+        f"| {t.family} | {t.roc_auc:.4f} | {t.steps} | {'yes' if t.stopped_early else ''} |"
+        for t in sorted(result.trials, key=lambda t: -(t.roc_auc or 0))
+        if t.roc_auc is not None
+    )
+    champion = (
+        f"champion v{comparison.champion_version}: {comparison.champion_roc_auc:.4f}"
+        if comparison.champion_roc_auc is not None
+        else "no champion to compare with"
+    )
+    return (
+        f"# Retraining search ({result.algorithm}, "
+        f"{'ASHA' if result.early_stopping else 'no early stopping'}, on {result.cluster})\n\n"
+        f"{len(result.trials)} trials, {result.stopped_early} stopped early, "
+        f"{result.seconds:.0f} s; synthetic rows: {synth}\n\n"
+        f"Best: **{result.best_family}** {result.best_params}\n\n"
+        f"Holdout ROC AUC ({comparison.rows} rows): challenger "
+        f"{comparison.challenger_roc_auc:.4f}, {champion}\n\n"
+        f"| family | validation ROC AUC | steps | stopped early |\n|---|---|---|---|\n{rows}\n"
+    )
+
+
+def publish_search_report(
+    found: SearchResult, challenger: Challenger, handed: str, advice: Outcome, settings: Settings
+) -> None:
+    """The search's markdown (best trial, holdout comparison, hand-over, the advisor's
+    attribution) and a table of every trial, as keyed Prefect artifacts."""
+    key = reports.artifact_key(settings.model_name)
+    trained = challenger.training
+    create_markdown_artifact(
+        key=f"{key}-retrain-search",
+        markdown=search_markdown(found, challenger.comparison, challenger.synthetic_rows)
+        + f"\nHand-over: {handed}\n"
+        + (f"\n## Advisor\n\n{advice.attribution.markdown()}" if advice.attribution else ""),
+        description=f"Search behind {trained.model_name} v{trained.version}",
+    )
+    create_table_artifact(
+        key=f"{key}-retrain-trials",
+        table=[
+            {
+                "family": t.family,
+                "validation ROC AUC": None if t.roc_auc is None else round(t.roc_auc, 4),
+                "steps": t.steps,
+                "stopped early": t.stopped_early,
+                "parameters": ", ".join(
+                    f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in t.params.items()
+                    if k != "family"
+                ),
+            }
+            for t in sorted(found.trials, key=lambda t: -(t.roc_auc or 0))
+        ],
+        description="Every trial of the latest retraining search",
+    )
