@@ -25,7 +25,7 @@ _PUBLIC = {
     "monitor": "agentic_mlops.flows.monitor",
     "AdoptionResult": "agentic_mlops.schemas",
     "DriftCheckResult": "agentic_mlops.schemas",
-    "CanaryResult": "agentic_mlops.flows.canary",
+    "CanaryResult": "agentic_mlops.tasks.canary_steps",
     "LifecycleResult": "agentic_mlops.schemas",
     "MonitorResult": "agentic_mlops.flows.monitor",
 }

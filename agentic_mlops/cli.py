@@ -624,9 +624,9 @@ def canary(
     for step in result.steps:
         table.add_row(
             f"{step.weight:.0%}",
-            step.verdict,
-            f"{step.score:.0f}",
-            step.sequential,
+            step.judge_verdict,
+            f"{step.judge_score:.0f}",
+            step.sequential_outcome,
             step.action,
             step.decided_by,
         )

@@ -1,10 +1,10 @@
 """What the decision points read and what they record: evidence in, attributed outcome out.
 
-The tasks and flows assemble the evidence (`tasks.reference` builds the triage's, the canary
-flow the promotion's, the tune flow the advisor's); the agents read it through their tools and
-decide; the tasks record the `Outcome` in the ledger. Both sides import this module and the
-agents import the tasks, never the reverse. Evidence holds data only: what the evidence
-demands is decided by the policies in `agents/`.
+The tasks and flows assemble the evidence (`tasks.reference` builds the triage's,
+`tasks.canary_steps` the promotion's, the tune flow the advisor's); the agents read it through
+their tools and decide; the tasks record the `Outcome` in the ledger. Both sides import this
+module and the agents import the tasks, never the reverse. Evidence holds data only: what the
+evidence demands is decided by the policies in `agents/`.
 """
 
 from __future__ import annotations
@@ -169,6 +169,10 @@ class JudgeEvidence(BaseModel):
         return bool(failing) and all(m.classification == "nodata" for m in failing)
 
 
+PromotionAction = Literal["promote", "increase_traffic", "hold", "rollback", "ask_human"]
+"""What may happen to a canary after a step: the promotion agent's closed set of actions."""
+
+
 class CanaryEvidence(BaseModel):
     """Everything the promotion agent may look at after one analysis step."""
 
@@ -182,6 +186,12 @@ class CanaryEvidence(BaseModel):
     sequential_reason: str = ""
     holds: int = Field(default=0, description="How many times this step was held already.")
     max_holds: int = 2
+
+
+def advances_to_full(action: str, evidence: CanaryEvidence) -> bool:
+    """Whether an action would give the canary all traffic: `promote`, or `increase_traffic`
+    at the last step, where the next weight is full traffic."""
+    return action == "promote" or (action == "increase_traffic" and evidence.next_weight is None)
 
 
 class PastRun(BaseModel):

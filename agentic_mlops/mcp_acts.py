@@ -323,7 +323,7 @@ def canary_act(proposal: Proposal, parameters: dict[str, Any], wait_seconds: flo
             ledger_id=last.ledger_id if last else None,
         ),
         accepted=action == "promote",
-        actions_taken=[f"{s.weight:.0%}: {s.verdict} -> {s.action}" for s in result.steps],
+        actions_taken=[f"{s.weight:.0%}: {s.judge_verdict} -> {s.action}" for s in result.steps],
         summary=f"v{result.version} {result.outcome.replace('_', ' ')}: {result.reason}; "
         f"champion is v{result.champion}",
     )

@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field
 
 from agentic_mlops.settings import Settings, load_settings
 from agentic_mlops.tasks import ledger
+from agentic_mlops.tasks.canary_steps import CanaryStep
 from agentic_mlops.tasks.reports import mlflow_run_link
 
 DecisionPoint = Literal["drift_triage", "canary_promotion", "tuning_advisor"]
@@ -848,33 +849,6 @@ class ServingState(BaseModel):
     servers: dict[str, str] = Field(description="version -> address of its running model server.")
 
 
-class CanaryStep(BaseModel):
-    """One analysed step of a canary rollout and what the promotion agent decided."""
-
-    ledger_id: str
-    decided_at: str
-    weight: float
-    champion_version: int | None
-    challenger_version: int
-    judge_verdict: str = Field(description="pass, marginal or fail (fixed-horizon analysis).")
-    judge_score: float = Field(description="0-100; share of metrics that passed, weighted.")
-    critical_failures: list[str]
-    metrics: list[dict[str, Any]] = Field(
-        description="Per metric: classification (pass/high/low/nodata), critical, effect "
-        "(canary minus baseline) with its interval, and sample sizes."
-    )
-    sequential_outcome: str = Field(description="continue, promote or rollback.")
-    sequential_reason: str
-    action: str
-    confidence: float | None
-    rationale: str | None
-    decided_by: str
-    guardrail: str | None = None
-    human_answer: str | None = Field(
-        default=None, description="A person's answer on the approval form: approve/reject/extend."
-    )
-
-
 class CanaryStatus(BaseModel):
     """Where a model's canary rollout stands."""
 
@@ -909,29 +883,6 @@ def serving_state(settings: Settings) -> ServingState | None:
     )
 
 
-def canary_step(entry: ledger.LedgerEntry) -> CanaryStep:
-    evidence, judge = entry.evidence, entry.evidence.get("judge", {})
-    return CanaryStep(
-        ledger_id=entry.id,
-        decided_at=entry.created_at,
-        weight=evidence["weight"],
-        champion_version=evidence.get("champion_version"),
-        challenger_version=evidence["challenger_version"],
-        judge_verdict=judge.get("verdict", "unknown"),
-        judge_score=judge.get("score", 0.0),
-        critical_failures=judge.get("critical_failures", []),
-        metrics=judge.get("metrics", []),
-        sequential_outcome=evidence.get("sequential_outcome", "continue"),
-        sequential_reason=evidence.get("sequential_reason", ""),
-        action=entry.action,
-        confidence=entry.confidence,
-        rationale=entry.rationale,
-        decided_by=entry.agent_model,
-        guardrail=entry.overridden_by,
-        human_answer=(entry.outcome or {}).get("human"),
-    )
-
-
 def flow_run_state(flow_run_id: str | None) -> str | None:
     """The state name of a flow run; None when Prefect cannot say."""
     if not flow_run_id:
@@ -948,7 +899,8 @@ def canary_status(model_name: ModelName = None) -> CanaryStatus:
     """Read where a model's canary rollout stands: the registry's aliases, what the local
     router serves and at which canary weight, whether a promotion was interrupted, and each
     step of the latest rollout with the statistical judge's verdict per metric, the
-    sequential test, the promotion agent's action and any person's answer."""
+    sequential test, the promotion agent's action, any person's answer, and what the rollout
+    did."""
     settings = load_settings()
     model = registered_model(model_name, settings)
     settings = settings.for_model(model.name)
@@ -958,7 +910,7 @@ def canary_status(model_name: ModelName = None) -> CanaryStatus:
         model.name, decision_point="canary_promotion", limit=200, settings=settings
     )
     latest_run = entries[0].flow_run_id if entries else None
-    steps = [canary_step(e) for e in reversed(entries) if e.flow_run_id == latest_run]
+    steps = [CanaryStep.from_entry(e) for e in reversed(entries) if e.flow_run_id == latest_run]
     return CanaryStatus(
         model_name=model.name,
         aliases={alias: int(v) for alias, v in sorted(model.aliases.items())},

@@ -15,10 +15,10 @@ from typing import ClassVar, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field
 
 from agentic_mlops.agents.decision_runtime import DecisionLimits
-from agentic_mlops.decisions import CanaryEvidence
+from agentic_mlops.decisions import CanaryEvidence, PromotionAction, advances_to_full
 from agentic_mlops.settings import Settings
 
-Action = Literal["promote", "increase_traffic", "hold", "rollback", "ask_human"]
+Action = PromotionAction
 ACTIONS: tuple[str, ...] = get_args(Action)
 EvidenceRef = Literal["judge", "sequential", "traffic"]
 
@@ -147,12 +147,6 @@ def policy_decision(evidence: CanaryEvidence, limits: PromotionLimits) -> Promot
         f"at {evidence.weight:.0%}; moving to {evidence.next_weight:.0%}.",
         ["judge", "traffic"],
     )
-
-
-def advances_to_full(action: str, evidence: CanaryEvidence) -> bool:
-    """Whether an action would give the canary all traffic: `promote`, or `increase_traffic`
-    at the last step, where the next weight is full traffic."""
-    return action == "promote" or (action == "increase_traffic" and evidence.next_weight is None)
 
 
 def enforce_guardrails(

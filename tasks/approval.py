@@ -24,11 +24,13 @@ from prefect.runtime import flow_run
 from prefect.states import Running
 from pydantic import Field
 
+from agentic_mlops.decisions import CanaryEvidence, PromotionAction, advances_to_full
 from agentic_mlops.settings import Settings
 from agentic_mlops.tasks import ledger
 
 HUMAN = "person"
 DECISION_POINT = "human_approval"
+CanaryAnswer = Literal["approve", "reject", "extend"]
 
 
 class Approval(RunInput):
@@ -43,7 +45,7 @@ class Approval(RunInput):
 class CanaryApproval(RunInput):
     """A person's answer to a paused canary."""
 
-    decision: Literal["approve", "reject", "extend"] = Field(
+    decision: CanaryAnswer = Field(
         description="approve: go on (more traffic, or promote at the last step); reject: roll "
         "back now; extend: stay at this weight and analyse again."
     )
@@ -146,3 +148,31 @@ def ask_before_acting(
         return False, f"no answer within {timeout_seconds} s"
     record_answer(asked, answer.decision, answer.comment, settings)
     return answer.decision == "approve", f"{answer.decision}: {answer.comment}".strip(": ")
+
+
+def canary_gate(
+    action: PromotionAction,
+    evidence: CanaryEvidence,
+    asked: ledger.LedgerEntry,
+    settings: Settings,
+) -> PromotionAction:
+    """The humans-first mode over the promotion agent's action at a canary step.
+
+    `all`: a promotion, or the last increase (to 100%), waits for a person. `none`: nobody is
+    asked, so an unclear step rolls back. `risky` (default): the agent's guardrails already
+    send a promotion or rollback below the confidence threshold to a person. A changed action
+    is added to the agent's ledger entry.
+    """
+    gated = action
+    if settings.approval_mode == "all" and advances_to_full(action, evidence):
+        gated = "ask_human"
+    elif settings.approval_mode == "none" and action == "ask_human":
+        gated = "rollback"
+    if gated != action:
+        get_run_logger().info(
+            "approval mode %s: %s becomes %s", settings.approval_mode, action, gated
+        )
+        ledger.record_outcome(
+            asked.id, {"approval_mode": settings.approval_mode, "action": gated}, settings
+        )
+    return gated

@@ -19,11 +19,11 @@ from prefect.settings import PREFECT_API_URL
 
 from agentic_mlops.agents.canary_promotion import advise
 from agentic_mlops.decisions import CanaryEvidence, JudgeEvidence, MetricEvidence
-from agentic_mlops.flows.canary import record_decision
 from agentic_mlops.flows.drift import drift_check
 from agentic_mlops.settings import Settings
 from agentic_mlops.tasks import ledger, registry
 from agentic_mlops.tasks.batches import write_table
+from agentic_mlops.tasks.canary_steps import record_decision
 from agentic_mlops.tasks.churn import generate_churn
 from agentic_mlops.tasks.training import Hyperparameters
 from tests.conftest import trained_home

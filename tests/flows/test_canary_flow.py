@@ -135,7 +135,7 @@ def test_a_slightly_slower_canary_waits_for_a_person_who_approves_it(serving_hom
     person.join(timeout=5)
     result = state.result()
     assert answered, "the flow never paused for approval"
-    assert result.steps[0].verdict == "marginal" and result.steps[0].action == "promote"
+    assert result.steps[0].judge_verdict == "marginal" and result.steps[0].action == "promote"
     assert result.outcome == "promoted" and traffic.counts.failed == 0
     entry = ledger.get_decision(result.steps[0].ledger_id, serving_home)
     assert entry.action == "ask_human"
@@ -150,7 +150,7 @@ def test_a_slightly_slower_canary_waits_for_a_person_who_approves_it(serving_hom
 
 @pytest.mark.slow
 def test_mlflow_unreachable_during_promotion_changes_nothing(serving_home, monkeypatch):
-    from agentic_mlops.flows.canary import promote
+    from agentic_mlops.tasks.promotion import promote
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
@@ -218,7 +218,7 @@ def test_a_router_serving_the_wrong_version_follows_the_champion(serving_home):
 
 
 def test_unreachable_metrics_fail_closed(serving_home):
-    from agentic_mlops.flows.canary import analyse_step
+    from agentic_mlops.tasks.canary_steps import analyse_step
     from agentic_mlops.tasks.metrics import RouterMetrics
 
     analysis = analyse_step.fn(
@@ -289,7 +289,7 @@ def test_a_less_accurate_canary_is_rolled_back_on_its_feedback(serving_home):
         if m["name"] == "brier"
     ]
     assert brier and (
-        brier[0]["classification"] == "high" or result.steps[-1].sequential == "rollback"
+        brier[0]["classification"] == "high" or result.steps[-1].sequential_outcome == "rollback"
     )
     assert registry.alias_version("churn", "champion", serving_home) == 1
     assert traffic.counts.failed == 0
@@ -304,9 +304,9 @@ def test_an_llm_cannot_promote_by_increasing_traffic_at_the_last_step(serving_ho
     from pydantic_ai.models.function import FunctionModel
 
     from agentic_mlops.agents import canary_promotion, decision_runtime
-    from agentic_mlops.flows import canary as canary_flow
-    from agentic_mlops.flows.canary import StepAnalysis
+    from agentic_mlops.tasks import canary_steps
     from agentic_mlops.tasks.canary_judge import JudgeResult, MetricVerdict
+    from agentic_mlops.tasks.canary_steps import StepAnalysis
 
     def complacent(messages, info):
         if len(messages) == 1:
@@ -353,7 +353,7 @@ def test_an_llm_cannot_promote_by_increasing_traffic_at_the_last_step(serving_ho
         samples={"baseline": 300, "canary": 300},
         metric_errors=0,
     )
-    monkeypatch.setattr(canary_flow, "analyse_step", lambda *args: unproven)
+    monkeypatch.setattr(canary_steps, "analyse_step", lambda *args: unproven)
     monkeypatch.setenv("AGENTIC_MLOPS_APPROVAL_MODE", "none")
     start_serving(serving_home)
     result = rollout(steps=[50, 100]).result()

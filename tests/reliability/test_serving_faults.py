@@ -147,7 +147,7 @@ def test_a_canary_server_killed_at_a_step_is_rolled_back_unseen_by_users(serving
     with customer_traffic(url) as traffic:
         result = rollout().result()
     assert fired.is_set()
-    assert result.outcome == "rolled_back" and result.steps[-1].sequential == "rollback"
+    assert result.outcome == "rolled_back" and result.steps[-1].sequential_outcome == "rollback"
     assert_champion_served(serving_home, url, 1)
     assert traffic.counts.failed == 0 and "2" not in backend.status().servers
 
@@ -169,7 +169,7 @@ def test_a_hung_canary_server_is_rolled_back_and_its_users_answered_by_the_basel
     assert result.outcome == "rolled_back", result
     judged = ledger.get_decision(result.steps[-1].ledger_id, serving_home).evidence["judge"]
     error = next(m for m in judged["metrics"] if m["name"] == "error")
-    assert error["classification"] == "high" or result.steps[-1].sequential == "rollback"
+    assert error["classification"] == "high" or result.steps[-1].sequential_outcome == "rollback"
     assert_champion_served(serving_home, url, 1)
     assert sum(t.counts.failed for t in customers) == 0 and "2" not in backend.status().servers
 
