@@ -23,6 +23,7 @@ _PUBLIC = {
     "canary_rollout": "agentic_mlops.flows.canary",
     "lifecycle": "agentic_mlops.flows.lifecycle",
     "monitor": "agentic_mlops.flows.monitor",
+    "announce_challenger": "agentic_mlops.tasks.drift_actions",
     "AdoptionResult": "agentic_mlops.schemas",
     "DriftCheckResult": "agentic_mlops.schemas",
     "CanaryResult": "agentic_mlops.tasks.canary_steps",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
 
 Decision = TypeVar("Decision", bound=BaseModel)
 POLICY = "policy"
@@ -140,6 +140,16 @@ class TriageEvidence(BaseModel):
         return [name for name, column in self.columns.items() if column.drifted]
 
 
+LABEL_METRICS = {
+    "binary": "brier",
+    "regression": "absolute_error",
+    "multiclass": "multiclass_brier",
+}
+"""The loss a labelled request gives a canary, by the model's task: a binary classifier's Brier
+score, a regression model's absolute error, a multiclass classifier's Brier score summed over
+its classes. The router records it; the canary judge compares its means."""
+
+
 class MetricEvidence(BaseModel):
     """One canary metric as the judge classified it."""
 
@@ -162,6 +172,14 @@ class JudgeEvidence(BaseModel):
     critical_failures: list[str] = Field(default_factory=list)
     metrics: list[MetricEvidence] = Field(default_factory=list)
     reason: str = ""
+
+    @computed_field
+    @property
+    def label_metric(self) -> str | None:
+        """The metric of labelled requests this analysis judged (`LABEL_METRICS`), so the
+        ledger, the approval form and the artifacts name it; None without one."""
+        names = set(LABEL_METRICS.values())
+        return next((m.name for m in self.metrics if m.name in names), None)
 
     def only_missing_data(self) -> bool:
         """Whether every metric that did not pass merely lacked data."""

@@ -26,7 +26,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
-from agentic_mlops.mcp_reads import ToolFailure, known_version, registered_model
+from agentic_mlops.mcp_reads import ModelName, ToolFailure, known_version, registered_model
 from agentic_mlops.settings import Settings, load_settings
 
 Proposal = Literal["drift_check", "retrain", "rollback", "canary", "promote", "adopt"]
@@ -43,7 +43,11 @@ BatchPath = Annotated[
     ),
 ]
 Target = Annotated[
-    str | None, Field(description="Label column; a retrain or rollback needs labels.")
+    str | None,
+    Field(
+        description="Label column; a retrain or rollback needs labels. Empty: the label "
+        "column on the model's card (churn for the configured model)."
+    ),
 ]
 DriftWait = Annotated[
     float,
@@ -176,6 +180,16 @@ def running(proposal: Proposal, run: Any, state_name: str, follow: str) -> ActRe
     )
 
 
+def model_target(name: str, settings: Settings) -> str:
+    """The label column on the champion's card; the settings' target without one."""
+    from agentic_mlops.tasks import registry
+    from agentic_mlops.tasks.reference import stored_card
+
+    champion = registry.alias_version(name, registry.CHAMPION, settings)
+    card = stored_card(name, champion, settings) if champion is not None else None
+    return card.target if card is not None else settings.target
+
+
 def drift_act(
     proposal: Proposal,
     batch_path: str,
@@ -183,18 +197,22 @@ def drift_act(
     target: str | None,
     act: bool,
     wait_seconds: float,
+    model_name: str | None = None,
 ) -> ActResult:
-    """Run the drift-check flow on a batch; the triage agent decides, the flow acts on it."""
+    """Run the drift-check flow on a batch of a model; the triage agent decides, the flow acts
+    on it."""
     from agentic_mlops.flows.drift import drift_check
 
     settings = load_settings()
+    name = registered_model(model_name, settings).name
     parameters = {
         "current_path": str(file_under_home(batch_path, settings, "batch_path")),
         "reference_path": str(file_under_home(reference_path, settings, "reference_path"))
         if reference_path
         else None,
-        "target": target,
+        "target": target or model_target(name, settings),
         "act": act,
+        "model_name": name,
     }
     run, future = start_flow(drift_check, parameters, proposal)
     state = finished_state(future, wait_seconds)
@@ -233,7 +251,7 @@ def run_drift_check(
         str | None,
         Field(description="Reference data under home; empty: the champion's stored reference."),
     ] = None,
-    target: Target = "churn",
+    target: Target = None,
     act: Annotated[
         bool,
         Field(
@@ -241,16 +259,22 @@ def run_drift_check(
         ),
     ] = True,
     wait_seconds: DriftWait = 300,
+    model_name: ModelName = None,
 ) -> ActResult:
     """Run a drift check on a batch exactly as the hourly schedule does: quality checks (a
     broken batch is quarantined), drift against the champion's reference, the drift-triage
     agent's decision within its guardrails, and (with act) the action it decided. Returns the
     flow run id and the decision."""
-    return drift_act("drift_check", batch_path, reference_path, target, act, wait_seconds)
+    return drift_act(
+        "drift_check", batch_path, reference_path, target, act, wait_seconds, model_name
+    )
 
 
 def request_retrain(
-    batch_path: BatchPath, target: Target = "churn", wait_seconds: DriftWait = 300
+    batch_path: BatchPath,
+    target: Target = None,
+    wait_seconds: DriftWait = 300,
+    model_name: ModelName = None,
 ) -> ActResult:
     """Propose retraining on a labelled batch. The system decides: the batch goes through a
     drift check and the drift-triage agent, which retrains (a new challenger, never a new
@@ -258,18 +282,21 @@ def request_retrain(
     drift on important features or a performance drop, enough confidence. Whatever it decides
     is carried out, as on a schedule (an escalation reaches a person). Returns the run id, the
     decision and whether it accepted the proposal."""
-    return drift_act("retrain", batch_path, None, target, True, wait_seconds)
+    return drift_act("retrain", batch_path, None, target, True, wait_seconds, model_name)
 
 
 def request_rollback(
-    batch_path: BatchPath, target: Target = "churn", wait_seconds: DriftWait = 300
+    batch_path: BatchPath,
+    target: Target = None,
+    wait_seconds: DriftWait = 300,
+    model_name: ModelName = None,
 ) -> ActResult:
     """Propose rolling the champion back to the previous champion, with a labelled batch as
     the evidence. The system decides: the drift-triage agent rolls back only when a previous
     champion exists and does better than the champion on the batch's labels, with enough
     confidence. Whatever it decides is carried out, as on a schedule (an escalation reaches a
     person). Returns the run id, the decision and whether it accepted the proposal."""
-    return drift_act("rollback", batch_path, None, target, True, wait_seconds)
+    return drift_act("rollback", batch_path, None, target, True, wait_seconds, model_name)
 
 
 def canary_act(proposal: Proposal, parameters: dict[str, Any], wait_seconds: float) -> ActResult:
@@ -347,23 +374,30 @@ def start_canary(
         float | None, Field(gt=0, le=3_600, description="Longest analysis of one step.")
     ] = None,
     wait_seconds: CanaryWait = 0,
+    model_name: ModelName = None,
 ) -> ActResult:
-    """Start a canary rollout of a model version behind the local router: its share of
+    """Start a canary rollout of a model version behind the model's local router: its share of
     traffic rises step by step, a statistical judge compares it with the champion at each
     step, and the promotion agent decides (promote, more traffic, hold, roll back, or ask a
     person through an approval form, whose silence means rollback). Returns the flow run id;
     follow it with canary_status."""
     settings = load_settings()
-    model = registered_model(None, settings)
+    model = registered_model(model_name, settings)
     if version is not None:
         known_version(model.name, version, settings)
-    given = {"version": version, "steps": steps, "step_seconds": step_seconds}
+    given = {
+        "version": version,
+        "steps": steps,
+        "step_seconds": step_seconds,
+        "model_name": model.name,
+    }
     return canary_act("canary", {k: v for k, v in given.items() if v is not None}, wait_seconds)
 
 
 def request_promotion(
     version: Annotated[int, Field(ge=1, description="The version proposed as champion.")],
     wait_seconds: CanaryWait = 0,
+    model_name: ModelName = None,
 ) -> ActResult:
     """Propose a model version as the new champion. The system decides: a version becomes
     champion only through a canary rollout with the configured steps, judged statistically,
@@ -372,7 +406,7 @@ def request_promotion(
     from agentic_mlops.tasks import registry
 
     settings = load_settings()
-    model = registered_model(None, settings)
+    model = registered_model(model_name, settings)
     known_version(model.name, version, settings)
     if registry.alias_version(model.name, registry.CHAMPION, settings) == version:
         raise ToolFailure(
@@ -380,7 +414,7 @@ def request_promotion(
             f"{model.name} v{version} is already the champion",
             "call model_versions to see the other versions",
         )
-    return canary_act("promote", {"version": version}, wait_seconds)
+    return canary_act("promote", {"version": version, "model_name": model.name}, wait_seconds)
 
 
 def adopt_model(

@@ -44,6 +44,9 @@ DecisionAction = Literal[
 FlowRunStateType = Literal[
     "SCHEDULED", "PENDING", "RUNNING", "PAUSED", "COMPLETED", "FAILED", "CANCELLING", "CANCELLED"
 ]
+MAX_FLOW_RUNS_READ = 200
+"""Runs read to find those of one model (the most the Prefect API answers at once): Prefect
+filters runs by flow, not by parameter, so one model's are found among the newest 200."""
 ModelName = Annotated[
     str | None,
     Field(description="Registered model name; empty means the configured model (settings)."),
@@ -594,11 +597,18 @@ def flow_runs(
     ] = None,
     state: Annotated[FlowRunStateType | None, Field(description="Only runs in this state.")] = None,
     limit: Annotated[int, Field(ge=1, le=200, description="Most runs to list.")] = 20,
+    model_name: Annotated[
+        str | None,
+        Field(
+            description="Only runs for this registered model (their model_name parameter; a "
+            "run without one is the configured model's). Empty: runs of every model."
+        ),
+    ] = None,
 ) -> FlowRunList:
     """List Prefect flow runs (training, drift checks, data quality, canary rollouts), newest
     first, with their state (a paused canary waits for a person's approval), parameters and
-    tags (`mcp` marks runs an MCP caller started). Call flow_run with an id for its tasks and
-    the decisions it recorded."""
+    tags (`mcp` marks runs an MCP caller started), of one model or of all. Call flow_run with
+    an id for its tasks and the decisions it recorded."""
     from prefect.client.schemas.filters import (
         FlowFilter,
         FlowFilterName,
@@ -625,8 +635,15 @@ def flow_runs(
             if state
             else None,
             sort=FlowRunSort.EXPECTED_START_TIME_DESC,
-            limit=limit,
+            limit=limit if model_name is None else MAX_FLOW_RUNS_READ,
         )
+        if model_name is not None:  # a model's runs may outlive its registration, or precede it
+            configured = load_settings().model_name
+            runs = [
+                run
+                for run in runs
+                if ((run.parameters or {}).get("model_name") or configured) == model_name
+            ][:limit]
         return FlowRunList(flow_runs=[flow_run_summary(run, names) for run in runs])
 
 

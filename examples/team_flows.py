@@ -28,7 +28,13 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from agentic_mlops import AdoptionResult, DriftCheckResult, adopt, drift_check
+from agentic_mlops import (
+    AdoptionResult,
+    DriftCheckResult,
+    adopt,
+    announce_challenger,
+    drift_check,
+)
 
 MODEL = "tumour"
 TARGET = "malignant"
@@ -41,7 +47,8 @@ def train_tumour(
     model_name: str = MODEL,
     experiment: str = "team-experiments",
 ) -> int:
-    """Train on a labelled table, register the model, mark the new version `challenger`.
+    """Train on a labelled table, register the model, mark the new version `challenger`,
+    and announce it: on the event, the `canary` deployment rolls it out.
 
     Args:
         data_path: Labelled CSV table (the recent window, when a retrain decision runs it).
@@ -62,6 +69,7 @@ def train_tumour(
         )
     version = int(logged.registered_model_version)
     MlflowClient().set_registered_model_alias(model_name, "challenger", str(version))
+    announce_challenger(model_name, version, triage_ledger_id)
     return version
 
 

@@ -1,11 +1,13 @@
 """A model server for one MLflow model: `POST /predict`, `GET /healthz`, `GET /metrics`.
 
 `POST /predict` takes one row (a JSON object) or `{"instances": [row, ...]}` and answers
-`{"predictions": [score, ...], "model": name, "version": n}`: the model's score as
-`tasks/scoring.py` defines it (a classifier's positive-class probability, a regressor's
-prediction), the same score the drift check uses. A row the model's signature refuses gets
-422 naming the column. Rows are scored in a worker thread so the event loop keeps answering
-health checks.
+`{"predictions": [score, ...], "task": task, "model": name, "version": n}`: the model's score
+as `tasks/scoring.py` defines it (a classifier's positive-class probability, a regressor's
+prediction), the same score the drift check uses. A multiclass classifier with class
+probabilities also answers `"classes": [...]` and `"probabilities": [[p, ...], ...]`, one
+list per row in the order of the classes, so the router can score a label by Brier. A row
+the model's signature refuses gets 422 naming the column. Rows are scored in a worker thread
+so the event loop keeps answering health checks.
 
 Fault injection for drills and tests (`--fault-error-rate`, `--fault-latency-ms`) makes a
 share of requests fail with 503 or every request slower; both are off unless given.
@@ -64,6 +66,21 @@ class ModelServer:
     def score(self, rows: list[dict[str, Any]]) -> list[float]:
         return [float(score) for score in self.model.score(pd.DataFrame(rows), self.task)]
 
+    def answer(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        """The scores of the rows, the task, and a multiclass model's class probabilities."""
+        frame = pd.DataFrame(rows)
+        answer: dict[str, Any] = {"predictions": self.score(rows), "task": self.task}
+        if self.task == "multiclass" and self.model.classes is not None:
+            probabilities = self.model.probabilities(self.model.conform(frame))
+            if probabilities is not None:
+                answer["classes"] = [
+                    c.item() if hasattr(c, "item") else str(c) for c in self.model.classes
+                ]
+                answer["probabilities"] = [
+                    [round(float(p), 6) for p in row] for row in probabilities
+                ]
+        return answer
+
     async def predict(self, request: web.Request) -> web.Response:
         start = time.perf_counter()
         try:
@@ -80,12 +97,10 @@ class ModelServer:
         if self.fault_error_rate and self.random.random() < self.fault_error_rate:
             return self._answer(503, {"error": "injected fault"}, start)
         try:
-            scores = await asyncio.to_thread(self.score, rows)
+            answer = await asyncio.to_thread(self.answer, rows)
         except Exception as error:  # schema enforcement and model errors name the problem
             return self._answer(422, {"error": f"cannot score: {error}"}, start)
-        return self._answer(
-            200, {"predictions": scores, "model": self.name, "version": self.version}, start
-        )
+        return self._answer(200, {**answer, "model": self.name, "version": self.version}, start)
 
     def _answer(self, code: int, payload: dict[str, Any], start: float) -> web.Response:
         self.requests.labels(code=str(code)).inc()

@@ -186,10 +186,10 @@ class RequestLog:
         )
         self.requests.add(b"".join((head.encode(), body.replace(b"\n", b" "), b"}\n")))
 
-    def labelled(self, request_id: str, label: int) -> None:
-        """Log the delayed label of an answered request."""
+    def labelled(self, request_id: str, label: int | float | str) -> None:
+        """Log the delayed label of an answered request (a class, 0/1, or a number)."""
         self.labels.add(
-            f'{{"ts":{time.time():.6f},"request_id":"{request_id}","label":{int(label)}}}\n'.encode()
+            f'{{"ts":{time.time():.6f},"request_id":"{request_id}","label":{json.dumps(label)}}}\n'.encode()
         )
 
     def flush(self) -> dict[str, int]:

@@ -5,9 +5,12 @@
   answer within 2 s) is counted against the canary and the request is answered by the baseline
   instead, so users never see a canary's failure and a rollback drops nothing.
 - `POST /feedback` `{"request_id", "label"}`: the delayed ground truth of a served request,
-  counted per variant (correct at 0.5, Brier score).
+  turned into the loss of the model server's task (`label_loss`, named by the answer's
+  `task`): a binary classifier's Brier score (and correct at 0.5), a regression model's
+  absolute error, a multiclass classifier's Brier score over its class probabilities (and
+  correct when the label is the predicted class).
 - `GET /metrics`: Prometheus metrics per variant (requests, errors, latency histogram, score
-  histogram, feedback, correct, Brier sum) and the canary weight.
+  histogram, feedback, correct, Brier sum, absolute-error sum) and the canary weight.
 - `GET /healthz`: ready, 200 once a baseline serves; 503 with a one-line reason until then.
   `GET /livez`: the process answers (200), model or not.
 - `GET /admin/state`, `POST /admin/state`: which servers are baseline and canary, and the
@@ -29,17 +32,21 @@ import argparse
 import gc
 import itertools
 import json
+import math
 import random
 import time
 import uuid
 from collections import OrderedDict, deque
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from agentic_mlops.decisions import LABEL_METRICS
 from agentic_mlops.serving.request_log import RequestLog
 from agentic_mlops.settings import load_settings
 
@@ -49,6 +56,80 @@ BASELINE, CANARY = "baseline", "canary"
 MODEL_TIMEOUT_SECONDS = {BASELINE: 30.0, CANARY: 2.0}
 """Longest wait for a model server's answer, per variant. The canary's is short: a canary that
 hangs costs each of its requests 2 s before the baseline answers instead, not 30 s."""
+
+
+@dataclass(frozen=True)
+class Served:
+    """What the router keeps of an answered request until its label arrives."""
+
+    variant: str
+    score: float
+    task: str = "binary"
+    classes: tuple[str, ...] = ()
+    probabilities: tuple[float, ...] = ()
+
+
+def served_from(variant: str, answer: dict[str, Any]) -> Served | None:
+    """The first row's score, task and (multiclass) class probabilities of a model server's
+    answer; None when it has no score."""
+    scores = answer.get("predictions") or [None]
+    if scores[0] is None:
+        return None
+    probabilities = (answer.get("probabilities") or [[]])[0]
+    return Served(
+        variant,
+        float(scores[0]),
+        str(answer.get("task", "binary")),
+        tuple(str(c) for c in answer.get("classes") or ()),
+        tuple(float(p) for p in probabilities),
+    )
+
+
+def label_loss(served: Served, label: Any) -> tuple[int | None, float | None, str]:
+    """The loss of one labelled request, by its model's task.
+
+    - binary: the label is 0 or 1; the Brier score (score - label)^2, and whether the score
+      is on the label's side of 0.5;
+    - regression: the label is a number; the absolute error |prediction - label|;
+    - multiclass: the label is one of the model's classes; the Brier score summed over the
+      classes, sum_k (p_k - [label = k])^2 (0 to 2), and whether the predicted class is the
+      label. A model that gave no probabilities has no loss (None), only correctness.
+
+    Returns:
+        Correct (1, 0, or None for regression), the loss, and the loss's metric name.
+
+    Raises:
+        ValueError: the label does not fit the task, in one line for the caller.
+    """
+    metric = LABEL_METRICS.get(served.task, "brier")
+    if served.task == "regression":
+        if (
+            isinstance(label, bool)
+            or not isinstance(label, int | float)
+            or not math.isfinite(label)
+        ):
+            raise ValueError("label must be a finite number for a regression model")
+        return None, abs(served.score - float(label)), metric
+    if served.task == "multiclass":
+        classes = served.classes
+        name = str(int(label)) if isinstance(label, float) and label.is_integer() else str(label)
+        if classes and name not in classes:
+            raise ValueError(f"label must be one of the model's classes {list(classes)}")
+        predicted = str(int(served.score)) if served.score.is_integer() else str(served.score)
+        correct = int(predicted == name)
+        if not served.probabilities or len(served.probabilities) != len(classes):
+            return correct, None, metric
+        brier = sum(
+            (p - (c == name)) ** 2 for c, p in zip(classes, served.probabilities, strict=True)
+        )
+        return correct, brier, metric
+    try:
+        label = int(label)
+    except (TypeError, ValueError):
+        raise ValueError("label must be 0 or 1") from None
+    if label not in (0, 1):
+        raise ValueError("label must be 0 or 1")
+    return int((served.score >= 0.5) == bool(label)), (served.score - label) ** 2, metric
 
 
 class Backend(BaseModel):
@@ -89,7 +170,7 @@ class Router:
         if state_path.exists():
             self.state = RouterState.model_validate_json(state_path.read_text())
         self.random = random.Random(seed)
-        self.pending: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self.pending: OrderedDict[str, Served] = OrderedDict()
         self.buffer = buffer
         self.request_seq, self.feedback_seq = itertools.count(1), itertools.count(1)
         self.requests: deque[tuple] = deque(maxlen=buffer)
@@ -138,12 +219,24 @@ class Router:
             labels,
             registry=self.registry,
         )
+        self.m_absolute_error = Counter(
+            "router_absolute_error_sum",
+            "Sum of absolute errors of labelled requests to a regression model.",
+            labels,
+            registry=self.registry,
+        )
         self.m_weight = Gauge(
             "router_canary_weight", "Share of traffic to the canary.", registry=self.registry
         )
         self.m_weight.set(self.state.weight)
         for variant in (BASELINE, CANARY):  # every series exists from the start, at 0
-            for counter in (self.m_errors, self.m_feedback, self.m_correct, self.m_brier):
+            for counter in (
+                self.m_errors,
+                self.m_feedback,
+                self.m_correct,
+                self.m_brier,
+                self.m_absolute_error,
+            ):
                 counter.labels(variant)
             self.m_latency.labels(variant)
 
@@ -214,10 +307,11 @@ class Router:
         scores = answer.get("predictions") or [None]
         self._record(variant, elapsed, False, scores[0])
         request_id = uuid.uuid4().hex
-        if scores[0] is not None:
+        served = served_from(variant, answer)
+        if served is not None:
             for score in scores:
                 self.m_score.labels(variant).observe(score)
-            self.pending[request_id] = (variant, float(scores[0]))
+            self.pending[request_id] = served
             if len(self.pending) > self.buffer:
                 self.pending.popitem(last=False)
             if self.request_log is not None:
@@ -233,28 +327,46 @@ class Router:
         )
 
     async def receive_feedback(self, request: web.Request) -> web.Response:
+        """A label for a served request: its loss is recorded once, under the request's
+        variant; a label that does not fit the model's task is refused and the request stays
+        pending."""
         try:
             body = await request.json()
-            request_id, label = str(body["request_id"]), int(body["label"])
+            request_id, label = str(body["request_id"]), body["label"]
         except (json.JSONDecodeError, KeyError, TypeError, ValueError):
             return web.json_response(
-                {"error": 'send {"request_id": str, "label": 0 or 1}'}, status=400
+                {"error": 'send {"request_id": str, "label": ...}'}, status=400
             )
-        if label not in (0, 1):
-            return web.json_response({"error": "label must be 0 or 1"}, status=400)
-        served = self.pending.pop(request_id, None)
+        served = self.pending.get(request_id)
         if served is None:
             return web.json_response({"error": f"unknown request id {request_id}"}, status=404)
-        variant, score = served
-        correct = int((score >= 0.5) == bool(label))
-        brier = (score - label) ** 2
+        try:
+            correct, loss, metric = label_loss(served, label)
+        except ValueError as error:
+            return web.json_response({"error": str(error)}, status=400)
+        del self.pending[request_id]
+        variant = served.variant
         self.m_feedback.labels(variant).inc()
-        self.m_correct.labels(variant).inc(correct)
-        self.m_brier.labels(variant).inc(brier)
-        self.feedback.append((next(self.feedback_seq), variant, correct, round(brier, 6)))
+        if correct is not None:
+            self.m_correct.labels(variant).inc(correct)
+        if loss is not None:
+            counter = self.m_absolute_error if metric == "absolute_error" else self.m_brier
+            counter.labels(variant).inc(loss)
+        self.feedback.append(
+            (
+                next(self.feedback_seq),
+                variant,
+                correct,
+                None if loss is None else round(loss, 6),
+                metric,
+            )
+        )
         if self.request_log is not None:
             self.request_log.labelled(request_id, label)
-        return web.json_response({"variant": variant, "correct": bool(correct)})
+        answer: dict[str, Any] = {"variant": variant, metric: loss}
+        if correct is not None:
+            answer["correct"] = bool(correct)
+        return web.json_response(answer)
 
     async def get_state(self, request: web.Request) -> web.Response:
         return web.json_response(self.state.model_dump())

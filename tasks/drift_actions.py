@@ -28,6 +28,7 @@ from agentic_mlops.tasks import ledger, registry, reports
 ESCALATED_EVENT = "agentic-mlops.drift.escalated"
 RETRAIN_REQUESTED_EVENT = "agentic-mlops.retrain.requested"
 RETRAIN_DEPLOYMENT = "retrain/retrain"
+CHALLENGER_REGISTERED_EVENT = "agentic-mlops.challenger.registered"
 TEAM_PARAMETERS = ("data_path", "recent_path", "triage_ledger_id", "model_name", "target")
 """What a retrain decision offers the team's training deployment; it gets those its flow takes."""
 
@@ -144,6 +145,36 @@ def start_retraining(
         f"({retrained.best_family}, holdout ROC AUC "
         f"{retrained.comparison.challenger_roc_auc:.3f}); {retrained.hand_over}",
     }
+
+
+def announce_challenger(
+    model_name: str, version: int, triage_ledger_id: str | None = None
+) -> dict[str, Any]:
+    """Say that a team's own training registered a version as `challenger`, by a Prefect event.
+
+    Called by the team's flow once it has moved the alias. The `canary` deployment's trigger
+    (`prefect.yaml`) starts a canary rollout of that version of that model on the event. A run
+    started by a retrain decision of ours (it was given a `triage_ledger_id`) is canaried by
+    that decision's turn when the run ends (`run_team_training`), so its event is labelled
+    `agentic-mlops.canary.handled: yes` and the trigger lets it pass: one canary per version.
+
+    Returns:
+        The event's payload.
+    """
+    payload = {
+        "model_name": model_name,
+        "version": int(version),
+        "triage_ledger_id": triage_ledger_id or "",
+    }
+    emit_event(
+        event=CHALLENGER_REGISTERED_EVENT,
+        resource={
+            "prefect.resource.id": f"agentic-mlops.model.{model_name}",
+            "agentic-mlops.canary.handled": "yes" if triage_ledger_id else "no",
+        },
+        payload=payload,
+    )
+    return payload
 
 
 def run_team_training(

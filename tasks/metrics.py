@@ -2,10 +2,14 @@
 
 The judge compares observations of the canary with those of the baseline. From the router
 they are per request: latency in ms and error (0/1) for every request, and, once the label
-arrives, the Brier score of the prediction. An analysis window starts with `mark()`; each
+arrives, the loss of the model's task (`LABEL_METRICS`): the Brier score of a binary
+classifier, the absolute error of a regression model, the Brier score over the classes of a
+multiclass classifier. The task is the champion's, from its stored model card
+(`canary_task`). An analysis window starts with `mark()`; each
 `collect()` adds what arrived since and returns everything in the window. From Prometheus
 (`PrometheusMetrics`, chosen by `metrics_source` when `prometheus_url` is set) they are per
-interval instead: one error ratio, mean latency and mean Brier score per step of a range query.
+interval instead: one error ratio, mean latency and mean Brier score per step of a range
+query, for binary classifiers only.
 Every way of not getting data (router or Prometheus down, refused, malformed answer) raises
 `MetricsError`: the caller fails closed, and repeated errors abort the rollout.
 """
@@ -14,15 +18,18 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import httpx
 import numpy as np
 
+from agentic_mlops.decisions import LABEL_METRICS
 from agentic_mlops.tasks.canary_judge import MetricSpec
 
 if TYPE_CHECKING:
     from agentic_mlops.settings import Settings
+    from agentic_mlops.tasks.scoring import Task
 
 VARIANTS = ("baseline", "canary")
 TRACK_VARIANTS = {"stable": "baseline", "canary": "canary"}
@@ -33,14 +40,89 @@ class MetricsError(RuntimeError):
     """The metrics source could not be read."""
 
 
-def canary_metrics(min_samples: int) -> list[MetricSpec]:
+ABSOLUTE_ERROR_TOLERANCE_SHARE = 0.1
+"""A regression canary may be worse by at most this share of the champion's holdout mean
+absolute error: 10%, about what the binary Brier tolerance (0.02) is of a typical Brier score."""
+MULTICLASS_BRIER_TOLERANCE = 0.04
+"""The multiclass Brier score sums a squared error over every class (0 to 2): two classes give
+twice the binary Brier score, so twice its tolerance."""
+
+
+@dataclass(frozen=True)
+class CanaryTask:
+    """The task a canary is judged for, and the tolerance of its label metric."""
+
+    task: Task = "binary"
+    label_tolerance: float | None = None
+
+    @property
+    def label_metric(self) -> str:
+        """The per-request loss judged once labels arrive (`LABEL_METRICS`)."""
+        return LABEL_METRICS[self.task]
+
+
+def canary_task(settings: Settings) -> CanaryTask:
+    """The champion's task from its stored model card, and its label metric's tolerance.
+
+    A champion without a card of its own (a team's retrained version, promoted by a canary)
+    takes the newest card stored under home for the model: the task does not change between
+    versions, and that card's MAE is the last one measured.
+
+    A regression model's is `ABSOLUTE_ERROR_TOLERANCE_SHARE` of the card's holdout mean
+    absolute error, in the target's units. A champion without a card (or none at all) is
+    judged as a binary classifier, as before cards named a task.
+
+    Raises:
+        MetricsError: a regression champion whose card has no holdout MAE: nothing says how
+            much worse is too much.
+    """
+    from agentic_mlops.tasks import registry
+    from agentic_mlops.tasks.reference import newest_card, stored_card
+
+    name = settings.model_name
+    champion = registry.alias_version(name, registry.CHAMPION, settings)
+    card = stored_card(name, champion, settings) if champion is not None else None
+    if card is None:  # a champion promoted from a team's challenger: the model's newest card
+        card = newest_card(name, settings)
+    if card is None or card.task == "binary":
+        return CanaryTask()
+    if card.task == "multiclass":
+        return CanaryTask("multiclass", MULTICLASS_BRIER_TOLERANCE)
+    mae = card.metrics.get("mae")
+    if not mae or mae <= 0:
+        raise MetricsError(
+            f"{name} v{champion} is a regression model whose card has no holdout MAE: adopt "
+            "it again to judge a canary by absolute error"
+        )
+    return CanaryTask("regression", ABSOLUTE_ERROR_TOLERANCE_SHARE * mae)
+
+
+def label_metric(task: CanaryTask, min_samples: int) -> MetricSpec:
+    """The critical metric of labelled requests, for the task: Brier score (binary, tolerance
+    0.02), absolute error (regression) or Brier score over the classes (multiclass)."""
+    tolerance = 0.02 if task.task == "binary" else task.label_tolerance
+    if tolerance is None:
+        raise ValueError(f"a {task.task} canary needs the tolerance of its label metric")
+    return MetricSpec(
+        name=task.label_metric,
+        kind="continuous",
+        direction="increase_is_bad",
+        critical=True,
+        tolerance=tolerance,
+        min_samples=max(min_samples // 2, 10),
+        remove_outliers=False,
+    )
+
+
+def canary_metrics(min_samples: int, task: CanaryTask | None = None) -> list[MetricSpec]:
     """What a canary is judged on.
 
-    Errors and (once labels arrive) Brier score are critical, and so is latency beyond a hard
-    limit of 50 ms: any of them failing rolls the canary back. The same latency observations
-    are also judged against a soft 5 ms limit as `latency_regression_ms`, not critical and of
-    half weight: a modest slowdown alone makes the analysis marginal (score 86) and a person
-    decides whether the canary's other qualities are worth it.
+    Errors and (once labels arrive) the task's label metric (`label_metric`: Brier score by
+    default) are critical, and so is latency beyond a hard limit of 50 ms: any of them failing
+    rolls the canary back. The same latency observations are also judged against a soft 5 ms
+    limit as `latency_regression_ms`, not critical and of half weight: a modest slowdown alone
+    makes the analysis marginal (score 86) and a person decides whether the canary's other
+    qualities are worth it.
     """
     return [
         MetricSpec(
@@ -68,15 +150,7 @@ def canary_metrics(min_samples: int) -> list[MetricSpec]:
             tolerance=5.0,
             min_samples=min_samples,
         ),
-        MetricSpec(
-            name="brier",
-            kind="continuous",
-            direction="increase_is_bad",
-            critical=True,
-            tolerance=0.02,
-            min_samples=max(min_samples // 2, 10),
-            remove_outliers=False,
-        ),
+        label_metric(task or CanaryTask(), min_samples),
     ]
 
 
@@ -94,11 +168,13 @@ def with_derived_metrics(
 
 
 class RouterMetrics:
-    """Observations per variant from the router's `/admin/samples`, since `mark()`."""
+    """Observations per variant from the router's `/admin/samples`, since `mark()`; each
+    label's loss under the metric name the router gave it (`brier`, `absolute_error`, ...)."""
 
-    def __init__(self, router_url: str, timeout: float = 5.0):
+    def __init__(self, router_url: str, timeout: float = 5.0, task: CanaryTask | None = None):
         self.router_url = router_url.rstrip("/")
         self.timeout = timeout
+        self.task = task or CanaryTask()
         self.after_request = 0
         self.after_feedback = 0
         self.values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -130,8 +206,9 @@ class RouterMetrics:
         for _, variant, latency_ms, error, _score in payload["requests"]:
             self.values[variant]["latency_ms"].append(latency_ms)
             self.values[variant]["error"].append(error)
-        for _, variant, _correct, brier in payload["feedback"]:
-            self.values[variant]["brier"].append(brier)
+        for _, variant, _correct, loss, *metric in payload["feedback"]:
+            if loss is not None:
+                self.values[variant][metric[0] if metric else "brier"].append(loss)
         self.after_request = max(self.after_request, payload["last_request"])
         self.after_feedback = max(self.after_feedback, payload["last_feedback"])
         return {
@@ -312,9 +389,16 @@ def metrics_source(settings: Settings, router_url: str) -> RouterMetrics | Prome
                 "servers: set AGENTIC_MLOPS_PROMETHEUS_URL"
             )
         return PrometheusMetrics(settings.prometheus_url, series="model_server")
+    task = canary_task(settings)
     if settings.prometheus_url:
+        if task.task != "binary":
+            raise MetricsError(
+                f"{settings.model_name} is a {task.task} model: its canary is judged on the "
+                f"router's {task.label_metric} per request; Prometheus' series hold the Brier "
+                "score of binary classifiers only (unset AGENTIC_MLOPS_PROMETHEUS_URL)"
+            )
         return PrometheusMetrics(settings.prometheus_url)
-    return RouterMetrics(router_url)
+    return RouterMetrics(router_url, task=task)
 
 
 def judged_metrics(
@@ -328,4 +412,4 @@ def judged_metrics(
         specs = interval_canary_metrics(max(min(min_requests, intervals // 2), 5))
         read = with_derived_metrics({"any": dict.fromkeys(source.queries())})["any"]
         return [spec for spec in specs if spec.name in read]
-    return canary_metrics(min_requests)
+    return canary_metrics(min_requests, source.task)

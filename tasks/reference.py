@@ -179,6 +179,32 @@ def load_reference(folder: Path, version: int | None, previous: int | None) -> R
     )
 
 
+def stored_card(name: str, version: int, settings: Settings | None = None) -> ModelCard | None:
+    """The model card stored with a version (local copy or its MLflow run); None when the
+    version has none, or an unreadable one."""
+    try:
+        folder = registry.fetch_reference(name, version, settings)
+        return ModelCard.model_validate_json((folder / CARD_FILE).read_text())
+    except (DataError, OSError, ValueError):
+        return None
+
+
+def newest_card(name: str, settings: Settings | None = None) -> ModelCard | None:
+    """The card of the newest version of a model with one stored under home; None if none."""
+    models = registry.reference_dir(name, 1, settings).parent
+    versions = sorted(
+        (int(folder.name[1:]) for folder in models.glob("v*") if folder.name[1:].isdigit()),
+        reverse=True,
+    )
+    for version in versions:
+        try:
+            path = registry.reference_dir(name, version, settings) / CARD_FILE
+            return ModelCard.model_validate_json(path.read_text())
+        except (OSError, ValueError):
+            continue
+    return None
+
+
 @task(name="resolve-reference", cache_policy=NO_CACHE)
 def resolve_reference(
     reference_path: str | None,

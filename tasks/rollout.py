@@ -316,6 +316,11 @@ class LocalRollout:
             "--tracking-uri",
             self.settings.tracking_uri(),
         ]
+        from agentic_mlops.tasks.reference import stored_card
+
+        card = stored_card(self.settings.model_name, version, self.settings)
+        if card is not None:  # the task its card names (adopted pyfunc models declare none)
+            args += ["--task", card.task]
         if fault_error_rate:
             args += ["--fault-error-rate", str(fault_error_rate)]
         if fault_latency_ms:

@@ -53,7 +53,7 @@ class CustomerTraffic:
     def use(self, source: pd.DataFrame) -> None:
         """Serve rows from this table from now on (drift arrives)."""
         with self._lock:
-            self._labels = source[self.target].astype(int).tolist()
+            self._labels = source[self.target].tolist()
             self._rows = source.drop(columns=[self.target]).to_dict("records")
             self._index = 0
 

@@ -169,6 +169,28 @@ def test_schedules_the_cli_and_events_start_runs_that_a_worker_completes(
                 for run in requested:
                     client.delete_flow_run(run.id)
 
+                # a team's challenger announced by its training flow starts a canary run of it,
+                # unless a retrain decision of ours started that training (it canaries itself)
+                canary_id = found["canary-rollout/canary"].id
+                for handled, version in (("yes", 3), ("no", 2)):
+                    event = Event(
+                        event="agentic-mlops.challenger.registered",
+                        resource={
+                            "prefect.resource.id": "agentic-mlops.model.tumour",
+                            "agentic-mlops.canary.handled": handled,
+                        },
+                        payload={"model_name": "tumour", "version": version},
+                    )
+                    client.request("POST", "/events", json=[event.model_dump(mode="json")])
+                wait_for(lambda: runs_of(client, canary_id), 60, "no canary run from the event")
+                time.sleep(2)  # the event that should start nothing has had time to
+                announced = runs_of(client, canary_id)
+                assert [
+                    (r.parameters["model_name"], int(r.parameters["version"])) for r in announced
+                ] == [("tumour", 2)]
+                for run in announced:
+                    client.delete_flow_run(run.id)
+
                 # a short schedule of our own, with its parameters, and the obvious CLI trigger
                 client.create_deployment_schedules(
                     drift.id,

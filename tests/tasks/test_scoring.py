@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import mlflow.pyfunc
 import mlflow.sklearn
 import numpy as np
@@ -113,6 +115,47 @@ def test_a_custom_pyfunc_scores_its_output_and_its_task_is_read_from_the_labels(
 def test_a_model_that_cannot_be_loaded_is_one_line(tmp_path):
     with pytest.raises(ScoringError, match="cannot be loaded"):
         load_scoring_model(str(tmp_path / "absent"))
+
+
+@pytest.mark.parametrize("flavour", ["xgboost", "lightgbm"])
+def test_boosted_classifiers_score_their_positive_class_through_their_flavour(tmp_path, flavour):
+    if flavour == "xgboost":
+        from xgboost import XGBClassifier
+
+        classifier = XGBClassifier(n_estimators=20, max_depth=2, n_jobs=1)
+    else:
+        from lightgbm import LGBMClassifier
+
+        classifier = LGBMClassifier(n_estimators=20, num_leaves=4, n_jobs=1, verbose=-1)
+    classifier.fit(ROWS, LABELS)
+    save_model = importlib.import_module(f"mlflow.{flavour}").save_model
+    save_model(
+        classifier,
+        str(tmp_path / "model"),
+        signature=infer_signature(ROWS, classifier.predict_proba(ROWS)),
+    )
+    model = load_scoring_model(str(tmp_path / "model"))
+    assert model.flavour == flavour and model_task(model) == "binary"
+    np.testing.assert_allclose(
+        model.score(ROWS, "binary"), classifier.predict_proba(ROWS)[:, 1], rtol=1e-6
+    )
+
+
+def test_a_multiclass_model_server_answers_its_class_probabilities(tmp_path):
+    kinds = pd.Series(np.digitize(ROWS["tumour size"], [9, 11]), name="kind")
+    classifier = LogisticRegression(max_iter=1_000).fit(ROWS, kinds)
+    model = load_scoring_model(saved(tmp_path, classifier, classifier.predict(ROWS)))
+    server = ModelServer(model, "kind", "1")
+    answer = server.answer(ROWS.head(4).to_dict("records"))
+    assert answer["task"] == "multiclass" and answer["classes"] == [0, 1, 2]
+    np.testing.assert_allclose(answer["predictions"], classifier.predict(ROWS.head(4)))
+    np.testing.assert_allclose(
+        answer["probabilities"], classifier.predict_proba(ROWS.head(4)), atol=1e-6
+    )
+    binary = ModelServer(
+        load_scoring_model(saved(tmp_path / "b", LogisticRegression().fit(ROWS, LABELS))), "y", "1"
+    )
+    assert set(binary.answer(ROWS.head(2).to_dict("records"))) == {"predictions", "task"}
 
 
 def test_the_model_server_answers_with_the_score(tmp_path):
