@@ -27,7 +27,7 @@ _PUBLIC = {
     "DriftCheckResult": "agentic_mlops.schemas",
     "CanaryResult": "agentic_mlops.flows.canary",
     "LifecycleResult": "agentic_mlops.flows.lifecycle",
-    "MonitorResult": "agentic_mlops.flows.monitor",
+    "MonitorResult": "agentic_mlops.tasks.monitoring",
 }
 """The Python API: each name and the module that defines it."""
 

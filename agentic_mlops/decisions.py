@@ -16,6 +16,9 @@ from pydantic import BaseModel, Field
 Decision = TypeVar("Decision", bound=BaseModel)
 POLICY = "policy"
 """The deterministic policy: as `agent_model`, as the model that answered, as who decided."""
+TriageAction = Literal["none", "monitor", "retrain", "rollback", "escalate"]
+"""What a drift triage may decide: the closed set its agent, policy, result and ledger share."""
+TriageSeverity = Literal["none", "low", "medium", "high"]
 
 
 class Distribution(BaseModel):
@@ -32,13 +35,23 @@ class Distribution(BaseModel):
     )
 
 
-class ColumnEvidence(BaseModel):
-    """Drift verdict of one column, with both distributions when they were summarised."""
+class ColumnDrift(BaseModel):
+    """One column's drift verdict: Evidently's test for the column's kind, its score, and the
+    threshold the score was judged by.
+
+    `tasks.drift` makes it; the triage's evidence (and so the ledger), the drift check's
+    result, the CLI and the MCP drift report hold it in this one shape.
+    """
 
     drifted: bool
     test: str
     score: float
     threshold: float
+
+
+class ColumnEvidence(ColumnDrift):
+    """Drift verdict of one column, with both distributions when they were summarised."""
+
     reference: Distribution | None = None
     current: Distribution | None = None
 
@@ -140,6 +153,14 @@ class TriageEvidence(BaseModel):
         return [name for name, column in self.columns.items() if column.drifted]
 
 
+class TriageRecord(TriageEvidence):
+    """What the ledger keeps as a drift triage's evidence: everything it could look at, which
+    of it the decision rests on, and the drifted features it named."""
+
+    used: list[str] = Field(default_factory=list, description="The tools the decision used.")
+    drifted_features: list[str] = Field(default_factory=list)
+
+
 class MetricEvidence(BaseModel):
     """One canary metric as the judge classified it."""
 
@@ -182,6 +203,13 @@ class CanaryEvidence(BaseModel):
     sequential_reason: str = ""
     holds: int = Field(default=0, description="How many times this step was held already.")
     max_holds: int = 2
+
+
+class PromotionRecord(CanaryEvidence):
+    """What the ledger keeps as a canary promotion's evidence: the step's evidence, and which
+    of it the decision rests on."""
+
+    used: list[str] = Field(default_factory=list, description="The tools the decision used.")
 
 
 class PastRun(BaseModel):

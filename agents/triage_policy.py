@@ -17,11 +17,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agentic_mlops.agents.decision_runtime import DecisionLimits
 from agentic_mlops.decisions import PerformanceEvidence, TriageEvidence
+from agentic_mlops.decisions import TriageAction as Action
+from agentic_mlops.decisions import TriageSeverity as Severity
 from agentic_mlops.settings import Settings
 
-Action = Literal["none", "monitor", "retrain", "rollback", "escalate"]
 ACTIONS: tuple[str, ...] = get_args(Action)
-Severity = Literal["none", "low", "medium", "high"]
 EvidenceRef = Literal[
     "quality",
     "column_drift",

@@ -141,7 +141,11 @@ def lifecycle(
 
     batch = batch_path
     if batch is None:
-        from agentic_mlops.flows.monitor import collect_window, flush_router_log, local_router_url
+        from agentic_mlops.tasks.serving_log import (
+            collect_window,
+            flush_router_log,
+            local_router_url,
+        )
 
         flush_router_log(local_router_url(settings))
         batch = collect_window(settings, window_since, window_rows)
