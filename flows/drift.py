@@ -73,11 +73,10 @@ def drift_check(
         model_name: The registered model to check for (its champion's reference and
             scores). Empty: the settings' model name.
     """
-    settings = load_settings()
+    settings = load_settings().for_model(model_name)
     settings.ensure_dirs()
     logger = get_run_logger()
     batch_id = batch_id or Path(current_path).name
-    settings = settings.for_model(model_name)
 
     try:
         current, ref = batch_and_reference(current_path, reference_path, target, settings)

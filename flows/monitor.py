@@ -26,7 +26,7 @@ import time
 import uuid
 from typing import Literal
 
-from prefect import flow, get_run_logger
+from prefect import flow
 from prefect.runtime import flow_run
 from prefect.states import Failed, State
 
@@ -60,7 +60,6 @@ def monitor(
     """
     settings = load_settings().for_model(model_name)
     settings.ensure_dirs()
-    logger = get_run_logger()
     name = settings.model_name
     started = time.time()
 
@@ -73,15 +72,11 @@ def monitor(
 
     read = monitoring.read_since_last_run(router_url, settings)
     window = read.window
-    if window.unusable_lines:
-        logger.warning("%d unusable request-log lines skipped", window.unusable_lines)
     champion = monitoring.assess_champion(window, ref, settings)
 
     run_id = str(flow_run.get_id() or uuid.uuid4())
     point = monitoring.next_point(run_id, started, ref.version, read, champion)
     trends, alerts = monitoring.trends_and_alerts(point, champion, holdout, settings)
-    for alert in alerts:
-        logger.warning("alert: %s", alert)
     result = MonitorResult(
         model_name=name,
         champion_version=ref.version,

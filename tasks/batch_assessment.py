@@ -1,6 +1,8 @@
 """A batch measured against the champion's reference, up to the evidence the triage reads.
 
-The drift check's middle steps, in order: score the rows with the champion (and the previous
+The drift check's steps before the triage, in order: load the batch and its reference (a
+batch the check cannot go on with raises `BatchRejected`, which names the run's `Failed`
+state); after the quality check, score the rows with the champion (and the previous
 champion); test each column against the reference profile; keep a bounded sample for
 Evidently's HTML report, which is rendered after the decision; add the batch to the
 sequential (CUSUM) detector and the drift history; measure performance on the batch's
@@ -72,7 +74,6 @@ def batch_and_reference(
 class BatchAssessment:
     """What the drift check measured on a batch, and the triage evidence built from it."""
 
-    rows: pd.DataFrame
     drift: DriftResult
     observation: ledger.DriftObservation | None
     performance: PerformanceEvidence | None
@@ -148,4 +149,4 @@ def assess_batch(
     evidence = reference.triage_evidence(
         ref, quality.result, drift, observation, history, performance, rows, target, serving
     )
-    return BatchAssessment(rows, drift, observation, performance, evidence, report)
+    return BatchAssessment(drift, observation, performance, evidence, report)

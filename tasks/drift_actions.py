@@ -1,4 +1,5 @@
-"""Carrying out a drift-triage decision, and recording it.
+"""Carrying out a drift-triage decision, and recording it: in the ledger, and as the drift
+check's result and artifacts.
 
 Each action is safe to run twice: retraining is keyed by the ledger entry (a deployment run
 gets it as its idempotency key; the in-process subflow re-registers the same run's version),

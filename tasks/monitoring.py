@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
@@ -643,7 +643,8 @@ class SinceLastRun:
 def read_since_last_run(router_url: str | None, settings: Settings) -> SinceLastRun:
     """The serving metrics since the previous run, from the router (the one that serves this
     home when `router_url` is empty) or Prometheus, and the rows and labels logged since
-    then, after asking the router to write its buffered log lines."""
+    then, after asking the router to write its buffered log lines (unusable lines are
+    skipped, and logged)."""
     earlier = monitor_history(settings.model_name, limit=1, settings=settings)
     cursor = earlier[-1].cursor if earlier else MonitorCursor()
     since = earlier[-1].ts if earlier else None
@@ -653,6 +654,8 @@ def read_since_last_run(router_url: str | None, settings: Settings) -> SinceLast
     window = read_window(
         log_folder(settings), cursor.rows_ts, cursor.labels_ts, settings.monitor_window_rows
     )
+    if window.unusable_lines:
+        get_run_logger().warning("%d unusable request-log lines skipped", window.unusable_lines)
     return SinceLastRun(serving, serving_error, cursor, window)
 
 
@@ -751,8 +754,8 @@ def trends_and_alerts(
     settings: Settings,
 ) -> tuple[list[Trend], list[str]]:
     """This run's point added to the champion's history: each limited metric's trend, and the
-    alerts (values beyond their limit, worsening trends that will cross theirs soon, and
-    drifted champion scores)."""
+    alerts, each logged (values beyond their limit, worsening trends that will cross theirs
+    soon, and drifted champion scores)."""
     limits = metric_limits(settings, holdout)
     history = monitor_history(
         settings.model_name, point.champion_version, settings.monitor_history_points - 1, settings
@@ -762,6 +765,8 @@ def trends_and_alerts(
     drift = champion.drift
     if drift is not None and drift.drifted:
         alerts.append(f"the champion's scores drifted ({drift.test} {drift.score:.3f})")
+    for alert in alerts:
+        get_run_logger().warning("alert: %s", alert)
     return trends, alerts
 
 
