@@ -16,6 +16,9 @@ label-free performance, and trends that cross a hard limit before they do.
 - **Trends**: each run's metrics are one point of a history kept beside the decision ledger;
   over the last points a Theil-Sen slope with a one-sided Mann-Kendall test says whether a
   metric is getting worse, and the slope projects when it will cross its limit.
+
+The monitor flow runs these in order (`read_since_last_run`, `assess_champion`, `next_point`,
+`trends_and_alerts`) and returns a `MonitorResult`, published by `publish_monitor_report`.
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ The router may be writing while the log is read: a line cut short at the end of 
 file rotated away meanwhile, is skipped, never an error. A line that is not a record as the
 router writes it (corrupt, cut short by a crash, a field of the wrong type) is skipped and
 counted (`LogWindow.unusable_lines`), so a damaged log is reported, not read as less traffic.
+
+The monitor's rows reach the drift check as batches written here (`write_window_batch`,
+`collect_window`), after the router is asked to flush its buffered lines.
 """
 
 from __future__ import annotations
@@ -302,6 +305,18 @@ def flush_router_log(router_url: str | None) -> bool:
         return False
 
 
+def monitor_batch(batch: pd.DataFrame, settings: Settings, labelled: bool) -> Path:
+    """Write production rows as a timestamped Parquet batch under `home/incoming/monitor/`,
+    keeping the newest `monitor_batches_kept`."""
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    return write_batch(
+        batch,
+        settings.home / "incoming" / "monitor",
+        f"{settings.model_name}-{stamp}{'-labelled' if labelled else ''}",
+        settings.monitor_batches_kept,
+    )
+
+
 @task(name="write-window-batch", cache_policy=NO_CACHE)
 def write_window_batch(
     window: LogWindow,
@@ -318,13 +333,7 @@ def write_window_batch(
     if len(rows) < settings.monitor_min_rows:
         return None
     batch = as_batch(rows, ref.sample, ref.card.target if labelled else None)
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
-    return write_batch(
-        batch,
-        settings.home / "incoming" / "monitor",
-        f"{settings.model_name}-{stamp}{'-labelled' if labelled else ''}",
-        settings.monitor_batches_kept,
-    )
+    return monitor_batch(batch, settings, labelled)
 
 
 def collect_window(
@@ -346,11 +355,4 @@ def collect_window(
     stored = not isinstance(champion, State)
     target = champion.card.target if stored else settings.target
     batch = as_batch(rows, champion.sample if stored else None, target)
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
-    path = write_batch(
-        batch,
-        settings.home / "incoming" / "monitor",
-        f"{settings.model_name}-{stamp}-labelled",
-        settings.monitor_batches_kept,
-    )
-    return str(path)
+    return str(monitor_batch(batch, settings, labelled=True))
