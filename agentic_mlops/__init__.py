@@ -28,7 +28,7 @@ _PUBLIC = {
     "DriftCheckResult": "agentic_mlops.schemas",
     "CanaryResult": "agentic_mlops.tasks.canary_steps",
     "LifecycleResult": "agentic_mlops.schemas",
-    "MonitorResult": "agentic_mlops.flows.monitor",
+    "MonitorResult": "agentic_mlops.tasks.monitoring",
 }
 """The Python API: each name and the module that defines it."""
 

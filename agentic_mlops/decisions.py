@@ -16,6 +16,9 @@ from pydantic import BaseModel, Field, computed_field
 Decision = TypeVar("Decision", bound=BaseModel)
 POLICY = "policy"
 """The deterministic policy: as `agent_model`, as the model that answered, as who decided."""
+TriageAction = Literal["none", "monitor", "retrain", "rollback", "escalate"]
+"""What a drift triage may decide: the closed set its agent, policy, result and ledger share."""
+TriageSeverity = Literal["none", "low", "medium", "high"]
 
 
 class Distribution(BaseModel):
@@ -32,13 +35,23 @@ class Distribution(BaseModel):
     )
 
 
-class ColumnEvidence(BaseModel):
-    """Drift verdict of one column, with both distributions when they were summarised."""
+class ColumnDrift(BaseModel):
+    """One column's drift verdict: Evidently's test for the column's kind, its score, and the
+    threshold the score was judged by.
+
+    `tasks.drift` makes it; the triage's evidence (and so the ledger), the drift check's
+    result, the CLI and the MCP drift report hold it in this one shape.
+    """
 
     drifted: bool
     test: str
     score: float
     threshold: float
+
+
+class ColumnEvidence(ColumnDrift):
+    """Drift verdict of one column, with both distributions when they were summarised."""
+
     reference: Distribution | None = None
     current: Distribution | None = None
 
@@ -140,6 +153,7 @@ class TriageEvidence(BaseModel):
         return [name for name, column in self.columns.items() if column.drifted]
 
 
+<<<<<<< HEAD
 LABEL_METRICS = {
     "binary": "brier",
     "regression": "absolute_error",
@@ -148,6 +162,14 @@ LABEL_METRICS = {
 """The loss a labelled request gives a canary, by the model's task: a binary classifier's Brier
 score, a regression model's absolute error, a multiclass classifier's Brier score summed over
 its classes. The router records it; the canary judge compares its means."""
+=======
+class TriageRecord(TriageEvidence):
+    """What the ledger keeps as a drift triage's evidence: everything it could look at, which
+    of it the decision rests on, and the drifted features it named."""
+
+    used: list[str] = Field(default_factory=list, description="The tools the decision used.")
+    drifted_features: list[str] = Field(default_factory=list)
+>>>>>>> flows16b
 
 
 class MetricEvidence(BaseModel):
@@ -206,10 +228,18 @@ class CanaryEvidence(BaseModel):
     max_holds: int = 2
 
 
+<<<<<<< HEAD
 def advances_to_full(action: str, evidence: CanaryEvidence) -> bool:
     """Whether an action would give the canary all traffic: `promote`, or `increase_traffic`
     at the last step, where the next weight is full traffic."""
     return action == "promote" or (action == "increase_traffic" and evidence.next_weight is None)
+=======
+class PromotionRecord(CanaryEvidence):
+    """What the ledger keeps as a canary promotion's evidence: the step's evidence, and which
+    of it the decision rests on."""
+
+    used: list[str] = Field(default_factory=list, description="The tools the decision used.")
+>>>>>>> flows16b
 
 
 class PastRun(BaseModel):

@@ -22,6 +22,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, Field
 
+from agentic_mlops.decisions import ColumnDrift, PromotionRecord, TriageRecord
 from agentic_mlops.settings import Settings, load_settings
 from agentic_mlops.tasks import ledger
 from agentic_mlops.tasks.canary_steps import CanaryStep
@@ -729,14 +730,10 @@ def batch_of_run(flow_run_id: str | None) -> str | None:
     return Path(params["current_path"]).name if params.get("current_path") else None
 
 
-class ColumnDrift(BaseModel):
-    """One column's drift test against the reference."""
+class ColumnReport(ColumnDrift):
+    """One column's drift test against the reference, with the feature's importance."""
 
     column: str
-    drifted: bool
-    test: str
-    score: float
-    threshold: float
     importance: float | None = Field(
         default=None, description="Permutation importance of the feature for the champion."
     )
@@ -767,7 +764,7 @@ class DriftReport(BaseModel):
     drift_share: float
     prediction_drifted: bool | None = None
     sequential_alarm: bool
-    columns: list[ColumnDrift] = Field(description="Drifted columns first, then by score.")
+    columns: list[ColumnReport] = Field(description="Drifted columns first, then by score.")
     skipped_columns: dict[str, str] = Field(default_factory=dict)
     performance: dict[str, Any] | None = Field(
         default=None, description="ROC AUC and calibration on the batch's labels, if it had any."
@@ -790,8 +787,6 @@ def drift_report(
     data quality, each column's drift test, score and threshold with the feature's importance,
     dataset and prediction drift, the sequential (CUSUM) alarm, performance on labels, the
     triage decision and what was done, and the recent drift history."""
-    from agentic_mlops.decisions import TriageEvidence
-
     settings = load_settings()
     name = registered_model(model_name, settings).name
     if ledger_id:
@@ -813,12 +808,12 @@ def drift_report(
                 "run one: the run_drift_check tool, or `agentic-mlops drift-check --current FILE`",
             )
         entry = latest[0]
-    evidence = TriageEvidence.model_validate(entry.evidence)
+    evidence = TriageRecord.model_validate(entry.evidence)
     columns = [
-        ColumnDrift(
+        ColumnReport(
             column=column,
             importance=evidence.feature_importance.get(column),
-            **result.model_dump(),
+            **result.model_dump(include=set(ColumnDrift.model_fields)),
         )
         for column, result in evidence.columns.items()
     ]

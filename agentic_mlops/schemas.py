@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+from agentic_mlops.decisions import ColumnDrift, TriageAction, TriageSeverity
+
 
 class TrainingResult(BaseModel):
     """What a training run produced and where it was registered."""
@@ -28,19 +30,11 @@ class QualitySummary(BaseModel):
     failing_rows: int = 0
 
 
-class ColumnSummary(BaseModel):
-    """One column's drift verdict as the CLI prints it."""
-
-    drifted: bool
-    test: str
-    score: float
-
-
 class DecisionSummary(BaseModel):
     """The triage decision that stood."""
 
-    action: str
-    severity: str
+    action: TriageAction
+    severity: TriageSeverity
     confidence: float
     drifted_features: list[str]
     rationale: str
@@ -50,10 +44,10 @@ class DecisionSummary(BaseModel):
         description="Where the decision that stands comes from: the answering model, "
         "`policy` or `guardrail`.",
     )
-    model_action: str | None = Field(
+    model_action: TriageAction | None = Field(
         default=None, description="The model's own answer before any guardrail."
     )
-    policy_action: str | None = Field(
+    policy_action: TriageAction | None = Field(
         default=None, description="What the policy decides on the same evidence."
     )
     overridden_by: str | None = None
@@ -80,7 +74,7 @@ class DriftCheckResult(BaseModel):
     quality: QualitySummary
     dataset_drift: bool
     drift_share: float
-    columns: dict[str, ColumnSummary]
+    columns: dict[str, ColumnDrift]
     skipped_columns: dict[str, str] = Field(default_factory=dict)
     prediction_drift: bool | None = None
     sequential_alarm: bool = False
@@ -101,7 +95,10 @@ class DriftCheckResult(BaseModel):
             "quality": {"passed": self.quality.passed, "failures": self.quality.failures},
             "dataset_drift": self.dataset_drift,
             "drift_share": self.drift_share,
-            "columns": {name: column.model_dump() for name, column in self.columns.items()},
+            "columns": {
+                name: column.model_dump(include={"drifted", "test", "score"})
+                for name, column in self.columns.items()
+            },
             "decision": self.decision.model_dump(
                 include={
                     "action",

@@ -9,17 +9,19 @@ evidence through tools and proposes; what stands is decided here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import ClassVar, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from agentic_mlops.agents.decision_runtime import DecisionLimits
 from agentic_mlops.decisions import PerformanceEvidence, TriageEvidence
+from agentic_mlops.decisions import TriageAction as Action
+from agentic_mlops.decisions import TriageSeverity as Severity
 from agentic_mlops.settings import Settings
 
-Action = Literal["none", "monitor", "retrain", "rollback", "escalate"]
 ACTIONS: tuple[str, ...] = get_args(Action)
-Severity = Literal["none", "low", "medium", "high"]
 EvidenceRef = Literal[
     "quality",
     "column_drift",
@@ -168,62 +170,93 @@ def previous_champion_proven(evidence: TriageEvidence) -> bool:
     )
 
 
-def policy_decision(evidence: TriageEvidence, limits: TriageLimits) -> TriageDecision:
-    """The deterministic triage rule, used as the default model and as every fallback.
+@dataclass(frozen=True)
+class Drifted:
+    """The drifted features, most important first, and the share of importance they carry."""
 
-    In order: a failed batch escalates; a previous champion that does better on the same
-    labelled batch rolls back; a performance drop or miscalibration retrains (concept drift
-    when the inputs are stable); drift on important features, or a sequential alarm on them,
-    retrains when labels exist and escalates when they do not; any other drift or a
-    sequential alarm means monitor; otherwise nothing.
-    """
-    weights = _weights(evidence)
-    drifted = sorted(evidence.drifted(), key=lambda name: -weights.get(name, 0.0))
-    weighted = sum(weights.get(name, 0.0) for name in drifted)
+    features: list[str]
+    weight: float
+
+
+Rule = Callable[[TriageEvidence, TriageLimits, Drifted], TriageDecision | None]
+
+
+def _decide(
+    action: Action,
+    severity: Severity,
+    confidence: float,
+    rationale: str,
+    used: list[EvidenceRef],
+    features: list[str],
+) -> TriageDecision:
+    return TriageDecision(
+        action=action,
+        severity=severity,
+        confidence=round(min(max(confidence, 0.0), 1.0), 3),
+        drifted_features=features,
+        rationale=rationale,
+        evidence_used=used,
+    )
+
+
+def quarantined_batch(
+    evidence: TriageEvidence, limits: TriageLimits, drifted: Drifted
+) -> TriageDecision | None:
+    """A batch that failed its quality checks escalates: its drift is not evidence."""
+    if not evidence.quality.batch_failed:
+        return None
+    return _decide(
+        "escalate",
+        "high",
+        0.9,
+        f"The batch failed data-quality checks ({len(evidence.quality.failures)} failed "
+        "expectations) and was quarantined; drift on broken data is not evidence, and "
+        "retraining on it would learn the breakage. A person must fix the data source.",
+        ["quality"],
+        [],
+    )
+
+
+def previous_champion_better(
+    evidence: TriageEvidence, limits: TriageLimits, drifted: Drifted
+) -> TriageDecision | None:
+    """A previous champion that beats the champion by `performance_drop` on the same labelled
+    batch rolls back."""
     performance = evidence.performance
-    drop = performance.reference - performance.current if performance else 0.0
-    dropped = bool(performance and performance_dropped(performance, limits))
-
-    def decide(action, severity, confidence, rationale, used, features=drifted):
-        return TriageDecision(
-            action=action,
-            severity=severity,
-            confidence=round(min(max(confidence, 0.0), 1.0), 3),
-            drifted_features=features,
-            rationale=rationale,
-            evidence_used=used,
-        )
-
-    if evidence.quality.batch_failed:
-        return decide(
-            "escalate",
-            "high",
-            0.9,
-            f"The batch failed data-quality checks ({len(evidence.quality.failures)} failed "
-            "expectations) and was quarantined; drift on broken data is not evidence, and "
-            "retraining on it would learn the breakage. A person must fix the data source.",
-            ["quality"],
-            [],
-        )
-    if (
+    if not (
         performance
         and performance.previous_champion_current is not None
         and evidence.previous_champion_version is not None
         and performance.previous_champion_current - performance.current >= limits.performance_drop
     ):
-        gain = performance.previous_champion_current - performance.current
-        return decide(
-            "rollback",
-            "high",
-            0.6 + min(gain * 5, 0.35),
-            f"The previous champion scores {gain:.3f} {performance.metric_label} better than "
-            "the champion on the "
-            "same labelled batch: the champion is the problem, and the old one is proven here.",
-            ["performance", "registry", "column_drift"],
-        )
-    miscalibrated = bool(performance and is_miscalibrated(performance, limits))
-    if performance and (dropped or miscalibrated) and not evidence.labels_available:
-        return decide(
+        return None
+    gain = performance.previous_champion_current - performance.current
+    return _decide(
+        "rollback",
+        "high",
+        0.6 + min(gain * 5, 0.35),
+        f"The previous champion scores {gain:.3f} {performance.metric_label} better than "
+        "the champion on the "
+        "same labelled batch: the champion is the problem, and the old one is proven here.",
+        ["performance", "registry", "column_drift"],
+        drifted.features,
+    )
+
+
+def performance_fell(
+    evidence: TriageEvidence, limits: TriageLimits, drifted: Drifted
+) -> TriageDecision | None:
+    """A performance drop or miscalibration on labelled rows retrains (concept drift when the
+    inputs are stable), or escalates when the labels are too few to retrain on."""
+    performance = evidence.performance
+    if performance is None:
+        return None
+    dropped = performance_dropped(performance, limits)
+    miscalibrated = is_miscalibrated(performance, limits)
+    if not (dropped or miscalibrated):
+        return None
+    if not evidence.labels_available:
+        return _decide(
             "escalate",
             "high",
             0.8,
@@ -232,98 +265,170 @@ def policy_decision(evidence: TriageEvidence, limits: TriageLimits) -> TriageDec
             f"{performance.current:.3f} against {performance.reference:.3f}), but that is too "
             "few labelled rows to retrain on; a person must look.",
             ["performance", "registry"],
+            drifted.features,
         )
-    if performance and (dropped or miscalibrated):
-        kind = "input drift" if drifted else "concept drift (inputs stable, labels changed)"
-        found = [f"{performance.metric_label} fell by {drop:.3f}"] if dropped else []
-        if miscalibrated:
-            found.append(
-                f"the positive rate was {performance.observed_rate:.3f} where the champion "
-                "predicted "
-                f"{performance.predicted_rate:.3f} (calibration z {performance.calibration_z:.1f})"
-            )
-        summary = "; ".join(found)
-        return decide(
-            "retrain",
-            "high",
-            0.7 + min(max(drop, 0.0) * 3 + 0.05 * miscalibrated, 0.25),
-            f"{summary[0].upper()}{summary[1:]} on labelled data ({kind}); a model retrained "
-            "on recent labelled data should recover it.",
-            ["performance", "column_drift", "feature_importance"],
+    drop = performance.reference - performance.current
+    kind = "input drift" if drifted.features else "concept drift (inputs stable, labels changed)"
+    found = [f"{performance.metric_label} fell by {drop:.3f}"] if dropped else []
+    if miscalibrated:
+        found.append(
+            f"the positive rate was {performance.observed_rate:.3f} where the champion "
+            "predicted "
+            f"{performance.predicted_rate:.3f} (calibration z {performance.calibration_z:.1f})"
         )
+    summary = "; ".join(found)
+    return _decide(
+        "retrain",
+        "high",
+        0.7 + min(max(drop, 0.0) * 3 + 0.05 * miscalibrated, 0.25),
+        f"{summary[0].upper()}{summary[1:]} on labelled data ({kind}); a model retrained "
+        "on recent labelled data should recover it.",
+        ["performance", "column_drift", "feature_importance"],
+        drifted.features,
+    )
+
+
+def label_free_drop(
+    evidence: TriageEvidence, limits: TriageLimits, drifted: Drifted
+) -> TriageDecision | None:
+    """Without labels, a trusted label-free estimate that fell by `performance_drop`
+    escalates: retraining needs labels."""
     serving = evidence.serving
     estimated_drop = serving.estimated_drop() if serving else None
     if (
-        not evidence.labels_available
-        and estimated_drop is not None
-        and estimated_drop >= limits.performance_drop
+        evidence.labels_available
+        or estimated_drop is None
+        or estimated_drop < limits.performance_drop
     ):
-        return decide(
-            "escalate",
-            "high",
-            0.75,
-            f"Without labels, the champion's ROC AUC estimated from its scores on "
-            f"{serving.rows} served rows is {serving.estimated_roc_auc:.3f}, against "
-            f"{serving.reference_roc_auc:.3f} on its holdout; retraining needs labels, so a "
-            "person must look (or wait for the labels).",
-            ["serving", "column_drift", "registry"],
-        )
-    if drifted and (weighted >= limits.important_drift or evidence.dataset_drift):
-        if evidence.labels_available:
-            return decide(
-                "retrain",
-                "medium" if weighted < 0.3 else "high",
-                0.65 + min(weighted, 0.3),
-                f"{len(drifted)} features drifted, carrying {weighted:.0%} of the model's "
-                "importance; labels exist, so retrain on recent data.",
-                ["column_drift", "feature_importance", "registry"],
-            )
-        return decide(
-            "escalate",
-            "medium",
-            0.7,
-            f"{len(drifted)} features drifted, carrying {weighted:.0%} of the model's "
-            "importance, but the batch has no labels to retrain on.",
+        return None
+    return _decide(
+        "escalate",
+        "high",
+        0.75,
+        f"Without labels, the champion's ROC AUC estimated from its scores on "
+        f"{serving.rows} served rows is {serving.estimated_roc_auc:.3f}, against "
+        f"{serving.reference_roc_auc:.3f} on its holdout; retraining needs labels, so a "
+        "person must look (or wait for the labels).",
+        ["serving", "column_drift", "registry"],
+        drifted.features,
+    )
+
+
+def important_features_drifted(
+    evidence: TriageEvidence, limits: TriageLimits, drifted: Drifted
+) -> TriageDecision | None:
+    """Drift on features carrying `important_drift` of the importance (or dataset drift)
+    retrains when labels exist and escalates when they do not."""
+    if not drifted.features or (
+        drifted.weight < limits.important_drift and not evidence.dataset_drift
+    ):
+        return None
+    count, weighted = len(drifted.features), drifted.weight
+    if evidence.labels_available:
+        return _decide(
+            "retrain",
+            "medium" if weighted < 0.3 else "high",
+            0.65 + min(weighted, 0.3),
+            f"{count} features drifted, carrying {weighted:.0%} of the model's "
+            "importance; labels exist, so retrain on recent data.",
             ["column_drift", "feature_importance", "registry"],
+            drifted.features,
         )
+    return _decide(
+        "escalate",
+        "medium",
+        0.7,
+        f"{count} features drifted, carrying {weighted:.0%} of the model's "
+        "importance, but the batch has no labels to retrain on.",
+        ["column_drift", "feature_importance", "registry"],
+        drifted.features,
+    )
+
+
+def important_features_alarmed(
+    evidence: TriageEvidence, limits: TriageLimits, drifted: Drifted
+) -> TriageDecision | None:
+    """A sequential alarm on important features retrains when labels exist and escalates
+    when they do not."""
     alarmed = important_alarm(evidence, limits)
-    if alarmed:
-        if evidence.labels_available:
-            return decide(
-                "retrain",
-                "medium",
-                0.7,
-                f"The sequential detector alarms on {', '.join(alarmed)}, which carry at least "
-                f"{limits.important_drift:.0%} of the model's importance: gradual drift on "
-                "features that matter; labels exist, so retrain on recent data.",
-                ["drift_history", "feature_importance", "registry"],
-            )
-        return decide(
-            "escalate",
+    if not alarmed:
+        return None
+    gradual = (
+        f"The sequential detector alarms on {', '.join(alarmed)}, which carry at least "
+        f"{limits.important_drift:.0%} of the model's importance"
+    )
+    if evidence.labels_available:
+        return _decide(
+            "retrain",
             "medium",
             0.7,
-            f"The sequential detector alarms on {', '.join(alarmed)}, which carry at least "
-            f"{limits.important_drift:.0%} of the model's importance, but the batch has no "
-            "labels to retrain on.",
+            f"{gradual}: gradual drift on features that matter; labels exist, so retrain on "
+            "recent data.",
             ["drift_history", "feature_importance", "registry"],
+            drifted.features,
         )
-    alerts = serving.alerts if serving else []
-    if drifted or evidence.sequential_alarm or evidence.prediction_drifted or alerts:
-        if evidence.sequential_alarm:
-            reason = "the sequential detector sees gradual drift"
-        elif drifted or evidence.prediction_drifted:
-            reason = f"{len(drifted)} features of low importance drifted"
-        else:
-            reason = f"the monitor reports {len(alerts)} serving alert(s): {alerts[0]}"
-        return decide(
-            "monitor",
-            "low",
-            0.7,
-            f"Worth watching: {reason}; not enough to act on yet.",
-            ["column_drift", "drift_history", "feature_importance"]
-            + (["serving"] if alerts else []),
-        )
-    return decide(
+    return _decide(
+        "escalate",
+        "medium",
+        0.7,
+        f"{gradual}, but the batch has no labels to retrain on.",
+        ["drift_history", "feature_importance", "registry"],
+        drifted.features,
+    )
+
+
+def worth_watching(
+    evidence: TriageEvidence, limits: TriageLimits, drifted: Drifted
+) -> TriageDecision | None:
+    """Any other drift, a sequential alarm, prediction drift or a serving alert: monitor."""
+    alerts = evidence.serving.alerts if evidence.serving else []
+    if evidence.sequential_alarm:
+        reason = "the sequential detector sees gradual drift"
+    elif drifted.features or evidence.prediction_drifted:
+        reason = f"{len(drifted.features)} features of low importance drifted"
+    elif alerts:
+        reason = f"the monitor reports {len(alerts)} serving alert(s): {alerts[0]}"
+    else:
+        return None
+    return _decide(
+        "monitor",
+        "low",
+        0.7,
+        f"Worth watching: {reason}; not enough to act on yet.",
+        ["column_drift", "drift_history", "feature_importance"] + (["serving"] if alerts else []),
+        drifted.features,
+    )
+
+
+RULES: tuple[Rule, ...] = (
+    quarantined_batch,
+    previous_champion_better,
+    performance_fell,
+    label_free_drop,
+    important_features_drifted,
+    important_features_alarmed,
+    worth_watching,
+)
+"""The policy's rules in the order they are tried; the first that decides stands."""
+
+
+def policy_decision(evidence: TriageEvidence, limits: TriageLimits) -> TriageDecision:
+    """The deterministic triage rule, used as the default model and as every fallback.
+
+    In order (`RULES`): a failed batch escalates; a previous champion that does better on the
+    same labelled batch rolls back; a performance drop or miscalibration retrains (concept
+    drift when the inputs are stable); a trusted label-free drop without labels escalates;
+    drift on important features, or a sequential alarm on them, retrains when labels exist
+    and escalates when they do not; any other drift or a sequential alarm means monitor;
+    otherwise nothing.
+    """
+    weights = _weights(evidence)
+    features = sorted(evidence.drifted(), key=lambda name: -weights.get(name, 0.0))
+    drifted = Drifted(features, sum(weights.get(name, 0.0) for name in features))
+    for rule in RULES:
+        if decision := rule(evidence, limits, drifted):
+            return decision
+    return _decide(
         "none",
         "none",
         0.9,

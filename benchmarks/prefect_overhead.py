@@ -57,11 +57,11 @@ def _steps(batch_path: str) -> list[tuple[str, Any, Callable[[dict], tuple]]]:
     arguments from the results of the steps before it (`done`, by task name)."""
     from prefect import task
 
-    from agentic_mlops.flows.data_quality import check_quality
     from agentic_mlops.settings import load_settings
     from agentic_mlops.tasks import drift_actions, reference
     from agentic_mlops.tasks.batches import load_batch
     from agentic_mlops.tasks.drift import detect_drift, drift_report, update_sequential
+    from agentic_mlops.tasks.quality import check_quality
 
     settings = load_settings()
     name = settings.model_name

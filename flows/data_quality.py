@@ -11,66 +11,12 @@ Runbook:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
-
-import pandas as pd
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import flow
 from prefect.states import Completed, Failed, State
 
 from agentic_mlops.schemas import QualitySummary
-from agentic_mlops.settings import Settings, load_settings
-from agentic_mlops.tasks.batches import DataError, load_batch, write_table
-from agentic_mlops.tasks.quality import (
-    QualityResult,
-    load_suite,
-    quarantine_batch,
-    split_failing_rows,
-    validate_data,
-)
-
-
-@dataclass
-class QualityCheck:
-    """The verdict on a batch and what happened to its rows."""
-
-    result: QualityResult
-    summary: QualitySummary
-    clean_rows: pd.DataFrame
-    clean_path: str | None
-    quarantined: str | None
-
-
-def summarise(result: QualityResult) -> QualitySummary:
-    return QualitySummary(
-        passed=result.passed,
-        batch_failed=result.batch_failed,
-        failures=[f"{f.expectation} {f.column or ''}: {f.detail}".strip() for f in result.failures],
-        failing_rows=len(result.failing_rows),
-    )
-
-
-@task(name="check-quality", cache_policy=NO_CACHE)
-def check_quality(
-    path: str, frame: pd.DataFrame, suite: dict[str, Any], settings: Settings | None = None
-) -> QualityCheck:
-    """Validate one loaded batch and quarantine what failed."""
-    settings = settings or load_settings()
-    logger = get_run_logger()
-    result = validate_data(frame, suite, settings.quality_row_tolerance)
-    if result.batch_failed:
-        moved = quarantine_batch(Path(path), result, settings.quarantine_dir)
-        logger.warning("batch failed %d expectations; moved to %s", len(result.failures), moved)
-        return QualityCheck(result, summarise(result), frame.iloc[0:0], None, str(moved))
-    if not result.failing_rows:
-        return QualityCheck(result, summarise(result), frame, None, None)
-    clean, failing = split_failing_rows(frame, result)
-    moved = quarantine_batch(Path(path), result, settings.quarantine_dir, failing)
-    clean_path = write_table(clean, settings.data_dir / "clean" / f"{Path(path).stem}.parquet")
-    logger.warning("%d failing rows quarantined to %s", len(failing), moved)
-    return QualityCheck(result, summarise(result), clean, str(clean_path), str(moved))
+from agentic_mlops.tasks.batches import DataError, load_batch
+from agentic_mlops.tasks.quality import check_quality, load_suite
 
 
 @flow(name="data-quality")

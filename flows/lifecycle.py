@@ -31,7 +31,7 @@ from pydantic import Field
 from agentic_mlops.flows.canary import canary_rollout
 from agentic_mlops.flows.drift import drift_check
 from agentic_mlops.flows.form import Empty
-from agentic_mlops.flows.monitor import collect_window, flush_router_log, local_router_url
+from agentic_mlops.tasks.serving_log import collect_window, flush_router_log, local_router_url
 from agentic_mlops.flows.retrain import retrain
 from agentic_mlops.schemas import DriftCheckResult, LifecycleResult
 from agentic_mlops.settings import load_settings

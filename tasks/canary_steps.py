@@ -22,7 +22,13 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict, Field
 
-from agentic_mlops.decisions import CanaryEvidence, JudgeEvidence, Outcome, PromotionAction
+from agentic_mlops.decisions import (
+    CanaryEvidence,
+    JudgeEvidence,
+    Outcome,
+    PromotionAction,
+    PromotionRecord,
+)
 from agentic_mlops.settings import Settings
 from agentic_mlops.tasks import approval, ledger, reports
 from agentic_mlops.tasks.canary_judge import JudgeResult, judge, sequential_judge
@@ -95,24 +101,25 @@ class CanaryStep(BaseModel):
     def from_entry(cls, entry: ledger.LedgerEntry) -> CanaryStep:
         """The step a `canary_promotion` ledger entry records, with the approval mode's and
         any person's answer to it."""
-        evidence, judge_ = entry.evidence, entry.evidence.get("judge", {})
+        evidence = PromotionRecord.model_validate(entry.evidence)
+        judge_ = evidence.judge
         outcome = entry.outcome or {}
         return cls(
             ledger_id=entry.id,
             decided_at=entry.created_at,
-            weight=evidence["weight"],
-            champion_version=evidence.get("champion_version"),
-            challenger_version=evidence["challenger_version"],
-            judge_verdict=judge_.get("verdict", "unknown"),
-            judge_score=judge_.get("score", 0.0),
-            critical_failures=judge_.get("critical_failures", []),
-            metrics=judge_.get("metrics", []),
-            sequential_outcome=evidence.get("sequential_outcome", "continue"),
-            sequential_reason=evidence.get("sequential_reason", ""),
+            weight=evidence.weight,
+            champion_version=evidence.champion_version,
+            challenger_version=evidence.challenger_version,
+            judge_verdict=judge_.verdict,
+            judge_score=judge_.score,
+            critical_failures=judge_.critical_failures,
+            metrics=[metric.model_dump() for metric in judge_.metrics],
+            sequential_outcome=evidence.sequential_outcome,
+            sequential_reason=evidence.sequential_reason,
             action=action_taken(
                 outcome.get("action", entry.action),
                 outcome.get("human"),
-                at_last_step=evidence.get("next_weight") is None,
+                at_last_step=evidence.next_weight is None,
             ),
             agent_action=entry.action,
             confidence=entry.confidence,

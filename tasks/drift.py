@@ -40,6 +40,7 @@ from pydantic import BaseModel, Field
 from scipy import stats
 from scipy.spatial import distance
 
+from agentic_mlops.decisions import ColumnDrift
 from agentic_mlops.settings import Settings, load_settings
 from agentic_mlops.tasks import ledger
 from agentic_mlops.tasks.batches import DataError
@@ -83,13 +84,9 @@ class ReferenceProfile(BaseModel):
     created_at: str = Field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat())
 
 
-class ColumnDrift(BaseModel):
-    """The verdict on one column."""
+class ColumnTest(ColumnDrift):
+    """The verdict on one column, with the evidence it adds to the sequential detector."""
 
-    drifted: bool
-    test: str
-    score: float
-    threshold: float
     evidence: float = Field(
         default=0.0, description="Probit of a two-sample chi-squared p-value, for the CUSUM."
     )
@@ -98,11 +95,11 @@ class ColumnDrift(BaseModel):
 class DriftResult(BaseModel):
     """The verdict on a batch."""
 
-    columns: dict[str, ColumnDrift]
+    columns: dict[str, ColumnTest]
     skipped: dict[str, str] = Field(default_factory=dict)
     drift_share: float
     dataset_drift: bool
-    prediction: ColumnDrift | None = None
+    prediction: ColumnTest | None = None
     rows: int
 
     @classmethod
@@ -115,6 +112,15 @@ class DriftResult(BaseModel):
             dataset_drift=False,
             rows=rows,
         )
+
+    def verdicts(self) -> dict[str, ColumnDrift]:
+        """Each tested column's verdict as results show it (scores to six decimals)."""
+        return {
+            name: ColumnDrift(
+                drifted=c.drifted, test=c.test, score=round(c.score, 6), threshold=c.threshold
+            )
+            for name, c in self.columns.items()
+        }
 
     @property
     def drift_score(self) -> float:
@@ -318,7 +324,7 @@ def _evidently_small_test(
 
 def column_drift(
     ref: ColumnProfile, values: pd.Series, levels: int, num_threshold: float, cat_threshold: float
-) -> ColumnDrift:
+) -> ColumnTest:
     """Evidently's default test for one column, run against its profile.
 
     Raises:
@@ -346,12 +352,12 @@ def column_drift(
     evidence = chi_square_evidence(ref_counts, current_counts)
     if ref.raw is not None:
         test, score, drifted, threshold = _evidently_small_test(ref, current_sorted)
-        return ColumnDrift(
+        return ColumnTest(
             drifted=drifted, test=test, score=score, threshold=threshold, evidence=evidence
         )
     if ref.kind == "categorical" or few_values:
         score = float(distance.jensenshannon(ref_counts / ref.rows, current_counts / len(current)))
-        return ColumnDrift(
+        return ColumnTest(
             drifted=score >= cat_threshold,
             test="jensenshannon",
             score=score,
@@ -359,7 +365,7 @@ def column_drift(
             evidence=evidence,
         )
     score = _wasserstein(ref, current_sorted, levels) / max(ref.std or 0.0, 0.001)
-    return ColumnDrift(
+    return ColumnTest(
         drifted=score >= num_threshold,
         test="wasserstein",
         score=score,
@@ -390,7 +396,7 @@ def compare_to_profile(
         if name not in frame.columns:
             skipped[name] = "missing from the batch"
 
-    def run(name: str) -> tuple[str, ColumnDrift | str]:
+    def run(name: str) -> tuple[str, ColumnTest | str]:
         try:
             return name, column_drift(
                 profile.columns[name],

@@ -1,4 +1,5 @@
-"""Carrying out a drift-triage decision, and recording it.
+"""Carrying out a drift-triage decision, and recording it: in the ledger, and as the drift
+check's result and artifacts.
 
 Each action is safe to run twice: retraining is keyed by the ledger entry (a deployment run
 gets it as its idempotency key; the in-process subflow re-registers the same run's version),
@@ -20,10 +21,12 @@ from prefect.events import emit_event
 from prefect.exceptions import ObjectNotFound
 from pydantic import BaseModel, Field
 
-from agentic_mlops.decisions import Outcome, TriageEvidence
-from agentic_mlops.schemas import DecisionSummary, DriftCheckResult
+from agentic_mlops.decisions import Outcome, TriageEvidence, TriageRecord
+from agentic_mlops.schemas import DecisionSummary, DriftCheckResult, PerformanceSummary
 from agentic_mlops.settings import Settings, load_settings
-from agentic_mlops.tasks import ledger, registry, reports
+from agentic_mlops.tasks import approval, ledger, reference, registry, reports
+from agentic_mlops.tasks.batch_assessment import BatchAssessment
+from agentic_mlops.tasks.quality import QualityCheck
 
 ESCALATED_EVENT = "agentic-mlops.drift.escalated"
 RETRAIN_REQUESTED_EVENT = "agentic-mlops.retrain.requested"
@@ -75,15 +78,93 @@ def record_triage(
         severity=decision.severity,
         confidence=decision.confidence,
         rationale=decision.rationale,
-        evidence={
-            "used": list(decision.evidence_used),
-            "drifted_features": decision.drifted_features,
-            **evidence_json,
-        },
+        evidence=TriageRecord(
+            **dict(evidence),
+            used=list(decision.evidence_used),
+            drifted_features=decision.drifted_features,
+        ).model_dump(mode="json"),
         agent_model=outcome.agent_model,
         overridden_by=outcome.overridden_by,
         attribution=outcome.attribution.model_dump(mode="json") if outcome.attribution else None,
     )
+
+
+def drift_check_result(
+    batch_id: str,
+    ref: reference.Reference,
+    quality: QualityCheck,
+    assessed: BatchAssessment,
+    outcome: Outcome,
+    ledger_id: str,
+    settings: Settings,
+) -> DriftCheckResult:
+    """What the drift check found and decided, as the flow returns it and the CLI prints it;
+    what it did is added as it acts."""
+    drift, observation, performance = assessed.drift, assessed.observation, assessed.performance
+    decision, planned, name = outcome.decision, assessed.report, settings.model_name
+    return DriftCheckResult(
+        model_name=name,
+        model_version=ref.version,
+        adopted=ref.card.adopted,
+        batch_id=batch_id,
+        quality=quality.summary,
+        dataset_drift=drift.dataset_drift,
+        drift_share=drift.drift_share,
+        columns=drift.verdicts(),
+        skipped_columns=drift.skipped,
+        prediction_drift=drift.prediction.drifted if drift.prediction else None,
+        sequential_alarm=bool(observation and observation.sequential_alarm),
+        decision=DecisionSummary(
+            **decision.model_dump(exclude={"evidence_used"}),
+            agent_model=outcome.agent_model,
+            overridden_by=outcome.overridden_by,
+            decided_by=outcome.attribution.decided_by,
+            model_action=outcome.attribution.model_action,
+            policy_action=outcome.attribution.policy_action,
+        ),
+        ledger_id=ledger_id,
+        quarantined=quality.quarantined,
+        report_path=planned.html if planned else None,
+        report_link=reports.planned_file_link(
+            name, ref.version, planned.html, reports.DRIFT_REPORTS, "Evidently report", settings
+        )
+        if planned
+        else None,
+        performance=PerformanceSummary(
+            metric=performance.metric,
+            reference=performance.reference,
+            current=performance.current,
+            rows=performance.rows,
+        )
+        if performance
+        else None,
+    )
+
+
+def action_to_take(
+    proposed: str, result: DriftCheckResult, entry: ledger.LedgerEntry, settings: Settings
+) -> str:
+    """The decided action once people and recipes have had their say: with approval mode
+    `all`, a retrain or rollback nobody approved escalates; so does a retrain with no way to
+    retrain (an adopted model and no team deployment). Why is added to the result."""
+    action = proposed
+    if action in ("retrain", "rollback"):
+        go, why = approval.ask_before_acting(
+            entry,
+            triage_markdown(result, settings),
+            settings.canary_approval_timeout_seconds,
+            settings,
+        )
+        if not go:
+            result.actions_taken.append(f"{action} not approved ({why})")
+            action = "escalate"
+    if action == "retrain" and retraining_route(result.adopted, settings) == "none":
+        result.actions_taken.append(
+            f"retrain not started: no retraining recipe for the adopted {result.model_name!r} "
+            "and no training deployment of the team's (retrain_deployment); escalated to a person"
+        )
+        action = "escalate"
+    return action
 
 
 def deployment_exists(name: str) -> bool:
@@ -242,6 +323,33 @@ def run_team_training(
         state=state.name if state else "Unknown",
         challenger=challenger,
         summary=summary,
+    )
+
+
+def retrain_for(
+    result: DriftCheckResult,
+    parameters: dict[str, Any],
+    ledger_id: str,
+    retrain_flow: Any,
+    hand_over: Any,
+    settings: Settings,
+) -> None:
+    """Retrain for a retrain decision, by `retraining_route`: the team's own deployment, whose
+    new challenger is then handed over to the canary, or our `retrain_flow`. What happened
+    is added to the result and the ledger entry's outcome."""
+    if retraining_route(result.adopted, settings) == "team":
+        team = run_team_training(parameters, ledger_id, settings)
+        result.retrained_version = team.challenger
+        result.actions_taken.append(f"retrain: {team.summary}")
+        if team.challenger is not None:
+            handed, _ = hand_over("auto", team.challenger, settings, ledger_id)
+            ledger.record_outcome(ledger_id, {"hand_over": handed}, settings)
+            result.actions_taken.append(f"canary: {handed}")
+        return
+    trained = start_retraining(retrain_flow, parameters, ledger_id, settings)
+    result.retrained_version = trained.get("version")
+    result.actions_taken.append(
+        f"retrain: {trained['how']} -> {trained.get('summary', '')}".strip()
     )
 
 

@@ -16,27 +16,45 @@ label-free performance, and trends that cross a hard limit before they do.
 - **Trends**: each run's metrics are one point of a history kept beside the decision ledger;
   over the last points a Theil-Sen slope with a one-sided Mann-Kendall test says whether a
   metric is getting worse, and the slope projects when it will cross its limit.
+
+The monitor flow runs these in order (`read_since_last_run`, `assess_champion`, `next_point`,
+`trends_and_alerts`) and returns a `MonitorResult`, published by `publish_monitor_report`.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 import time
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from prefect import task
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.events import emit_event
 from pydantic import BaseModel, Field
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
+from agentic_mlops.decisions import ServingEvidence
+from agentic_mlops.schemas import DriftCheckResult
+from agentic_mlops.serving.request_log import log_folder
 from agentic_mlops.settings import Settings, load_settings
 from agentic_mlops.tasks import ledger
-from agentic_mlops.tasks.drift import ColumnDrift, ReferenceProfile, column_drift
+from agentic_mlops.tasks.drift import ColumnTest, ReferenceProfile, column_drift
 from agentic_mlops.tasks.metrics import MetricsError, PrometheusMetrics, RouterMetrics
+from agentic_mlops.tasks.reference import Reference
+from agentic_mlops.tasks.reports import artifact_key
+from agentic_mlops.tasks.serving_log import (
+    LogWindow,
+    flush_router_log,
+    local_router_url,
+    read_window,
+)
 from agentic_mlops.tasks.training import expected_calibration_error
 
 Direction = Literal["increase_is_bad", "decrease_is_bad"]
@@ -55,6 +73,7 @@ CREATE TABLE IF NOT EXISTS monitor_history (
 """
 CALIBRATION_GROUPS = 10
 _END = 2**62
+ALERT_EVENT = "agentic-mlops.monitor.alert"
 
 
 class ServingWindow(BaseModel):
@@ -256,7 +275,7 @@ def read_serving_window(
 
 def prediction_drift(
     profile: ReferenceProfile, scores: np.ndarray, settings: Settings
-) -> ColumnDrift | None:
+) -> ColumnTest | None:
     """The champion's recent scores against its reference scores, with the drift check's test
     (normed Wasserstein distance, drift at `drift_num_threshold`); None without reference
     scores or recent ones."""
@@ -555,7 +574,7 @@ def monitor_history(
 
 def point_metrics(
     window: ServingWindow | None,
-    drift: ColumnDrift | None,
+    drift: ColumnTest | None,
     online: OnlinePerformance | None,
     estimate: PerformanceEstimate | None,
 ) -> dict[str, Any]:
@@ -571,3 +590,281 @@ def point_metrics(
         "estimated_roc_auc": estimate.roc_auc if trusted else None,
         "estimated_accuracy": estimate.accuracy if trusted else None,
     }
+
+
+class MonitorResult(BaseModel):
+    """What one monitor run measured, projected and set off."""
+
+    model_name: str
+    champion_version: int | None
+    checked_at: str
+    serving: ServingWindow | None = None
+    serving_error: str | None = Field(default=None, description="Why there are no metrics.")
+    rows: int = Field(description="Rows the champion answered since the previous run.")
+    labels: int = Field(description="Labels received since the previous run.")
+    unusable_lines: int = Field(
+        default=0,
+        description="Request-log lines since the previous run that are not a usable record "
+        "(corrupt, cut short, a field of the wrong type): skipped, and counted here.",
+    )
+    prediction_drift: ColumnTest | None = None
+    online: OnlinePerformance | None = None
+    estimate: PerformanceEstimate | None = None
+    trends: list[Trend] = Field(default_factory=list)
+    alerts: list[str] = Field(default_factory=list)
+    batch_path: str | None = None
+    drift_check: DriftCheckResult | None = None
+    drift_check_error: str | None = None
+
+    @property
+    def ledger_id(self) -> str | None:
+        """The drift triage's entry in the decision ledger, when a drift check ran."""
+        return self.drift_check.ledger_id if self.drift_check else None
+
+
+def champion_rows(rows: pd.DataFrame, version: int | None) -> pd.DataFrame:
+    """The rows the champion answered: by version, or the baseline's when none was logged."""
+    if rows.empty:
+        return rows
+    if version is not None and rows["version"].notna().any():
+        return rows[rows["version"] == version]
+    return rows[rows["variant"] == "baseline"]
+
+
+@dataclass
+class SinceLastRun:
+    """What serving did since the previous monitor run, and the request log's new rows."""
+
+    serving: ServingWindow | None
+    serving_error: str | None
+    """Why there are no serving metrics."""
+    cursor: MonitorCursor
+    """Where this run's reading of the metrics ended."""
+    window: LogWindow
+
+
+def read_since_last_run(router_url: str | None, settings: Settings) -> SinceLastRun:
+    """The serving metrics since the previous run, from the router (the one that serves this
+    home when `router_url` is empty) or Prometheus, and the rows and labels logged since
+    then, after asking the router to write its buffered log lines (unusable lines are
+    skipped, and logged)."""
+    earlier = monitor_history(settings.model_name, limit=1, settings=settings)
+    cursor = earlier[-1].cursor if earlier else MonitorCursor()
+    since = earlier[-1].ts if earlier else None
+    router_url = router_url or local_router_url(settings)
+    serving, cursor, serving_error = read_serving_window(router_url, cursor, since, settings)
+    flush_router_log(router_url)
+    window = read_window(
+        log_folder(settings), cursor.rows_ts, cursor.labels_ts, settings.monitor_window_rows
+    )
+    if window.unusable_lines:
+        get_run_logger().warning("%d unusable request-log lines skipped", window.unusable_lines)
+    return SinceLastRun(serving, serving_error, cursor, window)
+
+
+@dataclass
+class ChampionWindow:
+    """The champion's rows of a monitor window and what they show."""
+
+    rows: pd.DataFrame
+    drift: ColumnTest | None
+    """Prediction drift of its scores, with at least `monitor_min_rows` rows."""
+    online: OnlinePerformance | None
+    """Performance on the newly labelled rows, with at least `monitor_min_labels` of them."""
+    estimate: PerformanceEstimate | None
+    """The label-free estimate (CBPE), with at least `monitor_min_rows` rows."""
+
+    def serving_evidence(self, alerts: list[str], holdout: dict[str, float]) -> ServingEvidence:
+        """What the triage of a drift check the monitor sends is told about serving."""
+        return ServingEvidence(
+            rows=len(self.rows),
+            alerts=alerts,
+            reference_roc_auc=holdout.get("roc_auc"),
+            estimated_roc_auc=self.estimate.roc_auc if self.estimate else None,
+            estimate_trusted=bool(self.estimate and self.estimate.trusted),
+        )
+
+
+def assess_champion(window: LogWindow, ref: Reference, settings: Settings) -> ChampionWindow:
+    """Prediction drift, online performance and the label-free estimate of the rows the
+    champion answered in the window, each where there are enough rows to measure it."""
+    holdout = ref.card.metrics
+    rows = champion_rows(window.rows, ref.version)
+    labelled = champion_rows(window.labelled, ref.version)
+    recent_labelled = champion_rows(window.recent_labelled, ref.version)
+    enough_rows = len(rows) >= settings.monitor_min_rows
+    return ChampionWindow(
+        rows=rows,
+        drift=prediction_drift(ref.profile, rows["score"], settings) if enough_rows else None,
+        online=online_performance(labelled["label"], labelled["score"], holdout)
+        if len(labelled) >= settings.monitor_min_labels
+        else None,
+        estimate=estimate_performance(
+            rows["score"], recent_labelled["score"], recent_labelled["label"], holdout, settings
+        )
+        if enough_rows
+        else None,
+    )
+
+
+def next_point(
+    run_id: str, started: float, version: int | None, read: SinceLastRun, champion: ChampionWindow
+) -> MonitorPoint:
+    """This run as a point of the history: its metrics, and its cursor moved past the rows
+    and labels read."""
+    window = read.window
+    return MonitorPoint(
+        run_id=run_id,
+        created_at=dt.datetime.fromtimestamp(started, dt.UTC).isoformat(timespec="seconds"),
+        ts=started,
+        champion_version=version,
+        metrics=point_metrics(read.serving, champion.drift, champion.online, champion.estimate),
+        cursor=read.cursor.model_copy(
+            update={
+                "rows_ts": window.rows_ts or read.cursor.rows_ts,
+                "labels_ts": window.labels_ts or read.cursor.labels_ts,
+            }
+        ),
+    )
+
+
+def alerts_of(
+    point: dict[str, float | None], limits: dict[str, tuple[float, str]], trends: list[Trend]
+) -> list[str]:
+    """Values beyond their limit now, and worsening trends that will cross theirs soon."""
+    alerts = []
+    for metric, (limit, direction) in limits.items():
+        value = point.get(metric)
+        if value is None:
+            continue
+        beyond = value > limit if direction == "increase_is_bad" else value < limit
+        if beyond:
+            alerts.append(f"{metric} is {value:.4g}, beyond its limit {limit:.4g}")
+    for found in trends:
+        if found.flagged:
+            alerts.append(
+                f"{found.metric} is worsening ({found.slope_per_hour:+.3g} per hour, "
+                f"p = {found.p_value:.2g}): {found.latest:.4g} now, its limit {found.limit:.4g} "
+                f"in about {found.seconds_to_limit / 60:.0f} min"
+            )
+    return alerts
+
+
+def trends_and_alerts(
+    point: MonitorPoint,
+    champion: ChampionWindow,
+    holdout: dict[str, float],
+    settings: Settings,
+) -> tuple[list[Trend], list[str]]:
+    """This run's point added to the champion's history: each limited metric's trend, and the
+    alerts, each logged (values beyond their limit, worsening trends that will cross theirs
+    soon, and drifted champion scores)."""
+    limits = metric_limits(settings, holdout)
+    history = monitor_history(
+        settings.model_name, point.champion_version, settings.monitor_history_points - 1, settings
+    )
+    trends = detect_trends([*history, point], limits, settings)
+    alerts = alerts_of(point.metrics, limits, trends)
+    drift = champion.drift
+    if drift is not None and drift.drifted:
+        alerts.append(f"the champion's scores drifted ({drift.test} {drift.score:.3f})")
+    for alert in alerts:
+        get_run_logger().warning("alert: %s", alert)
+    return trends, alerts
+
+
+def monitor_markdown(result: MonitorResult) -> str:
+    """The run as its Prefect artifact shows it: alerts, serving, performance, trends and the
+    drift check."""
+    serving = result.serving
+    lines = [
+        f"# Monitor of {result.model_name} v{result.champion_version} at {result.checked_at}",
+        "",
+        "## Alerts",
+        *([f"- {alert}" for alert in result.alerts] or ["- none"]),
+        "",
+        "## Serving since the previous run",
+    ]
+    if serving is None:
+        lines.append(f"No metrics: {result.serving_error}")
+    else:
+        lines.append("| metric | value |\n|---|---|")
+        for name, value in serving.model_dump(exclude={"source", "variants"}).items():
+            if value is not None:
+                lines.append(f"| {name} | {value:.4g} |")
+    lines += [
+        "",
+        f"Rows answered by the champion: {result.rows}; labels received: {result.labels}",
+        "",
+    ]
+    if result.unusable_lines:
+        lines += [f"Unusable request-log lines skipped: {result.unusable_lines}", ""]
+    if result.prediction_drift:
+        drift = result.prediction_drift
+        lines.append(
+            f"Prediction drift: {drift.test} {drift.score:.4f} (threshold {drift.threshold}), "
+            f"{'drifted' if drift.drifted else 'not drifted'}"
+        )
+    if result.online:
+        online = result.online
+        auc = "n/a" if online.roc_auc is None else f"{online.roc_auc:.3f}"
+        lines.append(
+            f"Online, {online.rows} labels: ROC AUC {auc} (training {online.reference_roc_auc}), "
+            f"Brier {online.brier:.4f}, error rate {online.error_rate:.3f}"
+        )
+    if result.estimate:
+        estimate = result.estimate
+        auc = "n/a" if estimate.roc_auc is None else f"{estimate.roc_auc:.3f}"
+        lines.append(
+            f"Estimated without labels (CBPE), {estimate.rows} rows: accuracy "
+            f"{estimate.accuracy:.3f}, ROC AUC {auc}; "
+            f"{'trusted' if estimate.trusted else 'NOT trusted'} (calibration from "
+            f"{estimate.calibration_source}) {'; '.join(estimate.reasons)}"
+        )
+    if result.trends:
+        lines += [
+            "",
+            "## Trends",
+            "| metric | points | latest | limit | slope per hour | p | to limit | flagged |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for found in result.trends:
+            to_limit = (
+                "" if found.seconds_to_limit is None else f"{found.seconds_to_limit / 60:.0f} min"
+            )
+            lines.append(
+                f"| {found.metric} | {found.points} | {found.latest:.4g} | {found.limit:.4g} | "
+                f"{found.slope_per_hour:+.3g} | {found.p_value:.2g} | {to_limit} | "
+                f"{'**yes**' if found.flagged else ''} |"
+            )
+    lines += ["", "## Drift check"]
+    if result.drift_check:
+        decision = result.drift_check.decision
+        lines.append(
+            f"Batch `{result.batch_path}`: **{decision.action}** ({decision.severity}, "
+            f"{decision.confidence:.2f}) {decision.rationale}  \nLedger entry: "
+            f"`{result.ledger_id}`"
+        )
+    else:
+        lines.append(result.drift_check_error or "not run")
+    return "\n".join(lines) + "\n"
+
+
+def publish_monitor_report(result: MonitorResult) -> None:
+    """The run's markdown artifact, and the `agentic-mlops.monitor.alert` event when it has
+    alerts (called from the flow, not a task)."""
+    name = result.model_name
+    create_markdown_artifact(
+        key=artifact_key(name, "monitor"),
+        markdown=monitor_markdown(result),
+        description=f"{name}: {len(result.alerts)} alerts",
+    )
+    if result.alerts:
+        emit_event(
+            event=ALERT_EVENT,
+            resource={
+                "prefect.resource.id": f"agentic-mlops.model.{name}",
+                "prefect.resource.name": name,
+            },
+            payload={"alerts": result.alerts, "ledger_id": result.ledger_id},
+        )

@@ -25,7 +25,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
+from agentic_mlops.schemas import QualitySummary
+from agentic_mlops.settings import Settings, load_settings
 from agentic_mlops.tasks.batches import DataError, write_table
 
 NUMERIC_TYPES = [
@@ -353,3 +357,45 @@ def quarantine_batch(
         json.dumps(result.to_json(), indent=2, default=str)
     )
     return target
+
+
+@dataclass
+class QualityCheck:
+    """The verdict on a batch and what happened to its rows."""
+
+    result: QualityResult
+    summary: QualitySummary
+    clean_rows: pd.DataFrame
+    clean_path: str | None
+    quarantined: str | None
+
+
+def summarise(result: QualityResult) -> QualitySummary:
+    return QualitySummary(
+        passed=result.passed,
+        batch_failed=result.batch_failed,
+        failures=[f"{f.expectation} {f.column or ''}: {f.detail}".strip() for f in result.failures],
+        failing_rows=len(result.failing_rows),
+    )
+
+
+@task(name="check-quality", cache_policy=NO_CACHE)
+def check_quality(
+    path: str, frame: pd.DataFrame, suite: dict[str, Any], settings: Settings | None = None
+) -> QualityCheck:
+    """Validate one loaded batch and quarantine what failed: a failed batch's file, or the
+    failing rows, with the clean rows written under home for the rest of the pipeline."""
+    settings = settings or load_settings()
+    logger = get_run_logger()
+    result = validate_data(frame, suite, settings.quality_row_tolerance)
+    if result.batch_failed:
+        moved = quarantine_batch(Path(path), result, settings.quarantine_dir)
+        logger.warning("batch failed %d expectations; moved to %s", len(result.failures), moved)
+        return QualityCheck(result, summarise(result), frame.iloc[0:0], None, str(moved))
+    if not result.failing_rows:
+        return QualityCheck(result, summarise(result), frame, None, None)
+    clean, failing = split_failing_rows(frame, result)
+    moved = quarantine_batch(Path(path), result, settings.quarantine_dir, failing)
+    clean_path = write_table(clean, settings.data_dir / "clean" / f"{Path(path).stem}.parquet")
+    logger.warning("%d failing rows quarantined to %s", len(failing), moved)
+    return QualityCheck(result, summarise(result), clean, str(clean_path), str(moved))

@@ -24,6 +24,7 @@ from prefect.states import Failed, State
 from pydantic import BaseModel, Field
 
 from agentic_mlops.decisions import (
+    ColumnDrift,
     ColumnEvidence,
     Distribution,
     PerformanceEvidence,
@@ -32,7 +33,6 @@ from agentic_mlops.decisions import (
     ServingEvidence,
     TriageEvidence,
 )
-from agentic_mlops.schemas import ColumnSummary
 from agentic_mlops.settings import Settings, load_settings
 from agentic_mlops.tasks import registry
 from agentic_mlops.tasks.batches import DataError, read_table, write_table
@@ -532,10 +532,7 @@ def triage_evidence(
         drift_share=drift.drift_share,
         columns={
             name: ColumnEvidence(
-                drifted=c.drifted,
-                test=c.test,
-                score=c.score,
-                threshold=c.threshold,
+                **c.model_dump(include=set(ColumnDrift.model_fields)),
                 reference=distribution(ref.profile.columns[name]),
                 current=distribution(profile_column(frame[name], ref.profile.columns[name].kind))
                 if name in frame.columns
@@ -572,13 +569,6 @@ def distribution(profile: ColumnProfile) -> Distribution:
         ranked = sorted(zip(profile.values, profile.counts, strict=True), key=lambda vc: -vc[1])
         summary.top = {str(v): round(c / total, 4) for v, c in ranked[:TOP_VALUES]}
     return summary
-
-
-def column_summaries(drift: DriftResult) -> dict[str, ColumnSummary]:
-    return {
-        name: ColumnSummary(drifted=c.drifted, test=c.test, score=round(c.score, 6))
-        for name, c in drift.columns.items()
-    }
 
 
 def champion_target(settings: Settings) -> str:

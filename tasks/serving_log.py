@@ -10,11 +10,15 @@ The router may be writing while the log is read: a line cut short at the end of 
 file rotated away meanwhile, is skipped, never an error. A line that is not a record as the
 router writes it (corrupt, cut short by a crash, a field of the wrong type) is skipped and
 counted (`LogWindow.unusable_lines`), so a damaged log is reported, not read as less traffic.
+
+The monitor's rows reach the drift check as batches written here (`write_window_batch`,
+`collect_window`), after the router is asked to flush its buffered lines.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import math
 import time
@@ -22,12 +26,17 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.states import State
 
-from agentic_mlops.serving.request_log import LABELS, REQUESTS, log_files
+from agentic_mlops.serving.request_log import LABELS, REQUESTS, log_files, log_folder
+from agentic_mlops.settings import Settings, load_settings
+from agentic_mlops.tasks import reference
 from agentic_mlops.tasks.batches import write_table
+from agentic_mlops.tasks.rollout import rollout_backend
 
 META_COLUMNS = ("ts", "request_id", "variant", "version", "row_index", "score")
 LABEL_COLUMNS = ("request_id", "label", "label_ts")
@@ -277,3 +286,73 @@ def read_window(
         labels_ts=float(new_labels["label_ts"].max()) if len(new_labels) else None,
         unusable_lines=unusable_rows + unusable_labels,
     )
+
+
+def local_router_url(settings: Settings) -> str | None:
+    """The address of the router that serves this home, if one does (none on Kubernetes)."""
+    return rollout_backend(settings).router_url()
+
+
+@task(name="flush-request-log", cache_policy=NO_CACHE)
+def flush_router_log(router_url: str | None) -> bool:
+    """Ask the router to write its buffered log lines now; a router that cannot is read as it
+    is on disk (at most `serving_log_flush_seconds` behind)."""
+    if router_url is None:
+        return False
+    try:
+        return httpx.post(f"{router_url}/admin/flush-log", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def monitor_batch(batch: pd.DataFrame, settings: Settings, labelled: bool) -> Path:
+    """Write production rows as a timestamped Parquet batch under `home/incoming/monitor/`,
+    keeping the newest `monitor_batches_kept`."""
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    return write_batch(
+        batch,
+        settings.home / "incoming" / "monitor",
+        f"{settings.model_name}-{stamp}{'-labelled' if labelled else ''}",
+        settings.monitor_batches_kept,
+    )
+
+
+@task(name="write-window-batch", cache_policy=NO_CACHE)
+def write_window_batch(
+    window: LogWindow,
+    ref: reference.Reference,
+    choice: str,
+    settings: Settings,
+) -> Path | None:
+    """The rows the drift check gets, as a Parquet batch under `home/incoming/monitor/`; None
+    when there are fewer than `monitor_min_rows`."""
+    labelled = choice == "labelled" or (
+        choice == "auto" and len(window.labelled) >= settings.monitor_min_rows
+    )
+    rows = window.labelled if labelled else window.rows
+    if len(rows) < settings.monitor_min_rows:
+        return None
+    batch = as_batch(rows, ref.sample, ref.card.target if labelled else None)
+    return monitor_batch(batch, settings, labelled)
+
+
+def collect_window(
+    settings: Settings | None = None, since: float | None = None, limit: int | None = None
+) -> str | None:
+    """The latest labelled production rows as a batch file, for a drift check or retraining.
+
+    Rows whose labels arrived after `since` (seconds since the epoch; all of them when
+    empty), the newest `limit` (`monitor_window_rows`), with the label column; None when
+    fewer than `monitor_min_labels` are labelled. Windows overlap unless `since` moves on.
+    """
+    settings = settings or load_settings()
+    folder = log_folder(settings)
+    received = labels(folder, since=since, limit=limit or settings.monitor_window_rows)
+    rows = labelled_requests(folder, received)
+    if len(rows) < settings.monitor_min_labels:
+        return None
+    champion = reference.resolve_reference.fn(None, settings.target, settings)
+    stored = not isinstance(champion, State)
+    target = champion.card.target if stored else settings.target
+    batch = as_batch(rows, champion.sample if stored else None, target)
+    return str(monitor_batch(batch, settings, labelled=True))

@@ -1,5 +1,6 @@
 """The installed package, its settings and its Prefect entrypoints."""
 
+import ast
 import importlib.metadata
 import json
 import os
@@ -185,3 +186,29 @@ def test_the_layers_contract_sees_an_upward_import(tmp_path):
     )
     assert done.returncode == 1
     assert "agentic_mlops.tasks_upward is not allowed to import agentic_mlops.flows" in done.stdout
+
+
+RUNBOOK_FLOWS = ("data_quality.py", "drift.py", "monitor.py")
+"""Flow modules already holding nothing but their flow; the others follow as they are thinned."""
+
+
+def definitions_besides_flows(source: str) -> list[str]:
+    """The functions and classes a module defines at its top level that are not flows."""
+    return [
+        node.name
+        for node in ast.parse(source).body
+        if isinstance(node, ast.FunctionDef | ast.ClassDef)
+        and not any(
+            isinstance(d, ast.Call) and getattr(d.func, "id", None) == "flow"
+            for d in getattr(node, "decorator_list", [])
+        )
+    ]
+
+
+def test_a_runbook_flow_module_defines_its_flow_and_nothing_else():
+    """The work lives in `tasks/`: no task, helper or model defined in these flow modules."""
+    for name in RUNBOOK_FLOWS:
+        found = definitions_besides_flows((ROOT / "flows" / name).read_text())
+        assert found == [], f"flows/{name} defines {found}: move them to tasks/"
+    helper = '@flow(name="x")\ndef x():\n    pass\n\n\n@task\ndef step():\n    pass\n'
+    assert definitions_besides_flows(helper) == ["step"], "the check sees a task"

@@ -5,6 +5,7 @@ import time
 
 import pytest
 from prefect.client.orchestration import get_client
+from pydantic import ValidationError
 
 from agentic_mlops.flows.retrain import retrain
 from agentic_mlops.flows.train import train
@@ -69,6 +70,15 @@ def test_escalation_emits_an_event_an_automation_can_route(home):
     payloads = [e["payload"] for e in events]
     assert payloads and payloads[0]["batch_id"] == "batch-7.parquet"
     assert payloads[0]["drifted_features"] == ["monthly_charges"]
+
+
+def test_the_result_keeps_only_an_action_the_triage_can_take():
+    fields = {"severity": "high", "confidence": 0.9, "rationale": "r", "drifted_features": []}
+    assert DecisionSummary(action="rollback", **fields).action == "rollback"
+    with pytest.raises(ValidationError):
+        DecisionSummary(action="promote", **fields)
+    with pytest.raises(ValidationError):
+        DecisionSummary(action="retrain", model_action="hold", **fields)
 
 
 def test_retrain_goes_through_the_deployment_once_per_decision(home):
