@@ -51,17 +51,14 @@ def check_settings() -> None:
     """Settings that cannot work end every command before it starts: a value that does not
     validate, or an agent model this installation cannot build (one line, exit 2)."""
     from pydantic import ValidationError
+    from pydantic_settings import SettingsError
+
+    from agentic_mlops.settings import settings_problem
 
     try:
         settings = load_settings()
-    except ValidationError as error:
-        fail(
-            "settings: "
-            + "; ".join(
-                f"AGENTIC_MLOPS_{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}"
-                for e in error.errors()
-            )
-        )
+    except (ValidationError, SettingsError) as error:
+        fail(settings_problem(error))
     if settings.agent_model != "policy":
         from agentic_mlops.agents.decision_runtime import model_problem
 
@@ -776,12 +773,12 @@ def agents_eval(
     from agentic_mlops.agents.decision_eval import SUITE_VERSION, evaluate, log_to_mlflow
     from agentic_mlops.agents.decision_runtime import model_problem
 
-    base = load_settings().model_copy(update={"agent_tracing": False})
+    base_settings = load_settings().model_copy(update={"agent_tracing": False})
     chosen = []
-    for name in model or [base.agent_model]:
-        settings = base
+    for name in model or [base_settings.agent_model]:
+        settings = base_settings
         if model is not None:
-            settings = base.model_copy(update={"agent_model": name, "agent_mode": "llm"})
+            settings = base_settings.model_copy(update={"agent_model": name, "agent_mode": "llm"})
         if name != "policy" and (problem := model_problem(settings)):
             fail(problem)
         chosen.append(settings)
@@ -1005,8 +1002,19 @@ def show_settings(
             "--check", help="Only check the settings and the agent model; one line, exit 2 if bad."
         ),
     ] = False,
+    env: Annotated[
+        bool,
+        typer.Option(
+            "--env",
+            help="One line per variable: its nested name (AGENTIC_MLOPS_CANARY__STEPS), its "
+            "flat name (AGENTIC_MLOPS_CANARY_STEPS) and the value in force.",
+        ),
+    ] = False,
 ) -> None:
-    """Print the settings in force as JSON (secrets masked)."""
+    """Print the settings in force as JSON, by section (secrets masked). A section's field is
+    read from AGENTIC_MLOPS_<SECTION>__<FIELD> or its flat name (`--env` lists both)."""
+    from agentic_mlops.settings import variable_names
+
     settings = load_settings()
     if check:
         from agentic_mlops.agents.decision_runtime import model_string
@@ -1018,6 +1026,18 @@ def show_settings(
         )
         return
     values = json.loads(settings.model_dump_json())
+    if env:
+        for name, value in values.items():
+            fields = value.items() if isinstance(value, dict) else [(None, value)]
+            for field, shown in fields:
+                where = (name,) if field is None else (name, field)
+                console.print(
+                    f"{variable_names(where)} = {json.dumps(shown)}",
+                    highlight=False,
+                    soft_wrap=True,
+                    markup=False,
+                )
+        return
     values["tracking_uri_in_force"] = settings.tracking_uri()
     console.print_json(json.dumps(values))
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from agentic_mlops import stack
 from agentic_mlops.settings import Settings
@@ -50,7 +51,7 @@ def configure_environment(settings: Settings | None = None) -> Settings:
     if settings is None:
         try:
             settings = Settings()
-        except ValidationError:
+        except (ValidationError, SettingsError):
             home = Path(os.environ.get("AGENTIC_MLOPS_HOME", ".mlops")).expanduser().resolve()
             settings = Settings.model_construct(home=home)
     if "PREFECT_HOME" not in os.environ:

@@ -8,6 +8,7 @@ state through tools, one metric in detail when it asks, and returns one closed d
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import Any, get_args
 
@@ -122,7 +123,7 @@ CANARY_PROMOTION = DecisionPoint(
     agent=canary_promotion,
     prompt="Decide the next step of this canary rollout.",
     deps=PromotionDeps,
-    limits=PromotionLimits.from_settings,
+    limits=operator.attrgetter("canary"),
     policy=policy_decision,
     guardrails=enforce_guardrails,
     evidence_tools=EVIDENCE_TOOLS,

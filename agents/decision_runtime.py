@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 from pydantic_ai import Agent, ModelRetry, RunContext
@@ -46,7 +46,7 @@ from pydantic_ai.usage import UsageLimits
 
 from agentic_mlops.agents.mcp_toolsets import mounted_toolsets
 from agentic_mlops.decisions import POLICY, Attribution, Outcome
-from agentic_mlops.settings import Settings, load_settings
+from agentic_mlops.settings import DecisionLimits, Settings, load_settings
 from agentic_mlops.tasks import ledger
 from agentic_mlops.tasks.lifecycle_report import summary, verdict
 
@@ -58,13 +58,6 @@ Evidence = TypeVar("Evidence", bound=BaseModel)
 Limits = TypeVar("Limits", bound="DecisionLimits")
 PAST_DECISIONS = 20
 """The most past decisions a model may ask for at once."""
-
-
-class DecisionLimits(BaseModel):
-    """What code enforces at a decision point, from settings; `RULE` says it in words."""
-
-    RULE: ClassVar[str] = ""
-    allowed_actions: tuple[str, ...] = ()
 
 
 @dataclass

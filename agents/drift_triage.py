@@ -10,6 +10,7 @@ never in its instructions.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import Any, get_args
 
@@ -201,7 +202,7 @@ DRIFT_TRIAGE = DecisionPoint(
     agent=drift_triage,
     prompt="Triage the latest batch for the registered model and decide one action.",
     deps=TriageDeps,
-    limits=TriageLimits.from_settings,
+    limits=operator.attrgetter("triage"),
     policy=policy_decision,
     guardrails=enforce_guardrails,
     evidence_tools=EVIDENCE_TOOLS,

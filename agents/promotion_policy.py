@@ -10,41 +10,16 @@ and a low-confidence decision go to a person.
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal, get_args
+from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
-from agentic_mlops.agents.decision_runtime import DecisionLimits
 from agentic_mlops.decisions import CanaryEvidence, PromotionAction, advances_to_full
-from agentic_mlops.settings import Settings
+from agentic_mlops.settings import PromotionLimits
 
 Action = PromotionAction
 ACTIONS: tuple[str, ...] = get_args(Action)
 EvidenceRef = Literal["judge", "sequential", "traffic"]
-
-
-class PromotionLimits(DecisionLimits):
-    """Permissions and thresholds, from settings."""
-
-    model_config = ConfigDict(frozen=True)
-    RULE: ClassVar[str] = (
-        "Full traffic (promote, or increase_traffic where next_weight is None) needs a passing "
-        "analysis with every critical metric passing, the sequential test's outcome `promote`, "
-        "and at least min_confidence; without the sequential test it holds (then asks a "
-        "person); harm shown by the sequential test or a failed analysis on real data means "
-        "rollback; increase_traffic needs a passing analysis; a rollback below min_confidence "
-        "goes to a person."
-    )
-
-    allowed_actions: tuple[str, ...] = ACTIONS
-    min_confidence: float = Field(default=0.7, ge=0, le=1)
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> PromotionLimits:
-        return cls(
-            allowed_actions=tuple(settings.canary_allowed_actions),
-            min_confidence=settings.canary_min_confidence,
-        )
 
 
 class PromotionDecision(BaseModel):

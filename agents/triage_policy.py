@@ -11,15 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar, Literal, get_args
+from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
-from agentic_mlops.agents.decision_runtime import DecisionLimits
 from agentic_mlops.decisions import PerformanceEvidence, TriageEvidence
 from agentic_mlops.decisions import TriageAction as Action
 from agentic_mlops.decisions import TriageSeverity as Severity
-from agentic_mlops.settings import Settings
+from agentic_mlops.settings import TriageLimits
 
 ACTIONS: tuple[str, ...] = get_args(Action)
 EvidenceRef = Literal[
@@ -31,39 +30,6 @@ EvidenceRef = Literal[
     "registry",
     "serving",
 ]
-
-
-class TriageLimits(DecisionLimits):
-    """Thresholds and permissions of the triage, from settings."""
-
-    model_config = ConfigDict(frozen=True)
-    RULE: ClassVar[str] = (
-        "retrain needs labelled rows and a batch that passed quality; rollback needs a "
-        "previous champion that scores at least as well on the labelled rows at hand; retrain "
-        "or rollback below min_confidence goes to a person; none or monitor is raised to the "
-        "policy's action (or escalate) when the batch was quarantined, the metric fell by "
-        "performance_drop or more, the champion is miscalibrated (calibration_z and "
-        "calibration_gap), drifted features (or the CUSUM's alarm) carry important_drift of "
-        "the importance, or a trusted label-free estimate fell by performance_drop."
-    )
-
-    allowed_actions: tuple[str, ...] = ACTIONS
-    important_drift: float = Field(default=0.1, ge=0, le=1)
-    performance_drop: float = Field(default=0.03, ge=0, le=1)
-    min_confidence: float = Field(default=0.6, ge=0, le=1)
-    calibration_z: float = Field(default=4.0, gt=0)
-    calibration_gap: float = Field(default=0.02, ge=0, le=1)
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> TriageLimits:
-        return cls(
-            allowed_actions=tuple(settings.triage_allowed_actions),
-            important_drift=settings.triage_important_drift,
-            performance_drop=settings.triage_performance_drop,
-            min_confidence=settings.triage_min_confidence,
-            calibration_z=settings.triage_calibration_z,
-            calibration_gap=settings.triage_calibration_gap,
-        )
 
 
 class TriageDecision(BaseModel):

@@ -10,6 +10,7 @@ run (`decision_runtime`); what stands is decided in `tuning_policy`.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,7 @@ from agentic_mlops.agents.decision_runtime import (
     DecisionPoint,
 )
 from agentic_mlops.agents.tuning_policy import (
-    AdvisorLimits,
+    TuneLimits,
     TuningProposal,
     budget_problems,
     enforce_guardrails,
@@ -33,13 +34,13 @@ from agentic_mlops.decisions import AdvisorEvidence, Outcome
 from agentic_mlops.settings import Settings
 from agentic_mlops.tasks.models import PARAMETER_BOUNDS
 
-__all__ = ["AdvisorLimits", "TuningProposal", "enforce_guardrails", "policy_proposal"]
+__all__ = ["TuneLimits", "TuningProposal", "enforce_guardrails", "policy_proposal"]
 AdvisorOutcome = Outcome[TuningProposal]
 EVIDENCE_TOOLS = ("past_runs", "triage_decision", "segment_coverage", "search_limits")
 
 
 @dataclass
-class AdvisorDeps(DecisionDeps[AdvisorEvidence, AdvisorLimits]):
+class AdvisorDeps(DecisionDeps[AdvisorEvidence, TuneLimits]):
     """The advisor's evidence, its search limits and the settings."""
 
 
@@ -130,7 +131,7 @@ TUNING_ADVISOR = DecisionPoint(
     agent=tuning_advisor,
     prompt="Propose the search for this retraining.",
     deps=AdvisorDeps,
-    limits=AdvisorLimits.from_settings,
+    limits=operator.attrgetter("tune"),
     policy=policy_proposal,
     guardrails=enforce_guardrails,
     evidence_tools=EVIDENCE_TOOLS,

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import math
 import statistics
-from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
-from agentic_mlops.agents.decision_runtime import DecisionLimits
 from agentic_mlops.decisions import AdvisorEvidence, PastRun
-from agentic_mlops.settings import Settings
+from agentic_mlops.settings import TuneLimits
 from agentic_mlops.tasks.models import FAMILIES, PARAMETER_BOUNDS
 from agentic_mlops.tasks.tuning import DEFAULT_RANGES, ParameterRange, SearchSpace
 
@@ -29,46 +27,6 @@ TOP_RUNS = 3
 MIN_HISTORY = 2 * TOP_RUNS
 """Past runs needed before a search is narrowed around them."""
 SEARCH_OVERHEAD_SECONDS = 30.0
-
-
-class AdvisorLimits(DecisionLimits):
-    """Budgets and permissions from settings."""
-
-    model_config = ConfigDict(frozen=True)
-    RULE: ClassVar[str] = (
-        "A proposal above max_trials or max_seconds, or naming a segment not offered, is "
-        "replaced by the policy's; fewer than min_trials or less than min_seconds is raised to "
-        "them; every range must lie inside its parameter's bounds; when synthesis_enabled, "
-        "synthesis is switched on for every under-covered segment."
-    )
-
-    default_trials: int = 12
-    max_trials: int = 64
-    min_trials: int = 4
-    default_seconds: float = 120.0
-    max_seconds: float = 1_800.0
-    min_seconds: float = 30.0
-    concurrency: int = 2
-    algorithm: str = "optuna"
-    synthesis_enabled: bool = False
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> AdvisorLimits:
-        default_trials = min(settings.tune_max_trials, settings.tune_max_trials_ceiling)
-        default_seconds = min(
-            settings.tune_time_budget_seconds, settings.tune_time_budget_ceiling_seconds
-        )
-        return cls(
-            default_trials=default_trials,
-            max_trials=settings.tune_max_trials_ceiling,
-            min_trials=min(settings.tune_min_trials, default_trials),
-            default_seconds=default_seconds,
-            max_seconds=settings.tune_time_budget_ceiling_seconds,
-            min_seconds=min(settings.tune_min_time_budget_seconds, default_seconds),
-            concurrency=settings.tune_num_cpus,
-            algorithm=settings.tune_search_algorithm,
-            synthesis_enabled=settings.synthesis_enabled,
-        )
 
 
 class TuningProposal(BaseModel):
@@ -105,7 +63,7 @@ def _around(family: str, name: str, values: list[float], widen: float) -> Parame
     return ParameterRange(low=low, high=high, log=log)
 
 
-def policy_proposal(evidence: AdvisorEvidence, limits: AdvisorLimits) -> TuningProposal:
+def policy_proposal(evidence: AdvisorEvidence, limits: TuneLimits) -> TuningProposal:
     """The deterministic rule, the default model and every fallback.
 
     - Fewer than `MIN_HISTORY` past runs: every family over the default ranges.
@@ -123,7 +81,7 @@ def policy_proposal(evidence: AdvisorEvidence, limits: AdvisorLimits) -> TuningP
     families: dict[str, dict[str, ParameterRange]]
     if len(runs) < MIN_HISTORY:
         families = {family: {} for family in FAMILIES}
-        trials = limits.default_trials
+        trials = limits.max_trials
         why = (
             f"{len(runs) or 'No'} past run(s) of this model, too few to narrow on: search every "
             "family over the default ranges."
@@ -152,7 +110,7 @@ def policy_proposal(evidence: AdvisorEvidence, limits: AdvisorLimits) -> TuningP
                             }
                         )
             families[family] = ranges
-        trials = limits.default_trials if moved else max(4, limits.default_trials // 2)
+        trials = limits.max_trials if moved else max(4, limits.max_trials // 2)
         why = (
             f"The drift moved the optimum ({triage.severity} severity"
             f"{', performance dropped' if triage.performance_dropped else ''}): every family, "
@@ -162,12 +120,12 @@ def policy_proposal(evidence: AdvisorEvidence, limits: AdvisorLimits) -> TuningP
             f"runs of each (best ROC AUC {best:.3f})."
         )
     durations = [r.seconds for r in runs if r.seconds and math.isfinite(r.seconds)]
-    seconds = limits.default_seconds
+    seconds = limits.time_budget_seconds
     if durations:
         per_trial = statistics.median(durations)
-        seconds = SEARCH_OVERHEAD_SECONDS + 2 * per_trial * trials / max(limits.concurrency, 1)
-        seconds = max(seconds, min(limits.default_seconds, 60.0))
-    seconds = min(round(seconds, 1), limits.max_seconds)
+        seconds = SEARCH_OVERHEAD_SECONDS + 2 * per_trial * trials / max(limits.num_cpus, 1)
+        seconds = max(seconds, min(limits.time_budget_seconds, 60.0))
+    seconds = min(round(seconds, 1), limits.time_budget_ceiling_seconds)
     segments = [s.name for s in evidence.segments]
     synthesize = bool(segments) and (
         limits.synthesis_enabled or bool(triage and triage.drifted_features)
@@ -177,9 +135,9 @@ def policy_proposal(evidence: AdvisorEvidence, limits: AdvisorLimits) -> TuningP
     return TuningProposal(
         space=SearchSpace(
             families=families,
-            max_trials=min(trials, limits.max_trials),
+            max_trials=min(trials, limits.max_trials_ceiling),
             time_budget_seconds=seconds,
-            algorithm=limits.algorithm,
+            algorithm=limits.search_algorithm,
         ),
         synthesize=synthesize,
         segments=segments if synthesize else [],
@@ -188,16 +146,18 @@ def policy_proposal(evidence: AdvisorEvidence, limits: AdvisorLimits) -> TuningP
 
 
 def budget_problems(
-    proposal: TuningProposal, evidence: AdvisorEvidence, limits: AdvisorLimits
+    proposal: TuningProposal, evidence: AdvisorEvidence, limits: TuneLimits
 ) -> list[str]:
     """What a proposal breaks that its own validation cannot know: ceilings, segments."""
     problems = []
-    if proposal.space.max_trials > limits.max_trials:
-        problems.append(f"{proposal.space.max_trials} trials is above the {limits.max_trials} cap")
-    if proposal.space.time_budget_seconds > limits.max_seconds:
+    if proposal.space.max_trials > limits.max_trials_ceiling:
         problems.append(
-            f"{proposal.space.time_budget_seconds:.0f} s is above the {limits.max_seconds:.0f} s "
-            "cap"
+            f"{proposal.space.max_trials} trials is above the {limits.max_trials_ceiling} cap"
+        )
+    if proposal.space.time_budget_seconds > limits.time_budget_ceiling_seconds:
+        problems.append(
+            f"{proposal.space.time_budget_seconds:.0f} s is above the "
+            f"{limits.time_budget_ceiling_seconds:.0f} s cap"
         )
     known = {s.name for s in evidence.segments}
     unknown = [name for name in proposal.segments if name not in known]
@@ -209,7 +169,7 @@ def budget_problems(
 
 
 def enforce_guardrails(
-    proposal: TuningProposal, evidence: AdvisorEvidence, limits: AdvisorLimits
+    proposal: TuningProposal, evidence: AdvisorEvidence, limits: TuneLimits
 ) -> tuple[TuningProposal, str | None]:
     """Bound a proposal both ways; return the proposal that stands and why it changed.
 
@@ -229,11 +189,12 @@ def enforce_guardrails(
     if space.max_trials < limits.min_trials:
         reasons.append(f"{space.max_trials} trials is below the floor {limits.min_trials}: raised")
         space = space.model_copy(update={"max_trials": limits.min_trials})
-    if space.time_budget_seconds < limits.min_seconds:
+    if space.time_budget_seconds < limits.min_time_budget_seconds:
         reasons.append(
-            f"{space.time_budget_seconds:g} s is below the floor {limits.min_seconds:g} s: raised"
+            f"{space.time_budget_seconds:g} s is below the floor "
+            f"{limits.min_time_budget_seconds:g} s: raised"
         )
-        space = space.model_copy(update={"time_budget_seconds": limits.min_seconds})
+        space = space.model_copy(update={"time_budget_seconds": limits.min_time_budget_seconds})
     proposal = proposal.model_copy(update={"space": space})
     if limits.synthesis_enabled and evidence.segments and not proposal.synthesize:
         proposal = proposal.model_copy(

@@ -173,4 +173,4 @@ def test_an_openai_compatible_endpoint_passes_the_check_and_its_key_is_never_sho
     assert "openai-chat:llama3.1" in checked.output
     shown = runner.invoke(app, ["settings"])
     assert shown.exit_code == 0 and "sk-very-secret-key" not in shown.output
-    assert json.loads(shown.output)["agent_base_url"] == "http://127.0.0.1:11434/v1"
+    assert json.loads(shown.output)["agents"]["base_url"] == "http://127.0.0.1:11434/v1"

@@ -96,7 +96,7 @@ def test_invalid_setting_is_a_clear_error(monkeypatch):
     from pydantic import ValidationError
 
     monkeypatch.setenv("AGENTIC_MLOPS_MLFLOW_RETRIES", "many")
-    with pytest.raises(ValidationError, match="mlflow_retries"):
+    with pytest.raises(ValidationError, match=r"mlflow\.retries"):
         Settings()
 
 
@@ -121,8 +121,8 @@ def test_the_fewest_allowed_actions_are_the_fallbacks(monkeypatch):
     monkeypatch.setenv("AGENTIC_MLOPS_TRIAGE_ALLOWED_ACTIONS", '["escalate"]')
     monkeypatch.setenv("AGENTIC_MLOPS_CANARY_ALLOWED_ACTIONS", '["hold", "rollback", "ask_human"]')
     settings = Settings()
-    assert settings.triage_allowed_actions == ["escalate"]
-    assert settings.canary_allowed_actions == ["hold", "rollback", "ask_human"]
+    assert settings.triage_allowed_actions == ("escalate",)
+    assert settings.canary_allowed_actions == ("hold", "rollback", "ask_human")
 
 
 def test_prefect_home_and_telemetry_defaults_are_applied():
