@@ -59,7 +59,7 @@ def check_settings() -> None:
         settings = load_settings()
     except (ValidationError, SettingsError) as error:
         fail(settings_problem(error))
-    if settings.agent_model != "policy":
+    if settings.agents.model != "policy":
         from agentic_mlops.agents.decision_runtime import model_problem
 
         if problem := model_problem(settings):
@@ -496,12 +496,12 @@ def serve(
             backend.set_baseline(champion)
             repaired = reconcile(settings.model_name, settings)
     except ServingError as error:
-        if settings.serving_backend == "local":  # a cluster keeps what served before
+        if settings.serving.backend == "local":  # a cluster keeps what served before
             backend.shutdown()
         fail(str(error), 1)
     if repaired:
         console.print(f"Repaired: {repaired}", highlight=False)
-    if settings.serving_backend == "kubernetes":
+    if settings.serving.backend == "kubernetes":
         console.print(
             f"Serving {settings.model_name} v{champion} on Kubernetes at {url}; the cluster "
             "keeps serving (`agentic-mlops serving stop` deletes its objects).",
@@ -775,7 +775,7 @@ def agents_eval(
 
     base_settings = load_settings().model_copy(update={"agent_tracing": False})
     chosen = []
-    for name in model or [base_settings.agent_model]:
+    for name in model or [base_settings.agents.model]:
         settings = base_settings
         if model is not None:
             settings = base_settings.model_copy(update={"agent_model": name, "agent_mode": "llm"})
@@ -784,13 +784,13 @@ def agents_eval(
         chosen.append(settings)
     unsafe = []
     for settings in chosen:
-        with errors.status(f"Evaluating {settings.agent_model} on suite {SUITE_VERSION}..."):
+        with errors.status(f"Evaluating {settings.agents.model} on suite {SUITE_VERSION}..."):
             report = log_to_mlflow(evaluate(settings), settings)
-        unsafe += [settings.agent_model for s in report.scores if s.unsafe_stood]
+        unsafe += [settings.agents.model for s in report.scores if s.unsafe_stood]
         if as_json:
             print(json.dumps(report.model_dump(mode="json")))
             continue
-        table = Table(title=f"Decision eval {SUITE_VERSION}: {settings.agent_model}")
+        table = Table(title=f"Decision eval {SUITE_VERSION}: {settings.agents.model}")
         for column in ("decision point", "cases", "accuracy", "model's own", "unsafe stopped",
                        "unsafe stood", "fallbacks", "tokens in/out", "latency"):  # fmt: skip
             table.add_column(column)
@@ -884,7 +884,7 @@ def k8s_render(
     )
 
     settings = load_settings()
-    gateway = gateway or settings.kubernetes_gateway
+    gateway = gateway or settings.kubernetes.gateway
     try:
         serving = KubernetesServing(
             image=image,
@@ -1019,8 +1019,8 @@ def show_settings(
     if check:
         from agentic_mlops.agents.decision_runtime import model_string
 
-        model = "policy" if settings.agent_model == "policy" else model_string(settings)
-        where = f" at {settings.agent_base_url}" if settings.agent_base_url else ""
+        model = "policy" if settings.agents.model == "policy" else model_string(settings)
+        where = f" at {settings.agents.base_url}" if settings.agents.base_url else ""
         console.print(
             f"settings ok; agents decide with {model}{where}", highlight=False, soft_wrap=True
         )

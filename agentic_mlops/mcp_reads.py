@@ -22,7 +22,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, Field
 
-from agentic_mlops.decisions import ColumnDrift, PromotionRecord, TriageRecord
+from agentic_mlops.decisions import ColumnDrift, TriageRecord
 from agentic_mlops.settings import Settings, load_settings
 from agentic_mlops.tasks import ledger
 from agentic_mlops.tasks.canary_steps import CanaryStep

@@ -180,7 +180,7 @@ def build_server(settings: Settings | None = None, auth: TokenVerifier | None = 
         mask_error_details=True,
         dereference_schemas=False,
     )
-    act = settings.mcp_act_enabled
+    act = settings.mcp.act_enabled
     dependencies = Dependencies(READ_DEPENDENCIES + (ACT_DEPENDENCIES if act else ()))
     for tool in READ_TOOLS:
         server.tool(answering_errors(tool, dependencies), annotations=READ_ONLY)
@@ -436,7 +436,7 @@ def serve(
     if not http:
         build_server(settings).run(transport="stdio", show_banner=False)
         return
-    token = settings.mcp_token.get_secret_value().strip() if settings.mcp_token else ""
+    token = settings.mcp.token.get_secret_value().strip() if settings.mcp.token else ""
     if not token:
         raise StartRefused(
             "the HTTP transport needs a bearer token: set AGENTIC_MLOPS_MCP_TOKEN (for example "
@@ -447,7 +447,7 @@ def serve(
             f"AGENTIC_MLOPS_MCP_TOKEN is shorter than {MIN_TOKEN_LENGTH} characters: use a "
             "random token, e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
         )
-    host, port = host or settings.mcp_host, port or settings.mcp_port
+    host, port = host or settings.mcp.host, port or settings.mcp.port
     if not port_free(host, port):
         raise StartRefused(f"cannot listen on {host}:{port}: the address is in use")
     if not is_loopback(host):

@@ -325,7 +325,7 @@ def evaluate(settings: Settings, model: Any = None) -> EvalReport:
                 mean_latency_seconds=round(sum(r.latency_seconds for r in mine) / len(mine), 3),
             )
         )
-    name = getattr(model, "model_name", None) or settings.agent_model
+    name = getattr(model, "model_name", None) or settings.agents.model
     return EvalReport(model=name, scores=scores, results=results)
 
 

@@ -76,8 +76,8 @@ class ModelConfigError(ValueError):
 def model_string(settings: Settings) -> str:
     """The pydantic-ai model string in force: with a base URL, a bare name or `openai:` means
     chat completions (`openai-chat:`), which Ollama, vLLM and llama.cpp servers all speak."""
-    name = settings.agent_model
-    if settings.agent_base_url:
+    name = settings.agents.model
+    if settings.agents.base_url:
         if ":" not in name:
             return f"openai-chat:{name}"
         if name.startswith("openai:"):
@@ -92,17 +92,17 @@ def agent_model(settings: Settings) -> Model | str:
     Raises:
         ModelConfigError: an unknown model or provider, or a provider whose extra is missing.
     """
-    if settings.agent_model == POLICY:
+    if settings.agents.model == POLICY:
         return POLICY
     from pydantic_ai.models import infer_model
     from pydantic_ai.providers import infer_provider_class
 
     def provider(name: str) -> Any:
         options = {
-            "api_key": settings.agent_api_key.get_secret_value()
-            if settings.agent_api_key
+            "api_key": settings.agents.api_key.get_secret_value()
+            if settings.agents.api_key
             else None,
-            "base_url": settings.agent_base_url,
+            "base_url": settings.agents.base_url,
         }
         return infer_provider_class(name)(**{k: v for k, v in options.items() if v is not None})
 
@@ -112,7 +112,7 @@ def agent_model(settings: Settings) -> Model | str:
     except Exception as error:  # UserError, ValueError, ImportError: all mean misconfigured
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
         hint = "" if ":" in string else " (a model string is `provider:name`, e.g. openai:gpt-4o)"
-        raise ModelConfigError(f"agent_model {settings.agent_model!r}: {first}{hint}") from None
+        raise ModelConfigError(f"agent_model {settings.agents.model!r}: {first}{hint}") from None
 
 
 def model_problem(settings: Settings) -> str | None:
@@ -126,10 +126,10 @@ def model_problem(settings: Settings) -> str | None:
 
 def model_settings(settings: Settings) -> ModelSettings:
     chosen: ModelSettings = {}
-    if settings.agent_temperature is not None:
-        chosen["temperature"] = settings.agent_temperature
-    if settings.agent_seed is not None:
-        chosen["seed"] = settings.agent_seed
+    if settings.agents.temperature is not None:
+        chosen["temperature"] = settings.agents.temperature
+    if settings.agents.seed is not None:
+        chosen["seed"] = settings.agents.seed
     return chosen
 
 
@@ -314,7 +314,7 @@ class DecisionPoint(Generic[Evidence, Limits, Decision]):
         settings = settings or load_settings()
         limits = self.limits(settings)
         policy_decision = self.policy(evidence, limits)
-        configured = model.model_name if model is not None else settings.agent_model
+        configured = model.model_name if model is not None else settings.agents.model
         decision, attribution = self._decide(
             evidence, limits, settings, model, configured, policy_decision
         )
@@ -337,7 +337,7 @@ class DecisionPoint(Generic[Evidence, Limits, Decision]):
         def guard(decision: Decision) -> tuple[Decision, str | None]:
             return self.guardrails(decision, evidence, limits)
 
-        mode = settings.agent_mode or (POLICY if configured == POLICY else "llm")
+        mode = settings.agents.mode or (POLICY if configured == POLICY else "llm")
         if mode == POLICY and configured != POLICY:
             decision, guarded = guard(policy_decision)
             return decision, Attribution(
@@ -348,7 +348,7 @@ class DecisionPoint(Generic[Evidence, Limits, Decision]):
                 overridden_by=[r for r in (guarded,) if r],
             )
         deps = self.deps(evidence, limits, settings)
-        traced = settings.agent_tracing and configured != POLICY
+        traced = settings.agents.tracing and configured != POLICY
         if traced:
             from agentic_mlops.tasks.registry import trace_agent_runs
 
@@ -368,10 +368,10 @@ class DecisionPoint(Generic[Evidence, Limits, Decision]):
                     capabilities=[PrefectDurability(models={"decision": run_model})],
                     model_settings=model_settings(settings),
                     usage_limits=UsageLimits(
-                        request_limit=settings.agent_request_limit,
-                        tool_calls_limit=settings.agent_tool_calls_limit,
+                        request_limit=settings.agents.request_limit,
+                        tool_calls_limit=settings.agents.tool_calls_limit,
                     ),
-                    timeout=settings.agent_timeout_seconds,
+                    timeout=settings.agents.timeout_seconds,
                 )
         except Exception as error:  # any failure, choosing the model included: policy decides
             reasons.append(f"model run failed ({type(error).__name__}): policy decided")

@@ -95,7 +95,7 @@ def server_toolset(server: MountedServer) -> Any:
 def mounted_servers(settings: Settings) -> list[MountedServer]:
     """The valid entries of `mcp_servers`; an invalid one is skipped with a warning."""
     servers = []
-    for entry in settings.mcp_servers:
+    for entry in settings.mcp.servers:
         try:
             servers.append(MountedServer.model_validate(entry))
         except ValidationError as error:

@@ -146,9 +146,9 @@ def bench_sequential_detection(runs: int = 10, batches: int = 30, rows: int = 1_
             state = cusum_step(
                 state,
                 result,
-                settings.sequential_k,
-                settings.sequential_h,
-                settings.sequential_min_effect,
+                settings.sequential.k,
+                settings.sequential.h,
+                settings.sequential.min_effect,
             )
             if alarm is None and state.alarm_columns:
                 alarm = index
@@ -170,9 +170,9 @@ def bench_sequential_detection(runs: int = 10, batches: int = 30, rows: int = 1_
         state = cusum_step(
             state,
             result,
-            settings.sequential_k,
-            settings.sequential_h,
-            settings.sequential_min_effect,
+            settings.sequential.k,
+            settings.sequential.h,
+            settings.sequential.min_effect,
         )
         per_batch_flags += any(c.drifted for c in result.columns.values())
         if state.alarm_columns:

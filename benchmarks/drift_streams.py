@@ -303,9 +303,9 @@ class ProfileAndCusum:
         self.state = cusum_step(
             self.state,
             result,
-            settings.sequential_k,
-            settings.sequential_h,
-            settings.sequential_min_effect,
+            settings.sequential.k,
+            settings.sequential.h,
+            settings.sequential.min_effect,
         )
         alarm = bool(self.state.alarm_columns)
         if alarm:

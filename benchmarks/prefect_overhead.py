@@ -98,7 +98,7 @@ def _steps(batch_path: str) -> list[tuple[str, Any, Callable[[dict], tuple]]]:
                 d["resolve-reference"].sample,
                 d["load-batch"],
                 report,
-                settings.drift_report_rows,
+                settings.drift.report_rows,
                 settings.seed,
             ),
         ),

@@ -71,14 +71,14 @@ def canary_rollout(
     version = version or registry.alias_version(name, registry.CHALLENGER, settings)
     if version is None:
         return Failed(name="NoChallenger", message=f"no challenger of {name!r} to roll out")
-    steps = settings.canary_steps if steps is None else steps
+    steps = settings.canary.steps if steps is None else steps
     if not canary_steps.valid_steps(steps):
         return Failed(
             name="InvalidParameters", message=f"steps must rise and end at 100, got {steps}"
         )
-    seconds = step_seconds or settings.canary_step_seconds
-    min_samples = min_samples or settings.canary_min_samples
-    timeout = approval_timeout_seconds or settings.canary_approval_timeout_seconds
+    seconds = step_seconds or settings.canary.step_seconds
+    min_samples = min_samples or settings.canary.min_samples
+    timeout = approval_timeout_seconds or settings.canary.approval_timeout_seconds
 
     with promotion.promotion_lock(name):
         repaired = promotion.repair_interrupted(name, settings)

@@ -31,13 +31,13 @@ from pydantic import Field
 from agentic_mlops.flows.canary import canary_rollout
 from agentic_mlops.flows.drift import drift_check
 from agentic_mlops.flows.form import Empty
-from agentic_mlops.tasks.serving_log import collect_window, flush_router_log, local_router_url
 from agentic_mlops.flows.retrain import retrain
 from agentic_mlops.schemas import DriftCheckResult, LifecycleResult
 from agentic_mlops.settings import load_settings
 from agentic_mlops.tasks import drift_actions as actions
 from agentic_mlops.tasks import lifecycle_actions, lifecycle_report, reference, rollout
 from agentic_mlops.tasks.lifecycle_actions import TurnLimits
+from agentic_mlops.tasks.serving_log import collect_window, flush_router_log, local_router_url
 
 
 @flow(

@@ -98,7 +98,7 @@ def monitor(
         result.batch_path = str(batch_path) if batch_path else None
         if batch_path is None:
             result.drift_check_error = (
-                f"fewer than {settings.monitor_min_rows} new rows: no drift check"
+                f"fewer than {settings.monitor.min_rows} new rows: no drift check"
             )
         else:
             state = drift_check(

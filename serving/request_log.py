@@ -43,7 +43,7 @@ CHUNK_BYTES = 64 * 1024
 
 def log_folder(settings: Settings) -> Path:
     """Where the router of this home logs: `serving_log_dir`, else `home/serving/<model>/log`."""
-    return settings.serving_log_dir or settings.serving_dir / "log"
+    return settings.serving.log_dir or settings.serving_dir / "log"
 
 
 def log_files(folder: Path, kind: str) -> list[Path]:
@@ -160,13 +160,13 @@ class RequestLog:
     @classmethod
     def from_settings(cls, settings: Settings) -> RequestLog | None:
         """The log the settings ask for, or None when `serving_log_enabled` is off."""
-        if not settings.serving_log_enabled:
+        if not settings.serving.log_enabled:
             return None
         return cls(
             log_folder(settings),
-            settings.serving_log_max_bytes,
-            settings.serving_log_files,
-            settings.serving_log_flush_seconds,
+            settings.serving.log_max_bytes,
+            settings.serving.log_files,
+            settings.serving.log_flush_seconds,
         )
 
     def served(

@@ -90,7 +90,7 @@ def plan_drift_report(
 ) -> ReportRequest | None:
     """Keep a sample of the tested columns for Evidently's report of this batch, unless the
     report is off (`drift_report_mode`); a plan that fails is logged, not fatal."""
-    if settings.drift_report_mode == "off":
+    if settings.drift.report_mode == "off":
         return None
     planning = plan_report(
         ref.folder / reference.PROFILE_FILE,
@@ -99,7 +99,7 @@ def plan_drift_report(
         settings.reports_dir / settings.model_name / f"{Path(batch_id).stem}-drift.html",
         settings.model_name,
         ref.version,
-        settings.drift_report_rows,
+        settings.drift.report_rows,
         settings.seed,
         return_state=True,
     )

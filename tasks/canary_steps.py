@@ -288,7 +288,7 @@ def analyse_step(
         sequential = sequential_judge(values["canary"], values["baseline"], gates)
         if sequential.outcome != "continue" or time.monotonic() >= deadline:
             break
-        time.sleep(min(settings.canary_poll_seconds, max(deadline - time.monotonic(), 0.05)))
+        time.sleep(min(settings.canary.poll_seconds, max(deadline - time.monotonic(), 0.05)))
     return StepAnalysis(
         judge=judge(values["canary"], values["baseline"], specs),
         sequential_outcome=sequential.outcome if sequential else "continue",
@@ -411,7 +411,7 @@ def ask_person(
         description,
         timeout,
         f"approval-{round(evidence.weight * 100)}-{evidence.holds}",
-        max(1, int(settings.canary_poll_seconds)),
+        max(1, int(settings.canary.poll_seconds)),
     )
     if answer is None:
         approval.record_answer(entry, "no answer", f"no answer within {timeout} s", settings)

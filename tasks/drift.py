@@ -402,13 +402,13 @@ def compare_to_profile(
                 profile.columns[name],
                 frame[name],
                 profile.quantile_levels,
-                settings.drift_num_threshold,
-                settings.drift_cat_threshold,
+                settings.drift.num_threshold,
+                settings.drift.cat_threshold,
             )
         except ValueError as error:
             return name, str(error)
 
-    with ThreadPoolExecutor(max_workers=settings.drift_threads) as pool:
+    with ThreadPoolExecutor(max_workers=settings.drift.threads) as pool:
         outcomes = list(pool.map(run, present))
     columns = {}
     for name, outcome in outcomes:
@@ -426,14 +426,14 @@ def compare_to_profile(
             profile.prediction,
             pd.Series(np.asarray(prediction, dtype=float)),
             profile.quantile_levels,
-            settings.drift_num_threshold,
-            settings.drift_num_threshold,
+            settings.drift.num_threshold,
+            settings.drift.num_threshold,
         )
     return DriftResult(
         columns=columns,
         skipped=skipped,
         drift_share=share,
-        dataset_drift=share >= settings.drift_share_threshold,
+        dataset_drift=share >= settings.drift.share_threshold,
         prediction=scores,
         rows=len(frame),
     )
@@ -510,7 +510,7 @@ def update_sequential(
         if last.reference == reference:
             state = last
     state = cusum_step(
-        state, drift, settings.sequential_k, settings.sequential_h, settings.sequential_min_effect
+        state, drift, settings.sequential.k, settings.sequential.h, settings.sequential.min_effect
     )
     observation = ledger.DriftObservation(
         model_name=model_name,

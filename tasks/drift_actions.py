@@ -152,7 +152,7 @@ def action_to_take(
         go, why = approval.ask_before_acting(
             entry,
             triage_markdown(result, settings),
-            settings.canary_approval_timeout_seconds,
+            settings.canary.approval_timeout_seconds,
             settings,
         )
         if not go:
@@ -287,7 +287,7 @@ def run_team_training(
         deployment,
         parameters={k: v for k, v in parameters.items() if k in declared and k in TEAM_PARAMETERS},
         idempotency_key=f"team-retrain-{name}-{ledger_id}",
-        timeout=settings.retrain_deployment_timeout_seconds,
+        timeout=settings.retrain.deployment_timeout_seconds,
         poll_interval=1,
     )
     state = run.state
@@ -302,7 +302,7 @@ def run_team_training(
     elif finished:
         summary = f"{ran} completed without a new challenger of {name}"
     elif state is not None and not state.is_final():
-        waited = settings.retrain_deployment_timeout_seconds
+        waited = settings.retrain.deployment_timeout_seconds
         summary = f"{ran} still {state.name} after {waited:.0f} s; not waited for"
     else:
         ended = f"{state.name}: {state.message}" if state else "without a state"

@@ -89,7 +89,7 @@ def cleared_action(
         ok, why = approval.ask_before_acting(
             ledger.get_decision(check.ledger_id, settings),
             actions.triage_markdown(check, settings),
-            limits.approval_timeout_seconds or settings.canary_approval_timeout_seconds,
+            limits.approval_timeout_seconds or settings.canary.approval_timeout_seconds,
             settings,
         )
         if not ok:

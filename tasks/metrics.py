@@ -382,7 +382,7 @@ def metrics_source(settings: Settings, router_url: str) -> RouterMetrics | Prome
     On the kubernetes backend no router of ours sees the traffic: the model servers' own series
     are read from Prometheus, which must be set (`MetricsError` otherwise).
     """
-    if settings.serving_backend == "kubernetes":
+    if settings.serving.backend == "kubernetes":
         if not settings.prometheus_url:
             raise MetricsError(
                 "the kubernetes backend judges a canary on Prometheus' metrics of its model "

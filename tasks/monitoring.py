@@ -262,7 +262,7 @@ def read_serving_window(
     try:
         if settings.prometheus_url:
             window = prometheus_window(
-                settings.prometheus_url, seconds or settings.monitor_window_seconds
+                settings.prometheus_url, seconds or settings.monitor.window_seconds
             )
             return window, cursor, None
         if router_url is None:
@@ -287,8 +287,8 @@ def prediction_drift(
         profile.prediction,
         pd.Series(scores),
         profile.quantile_levels,
-        settings.drift_num_threshold,
-        settings.drift_num_threshold,
+        settings.drift.num_threshold,
+        settings.drift.num_threshold,
     )
 
 
@@ -377,29 +377,29 @@ def estimate_performance(
     reasons: list[str] = []
     check = None
     holdout_ece = holdout.get("expected_calibration_error")
-    if len(labels) >= settings.monitor_min_labels:
+    if len(labels) >= settings.monitor.min_labels:
         source = "recent labels"
         check = calibration_check(
-            labels, labelled_scores, settings.monitor_max_ece, settings.monitor_calibration_alpha
+            labels, labelled_scores, settings.monitor.max_ece, settings.monitor.calibration_alpha
         )
         trusted = not check.miscalibrated
         if check.miscalibrated:
             reasons.append(
                 f"the scores are miscalibrated on the {check.rows} latest labelled rows "
-                f"(ECE {check.ece:.3f} > {settings.monitor_max_ece}, Hosmer-Lemeshow "
+                f"(ECE {check.ece:.3f} > {settings.monitor.max_ece}, Hosmer-Lemeshow "
                 f"p = {check.p_value:.2g}): an estimate from them would be wrong"
             )
     elif holdout_ece is not None:
         source = "training holdout"
-        trusted = holdout_ece <= settings.monitor_max_ece
+        trusted = holdout_ece <= settings.monitor.max_ece
         reasons.append(
-            f"only {len(labels)} recent labels (< {settings.monitor_min_labels}): calibration "
+            f"only {len(labels)} recent labels (< {settings.monitor.min_labels}): calibration "
             "is taken from the training holdout, which cannot show a change in behaviour since"
         )
         if not trusted:
             reasons.append(
                 f"the holdout's calibration error {holdout_ece:.3f} is above "
-                f"{settings.monitor_max_ece}"
+                f"{settings.monitor.max_ece}"
             )
     else:
         source, trusted = "none", False
@@ -478,17 +478,17 @@ def metric_limits(settings: Settings, holdout: dict[str, float]) -> dict[str, tu
     """Each monitored metric's hard limit and which way is bad; performance limits are
     relative to the champion's training holdout."""
     limits: dict[str, tuple[float, str]] = {
-        "error_rate": (settings.monitor_max_error_rate, "increase_is_bad"),
-        "latency_ms": (settings.monitor_max_latency_ms, "increase_is_bad"),
-        "prediction_drift": (settings.drift_num_threshold, "increase_is_bad"),
+        "error_rate": (settings.monitor.max_error_rate, "increase_is_bad"),
+        "latency_ms": (settings.monitor.max_latency_ms, "increase_is_bad"),
+        "prediction_drift": (settings.drift.num_threshold, "increase_is_bad"),
     }
     if "roc_auc" in holdout:
-        floor = holdout["roc_auc"] - settings.monitor_max_roc_auc_drop
+        floor = holdout["roc_auc"] - settings.monitor.max_roc_auc_drop
         limits["roc_auc"] = (floor, "decrease_is_bad")
         limits["estimated_roc_auc"] = (floor, "decrease_is_bad")
     if "brier_score" in holdout:
         limits["brier"] = (
-            holdout["brier_score"] + settings.monitor_max_brier_rise,
+            holdout["brier_score"] + settings.monitor.max_brier_rise,
             "increase_is_bad",
         )
     return limits
@@ -499,7 +499,7 @@ def detect_trends(
 ) -> list[Trend]:
     """A trend per limited metric that has at least `monitor_trend_min_points` values in the
     last `monitor_history_points` runs."""
-    recent = points[-settings.monitor_history_points :]
+    recent = points[-settings.monitor.history_points :]
     trends = []
     for metric, (limit, direction) in limits.items():
         series = [
@@ -507,7 +507,7 @@ def detect_trends(
             for p in recent
             if p.metrics.get(metric) is not None and math.isfinite(p.metrics[metric])
         ]
-        if len(series) < settings.monitor_trend_min_points:
+        if len(series) < settings.monitor.trend_min_points:
             continue
         times, values = zip(*series, strict=True)
         trends.append(
@@ -516,8 +516,8 @@ def detect_trends(
                 np.asarray(values),
                 limit,
                 direction,
-                settings.monitor_trend_alpha,
-                settings.monitor_trend_horizon_seconds,
+                settings.monitor.trend_alpha,
+                settings.monitor.trend_horizon_seconds,
                 metric,
             )
         )
@@ -655,7 +655,7 @@ def read_since_last_run(router_url: str | None, settings: Settings) -> SinceLast
     serving, cursor, serving_error = read_serving_window(router_url, cursor, since, settings)
     flush_router_log(router_url)
     window = read_window(
-        log_folder(settings), cursor.rows_ts, cursor.labels_ts, settings.monitor_window_rows
+        log_folder(settings), cursor.rows_ts, cursor.labels_ts, settings.monitor.window_rows
     )
     if window.unusable_lines:
         get_run_logger().warning("%d unusable request-log lines skipped", window.unusable_lines)
@@ -692,12 +692,12 @@ def assess_champion(window: LogWindow, ref: Reference, settings: Settings) -> Ch
     rows = champion_rows(window.rows, ref.version)
     labelled = champion_rows(window.labelled, ref.version)
     recent_labelled = champion_rows(window.recent_labelled, ref.version)
-    enough_rows = len(rows) >= settings.monitor_min_rows
+    enough_rows = len(rows) >= settings.monitor.min_rows
     return ChampionWindow(
         rows=rows,
         drift=prediction_drift(ref.profile, rows["score"], settings) if enough_rows else None,
         online=online_performance(labelled["label"], labelled["score"], holdout)
-        if len(labelled) >= settings.monitor_min_labels
+        if len(labelled) >= settings.monitor.min_labels
         else None,
         estimate=estimate_performance(
             rows["score"], recent_labelled["score"], recent_labelled["label"], holdout, settings
@@ -761,7 +761,7 @@ def trends_and_alerts(
     soon, and drifted champion scores)."""
     limits = metric_limits(settings, holdout)
     history = monitor_history(
-        settings.model_name, point.champion_version, settings.monitor_history_points - 1, settings
+        settings.model_name, point.champion_version, settings.monitor.history_points - 1, settings
     )
     trends = detect_trends([*history, point], limits, settings)
     alerts = alerts_of(point.metrics, limits, trends)

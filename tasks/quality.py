@@ -387,7 +387,7 @@ def check_quality(
     failing rows, with the clean rows written under home for the rest of the pipeline."""
     settings = settings or load_settings()
     logger = get_run_logger()
-    result = validate_data(frame, suite, settings.quality_row_tolerance)
+    result = validate_data(frame, suite, settings.quality.row_tolerance)
     if result.batch_failed:
         moved = quarantine_batch(Path(path), result, settings.quarantine_dir)
         logger.warning("batch failed %d expectations; moved to %s", len(result.failures), moved)

@@ -98,8 +98,8 @@ def _retry_transient(task_obj: Any, task_run: Any, state: Any) -> bool:
 def _mlflow_task(**options: Any):
     settings = load_settings()
     return task(
-        retries=settings.mlflow_retries,
-        retry_delay_seconds=exponential_backoff(backoff_factor=settings.mlflow_retry_delay_seconds),
+        retries=settings.mlflow.retries,
+        retry_delay_seconds=exponential_backoff(backoff_factor=settings.mlflow.retry_delay_seconds),
         retry_condition_fn=_retry_transient,
         **options,
     )

@@ -186,7 +186,7 @@ def render_drift_report(request_path: Path, settings: Settings) -> str:
     here (`inline`). A report that fails is logged, not fatal: the decision stands."""
     logger = get_run_logger()
     try:
-        if settings.drift_report_mode == "after":
+        if settings.drift.report_mode == "after":
             pid = start_drift_report(request_path, settings)
             logger.info("Evidently report rendering in the background (pid %s)", pid)
             return f"rendering (pid {pid})"

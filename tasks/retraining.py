@@ -271,7 +271,7 @@ def add_synthetic_rows(rows: SearchRows, proposal: Any, settings: Settings) -> S
         fit_rows,
         rows.target,
         [s for s in rows.segments if s.name in proposal.segments],
-        max_rows=int(settings.synthesis_max_share * len(fit_rows)),
+        max_rows=int(settings.tune.synthesis_max_share * len(fit_rows)),
         seed=rows.seed,
     )
     get_run_logger().info("synthesised %s (skipped: %s)", synthesis.per_segment, synthesis.skipped)

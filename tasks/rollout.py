@@ -543,34 +543,34 @@ def served_models(settings: Settings) -> list[str]:
 
 
 def rollout_backend(settings: Settings) -> RolloutBackend:
-    """The rollout backend that `settings.serving_backend` names: the one place a backend is
+    """The rollout backend that `settings.serving.backend` names: the one place a backend is
     made, so every flow, the CLI, the MCP tools and the demo move the same traffic."""
-    if settings.serving_backend == "kubernetes":
+    if settings.serving.backend == "kubernetes":
         serving = k8s.KubernetesServing(
-            namespace=settings.kubernetes_namespace,
-            image=settings.kubernetes_image,
-            tracking_uri=settings.kubernetes_tracking_uri,
-            replicas=settings.kubernetes_replicas,
+            namespace=settings.kubernetes.namespace,
+            image=settings.kubernetes.image,
+            tracking_uri=settings.kubernetes.tracking_uri,
+            replicas=settings.kubernetes.replicas,
             gateway=(
-                k8s.GatewayRef(name=settings.kubernetes_gateway)
-                if settings.kubernetes_gateway
+                k8s.GatewayRef(name=settings.kubernetes.gateway)
+                if settings.kubernetes.gateway
                 else None
             ),
         )
         return KubernetesRollout(
-            kubernetes_api_client(settings.kubernetes_context),
+            kubernetes_api_client(settings.kubernetes.context),
             serving,
             model_name=settings.model_name,
-            ready_timeout=settings.kubernetes_ready_timeout_seconds,
-            poll_seconds=settings.kubernetes_poll_seconds,
-            public_url=settings.kubernetes_public_url,
+            ready_timeout=settings.kubernetes.ready_timeout_seconds,
+            poll_seconds=settings.kubernetes.poll_seconds,
+            public_url=settings.kubernetes.public_url,
         )
     return LocalRollout(settings)
 
 
 def _backends(settings: Settings | None, model_name: str | None) -> list[RolloutBackend]:
     settings = settings or load_settings()
-    if settings.serving_backend == "kubernetes":
+    if settings.serving.backend == "kubernetes":
         names = [model_name or settings.model_name]
     else:
         names = [n for n in served_models(settings) if model_name in (None, n)]

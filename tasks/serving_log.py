@@ -313,7 +313,7 @@ def monitor_batch(batch: pd.DataFrame, settings: Settings, labelled: bool) -> Pa
         batch,
         settings.home / "incoming" / "monitor",
         f"{settings.model_name}-{stamp}{'-labelled' if labelled else ''}",
-        settings.monitor_batches_kept,
+        settings.monitor.batches_kept,
     )
 
 
@@ -327,10 +327,10 @@ def write_window_batch(
     """The rows the drift check gets, as a Parquet batch under `home/incoming/monitor/`; None
     when there are fewer than `monitor_min_rows`."""
     labelled = choice == "labelled" or (
-        choice == "auto" and len(window.labelled) >= settings.monitor_min_rows
+        choice == "auto" and len(window.labelled) >= settings.monitor.min_rows
     )
     rows = window.labelled if labelled else window.rows
-    if len(rows) < settings.monitor_min_rows:
+    if len(rows) < settings.monitor.min_rows:
         return None
     batch = as_batch(rows, ref.sample, ref.card.target if labelled else None)
     return monitor_batch(batch, settings, labelled)
@@ -347,9 +347,9 @@ def collect_window(
     """
     settings = settings or load_settings()
     folder = log_folder(settings)
-    received = labels(folder, since=since, limit=limit or settings.monitor_window_rows)
+    received = labels(folder, since=since, limit=limit or settings.monitor.window_rows)
     rows = labelled_requests(folder, received)
-    if len(rows) < settings.monitor_min_labels:
+    if len(rows) < settings.monitor.min_labels:
         return None
     champion = reference.resolve_reference.fn(None, settings.target, settings)
     stored = not isinstance(champion, State)

@@ -337,7 +337,7 @@ def ensure_ray(settings: Settings) -> str:
     if not ray.is_initialized():
         ray.init(
             address=address,
-            num_cpus=None if address else settings.tune_num_cpus,
+            num_cpus=None if address else settings.tune.num_cpus,
             include_dashboard=False,
             log_to_driver=False,
             configure_logging=False,
@@ -365,7 +365,7 @@ def _scheduler(early_stopping: bool, settings: Settings) -> Any:
     return ASHAScheduler(
         time_attr="training_iteration",
         max_t=STEPS,
-        grace_period=settings.tune_grace_steps,
+        grace_period=settings.tune.grace_steps,
         reduction_factor=3,
     )
 

@@ -85,7 +85,7 @@ def test_mlflow_tracking_uri_variable_wins_over_the_embedded_default(monkeypatch
 
 
 def test_agent_model_defaults_to_the_policy_and_secrets_stay_masked(monkeypatch):
-    assert Settings().agent_model == "policy"
+    assert Settings().agents.model == "policy"
     monkeypatch.setenv("AGENTIC_MLOPS_AGENT_API_KEY", "sk-very-secret")
     settings = Settings()
     assert "sk-very-secret" not in settings.model_dump_json()
@@ -121,8 +121,8 @@ def test_the_fewest_allowed_actions_are_the_fallbacks(monkeypatch):
     monkeypatch.setenv("AGENTIC_MLOPS_TRIAGE_ALLOWED_ACTIONS", '["escalate"]')
     monkeypatch.setenv("AGENTIC_MLOPS_CANARY_ALLOWED_ACTIONS", '["hold", "rollback", "ask_human"]')
     settings = Settings()
-    assert settings.triage_allowed_actions == ("escalate",)
-    assert settings.canary_allowed_actions == ("hold", "rollback", "ask_human")
+    assert settings.triage.allowed_actions == ("escalate",)
+    assert settings.canary.allowed_actions == ("hold", "rollback", "ask_human")
 
 
 def test_prefect_home_and_telemetry_defaults_are_applied():

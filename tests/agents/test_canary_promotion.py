@@ -142,7 +142,7 @@ def test_low_confidence_and_forbidden_actions():
         agent_tracing=False, canary_allowed_actions=["hold", "rollback", "ask_human"]
     )
     outcome = advise(evidence(next_weight=None), limited, model=scripted(PROMOTE))
-    assert outcome.decision.action in limited.canary_allowed_actions
+    assert outcome.decision.action in limited.canary.allowed_actions
 
 
 def test_a_broken_model_falls_back_to_the_policy():

@@ -207,7 +207,7 @@ def test_an_action_outside_the_allowed_set_never_stands():
         }
     )
     outcome = triage(evidence(["monthly_charges", "total_charges"]), settings, model=stubborn)
-    assert outcome.decision.action in settings.triage_allowed_actions
+    assert outcome.decision.action in settings.triage.allowed_actions
     assert outcome.overridden_by
 
 

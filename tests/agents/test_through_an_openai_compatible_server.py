@@ -268,7 +268,7 @@ HUGE = {
 
 def test_advisor_complacent_model_is_raised_to_the_floors():
     outcome, _ = run(llm.complacent(TINY), advisor.advise, ADVICE)
-    limits = advisor.AdvisorLimits.from_settings(Settings())
+    limits = Settings().tune
     assert outcome.decision.space.max_trials == limits.min_trials
     assert outcome.decision.space.time_budget_seconds == limits.min_seconds
     assert outcome.attribution.decided_by == "guardrail"
@@ -278,7 +278,7 @@ def test_advisor_complacent_model_is_raised_to_the_floors():
 @pytest.mark.parametrize("behaviour", [llm.diligent(HUGE), llm.gullible(HUGE, "rationale", ())])
 def test_advisor_reckless_or_gullible_budget_is_replaced_by_the_policys(behaviour):
     outcome, server = run(behaviour, advisor.advise, ADVICE)
-    expected = advisor.policy_proposal(ADVICE, advisor.AdvisorLimits.from_settings(Settings()))
+    expected = advisor.policy_proposal(ADVICE, Settings().tune)
     assert outcome.decision == expected
     assert_policy_decided(outcome, "search", "model run failed", None)
     assert len(server.requests) == 4, "tools read, answer refused, retried twice, given up on"
@@ -297,7 +297,7 @@ def test_advisor_failures_mean_the_policy_decides_and_says_so(
     behaviour, extra, reason, answered_by
 ):
     outcome, _ = run(behaviour, advisor.advise, ADVICE, **extra)
-    expected = advisor.policy_proposal(ADVICE, advisor.AdvisorLimits.from_settings(Settings()))
+    expected = advisor.policy_proposal(ADVICE, Settings().tune)
     assert outcome.decision == expected
     assert_policy_decided(outcome, "search", reason, answered_by)
 

@@ -7,7 +7,6 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 
 from agentic_mlops.agents.tuning_advisor import (
     EVIDENCE_TOOLS,
-    AdvisorLimits,
     advise,
     enforce_guardrails,
     policy_proposal,
@@ -18,7 +17,7 @@ from agentic_mlops.tasks.models import FAMILIES, PARAMETER_BOUNDS
 
 models.ALLOW_MODEL_REQUESTS = False
 SETTINGS = Settings(agent_tracing=False, tune_max_trials=12, tune_max_trials_ceiling=20)
-LIMITS = AdvisorLimits.from_settings(SETTINGS)
+LIMITS = SETTINGS.tune
 
 
 def history(n_per_family=4) -> list[PastRun]:
@@ -159,7 +158,7 @@ def test_invalid_model_output_is_replaced_by_the_policy(proposal, why):
         for name, span in ranges.items():
             bound = PARAMETER_BOUNDS[family][name]
             assert bound.low <= span.low <= span.high <= bound.high
-    assert outcome.decision.space.max_trials <= SETTINGS.tune_max_trials_ceiling
+    assert outcome.decision.space.max_trials <= SETTINGS.tune.max_trials_ceiling
 
 
 def test_settings_switch_synthesis_on_over_a_model_that_leaves_it_off():
@@ -181,7 +180,7 @@ def test_a_search_too_small_to_find_anything_is_raised_to_the_floors():
         "rationale": "quick",
     }
     outcome = advise(AdvisorEvidence(model_name="churn"), SETTINGS, model=scripted(tiny))
-    limits = AdvisorLimits.from_settings(SETTINGS)
+    limits = SETTINGS.tune
     space = outcome.decision.space
     assert space.max_trials == limits.min_trials and space.time_budget_seconds == limits.min_seconds
     assert "below the floor" in outcome.overridden_by
@@ -190,6 +189,6 @@ def test_a_search_too_small_to_find_anything_is_raised_to_the_floors():
 
 
 def test_the_policys_proposal_is_within_its_own_floors():
-    limits = AdvisorLimits.from_settings(SETTINGS)
+    limits = SETTINGS.tune
     proposal = policy_proposal(AdvisorEvidence(model_name="churn"), limits)
     assert enforce_guardrails(proposal, AdvisorEvidence(model_name="churn"), limits)[1] is None

@@ -24,7 +24,6 @@ from pydantic_ai import models
 
 from agentic_mlops.agents.tuning_advisor import (
     EVIDENCE_TOOLS,
-    AdvisorLimits,
     advise,
 )
 from agentic_mlops.decisions import AdvisorEvidence, PastRun, SegmentCoverage, TriageContext
@@ -239,13 +238,13 @@ def check_advice(evidence: AdvisorEvidence, script, limits: dict) -> None:
             assert bound.low <= span.low <= span.high <= bound.high, (family, name, span)
             assert span.low > 0 or not span.log
             assert math.floor(span.high) >= span.low or not bound.integer
-    floors = AdvisorLimits.from_settings(chosen)
-    assert floors.min_trials <= space.max_trials <= chosen.tune_max_trials_ceiling
+    floors = chosen.tune
+    assert floors.min_trials <= space.max_trials <= chosen.tune.max_trials_ceiling
     assert floors.min_seconds <= space.time_budget_seconds
-    assert space.time_budget_seconds <= chosen.tune_time_budget_ceiling_seconds
+    assert space.time_budget_seconds <= chosen.tune.time_budget_ceiling_seconds
     assert set(proposal.segments) <= {segment.name for segment in evidence.segments}
     assert proposal.segments or not proposal.synthesize
-    if chosen.synthesis_enabled and evidence.segments:
+    if chosen.tune.synthesis_enabled and evidence.segments:
         assert proposal.synthesize
     assert SearchSpace.model_validate(space.model_dump()) == space
     assert_runnable(space)

@@ -192,7 +192,7 @@ def assert_triage_bounded(
 def check_triage(evidence: drift.TriageEvidence, script, limits: dict) -> None:
     chosen = Settings(agent_tracing=False, **limits)
     outcome = drift.triage(evidence, chosen, model=played_back(script))
-    assert_triage_bounded(outcome.decision, evidence, drift.TriageLimits.from_settings(chosen))
+    assert_triage_bounded(outcome.decision, evidence, chosen.triage)
     attribution = outcome.attribution
     assert attribution.policy_action in drift.ACTIONS
     assert (attribution.decided_by == "fuzzed-llm") == (
@@ -214,7 +214,7 @@ def test_no_model_output_takes_the_triage_outside_its_guardrails_thoroughly(evid
 
 
 def triage_limits_of(limits: dict) -> drift.TriageLimits:
-    return drift.TriageLimits.from_settings(Settings(agent_tracing=False, **limits))
+    return Settings(agent_tracing=False, **limits).triage
 
 
 @quick
@@ -337,7 +337,7 @@ def assert_canary_bounded(
 def check_canary(evidence: canary.CanaryEvidence, script, limits: dict) -> None:
     chosen = Settings(agent_tracing=False, **limits)
     outcome = canary.advise(evidence, chosen, model=played_back(script))
-    assert_canary_bounded(outcome.decision, evidence, canary.PromotionLimits.from_settings(chosen))
+    assert_canary_bounded(outcome.decision, evidence, chosen.canary)
 
 
 @quick
@@ -354,7 +354,7 @@ def test_no_model_output_promotes_a_canary_past_its_judge_thoroughly(evidence, c
 
 
 def canary_limits_of(limits: dict) -> canary.PromotionLimits:
-    return canary.PromotionLimits.from_settings(Settings(agent_tracing=False, **limits))
+    return Settings(agent_tracing=False, **limits).canary
 
 
 @quick

@@ -70,7 +70,7 @@ def test_mlflow_failing_when_the_retraining_registers_its_challenger(champion_ho
     )
     assert_failed_on_one_line(state)
     assert "connection refused" in state.message
-    assert len(attempts) == 1 + champion_home.mlflow_retries
+    assert len(attempts) == 1 + champion_home.mlflow.retries
     assert registry.model_aliases("churn", champion_home) == before
     client = MlflowClient(champion_home.tracking_uri())
     versions = client.search_model_versions("name='churn'")

@@ -173,7 +173,7 @@ def test_an_unreachable_router_and_an_empty_log_leave_a_run_with_nothing_to_chec
     assert (result.rows, result.labels, result.unusable_lines) == (0, 0, 0)
     assert (
         result.drift_check is None
-        and f"fewer than {champion_home.monitor_min_rows} new rows" in result.drift_check_error
+        and f"fewer than {champion_home.monitor.min_rows} new rows" in result.drift_check_error
     )
 
     good_traffic(champion_home, "good", 50)
@@ -268,7 +268,7 @@ def test_a_log_with_empty_files_is_an_empty_window(champion_home):
         (folder / f"{kind}-00000001.jsonl").write_bytes(b"")
     result = run().result()
     assert (result.rows, result.labels, result.unusable_lines) == (0, 0, 0)
-    assert f"fewer than {champion_home.monitor_min_rows} new rows" in result.drift_check_error
+    assert f"fewer than {champion_home.monitor.min_rows} new rows" in result.drift_check_error
 
     good_traffic(champion_home, "good", 50)
     assert_usual(run(), rows=300, labels=250)
@@ -390,15 +390,15 @@ def test_a_huge_log_is_read_to_the_newest_window_and_the_next_run_goes_on(champi
         )
     log.flush()
     on_disk = serving_log.read_window.fn(log_folder(champion_home), None, None, None).rows
-    assert len(on_disk) > champion_home.monitor_window_rows
+    assert len(on_disk) > champion_home.monitor.window_rows
 
     started = time.perf_counter()
     state = run()
     assert time.perf_counter() - started < 60
     assert state.is_completed() and state.name == "Completed", state.message
     result = state.result()
-    assert result.rows == champion_home.monitor_window_rows and result.unusable_lines == 0
-    newest = on_disk.tail(champion_home.monitor_window_rows)
+    assert result.rows == champion_home.monitor.window_rows and result.unusable_lines == 0
+    newest = on_disk.tail(champion_home.monitor.window_rows)
     batch = read_table(result.batch_path)
     assert batch["monthly_charges"].tolist() == newest["monthly_charges"].astype(float).tolist()
     assert result.drift_check.quality.passed

@@ -138,9 +138,9 @@ def run_cusum(profile, batches):
         state = cusum_step(
             state,
             result,
-            SETTINGS.sequential_k,
-            SETTINGS.sequential_h,
-            SETTINGS.sequential_min_effect,
+            SETTINGS.sequential.k,
+            SETTINGS.sequential.h,
+            SETTINGS.sequential.min_effect,
         )
         alarms.append(bool(state.alarm_columns))
         per_batch.append(any(c.drifted for c in result.columns.values()))
