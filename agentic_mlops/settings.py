@@ -625,13 +625,6 @@ class Settings(BaseSettings):
                 nested[section] = getattr(self, section).model_copy(update=nested[section])
         return super().model_copy(update=nested, deep=deep)
 
-    def __getattr__(self, name: str) -> Any:
-        """Bridge until every call site reads the sections: a flat name reads its field."""
-        if name in FLAT_NAMES:
-            section, field = FLAT_NAMES[name]
-            return getattr(getattr(self, section), field)
-        return super().__getattr__(name)
-
     def for_model(self, model_name: str | None) -> Settings:
         """These settings for another registered model (the same home, limits and agents);
         unchanged when no name is given."""

@@ -270,7 +270,7 @@ def test_advisor_complacent_model_is_raised_to_the_floors():
     outcome, _ = run(llm.complacent(TINY), advisor.advise, ADVICE)
     limits = Settings().tune
     assert outcome.decision.space.max_trials == limits.min_trials
-    assert outcome.decision.space.time_budget_seconds == limits.min_seconds
+    assert outcome.decision.space.time_budget_seconds == limits.min_time_budget_seconds
     assert outcome.attribution.decided_by == "guardrail"
     assert "below the floor" in outcome.overridden_by
 

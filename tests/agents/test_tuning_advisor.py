@@ -182,7 +182,10 @@ def test_a_search_too_small_to_find_anything_is_raised_to_the_floors():
     outcome = advise(AdvisorEvidence(model_name="churn"), SETTINGS, model=scripted(tiny))
     limits = SETTINGS.tune
     space = outcome.decision.space
-    assert space.max_trials == limits.min_trials and space.time_budget_seconds == limits.min_seconds
+    assert (
+        space.max_trials == limits.min_trials
+        and space.time_budget_seconds == limits.min_time_budget_seconds
+    )
     assert "below the floor" in outcome.overridden_by
     assert outcome.attribution.decided_by == "guardrail"
     assert outcome.attribution.model_decision["space"]["max_trials"] == 1

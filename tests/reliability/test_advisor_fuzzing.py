@@ -240,7 +240,7 @@ def check_advice(evidence: AdvisorEvidence, script, limits: dict) -> None:
             assert math.floor(span.high) >= span.low or not bound.integer
     floors = chosen.tune
     assert floors.min_trials <= space.max_trials <= chosen.tune.max_trials_ceiling
-    assert floors.min_seconds <= space.time_budget_seconds
+    assert floors.min_time_budget_seconds <= space.time_budget_seconds
     assert space.time_budget_seconds <= chosen.tune.time_budget_ceiling_seconds
     assert set(proposal.segments) <= {segment.name for segment in evidence.segments}
     assert proposal.segments or not proposal.synthesize
