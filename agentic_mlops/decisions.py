@@ -153,7 +153,6 @@ class TriageEvidence(BaseModel):
         return [name for name, column in self.columns.items() if column.drifted]
 
 
-<<<<<<< HEAD
 LABEL_METRICS = {
     "binary": "brier",
     "regression": "absolute_error",
@@ -162,14 +161,14 @@ LABEL_METRICS = {
 """The loss a labelled request gives a canary, by the model's task: a binary classifier's Brier
 score, a regression model's absolute error, a multiclass classifier's Brier score summed over
 its classes. The router records it; the canary judge compares its means."""
-=======
+
+
 class TriageRecord(TriageEvidence):
     """What the ledger keeps as a drift triage's evidence: everything it could look at, which
     of it the decision rests on, and the drifted features it named."""
 
     used: list[str] = Field(default_factory=list, description="The tools the decision used.")
     drifted_features: list[str] = Field(default_factory=list)
->>>>>>> flows16b
 
 
 class MetricEvidence(BaseModel):
@@ -228,18 +227,17 @@ class CanaryEvidence(BaseModel):
     max_holds: int = 2
 
 
-<<<<<<< HEAD
 def advances_to_full(action: str, evidence: CanaryEvidence) -> bool:
     """Whether an action would give the canary all traffic: `promote`, or `increase_traffic`
     at the last step, where the next weight is full traffic."""
     return action == "promote" or (action == "increase_traffic" and evidence.next_weight is None)
-=======
+
+
 class PromotionRecord(CanaryEvidence):
     """What the ledger keeps as a canary promotion's evidence: the step's evidence, and which
     of it the decision rests on."""
 
     used: list[str] = Field(default_factory=list, description="The tools the decision used.")
->>>>>>> flows16b
 
 
 class PastRun(BaseModel):
