@@ -131,9 +131,7 @@ CANARY_PROMOTION = DecisionPoint(
 )
 
 
-def advise(
-    evidence: CanaryEvidence, settings: Settings | None = None, model: Any = None
-) -> PromotionOutcome:
+def advise(evidence: CanaryEvidence, settings: Settings, model: Any = None) -> PromotionOutcome:
     """Decide one canary step: the decision that stands, guarded and attributed (see
     `DecisionPoint.decide`)."""
     return CANARY_PROMOTION.decide(evidence, settings, model)

@@ -210,9 +210,7 @@ DRIFT_TRIAGE = DecisionPoint(
 )
 
 
-def triage(
-    evidence: TriageEvidence, settings: Settings | None = None, model: Any = None
-) -> TriageOutcome:
+def triage(evidence: TriageEvidence, settings: Settings, model: Any = None) -> TriageOutcome:
     """Triage one batch: the decision that stands, guarded and attributed (see
     `DecisionPoint.decide`)."""
     return DRIFT_TRIAGE.decide(evidence, settings, model)

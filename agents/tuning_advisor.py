@@ -139,9 +139,7 @@ TUNING_ADVISOR = DecisionPoint(
 )
 
 
-def advise(
-    evidence: AdvisorEvidence, settings: Settings | None = None, model: Any = None
-) -> AdvisorOutcome:
+def advise(evidence: AdvisorEvidence, settings: Settings, model: Any = None) -> AdvisorOutcome:
     """Propose one retraining's search: the proposal that stands, guarded and attributed (see
     `DecisionPoint.decide`)."""
     return TUNING_ADVISOR.decide(evidence, settings, model)

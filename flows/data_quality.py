@@ -15,6 +15,7 @@ from prefect import flow
 from prefect.states import Completed, Failed, State
 
 from agentic_mlops.schemas import QualitySummary
+from agentic_mlops.settings import load_settings
 from agentic_mlops.tasks.batches import DataError, load_batch
 from agentic_mlops.tasks.quality import check_quality, load_suite
 
@@ -36,7 +37,7 @@ def data_quality(current_path: str, suite_path: str) -> QualitySummary | State:
         suite = load_suite(suite_path)
     except DataError as error:
         return Failed(name="InvalidData", message=str(error))
-    check = check_quality(current_path, loaded.result(), suite)
+    check = check_quality(current_path, loaded.result(), suite, load_settings())
     if check.result.batch_failed:
         return Completed(
             name="Quarantined", data=check.summary, message=f"moved to {check.quarantined}"

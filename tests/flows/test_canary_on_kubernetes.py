@@ -215,7 +215,7 @@ def test_the_backend_is_chosen_by_the_settings(cluster, tmp_path):
     assert chosen.gateway and chosen.namespace == "default" and chosen.poll_seconds == 0.01
     local = rollout.rollout_backend(settings.model_copy(update={"serving_backend": "local"}))
     assert isinstance(local, LocalRollout)
-    with pytest.raises(ValueError, match="serving_backend"):
+    with pytest.raises(ValueError, match=r"serving\.backend"):
         Settings(serving_backend="docker")
 
 
