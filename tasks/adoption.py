@@ -25,7 +25,7 @@ from sklearn.metrics import (
     r2_score,
 )
 
-from agentic_mlops.settings import Settings
+from agentic_mlops.settings import Settings, load_settings
 from agentic_mlops.tasks import registry
 from agentic_mlops.tasks.batches import DataError, read_table, require_columns
 from agentic_mlops.tasks.reference import (
@@ -176,10 +176,10 @@ def check_adoption(
     data_path: str,
     target: str,
     task_name: str,
-    settings: Settings,
+    settings: Settings | None = None,
 ) -> Candidate:
     """The checked candidate (see `prepare`); a `DataError` fails the task with its message."""
-    return prepare(name, version, data_path, target, task_name, settings)
+    return prepare(name, version, data_path, target, task_name, settings or load_settings())
 
 
 @task(name="evaluate-adopted-model", cache_policy=NO_CACHE)

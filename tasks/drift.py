@@ -492,7 +492,7 @@ def update_sequential(
     batch_id: str,
     drift: DriftResult,
     reference: str,
-    settings: Settings,
+    settings: Settings | None = None,
 ) -> ledger.DriftObservation:
     """Advance the CUSUM with this batch and record the batch in the drift history.
 
@@ -500,6 +500,7 @@ def update_sequential(
     batch again replaces its row and starts from the state before it, so a retry does not
     count the batch twice.
     """
+    settings = settings or load_settings()
     history = ledger.drift_history(model_name, limit=2, settings=settings)
     if history and history[-1].batch_id == batch_id:
         history = history[:-1]

@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from agentic_mlops.settings import Settings
+from agentic_mlops.settings import Settings, load_settings
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS decisions (
@@ -99,7 +99,8 @@ class DriftObservation(BaseModel):
     detector_state: dict[str, Any]
 
 
-def store_path(settings: Settings) -> Path:
+def store_path(settings: Settings | None = None) -> Path:
+    settings = settings or load_settings()
     return settings.home / "ledger.db"
 
 

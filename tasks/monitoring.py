@@ -43,7 +43,7 @@ from sklearn.metrics import roc_auc_score
 from agentic_mlops.decisions import ServingEvidence
 from agentic_mlops.schemas import DriftCheckResult
 from agentic_mlops.serving.request_log import log_folder
-from agentic_mlops.settings import Settings
+from agentic_mlops.settings import Settings, load_settings
 from agentic_mlops.tasks import ledger
 from agentic_mlops.tasks.drift import ColumnTest, ReferenceProfile, column_drift
 from agentic_mlops.tasks.metrics import MetricsError, PrometheusMetrics, RouterMetrics
@@ -253,10 +253,11 @@ def read_serving_window(
     router_url: str | None,
     cursor: MonitorCursor,
     since_ts: float | None,
-    settings: Settings,
+    settings: Settings | None = None,
 ) -> tuple[ServingWindow | None, MonitorCursor, str | None]:
     """Serving metrics since the last run from Prometheus (when `prometheus_url` is set) or
     the router; the cursor after them; and why there are none, if there are none."""
+    settings = settings or load_settings()
     seconds = time.time() - since_ts if since_ts is not None else None
     try:
         if settings.prometheus_url:

@@ -33,7 +33,7 @@ from agentic_mlops.decisions import (
     ServingEvidence,
     TriageEvidence,
 )
-from agentic_mlops.settings import Settings
+from agentic_mlops.settings import Settings, load_settings
 from agentic_mlops.tasks import registry
 from agentic_mlops.tasks.batches import DataError, read_table, write_table
 from agentic_mlops.tasks.drift import (
@@ -148,9 +148,10 @@ def store_reference(
     train_frame: pd.DataFrame,
     card: ModelCard,
     scores: np.ndarray | None,
-    settings: Settings,
+    settings: Settings | None = None,
 ) -> Path:
     """Save a new version's reference under home and log it to the version's MLflow run."""
+    settings = settings or load_settings()
     folder = registry.reference_dir(card.model_name, card.version, settings)
     save_reference(folder, train_frame, card, scores, settings.seed)
     registry.log_reference(card.model_name, card.version, settings)
@@ -208,7 +209,7 @@ def newest_card(name: str, settings: Settings | None = None) -> ModelCard | None
 def resolve_reference(
     reference_path: str | None,
     target: str | None,
-    settings: Settings,
+    settings: Settings | None = None,
     model_name: str | None = None,
 ) -> Reference | State:
     """The reference a batch is checked against.
@@ -225,6 +226,7 @@ def resolve_reference(
     Returns:
         The reference, or a `Failed` state named `NoReference` or `InvalidData`.
     """
+    settings = settings or load_settings()
     name = model_name or settings.model_name
     champion = registry.alias_version(name, registry.CHAMPION, settings)
     previous = registry.alias_version(name, registry.PREVIOUS_CHAMPION, settings)
@@ -302,12 +304,13 @@ def content_digest(path: str) -> str:
     return sha.hexdigest()
 
 
-def scoring_model(name: str, version: int, settings: Settings) -> ScoringModel:
+def scoring_model(name: str, version: int, settings: Settings | None = None) -> ScoringModel:
     """A registered version, loaded for scoring.
 
     Raises:
         ScoringError: no such version, or its artifact cannot be loaded.
     """
+    settings = settings or load_settings()
     registry.client(settings)
     return load_scoring_model(f"models:/{name}/{version}", settings.tracking_uri())
 
@@ -334,8 +337,11 @@ def score_with(
 
 
 @task(name="score-batch", cache_policy=NO_CACHE)
-def score_batch(frame: pd.DataFrame, ref: Reference, settings: Settings) -> BatchScores:
+def score_batch(
+    frame: pd.DataFrame, ref: Reference, settings: Settings | None = None
+) -> BatchScores:
     """Score a batch with the champion and the previous champion, when they exist."""
+    settings = settings or load_settings()
     features = frame.drop(columns=[ref.card.target], errors="ignore")
     if ref.version is None or features.empty:
         return BatchScores()

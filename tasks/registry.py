@@ -127,8 +127,9 @@ def _environment_kept():
                 os.environ[name] = value
 
 
-def client(settings: Settings) -> MlflowClient:
+def client(settings: Settings | None = None) -> MlflowClient:
     """An MLflow client on the tracking URI in force, also made the fluent API's default."""
+    settings = settings or load_settings()
     uri = settings.tracking_uri()
     if settings.uses_embedded_mlflow():
         settings.ensure_dirs()
@@ -138,8 +139,9 @@ def client(settings: Settings) -> MlflowClient:
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-def ensure_experiment(settings: Settings) -> str:
+def ensure_experiment(settings: Settings | None = None) -> str:
     """The id of our experiment, created on first use with its artifacts under home."""
+    settings = settings or load_settings()
     mlflow_client = client(settings)
     experiment = mlflow_client.get_experiment_by_name(settings.experiment_name)
     if experiment is not None:
@@ -196,11 +198,12 @@ def tag_trace(trace_id: str | None, tags: dict[str, str], settings: Settings | N
             mlflow_client.set_trace_tag(trace_id, key, value)
 
 
-def trace_agent_runs(settings: Settings) -> bool:
+def trace_agent_runs(settings: Settings | None = None) -> bool:
     """Trace pydantic-ai agent runs (model calls, tool calls) to MLflow, once per process.
 
     Best effort: tracing never blocks a decision, so a failure to set it up returns False.
     """
+    settings = settings or load_settings()
     try:
         ensure_experiment(settings)
         _autolog_agents(settings.tracking_uri(), settings.experiment_name)
@@ -215,7 +218,7 @@ def log_genai_evaluation(
     run_name: str,
     params: dict[str, str],
     metrics: dict[str, float],
-    settings: Settings,
+    settings: Settings | None = None,
 ) -> tuple[str, dict[str, float]]:
     """Score `rows` (each `inputs`, `outputs`, `expectations`) with MLflow's GenAI evaluation
     (`mlflow.genai.evaluate` and its `@scorer` functions) in a new run of our experiment, with
@@ -229,6 +232,7 @@ def log_genai_evaluation(
     """
     import mlflow.genai
 
+    settings = settings or load_settings()
     experiment_id = ensure_experiment(settings)
     with _environment_kept():
         mlflow.set_tracking_uri(settings.tracking_uri())
@@ -400,13 +404,14 @@ def set_alias(name: str, alias: str, version: int, settings: Settings | None = N
 
 @_mlflow_task(name="register-version", cache_policy=NO_CACHE)
 def register_version(
-    logged: LoggedRun, settings: Settings, description: str | None = None
+    logged: LoggedRun, settings: Settings | None = None, description: str | None = None
 ) -> RegisteredVersion:
     """Register a logged model as a new version, mark it `challenger`, and `champion` if first.
 
     Registering the same run twice returns its existing version instead of a duplicate, so a
     retried flow does not pile up versions.
     """
+    settings = settings or load_settings()
     mlflow_client = client(settings)
     name = settings.model_name
     try:
@@ -513,9 +518,10 @@ def undo_alias_move(move: AliasMove, settings: Settings | None = None) -> None:
 REFERENCE_ARTIFACT_PATH = "reference"
 
 
-def reference_dir(name: str, version: int, settings: Settings) -> Path:
+def reference_dir(name: str, version: int, settings: Settings | None = None) -> Path:
     """Where a model version's reference artifacts (profile, expectation suite, model card)
     live under home."""
+    settings = settings or load_settings()
     return settings.home / "models" / name / f"v{version}"
 
 
@@ -595,7 +601,7 @@ def log_reference(name: str, version: int, settings: Settings | None = None) -> 
     )
 
 
-def fetch_reference(name: str, version: int, settings: Settings) -> Path:
+def fetch_reference(name: str, version: int, settings: Settings | None = None) -> Path:
     """A version's reference folder: the local copy, or downloaded from its MLflow run.
 
     Raises:
@@ -610,7 +616,7 @@ def fetch_reference(name: str, version: int, settings: Settings) -> Path:
             run_id=version_run_id(name, version, settings),
             artifact_path=REFERENCE_ARTIFACT_PATH,
             dst_path=str(folder.parent / f".download-v{version}"),
-            tracking_uri=settings.tracking_uri(),
+            tracking_uri=(settings or load_settings()).tracking_uri(),
         )
     except (MlflowException, OSError) as error:
         raise DataError(f"{name} v{version}: no reference artifacts ({error})") from error

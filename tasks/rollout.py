@@ -183,8 +183,8 @@ def runs_ours(served: ServedProcess) -> bool:
 class LocalRollout:
     """The router and model servers as local processes on loopback."""
 
-    def __init__(self, settings: Settings, startup_timeout: float = 90.0):
-        self.settings = settings
+    def __init__(self, settings: Settings | None = None, startup_timeout: float = 90.0):
+        self.settings = settings or load_settings()
         self.folder = self.settings.serving_dir
         self.folder.mkdir(parents=True, exist_ok=True)
         self.record_path = self.folder / "processes.json"
@@ -635,10 +635,11 @@ def clear_journal(settings: Settings) -> None:
 
 
 @task(name="switch-traffic", cache_policy=NO_CACHE)
-def switch_traffic(settings: Settings) -> RouterState:
+def switch_traffic(settings: Settings | None = None) -> RouterState:
     """Send all traffic to the canary inside a promotion transaction; undone on rollback."""
     from prefect.transactions import get_transaction
 
+    settings = settings or load_settings()
     backend = rollout_backend(settings)
     before = backend.router_state()
     transaction = get_transaction()
@@ -653,7 +654,7 @@ def _undo_switch_traffic(transaction) -> None:
     rollout_backend(transaction.get("settings")).restore(transaction.get("router_before"))
 
 
-def reconcile(model_name: str, settings: Settings) -> str | None:
+def reconcile(model_name: str, settings: Settings | None = None) -> str | None:
     """Make the registry's champion and the router's baseline agree; say what was repaired.
 
     A promotion journal left behind means a process died mid-promotion: both sides go back to
@@ -662,6 +663,7 @@ def reconcile(model_name: str, settings: Settings) -> str | None:
     """
     from agentic_mlops.tasks import registry
 
+    settings = settings or load_settings()
     backend = rollout_backend(settings)
     journal = read_journal(settings)
     if journal is not None:
@@ -687,7 +689,7 @@ def reconcile(model_name: str, settings: Settings) -> str | None:
     return None
 
 
-def restore_champion_traffic(settings: Settings) -> str:
+def restore_champion_traffic(settings: Settings | None = None) -> str:
     """Put all traffic back on the champion and stop the challenger's server, after a canary
     (or a lifecycle turn running one) ended without finishing: cancelled or crashed.
 
@@ -697,6 +699,7 @@ def restore_champion_traffic(settings: Settings) -> str:
     """
     from agentic_mlops.tasks import registry
 
+    settings = settings or load_settings()
     backend = rollout_backend(settings)
     done: list[str] = []
     champion = registry.alias_version(settings.model_name, registry.CHAMPION, settings)
@@ -736,12 +739,15 @@ def _runs_of(flow_run_id: str) -> set[str]:
     return ids
 
 
-def record_interruption(flow_run_id: str, how: str, what: str, settings: Settings) -> list[str]:
+def record_interruption(
+    flow_run_id: str, how: str, what: str, settings: Settings | None = None
+) -> list[str]:
     """Attach to the newest decision of each kind made by a flow run (or its subflows) that
     it was interrupted and what was put back; returns the ledger ids told (none: no decision
     was recorded yet)."""
     from agentic_mlops.tasks import ledger
 
+    settings = settings or load_settings()
     runs = _runs_of(flow_run_id)
     newest: dict[str, str] = {}
     for entry in ledger.list_decisions(settings.model_name, limit=500, settings=settings):
