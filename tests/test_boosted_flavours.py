@@ -58,7 +58,8 @@ def register_booster(settings, name: str, flavour: str) -> int:
     return int(info.registered_model_version)
 
 
-@pytest.mark.parametrize("flavour", ["lightgbm", pytest.param("xgboost", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("flavour", ["lightgbm", "xgboost"])
 def test_a_boosted_classifier_is_adopted_checked_and_served_through_its_flavour(
     team,  # noqa: F811
     flavour,
