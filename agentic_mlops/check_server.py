@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 from pydantic import BaseModel, ValidationError
@@ -106,22 +107,35 @@ class CheckHandler(BaseHTTPRequestHandler):
         """Requests are not logged line by line; the flow runs are in Prefect."""
 
 
-def warm_up() -> None:
-    """Import what a check uses and open the MLflow store, before answering `/health`."""
+def warm_up(store_ready_at: str | None = None, timeout: float = 180.0) -> None:
+    """Import what a check uses and open the MLflow store, before answering `/health`.
+
+    With `store_ready_at` (the MLflow UI's health address, when `up` starts the UI beside this
+    server), the store is opened only once that address answers: the UI creates the tables
+    of a new SQLite store, and two processes creating them at once fail.
+    """
     import great_expectations  # noqa: F401
 
     import agentic_mlops.flows.drift  # noqa: F401
+    from agentic_mlops import stack
     from agentic_mlops.tasks import registry
 
+    if store_ready_at:
+        deadline = time.monotonic() + timeout
+        while not stack.answers(store_ready_at):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{store_ready_at} did not answer within {timeout:.0f} s")
+            time.sleep(0.25)
     registry.client(load_settings())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
-    port = parser.parse_args().port
-    warm_up()
-    HTTPServer(("127.0.0.1", port), CheckHandler).serve_forever()
+    parser.add_argument("--store-ready-at", help="open the MLflow store once this URL answers")
+    arguments = parser.parse_args()
+    warm_up(arguments.store_ready_at)
+    HTTPServer(("127.0.0.1", arguments.port), CheckHandler).serve_forever()
 
 
 if __name__ == "__main__":

@@ -326,10 +326,15 @@ def start_mlflow(
     return _spawn("mlflow", command, port, folder / "mlflow.log", env)
 
 
-def start_checks(prefect_api: str, folder: Path, port: int | None = None) -> StackProcess:
-    """Start the drift-check server on loopback, its flow runs on the stack's Prefect server."""
+def start_checks(
+    prefect_api: str, folder: Path, port: int | None = None, mlflow: StackProcess | None = None
+) -> StackProcess:
+    """Start the drift-check server on loopback, its flow runs on the stack's Prefect server;
+    given the MLflow UI being started, it opens the MLflow store once the UI answers."""
     port = port or free_port()
     command = [sys.executable, "-m", "agentic_mlops.check_server", "--port", str(port)]
+    if mlflow:
+        command += ["--store-ready-at", mlflow.url + HEALTH["mlflow"]]
     env = {**os.environ, "PREFECT_API_URL": prefect_api, "PYTHONUNBUFFERED": "1"}
     return _spawn("checks", command, port, folder / "checks.log", env)
 
@@ -357,7 +362,8 @@ StartState = Literal["started", "already running", "skipped"]
 def up(settings, timeout: float = 180.0) -> dict[Role, tuple[StackProcess | None, StartState]]:
     """Start what of the stack does not run yet, all at once, wait until it answers, and
     record it. The check server needs the Prefect server only at its first check, so it
-    loads its modules while the Prefect server starts.
+    loads its modules while the Prefect server starts; it opens the MLflow store after the
+    MLflow UI answers, as two processes creating a new store's tables at once fail.
 
     The MLflow UI is skipped when tracking is not the home's own store on a database (an
     MLflow server is its own UI).
@@ -391,7 +397,7 @@ def up(settings, timeout: float = 180.0) -> dict[Role, tuple[StackProcess | None
         if record.checks:
             outcome["checks"] = (record.checks, "already running")
         else:
-            record.checks = start_checks(record.prefect.api_url, folder)
+            record.checks = start_checks(record.prefect.api_url, folder, mlflow=record.mlflow)
             started.append(record.checks)
             outcome["checks"] = (record.checks, "started")
         for process in started:

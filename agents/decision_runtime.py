@@ -25,7 +25,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
@@ -275,6 +275,20 @@ def action_of(decision: BaseModel) -> str:
     return decision.action
 
 
+@dataclass
+class ModelAnswer(Generic[Decision]):
+    """What a model run left: the decision (the policy's when the run failed or was
+    ungrounded), the model that answered, what the record keeps of the run, and why the
+    model's own answer was set aside."""
+
+    decision: Decision
+    answered_by: str | None = None
+    record: dict[str, Any] = field(default_factory=dict)
+    reasons: list[str] = field(default_factory=list)
+    latency_seconds: float = 0.0
+    trace_id: str | None = None
+
+
 @dataclass(frozen=True)
 class DecisionPoint(Generic[Evidence, Limits, Decision]):
     """One decision point: its agent, how its limits, policy and guardrails are found, and
@@ -347,53 +361,15 @@ class DecisionPoint(Generic[Evidence, Limits, Decision]):
                 policy_action=self.action(policy_decision),
                 overridden_by=[r for r in (guarded,) if r],
             )
-        deps = self.deps(evidence, limits, settings)
-        traced = settings.agents.tracing and configured != POLICY
-        if traced:
-            from agentic_mlops.tasks.registry import trace_agent_runs
-
-            traced = trace_agent_runs(settings)
-        reasons: list[str] = []
-        record: dict[str, Any] = {}
-        trace: dict[str, str] = {}
-        started = time.monotonic()
-        try:
-            run_model = self.run_model(settings, model, policy_decision)
-            with decision_trace(self.agent.name or "", trace_tags(deps, mode), traced) as trace:
-                result = self.agent.run_sync(
-                    self.prompt,
-                    deps=deps,
-                    model=run_model,
-                    toolsets=mounted_toolsets(run_model, settings),
-                    capabilities=[PrefectDurability(models={"decision": run_model})],
-                    model_settings=model_settings(settings),
-                    usage_limits=UsageLimits(
-                        request_limit=settings.agents.request_limit,
-                        tool_calls_limit=settings.agents.tool_calls_limit,
-                    ),
-                    timeout=settings.agents.timeout_seconds,
-                )
-        except Exception as error:  # any failure, choosing the model included: policy decides
-            reasons.append(f"model run failed ({type(error).__name__}): policy decided")
-            decision, answered = policy_decision, None
-        else:
-            decision, answered = result.output, result.response.model_name
-            usage = result.usage
-            called = {n for n in tool_returns(result.all_messages()) if n not in OUTPUT_TOOLS}
-            record = {
-                "model_action": self.action(decision),
-                "model_decision": decision.model_dump(mode="json"),
-                "tools_called": sorted(called),
-                "requests": usage.requests,
-                "input_tokens": usage.input_tokens,
-                "output_tokens": usage.output_tokens,
-            }
-            if answered == POLICY and configured != POLICY:
-                reasons.append("the model's provider failed: the policy answered (fallback)")
-            elif why := ungrounded(decision, called, self.grounding):
-                reasons.append(why)
-                decision = policy_decision
-        latency = time.monotonic() - started
+        answer = self._ask_model(
+            evidence, limits, settings, model, configured, mode, policy_decision
+        )
+        decision, answered, record, reasons = (
+            answer.decision,
+            answer.answered_by,
+            answer.record,
+            answer.reasons,
+        )
         failed_over = decision is policy_decision
         decision, guarded = guard(decision)
         if guarded:
@@ -422,7 +398,67 @@ class DecisionPoint(Generic[Evidence, Limits, Decision]):
             overridden_by=reasons,
             shadow_action=shadow_action,
             agreed=agreed,
-            latency_seconds=round(latency, 3),
-            trace_id=trace.get("trace_id"),
+            latency_seconds=answer.latency_seconds,
+            trace_id=answer.trace_id,
             **record,
         )
+
+    def _ask_model(
+        self,
+        evidence: Evidence,
+        limits: Limits,
+        settings: Settings,
+        model: Model | None,
+        configured: str,
+        mode: str,
+        policy_decision: Decision,
+    ) -> ModelAnswer:
+        """Run the agent on the model in force. Any failure, choosing the model included,
+        and an answer that cites tools it did not call leave the policy's decision."""
+        deps = self.deps(evidence, limits, settings)
+        traced = settings.agents.tracing and configured != POLICY
+        if traced:
+            from agentic_mlops.tasks.registry import trace_agent_runs
+
+            traced = trace_agent_runs(settings)
+        answer = ModelAnswer(decision=policy_decision)
+        trace: dict[str, str] = {}
+        started = time.monotonic()
+        try:
+            run_model = self.run_model(settings, model, policy_decision)
+            with decision_trace(self.agent.name or "", trace_tags(deps, mode), traced) as trace:
+                result = self.agent.run_sync(
+                    self.prompt,
+                    deps=deps,
+                    model=run_model,
+                    toolsets=mounted_toolsets(run_model, settings),
+                    capabilities=[PrefectDurability(models={"decision": run_model})],
+                    model_settings=model_settings(settings),
+                    usage_limits=UsageLimits(
+                        request_limit=settings.agents.request_limit,
+                        tool_calls_limit=settings.agents.tool_calls_limit,
+                    ),
+                    timeout=settings.agents.timeout_seconds,
+                )
+        except Exception as error:
+            answer.reasons.append(f"model run failed ({type(error).__name__}): policy decided")
+        else:
+            answer.decision, answer.answered_by = result.output, result.response.model_name
+            usage = result.usage
+            called = {n for n in tool_returns(result.all_messages()) if n not in OUTPUT_TOOLS}
+            answer.record = {
+                "model_action": self.action(result.output),
+                "model_decision": result.output.model_dump(mode="json"),
+                "tools_called": sorted(called),
+                "requests": usage.requests,
+                "input_tokens": usage.input_tokens,
+                "output_tokens": usage.output_tokens,
+            }
+            if answer.answered_by == POLICY and configured != POLICY:
+                answer.reasons.append("the model's provider failed: the policy answered (fallback)")
+            elif why := ungrounded(result.output, called, self.grounding):
+                answer.reasons.append(why)
+                answer.decision = policy_decision
+        answer.latency_seconds = round(time.monotonic() - started, 3)
+        answer.trace_id = trace.get("trace_id")
+        return answer

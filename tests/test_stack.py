@@ -183,3 +183,43 @@ def test_a_pid_taken_by_another_program_is_not_our_server(tmp_path):
     finally:
         other.kill()
         other.wait()
+
+
+@pytest.mark.slow
+def test_the_check_server_opens_a_new_mlflow_store_only_after_the_ui_answers(tmp_path):
+    """Two processes creating a new SQLite store's tables at once fail (MLflow's migrations
+    race), so `up` has the check server wait for the MLflow UI, which creates them."""
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+    from threading import Thread
+
+    home = tmp_path / "home"
+    settings = Settings(home=home)
+    ui_port, checks_port = stack.free_port(), stack.free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AGENTIC_"))}
+    env["AGENTIC_MLOPS_HOME"] = str(home)
+    command = [sys.executable, "-m", "agentic_mlops.check_server", "--port", str(checks_port)]
+    command += ["--store-ready-at", f"http://127.0.0.1:{ui_port}/health"]
+    checks = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    health = f"http://127.0.0.1:{checks_port}/health"
+    ui = None
+    try:
+        time.sleep(15)  # long enough to have imported everything and be waiting
+        assert checks.poll() is None, checks.stderr.read()
+        assert not settings.mlflow_db.exists() and not stack.answers(health)
+
+        class Health(BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(200)
+                self.end_headers()
+
+        ui = HTTPServer(("127.0.0.1", ui_port), Health)
+        Thread(target=ui.serve_forever, daemon=True).start()
+        deadline = time.monotonic() + 60
+        while not stack.answers(health) and time.monotonic() < deadline:
+            time.sleep(0.25)
+        assert stack.answers(health) and settings.mlflow_db.exists()
+    finally:
+        checks.kill()
+        checks.wait()
+        if ui:
+            ui.shutdown()
