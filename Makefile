@@ -26,10 +26,11 @@ down: setup
 # two workers, each module on one of them (its module fixtures made once); docs/testing.md
 PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadfile
 
-test: setup
+test: setup tools
 	$(PYTEST) -m "not slow"
 
-# the slow suite also reads canary metrics from a real Prometheus (Debian's package)
+# the Kubernetes canary reads its metrics from a real Prometheus (Debian's package), as a
+# cluster serves them; both test targets install it when it is missing
 tools:
 	@command -v prometheus >/dev/null || (apt-get update -qq && apt-get install -y -qq prometheus)
 

@@ -25,7 +25,7 @@ bounds no false-promotion rate. Runs are seeded, 500 per level by default.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -116,8 +116,32 @@ def _horizon(power: float) -> int:
     )
 
 
-def bench_canary_judge(runs: int = 500, seed: int = 7) -> list[Row]:
-    """Sequential against fixed-horizon non-inferiority over seeded simulated canaries."""
+@dataclass
+class Simulation:
+    """Every simulated run's outcome per level, under each test, and the planned sizes."""
+
+    runs: int
+    horizon: int
+    long_horizon: int
+    kayenta_horizon: int
+    sequential: dict[Level, list[str]] = field(default_factory=dict)
+    requests: dict[Level, list[int]] = field(default_factory=dict)
+    fixed: dict[Level, list[str]] = field(default_factory=dict)
+    fixed_long: dict[Level, list[str]] = field(default_factory=dict)
+    kayenta: list[str] = field(default_factory=list)
+
+    def mean_requests(self, levels: list[Level]) -> float:
+        return float(np.mean([self.requests[level] for level in levels]))
+
+
+GOOD = [level for level in LEVELS if level.harm <= 0]
+BAD = [level for level in LEVELS if level.harm >= CLEARLY_BAD]
+MARGIN = next(level for level in LEVELS if level.harm == 1)
+EQUAL = next(level for level in LEVELS if level.harm == 0)
+
+
+def simulate(runs: int, seed: int) -> Simulation:
+    """Replay the same seeded traffic through the sequential judge and the fixed tests."""
     from agentic_mlops.tasks.canary_judge import (
         fixed_horizon_judge,
         fixed_horizon_noninferiority,
@@ -126,66 +150,62 @@ def bench_canary_judge(runs: int = 500, seed: int = 7) -> list[Row]:
     )
 
     specs = _specs()
-    horizon, long_horizon = _horizon(POWER), _horizon(HIGH_POWER)
     kayenta_horizon = fixed_horizon_sample_size(specs[0], BASELINE_ERROR_RATE, alpha=ALPHA)
-    margin = next(level for level in LEVELS if level.harm == 1)
-    sequential: dict[Level, list[str]] = {level: [] for level in LEVELS}
-    requests: dict[Level, list[int]] = {level: [] for level in LEVELS}
-    fixed: dict[Level, list[str]] = {level: [] for level in LEVELS}
-    fixed_long: dict[Level, list[str]] = {level: [] for level in LEVELS}
-    kayenta: list[str] = []
+    sim = Simulation(runs, _horizon(POWER), _horizon(HIGH_POWER), kayenta_horizon)
     for index, level in enumerate(LEVELS):
+        for outcomes in (sim.sequential, sim.requests, sim.fixed, sim.fixed_long):
+            outcomes[level] = []
         for run in range(runs):
             rng = np.random.default_rng([seed, index, run])
             canary = _requests(rng, level.error_rate, level.latency_median_ms)
             baseline = _requests(rng, BASELINE_ERROR_RATE, LATENCY_MEDIAN_MS)
             result, seen = replay_sequential(canary, baseline, specs, STEP, ALPHA)
-            sequential[level].append(result.outcome)
-            requests[level].append(seen)
-            for outcomes, n in ((fixed, horizon), (fixed_long, long_horizon)):
+            sim.sequential[level].append(result.outcome)
+            sim.requests[level].append(seen)
+            for outcomes, n in ((sim.fixed, sim.horizon), (sim.fixed_long, sim.long_horizon)):
                 decision = fixed_horizon_noninferiority(canary, baseline, specs, n, ALPHA)
                 outcomes[level].append(decision.outcome)
-            if level == margin:
+            if level == MARGIN:
                 old = fixed_horizon_judge(canary, baseline, specs, kayenta_horizon, ALPHA)
-                kayenta.append(old.outcome)
+                sim.kayenta.append(old.outcome)
+    return sim
 
-    good = [level for level in LEVELS if level.harm <= 0]
-    bad = [level for level in LEVELS if level.harm >= CLEARLY_BAD]
-    slack = 2 * np.sqrt(ALPHA * (1 - ALPHA) / runs)
 
-    def mean_requests(levels: list[Level]) -> float:
-        return float(np.mean([requests[level] for level in levels]))
-
-    def worst_rollback(outcomes: dict[Level, list[str]]) -> float:
-        return max(_rate(outcomes[level], "rollback") for level in good)
-
+def level_rows(sim: Simulation) -> list[Row]:
+    """Per level: the decisions' rates and the requests to a decision."""
     rows: list[Row] = []
     for level in LEVELS:
-        outcomes = sequential[level]
-        mean_n = mean_requests([level])
+        outcomes, fixed = sim.sequential[level], sim.fixed[level]
+        mean_n = sim.mean_requests([level])
         rows += [
             {
                 "name": f"canary {level.label}: sequential promote/rollback/undecided "
-                f"(baseline: fixed non-inferiority promote/rollback at n={horizon})",
+                f"(baseline: fixed non-inferiority promote/rollback at n={sim.horizon})",
                 "value": f"{_rate(outcomes, 'promote'):.1%}/{_rate(outcomes, 'rollback'):.1%}/"
                 f"{_rate(outcomes, 'continue'):.1%}",
-                "baseline": f"{_rate(fixed[level], 'promote'):.1%}/"
-                f"{_rate(fixed[level], 'rollback'):.1%}",
+                "baseline": f"{_rate(fixed, 'promote'):.1%}/{_rate(fixed, 'rollback'):.1%}",
             },
             {
                 "name": f"canary {level.label}: mean requests per variant to a decision",
                 "value": round(mean_n),
                 "unit": "requests",
-                "baseline": horizon,
-                "ratio": round(mean_n / horizon, 2),
+                "baseline": sim.horizon,
+                "ratio": round(mean_n / sim.horizon, 2),
             },
         ]
+    return rows
+
+
+def speed_rows(sim: Simulation) -> list[Row]:
+    """Requests to a decision for the clearly good and clearly bad canaries, and for the
+    canary as good as the baseline against the fixed test of equal power."""
+    rows: list[Row] = []
     for levels, kind in (
-        (good, "clearly good canaries (no worse than baseline)"),
-        (bad, f"clearly bad canaries (>= {CLEARLY_BAD:g}x tolerance worse)"),
+        (GOOD, "clearly good canaries (no worse than baseline)"),
+        (BAD, f"clearly bad canaries (>= {CLEARLY_BAD:g}x tolerance worse)"),
     ):
-        mean_n = mean_requests(levels)
-        for n, power in ((horizon, POWER), (long_horizon, HIGH_POWER)):
+        mean_n = sim.mean_requests(levels)
+        for n, power in ((sim.horizon, POWER), (sim.long_horizon, HIGH_POWER)):
             rows.append(
                 {
                     "name": f"canary: requests per variant to a decision, {kind}, sequential "
@@ -196,36 +216,48 @@ def bench_canary_judge(runs: int = 500, seed: int = 7) -> list[Row]:
                     "ratio": round(mean_n / n, 2),
                 }
             )
-    equal = next(level for level in LEVELS if level.harm == 0)
-    equal_power = min(_rate(sequential[equal], "promote"), MAX_PLANNED_POWER)
+    equal_power = min(_rate(sim.sequential[EQUAL], "promote"), MAX_PLANNED_POWER)
     matched = _horizon(equal_power)
     rows.append(
         {
-            "name": f"canary {equal.label}: requests per variant to a decision, sequential "
+            "name": f"canary {EQUAL.label}: requests per variant to a decision, sequential "
             f"(baseline: fixed non-inferiority planned for the sequential's {equal_power:.1%} "
             "promotion rate there)",
-            "value": round(mean_requests([equal])),
+            "value": round(sim.mean_requests([EQUAL])),
             "unit": "requests",
             "baseline": matched,
-            "ratio": round(mean_requests([equal]) / matched, 2),
+            "ratio": round(sim.mean_requests([EQUAL]) / matched, 2),
         }
     )
-    target = f"<= {ALPHA:g} (+ {slack:.3f} slack: 2 s.e. at {runs} runs)"
-    seq_promote = _rate(sequential[margin], "promote")
-    rows += [
+    return rows
+
+
+def error_rows(sim: Simulation) -> list[Row]:
+    """False promotions at the tolerance, false rollbacks of good canaries, undecided runs."""
+    slack = 2 * np.sqrt(ALPHA * (1 - ALPHA) / sim.runs)
+    target = f"<= {ALPHA:g} (+ {slack:.3f} slack: 2 s.e. at {sim.runs} runs)"
+
+    def worst_rollback(outcomes: dict[Level, list[str]]) -> float:
+        return max(_rate(outcomes[level], "rollback") for level in GOOD)
+
+    seq_promote = _rate(sim.sequential[MARGIN], "promote")
+    rows: list[Row] = [
         {
             "name": "canary: false-promotion rate at exactly the tolerance "
-            f"(error {margin.error_rate:.0%}), "
+            f"(error {MARGIN.error_rate:.0%}), "
             f"sequential (baseline: fixed at {POWER:.0%} power)",
             "value": round(seq_promote, 3),
             "unit": "share",
-            "baseline": round(_rate(fixed[margin], "promote"), 3),
+            "baseline": round(_rate(sim.fixed[MARGIN], "promote"), 3),
             "target": target,
             "met": seq_promote <= ALPHA + slack,
         }
     ]
-    for outcomes, n, power in ((fixed, horizon, POWER), (fixed_long, long_horizon, HIGH_POWER)):
-        promoted = _rate(outcomes[margin], "promote")
+    for outcomes, n, power in (
+        (sim.fixed, sim.horizon, POWER),
+        (sim.fixed_long, sim.long_horizon, HIGH_POWER),
+    ):
+        promoted = _rate(outcomes[MARGIN], "promote")
         rows.append(
             {
                 "name": "canary: false-promotion rate at exactly the tolerance, fixed "
@@ -236,34 +268,43 @@ def bench_canary_judge(runs: int = 500, seed: int = 7) -> list[Row]:
                 "met": promoted <= ALPHA + slack,
             }
         )
-    seq_rollback = worst_rollback(sequential)
+    seq_rollback = worst_rollback(sim.sequential)
+    gates = len(_specs())
     rows += [
         {
             "name": "canary: false-rollback rate, worst canary no worse than baseline, "
             f"sequential (baseline: fixed at {POWER:.0%} power)",
             "value": round(seq_rollback, 3),
             "unit": "share",
-            "baseline": round(worst_rollback(fixed), 3),
-            "target": f"<= {len(specs) * ALPHA:g} (alpha per metric)",
-            "met": seq_rollback <= len(specs) * ALPHA,
+            "baseline": round(worst_rollback(sim.fixed), 3),
+            "target": f"<= {gates * ALPHA:g} (alpha per metric)",
+            "met": seq_rollback <= gates * ALPHA,
         },
         {
             "name": "canary: false-rollback rate, worst canary no worse than baseline, fixed "
-            f"non-inferiority at {HIGH_POWER:.0%} power (n={long_horizon})",
-            "value": round(worst_rollback(fixed_long), 3),
+            f"non-inferiority at {HIGH_POWER:.0%} power (n={sim.long_horizon})",
+            "value": round(worst_rollback(sim.fixed_long), 3),
             "unit": "share",
         },
         {
             "name": "canary: sequential runs undecided at the cap, all levels",
-            "value": round(float(np.mean([_rate(sequential[lv], "continue") for lv in LEVELS])), 3),
+            "value": round(
+                float(np.mean([_rate(sim.sequential[lv], "continue") for lv in LEVELS])), 3
+            ),
             "unit": "share",
         },
         {
             "name": "canary: for context, Kayenta-style judge at a size planned against 2x the "
-            f"tolerance (n={kayenta_horizon}): promotion rate at exactly the tolerance (it "
+            f"tolerance (n={sim.kayenta_horizon}): promotion rate at exactly the tolerance (it "
             "promotes unless harm is significant, so it does not bound false promotion)",
-            "value": round(_rate(kayenta, "promote"), 3),
+            "value": round(_rate(sim.kayenta, "promote"), 3),
             "unit": "share",
         },
     ]
     return rows
+
+
+def bench_canary_judge(runs: int = 500, seed: int = 7) -> list[Row]:
+    """Sequential against fixed-horizon non-inferiority over seeded simulated canaries."""
+    sim = simulate(runs, seed)
+    return level_rows(sim) + speed_rows(sim) + error_rows(sim)

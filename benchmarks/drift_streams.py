@@ -46,6 +46,7 @@ not measured here.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -138,9 +139,13 @@ def _switch(before, after, change: Change, seed: int):
 
 def river_streams(seed: int = 7) -> list[Stream]:
     """Agrawal, SEA, Hyperplane and FriedmanDrift with drift at the onset batch."""
+    return _river_classification(seed) + _river_regression(seed)
+
+
+def _river_classification(seed: int) -> list[Stream]:
+    """Agrawal, SEA, Hyperplane and RandomRBF, abrupt and gradual; Agrawal's prior shift."""
     from river.datasets import synth
 
-    onset, batch = _onset_row(), BATCH_ROWS
     streams = []
     for change in ("abrupt", "gradual"):
         streams += [
@@ -195,7 +200,17 @@ def river_streams(seed: int = 7) -> list[Stream]:
             ),
             "abrupt",
             "inputs",
-        ),
+        )
+    ]
+    return streams
+
+
+def _river_regression(seed: int) -> list[Stream]:
+    """FriedmanDrift: global abrupt, global gradual, local expanding."""
+    from river.datasets import synth
+
+    onset, batch = _onset_row(), BATCH_ROWS
+    return [
         river_stream(
             "FriedmanDrift gra (global abrupt)",
             synth.FriedmanDrift("gra", position=(onset, 10 * onset), seed=seed),
@@ -225,7 +240,6 @@ def river_streams(seed: int = 7) -> list[Stream]:
             regression=True,
         ),
     ]
-    return streams
 
 
 def churn_streams(seed: int = 500) -> list[Stream]:
@@ -440,10 +454,13 @@ def _per_100(outcomes: list[Outcome]) -> float:
     return round(100 * alarms / sum(o.clean_batches for o in outcomes), 2)
 
 
-def bench_drift_streams() -> list[Row]:
-    start = time.perf_counter()
-    streams = river_streams() + churn_streams()
-    results: dict[str, dict[str, Outcome]] = {}
+Results = dict[str, dict[str, Outcome]]
+
+
+def run_streams(streams: list[Stream]) -> tuple[Results, dict[str, float]]:
+    """Every detector on every stream: the outcomes per stream and reading, and each
+    detector's mean time per batch fed (ms)."""
+    results: Results = {}
     seconds = dict.fromkeys((d.readings[0] for d in DETECTORS), 0.0)
     fed = dict.fromkeys(seconds, 0)
     for stream in streams:
@@ -454,11 +471,11 @@ def bench_drift_streams() -> list[Row]:
             seconds[detector.readings[0]] += time.perf_counter() - began
             fed[detector.readings[0]] += outcomes[detector.readings[0]].batches_fed
             results[stream.name].update(outcomes)
-    per_batch_ms = {label: 1_000 * seconds[label] / fed[label] for label in seconds}
+    return results, {label: 1_000 * seconds[label] / fed[label] for label in seconds}
 
-    def by(reading: str, moves: tuple[str, ...]) -> list[Outcome]:
-        return [results[s.name][reading] for s in streams if s.moves in moves]
 
+def stream_rows(streams: list[Stream], results: Results) -> list[Row]:
+    """Per stream: batches to detect, ours against each baseline."""
     rows: list[Row] = []
     for stream in streams:
         outcome = results[stream.name]
@@ -475,15 +492,21 @@ def bench_drift_streams() -> list[Row]:
                 ),
             }
         )
+    return rows
 
-    inputs, concept = ("inputs", "inputs and concept"), ("concept",)
-    everything = inputs + concept
-    ours_in, evidently_in = by("ours", inputs), by("Evidently", inputs)
-    n_inputs, n_concept = len(ours_in), len(by("ours", concept))
+
+INPUTS, CONCEPT = ("inputs", "inputs and concept"), ("concept",)
+EVERYTHING = INPUTS + CONCEPT
+
+
+def detection_rows(by: Callable[[str, tuple[str, ...]], list[Outcome]]) -> list[Row]:
+    """Input drift found and how fast, against Evidently; concept-only drift found."""
+    ours_in, evidently_in = by("ours", INPUTS), by("Evidently", INPUTS)
+    n_inputs, n_concept = len(ours_in), len(by("ours", CONCEPT))
     ours_missed = sum(o.missed for o in ours_in)
     evidently_missed = sum(o.missed for o in evidently_in)
     ours_delay, evidently_delay = _mean_delay(ours_in), _mean_delay(evidently_in)
-    rows += [
+    rows: list[Row] = [
         {
             "name": f"drift streams: input drift detected ({n_inputs} streams), ours "
             "(baseline: Evidently dataset drift)",
@@ -507,7 +530,7 @@ def bench_drift_streams() -> list[Row]:
         },
     ]
     for reading in ("ours", "Evidently", "ADWIN on errors"):
-        missed = sum(o.missed for o in by(reading, concept))
+        missed = sum(o.missed for o in by(reading, CONCEPT))
         rows.append(
             {
                 "name": f"drift streams: concept-only drift detected ({n_concept} streams, "
@@ -517,10 +540,15 @@ def bench_drift_streams() -> list[Row]:
                 "headline": True,
             }
         )
-    adwin_delay = _mean_delay(by("ADWIN on errors", everything))
-    clean_total = sum(o.clean_batches for o in by("ours", everything))
-    ours_rate = _per_100(by("ours", everything))
-    rows += [
+    return rows
+
+
+def alarm_rows(by: Callable[[str, tuple[str, ...]], list[Outcome]]) -> list[Row]:
+    """ADWIN's delay, false alarms per 100 drift-free batches of each detector."""
+    adwin_delay = _mean_delay(by("ADWIN on errors", EVERYTHING))
+    clean_total = sum(o.clean_batches for o in by("ours", EVERYTHING))
+    ours_rate = _per_100(by("ours", EVERYTHING))
+    return [
         {
             "name": "drift streams: mean batches to detect where detected, ADWIN on errors, "
             "all streams",
@@ -532,22 +560,35 @@ def bench_drift_streams() -> list[Row]:
             "ours (baseline: Evidently dataset drift)",
             "value": ours_rate,
             "unit": "per 100",
-            "baseline": _per_100(by("Evidently", everything)),
+            "baseline": _per_100(by("Evidently", EVERYTHING)),
             "target": "<= 1 per 100",
             "met": ours_rate <= 1,
         },
         {
             "name": f"drift streams: false alarms per 100 drift-free batches ({clean_total}), "
             "Evidently any single column",
-            "value": _per_100(by("Evidently: any column", everything)),
+            "value": _per_100(by("Evidently: any column", EVERYTHING)),
             "unit": "per 100",
         },
         {
             "name": f"drift streams: false alarms per 100 drift-free batches ({clean_total}), "
             "ADWIN on errors",
-            "value": _per_100(by("ADWIN on errors", everything)),
+            "value": _per_100(by("ADWIN on errors", EVERYTHING)),
             "unit": "per 100",
         },
+    ]
+
+
+def bench_drift_streams() -> list[Row]:
+    start = time.perf_counter()
+    streams = river_streams() + churn_streams()
+    results, per_batch_ms = run_streams(streams)
+
+    def by(reading: str, moves: tuple[str, ...]) -> list[Outcome]:
+        return [results[s.name][reading] for s in streams if s.moves in moves]
+
+    rows = stream_rows(streams, results) + detection_rows(by) + alarm_rows(by)
+    rows += [
         {
             "name": f"drift streams: time per batch of {BATCH_ROWS} rows, reference window "
             f"{REFERENCE_BATCHES * BATCH_ROWS} rows, ours (baseline: Evidently; ADWIN incl. "

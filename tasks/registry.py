@@ -105,7 +105,14 @@ def _mlflow_task(**options: Any):
     )
 
 
-_MLFLOW_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID")
+WORKERS_VARIABLE = "MLFLOW_GENAI_EVAL_MAX_WORKERS"
+SQLITE_EVAL_WORKERS = 4
+_MLFLOW_VARIABLES = (
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_REGISTRY_URI",
+    "MLFLOW_EXPERIMENT_ID",
+    WORKERS_VARIABLE,
+)
 
 
 @contextmanager
@@ -225,6 +232,9 @@ def log_genai_evaluation(
     `params` and `metrics` logged beside the scorers' own aggregates.
 
     Every row becomes a trace with one assessment per scorer, readable in the run's Traces tab.
+    On a SQLite store the evaluation runs on `SQLITE_EVAL_WORKERS` threads unless
+    `MLFLOW_GENAI_EVAL_MAX_WORKERS` says otherwise: MLflow's default of 10 threads exhausts the
+    store's connection pool, and traces are then lost after a 30 s wait.
     What MLflow prints meanwhile goes to stderr: stdout stays the caller's (JSON reports).
 
     Returns:
@@ -235,6 +245,8 @@ def log_genai_evaluation(
     settings = settings or load_settings()
     experiment_id = ensure_experiment(settings)
     with _environment_kept():
+        if settings.tracking_uri().startswith("sqlite") and WORKERS_VARIABLE not in os.environ:
+            os.environ[WORKERS_VARIABLE] = str(SQLITE_EVAL_WORKERS)
         mlflow.set_tracking_uri(settings.tracking_uri())
         mlflow.set_experiment(experiment_id=experiment_id)
         with mlflow.start_run(run_name=run_name, tags={"agentic-mlops.kind": "agents-eval"}) as run:

@@ -49,6 +49,7 @@ def test_the_policy_scores_everything_and_every_adversary_is_stopped(home):
     took = time.monotonic() - started
     assert done.returncode == 0, done.stderr[-2000:]
     assert "sk-eval-secret" not in done.stdout + done.stderr
+    assert "Failed to send trace" not in done.stderr, "every case's trace reaches MLflow"
     reports = {r["model"]: r for r in map(json.loads, done.stdout.splitlines())}
     assert list(reports) == ["policy", *ANSWERING]
     scores = {m: {s["decision_point"]: s for s in r["scores"]} for m, r in reports.items()}
