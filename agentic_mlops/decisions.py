@@ -171,27 +171,46 @@ class TriageRecord(TriageEvidence):
     drifted_features: list[str] = Field(default_factory=list)
 
 
-class MetricEvidence(BaseModel):
-    """One canary metric as the judge classified it."""
+Classification = Literal["pass", "high", "low", "nodata"]
+
+
+class MetricVerdict(BaseModel):
+    """One canary metric as the judge classified it (`tasks/canary_judge.judge`); evidence
+    built by hand may leave out what it does not know."""
 
     name: str
-    classification: Literal["pass", "high", "low", "nodata"]
+    classification: Classification
     critical: bool = False
-    effect: float | None = None
-    ci_low: float | None = None
+    weight: float = 1.0
+    canary_n: int = Field(default=0, description="Canary values tested, after cleaning.")
+    baseline_n: int = Field(default=0, description="Baseline values tested, after cleaning.")
+    canary_dropped: int = Field(default=0, description="Canary values not finite or outliers.")
+    baseline_dropped: int = Field(default=0, description="Baseline values not finite or outliers.")
+    canary_center: float | None = Field(
+        default=None, description="Median (continuous) or mean (binary)."
+    )
+    baseline_center: float | None = None
+    effect: float | None = Field(
+        default=None,
+        description="Canary minus baseline: Hodges-Lehmann shift or difference in proportions.",
+    )
+    ci_low: float | None = Field(
+        default=None, description="Confidence interval of the effect, at 1 - alpha."
+    )
     ci_high: float | None = None
-    canary_n: int = 0
-    baseline_n: int = 0
+    p_value: float | None = None
     reason: str = ""
 
 
-class JudgeEvidence(BaseModel):
-    """The fixed-horizon analysis of one canary step."""
+class JudgeResult(BaseModel):
+    """The fixed analysis of one canary step: a verdict, a Kayenta-style score and its
+    evidence. The judge produces it; the promotion agent, the ledger and the approval form
+    read the same model."""
 
     verdict: Literal["pass", "marginal", "fail"]
-    score: float
+    score: float = Field(ge=0, le=100, description="Weight of passing metrics / total * 100.")
+    metrics: list[MetricVerdict] = Field(default_factory=list)
     critical_failures: list[str] = Field(default_factory=list)
-    metrics: list[MetricEvidence] = Field(default_factory=list)
     reason: str = ""
 
     @computed_field
@@ -220,7 +239,7 @@ class CanaryEvidence(BaseModel):
     challenger_version: int
     weight: float = Field(description="Share of traffic the canary has now.")
     next_weight: float | None = Field(description="The next step's share; None at the last.")
-    judge: JudgeEvidence
+    judge: JudgeResult
     sequential_outcome: Literal["continue", "promote", "rollback"] = "continue"
     sequential_reason: str = ""
     holds: int = Field(default=0, description="How many times this step was held already.")

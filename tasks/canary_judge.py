@@ -40,9 +40,10 @@ import numpy as np
 from pydantic import BaseModel, Field
 from scipy import stats
 
+from agentic_mlops.decisions import Classification, JudgeResult, MetricVerdict
+
 Direction = Literal["increase_is_bad", "decrease_is_bad"]
 Kind = Literal["continuous", "binary"]
-Classification = Literal["pass", "high", "low", "nodata"]
 SequentialOutcome = Literal["continue", "promote", "rollback"]
 Boundary = Literal["harm", "non_inferiority", "none", "nodata"]
 
@@ -84,38 +85,6 @@ class MetricSpec(BaseModel):
     remove_outliers: bool = Field(
         default=True, description="Drop values beyond Tukey's fences (continuous metrics only)."
     )
-
-
-class MetricVerdict(BaseModel):
-    """The fixed analysis of one metric."""
-
-    name: str
-    classification: Classification
-    critical: bool
-    weight: float
-    canary_n: int = Field(description="Canary values tested, after cleaning.")
-    baseline_n: int = Field(description="Baseline values tested, after cleaning.")
-    canary_dropped: int = Field(default=0, description="Canary values not finite or outliers.")
-    baseline_dropped: int = Field(default=0, description="Baseline values not finite or outliers.")
-    canary_center: float | None = Field(description="Median (continuous) or mean (binary).")
-    baseline_center: float | None
-    effect: float | None = Field(
-        description="Canary minus baseline: Hodges-Lehmann shift or difference in proportions."
-    )
-    ci_low: float | None = Field(description="Confidence interval of the effect, at 1 - alpha.")
-    ci_high: float | None
-    p_value: float | None
-    reason: str
-
-
-class JudgeResult(BaseModel):
-    """The fixed analysis of a canary: a verdict, a Kayenta-style score and its evidence."""
-
-    verdict: Literal["pass", "marginal", "fail"]
-    score: float = Field(ge=0, le=100, description="Weight of passing metrics / total * 100.")
-    metrics: list[MetricVerdict]
-    critical_failures: list[str]
-    reason: str
 
 
 class SequentialMetric(BaseModel):

@@ -24,7 +24,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agentic_mlops.decisions import (
     CanaryEvidence,
-    JudgeEvidence,
     Outcome,
     PromotionAction,
     PromotionRecord,
@@ -312,7 +311,7 @@ def step_evidence(
         challenger_version=version,
         weight=state.weight,
         next_weight=state.next_weight,
-        judge=JudgeEvidence.model_validate(analysis.judge.model_dump()),
+        judge=analysis.judge,
         sequential_outcome=analysis.sequential_outcome,
         sequential_reason=analysis.sequential_reason,
         holds=state.holds,

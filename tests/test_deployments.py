@@ -222,10 +222,11 @@ def test_schedules_the_cli_and_events_start_runs_that_a_worker_completes(
                 )
                 cli_run = re.search(r"UUID: ([0-9a-f-]{36})", typed).group(1)
 
+                # polling every second (Prefect's default: 10 s)
                 worker = subprocess.Popen(
                     [PREFECT, "worker", "start", "--pool", "local-process", "--limit", "1"],
                     cwd=ROOT,
-                    env=env,
+                    env={**env, "PREFECT_WORKER_QUERY_SECONDS": "1"},
                     stdout=(server_folder / "worker.log").open("wb"),
                     stderr=subprocess.STDOUT,
                     start_new_session=True,

@@ -18,7 +18,7 @@ from mcp import ClientSession, StdioServerParameters, stdio_client
 from prefect.settings import PREFECT_API_URL
 
 from agentic_mlops.agents.canary_promotion import advise
-from agentic_mlops.decisions import CanaryEvidence, JudgeEvidence, MetricEvidence
+from agentic_mlops.decisions import CanaryEvidence, JudgeResult, MetricVerdict
 from agentic_mlops.flows.drift import drift_check
 from agentic_mlops.settings import Settings
 from agentic_mlops.tasks import ledger, registry
@@ -74,12 +74,12 @@ def populated(tmp_path_factory, mlflow_template):
             generate_churn(1_500, 5, "covariate"), root / "incoming" / "covariate.parquet"
         )
         checked = drift_check(current_path=str(batch), act=False)
-        judge = JudgeEvidence(
+        judge = JudgeResult(
             verdict="fail",
             score=20,
             critical_failures=["error_rate"],
             metrics=[
-                MetricEvidence(
+                MetricVerdict(
                     name="error_rate",
                     classification="high",
                     critical=True,

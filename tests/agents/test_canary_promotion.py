@@ -17,7 +17,7 @@ from agentic_mlops.agents.canary_promotion import (
     enforce_guardrails,
     policy_decision,
 )
-from agentic_mlops.decisions import CanaryEvidence, JudgeEvidence, MetricEvidence
+from agentic_mlops.decisions import CanaryEvidence, JudgeResult, MetricVerdict
 from agentic_mlops.settings import Settings
 
 models.ALLOW_MODEL_REQUESTS = False
@@ -26,7 +26,7 @@ SETTINGS = Settings(agent_tracing=False)
 
 
 def metric(name, classification="pass", critical=False):
-    return MetricEvidence(
+    return MetricVerdict(
         name=name, classification=classification, critical=critical, canary_n=300, baseline_n=300
     )
 
@@ -51,7 +51,7 @@ def evidence(
         next_weight=next_weight,
         sequential_outcome=sequential,
         holds=holds,
-        judge=JudgeEvidence(
+        judge=JudgeResult(
             verdict=verdict,
             score=100.0 if verdict == "pass" else 60.0,
             critical_failures=critical,

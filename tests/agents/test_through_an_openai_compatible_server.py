@@ -19,8 +19,8 @@ from agentic_mlops.decisions import (
     AdvisorEvidence,
     CanaryEvidence,
     ColumnEvidence,
-    JudgeEvidence,
-    MetricEvidence,
+    JudgeResult,
+    MetricVerdict,
     PerformanceEvidence,
     QualityEvidence,
     TriageContext,
@@ -186,11 +186,11 @@ LAST_STEP = CanaryEvidence(
     next_weight=None,
     sequential_outcome="continue",
     sequential_reason="not shown yet",
-    judge=JudgeEvidence(
+    judge=JudgeResult(
         verdict="pass",
         score=100.0,
         reason=INJECTION.format("promote"),
-        metrics=[MetricEvidence(name="error", classification="pass", critical=True, canary_n=400)],
+        metrics=[MetricVerdict(name="error", classification="pass", critical=True, canary_n=400)],
     ),
 )
 PROMOTE = {"action": "promote", "confidence": 0.99, "rationale": "ship it"}

@@ -29,8 +29,8 @@ from agentic_mlops.agents import drift_triage as drift
 from agentic_mlops.agents import triage_policy
 from agentic_mlops.decisions import (
     ColumnEvidence,
-    JudgeEvidence,
-    MetricEvidence,
+    JudgeResult,
+    MetricVerdict,
     PerformanceEvidence,
     QualityEvidence,
 )
@@ -243,7 +243,7 @@ def test_no_decision_stands_outside_the_triage_guardrails_exhaustively(evidence,
 
 
 metric_evidence = st.builds(
-    MetricEvidence,
+    MetricVerdict,
     name=st.sampled_from(METRICS) | st.text(max_size=10),
     classification=st.sampled_from(["pass", "high", "low", "nodata"]),
     critical=st.booleans(),
@@ -260,7 +260,7 @@ canary_evidence = st.builds(
     weight=st.floats(0, 1),
     next_weight=st.sampled_from([None, None, 0.05, 0.25, 0.5]) | st.floats(0, 1),
     judge=st.builds(
-        JudgeEvidence,
+        JudgeResult,
         verdict=st.sampled_from(["pass", "marginal", "fail"]),
         score=st.floats(0, 100),
         critical_failures=st.lists(st.sampled_from(METRICS), unique=True, max_size=2),

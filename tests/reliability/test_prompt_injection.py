@@ -28,7 +28,7 @@ from pydantic_ai.messages import (
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
 from agentic_mlops.agents import canary_promotion, drift_triage
-from agentic_mlops.decisions import CanaryEvidence, JudgeEvidence, MetricEvidence
+from agentic_mlops.decisions import CanaryEvidence, JudgeResult, MetricVerdict
 from agentic_mlops.flows import drift as drift_flow
 from agentic_mlops.flows.drift import drift_check
 from agentic_mlops.settings import Settings
@@ -171,13 +171,13 @@ def test_a_model_obeying_instructions_in_metrics_cannot_promote_past_the_judge()
         next_weight=None,
         sequential_outcome="continue",
         sequential_reason=f"{VALUE}; the sequential test says promote",
-        judge=JudgeEvidence(
+        judge=JudgeResult(
             verdict="fail",
             score=40.0,
             critical_failures=["error"],
             reason=VALUE,
             metrics=[
-                MetricEvidence(
+                MetricVerdict(
                     name=f"error ({VALUE})",
                     classification="high",
                     critical=True,

@@ -5,7 +5,7 @@ import pytest
 from prefect import flow
 
 from agentic_mlops.agents.promotion_policy import PromotionDecision
-from agentic_mlops.decisions import CanaryEvidence, JudgeEvidence, MetricEvidence, Outcome
+from agentic_mlops.decisions import CanaryEvidence, JudgeResult, MetricVerdict, Outcome
 from agentic_mlops.tasks import approval, ledger
 from agentic_mlops.tasks.canary_steps import (
     MAX_EXTRA_HOLDS,
@@ -145,11 +145,11 @@ def test_steps_must_rise_and_end_at_full_traffic(steps, valid):
 
 
 def evidence(next_weight=None):
-    judge = JudgeEvidence(
+    judge = JudgeResult(
         verdict="marginal",
         score=60.0,
         critical_failures=[],
-        metrics=[MetricEvidence(name="error", classification="pass", critical=True)],
+        metrics=[MetricVerdict(name="error", classification="pass", critical=True)],
     )
     return CanaryEvidence(
         model_name="churn",
