@@ -483,7 +483,9 @@ def serve(
     import time
 
     from agentic_mlops.tasks import registry
-    from agentic_mlops.tasks.rollout import ServingError, reconcile, rollout_backend
+    from agentic_mlops.tasks.promotion import reconcile
+    from agentic_mlops.tasks.rollout import rollout_backend
+    from agentic_mlops.tasks.rollout_protocol import ServingError
 
     settings = load_settings().for_model(model)
     champion = registry.alias_version(settings.model_name, registry.CHAMPION, settings)

@@ -36,7 +36,8 @@ from agentic_mlops.tasks import ledger, registry
 from agentic_mlops.tasks.batches import write_table
 from agentic_mlops.tasks.churn import generate_churn
 from agentic_mlops.tasks.lifecycle_report import summary, verdict
-from agentic_mlops.tasks.rollout import RolloutBackend, rollout_backend
+from agentic_mlops.tasks.rollout import rollout_backend
+from agentic_mlops.tasks.rollout_protocol import RolloutBackend
 from agentic_mlops.tasks.traffic import CustomerTraffic
 from agentic_mlops.tasks.training import Hyperparameters
 

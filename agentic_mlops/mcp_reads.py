@@ -916,7 +916,7 @@ def canary_status(model_name: ModelName = None) -> CanaryStatus:
     settings = load_settings()
     model = registered_model(model_name, settings)
     settings = settings.for_model(model.name)
-    from agentic_mlops.tasks.rollout import journal_path
+    from agentic_mlops.tasks.promotion import journal_path
 
     entries = ledger.list_decisions(
         model.name, decision_point="canary_promotion", limit=200, settings=settings

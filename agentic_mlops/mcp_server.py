@@ -77,6 +77,7 @@ READ_DEPENDENCIES = (
     "prefect.client.orchestration",
     "agentic_mlops.tasks.registry",
     "agentic_mlops.tasks.rollout",
+    "agentic_mlops.tasks.promotion",
     "agentic_mlops.tasks.drift_actions",
     "agentic_mlops.decisions",
 )

@@ -53,7 +53,7 @@ import httpx
 import numpy as np
 
 if TYPE_CHECKING:
-    from agentic_mlops.tasks.rollout import LocalRollout
+    from agentic_mlops.tasks.local_rollout import LocalRollout
 
 Row = dict[str, object]
 TARGET_RATE = 200.0
@@ -107,7 +107,7 @@ class ConstantModelServer:
     """The model server's code around a model that always answers 0.3, as its own process."""
 
     def __init__(self, log: Path):
-        from agentic_mlops.tasks.rollout import free_port
+        from agentic_mlops.tasks.local_rollout import free_port
 
         self.url = f"http://127.0.0.1:{free_port()}"
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -402,7 +402,7 @@ def bench_router() -> list[Row]:
     """The router's added latency, and failures through weight changes, rollback and faults."""
     from agentic_mlops.serving.router import Backend, RouterState
     from agentic_mlops.settings import load_settings
-    from agentic_mlops.tasks.rollout import LocalRollout
+    from agentic_mlops.tasks.local_rollout import LocalRollout
 
     bodies = request_bodies()
     rows: list[Row] = []

@@ -33,7 +33,14 @@ from pydantic import Field
 from agentic_mlops.agents.canary_promotion import advise
 from agentic_mlops.flows.form import Empty
 from agentic_mlops.settings import load_settings
-from agentic_mlops.tasks import approval, canary_steps, promotion, registry, rollout
+from agentic_mlops.tasks import (
+    approval,
+    canary_steps,
+    promotion,
+    registry,
+    rollout,
+    rollout_protocol,
+)
 from agentic_mlops.tasks.canary_steps import CanaryResult, CanaryState, StepDecision, next_step
 from agentic_mlops.tasks.metrics import MetricsError, metrics_source
 
@@ -41,8 +48,8 @@ from agentic_mlops.tasks.metrics import MetricsError, metrics_source
 @flow(
     name="canary-rollout",
     log_prints=True,
-    on_cancellation=[rollout.roll_back_interrupted_run],
-    on_crashed=[rollout.roll_back_interrupted_run],
+    on_cancellation=[promotion.roll_back_interrupted_run],
+    on_crashed=[promotion.roll_back_interrupted_run],
 )
 def canary_rollout(
     version: Annotated[int, Field(ge=1)] | Empty = None,
@@ -117,6 +124,6 @@ def canary_rollout(
             )
         except MetricsError as error:
             return promotion.failed_rollout("NoMetrics", str(error), backend, champion)
-        except rollout.ServingError as error:
+        except rollout_protocol.ServingError as error:
             why = f"serving failed during the rollout: {error}"
             return promotion.failed_rollout("ServingUnavailable", why, backend, champion)

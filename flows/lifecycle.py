@@ -35,7 +35,7 @@ from agentic_mlops.flows.retrain import retrain
 from agentic_mlops.schemas import DriftCheckResult, LifecycleResult
 from agentic_mlops.settings import load_settings
 from agentic_mlops.tasks import drift_actions as actions
-from agentic_mlops.tasks import lifecycle_actions, lifecycle_report, reference, rollout
+from agentic_mlops.tasks import lifecycle_actions, lifecycle_report, promotion, reference
 from agentic_mlops.tasks.lifecycle_actions import TurnLimits
 from agentic_mlops.tasks.serving_log import collect_window, flush_router_log, local_router_url
 
@@ -43,8 +43,8 @@ from agentic_mlops.tasks.serving_log import collect_window, flush_router_log, lo
 @flow(
     name="lifecycle",
     log_prints=True,
-    on_cancellation=[rollout.roll_back_interrupted_run],
-    on_crashed=[rollout.roll_back_interrupted_run],
+    on_cancellation=[promotion.roll_back_interrupted_run],
+    on_crashed=[promotion.roll_back_interrupted_run],
 )
 def lifecycle(
     batch_path: str | Empty = None,

@@ -149,7 +149,7 @@ def running_prefect_server(
 
     Its output goes to `folder / "server.log"`; `extra` are more of its settings.
     """
-    from agentic_mlops.tasks.rollout import free_port
+    from agentic_mlops.tasks.local_rollout import free_port
 
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()

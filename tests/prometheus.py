@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from agentic_mlops.tasks.rollout import free_port
+from agentic_mlops.tasks.local_rollout import free_port
 
 
 def prometheus_binary() -> str:

@@ -27,13 +27,13 @@ from agentic_mlops.serving.router import Served, label_loss
 from agentic_mlops.settings import Settings
 from agentic_mlops.tasks import ledger, registry
 from agentic_mlops.tasks.canary_judge import sequential_judge
+from agentic_mlops.tasks.local_rollout import LocalRollout
 from agentic_mlops.tasks.metrics import (
     ABSOLUTE_ERROR_TOLERANCE_SHARE,
     CanaryTask,
     canary_metrics,
     canary_task,
 )
-from agentic_mlops.tasks.rollout import LocalRollout
 from agentic_mlops.tasks.traffic import CustomerTraffic
 from tests.conftest import artifacts_by_key
 from tests.test_own_models import (

@@ -28,7 +28,7 @@ from agentic_mlops.flows.lifecycle import lifecycle
 from agentic_mlops.flows.train import train
 from agentic_mlops.tasks import drift_actions, ledger, registry
 from agentic_mlops.tasks.churn import generate_churn
-from agentic_mlops.tasks.rollout import LocalRollout
+from agentic_mlops.tasks.local_rollout import LocalRollout
 from tests.test_own_models import (
     cli,
     cli_json,

@@ -418,7 +418,7 @@ def test_an_accepted_retrain_registers_a_challenger_through_the_drift_check(home
 
 @pytest.mark.slow
 def test_a_canary_started_over_mcp_without_traffic_is_rolled_back(home_copy):
-    from agentic_mlops.tasks.rollout import LocalRollout
+    from agentic_mlops.tasks.local_rollout import LocalRollout
 
     answers = {}
 

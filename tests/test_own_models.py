@@ -42,7 +42,7 @@ from agentic_mlops.decisions import PerformanceEvidence, QualityEvidence, Triage
 from agentic_mlops.flows.drift import drift_check
 from agentic_mlops.settings import Settings
 from agentic_mlops.tasks import registry
-from agentic_mlops.tasks.rollout import LocalRollout
+from agentic_mlops.tasks.local_rollout import LocalRollout
 
 runner = CliRunner()
 TEAM_EXPERIMENT = "team-experiments"

@@ -19,12 +19,9 @@ from kubernetes import client
 from agentic_mlops.deployments.kubernetes import manifests as k8s
 from agentic_mlops.deployments.kubernetes.manifests import GatewayRef, KubernetesServing
 from agentic_mlops.serving.router import RouterState
-from agentic_mlops.tasks.rollout import (
-    KubernetesRollout,
-    LocalRollout,
-    RolloutBackend,
-    ServingError,
-)
+from agentic_mlops.tasks.kubernetes_rollout import KubernetesRollout
+from agentic_mlops.tasks.local_rollout import LocalRollout
+from agentic_mlops.tasks.rollout_protocol import RolloutBackend, ServingError
 from tests.deployments.apiserver import FakeApiServer
 
 GATEWAY = GatewayRef(name="public")
@@ -437,7 +434,7 @@ def test_rollout_end_to_end(cluster, split):
         with FakeApiServer() as server:
             run_scenario(rollout_on(server, gateway=split == "gateway"))
         return
-    from agentic_mlops.tasks.rollout import kubernetes_api_client
+    from agentic_mlops.tasks.kubernetes_rollout import kubernetes_api_client
 
     api = kubernetes_api_client()
     namespace = f"e2e-{split}-{uuid.uuid4().hex[:6]}"

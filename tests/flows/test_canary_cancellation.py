@@ -23,8 +23,8 @@ from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL
 
 from agentic_mlops.flows.retrain import retrain
-from agentic_mlops.tasks import ledger, registry, rollout
-from agentic_mlops.tasks.rollout import LocalRollout, alive
+from agentic_mlops.tasks import ledger, registry, rollout, rollout_protocol
+from agentic_mlops.tasks.local_rollout import LocalRollout, alive
 from tests.conftest import artifacts_by_key
 from tests.flows.test_canary_flow import (  # noqa: F401
     customer_traffic,
@@ -58,7 +58,7 @@ def wait_for(condition, seconds: float, what: str, pause: float = 0.5):
 def canary_has_traffic(backend: LocalRollout) -> bool:
     try:
         state = backend.router_state()
-    except rollout.ServingError:
+    except rollout_protocol.ServingError:
         return False
     return state.canary is not None and state.canary.version == 2 and state.weight > 0
 

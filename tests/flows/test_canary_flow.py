@@ -9,9 +9,9 @@ import pytest
 from agentic_mlops.flows.canary import canary_rollout
 from agentic_mlops.flows.train import train
 from agentic_mlops.settings import Settings
-from agentic_mlops.tasks import ledger, registry
+from agentic_mlops.tasks import ledger, promotion, registry
 from agentic_mlops.tasks.churn import generate_churn
-from agentic_mlops.tasks.rollout import LocalRollout
+from agentic_mlops.tasks.local_rollout import LocalRollout
 from agentic_mlops.tasks.traffic import CustomerTraffic
 from agentic_mlops.tasks.training import Hyperparameters
 from tests.conftest import champion_recipe, trained_home
@@ -172,47 +172,44 @@ def test_mlflow_unreachable_during_promotion_changes_nothing(serving_home, monke
 def test_a_failed_traffic_switch_undoes_the_alias_move(serving_home, tmp_path):
     from prefect.transactions import transaction
 
-    from agentic_mlops.tasks import rollout
-    from agentic_mlops.tasks.rollout import ServingError
+    from agentic_mlops.tasks.rollout_protocol import ServingError
 
     start_serving(serving_home)
     no_router = serving_home.model_copy(update={"home": tmp_path / "elsewhere"})
     with pytest.raises(ServingError), transaction():
         registry.move_champion_alias("churn", 2, serving_home)
-        rollout.switch_traffic(no_router)
+        promotion.switch_traffic(no_router)
     assert registry.model_aliases("churn", serving_home) == {"challenger": 2, "champion": 1}
 
 
 @pytest.mark.slow
 def test_a_promotion_killed_between_alias_and_traffic_is_repaired(serving_home):
-    from agentic_mlops.tasks import rollout
 
     backend, _ = start_serving(serving_home)
     backend.deploy(2)
     backend.set_weight(0.25)
     before = backend.router_state()
-    rollout.write_journal(
-        rollout.PromotionJournal(
+    promotion.write_journal(
+        promotion.PromotionJournal(
             model_name="churn", version=2, previous_champion=1, router_before=before
         ),
         serving_home,
     )
     registry.promote_champion("churn", 2, serving_home)  # then the process died
-    repaired = rollout.reconcile("churn", serving_home)
+    repaired = promotion.reconcile("churn", serving_home)
     assert "interrupted promotion of v2" in repaired
     aliases = registry.model_aliases("churn", serving_home)
     assert aliases["champion"] == 1 and list(aliases.values()).count(1) >= 1
     assert backend.router_state().baseline.version == aliases["champion"]
-    assert rollout.reconcile("churn", serving_home) is None
+    assert promotion.reconcile("churn", serving_home) is None
 
 
 @pytest.mark.slow
 def test_a_router_serving_the_wrong_version_follows_the_champion(serving_home):
-    from agentic_mlops.tasks import rollout
 
     backend, _ = start_serving(serving_home)
     backend.set_baseline(2)
-    repaired = rollout.reconcile("churn", serving_home)
+    repaired = promotion.reconcile("churn", serving_home)
     assert "now serves the champion v1" in repaired
     assert backend.router_state().baseline.version == 1
 

@@ -27,9 +27,10 @@ from agentic_mlops.cli import app
 from agentic_mlops.deployments.kubernetes import manifests as k8s
 from agentic_mlops.serving.router import Backend, RouterState
 from agentic_mlops.settings import Settings
-from agentic_mlops.tasks import ledger, registry, rollout
+from agentic_mlops.tasks import ledger, promotion, registry, rollout
 from agentic_mlops.tasks.churn import generate_churn
-from agentic_mlops.tasks.rollout import KubernetesRollout, LocalRollout
+from agentic_mlops.tasks.kubernetes_rollout import KubernetesRollout
+from agentic_mlops.tasks.local_rollout import LocalRollout
 from agentic_mlops.tasks.training import Hyperparameters
 from tests.conftest import trained_home
 from tests.deployments.apiserver import FakeApiServer
@@ -154,7 +155,7 @@ def test_the_canary_flow_promotes_through_the_kubernetes_api(cluster, monkeypatc
     stable = server.get("deployments", "churn-stable")
     assert stable["metadata"]["labels"][k8s.VERSION_LABEL] == "2"
     assert server.get("deployments", "churn-canary") is None
-    assert rollout.read_journal(settings) is None
+    assert promotion.read_journal(settings) is None
     steps = ledger.list_decisions("churn", decision_point="canary_promotion", settings=settings)
     assert steps and steps[0].evidence["judge"]["metrics"], "judged on the model servers' series"
     judged = {m["name"] for m in steps[0].evidence["judge"]["metrics"]}
@@ -190,8 +191,8 @@ def test_an_interrupted_promotion_on_kubernetes_is_undone(cluster):
     settings, server = cluster
     backend = rollout.rollout_backend(settings)
     before = backend.set_baseline(1)
-    rollout.write_journal(
-        rollout.PromotionJournal(
+    promotion.write_journal(
+        promotion.PromotionJournal(
             model_name="churn", version=2, previous_champion=1, router_before=before
         ),
         settings,
@@ -200,12 +201,12 @@ def test_an_interrupted_promotion_on_kubernetes_is_undone(cluster):
     backend.deploy(2)
     backend.promote()  # killed here: alias and stable moved, the journal left behind
     assert backend.router_state().baseline.version == 2
-    repaired = rollout.reconcile("churn", settings)
+    repaired = promotion.reconcile("churn", settings)
     assert repaired and "v2" in repaired
     assert backend.router_state().baseline.version == 1
     assert registry.alias_version("churn", registry.CHAMPION, settings) == 1
-    assert rollout.read_journal(settings) is None
-    assert rollout.reconcile("churn", settings) is None, "nothing left to repair"
+    assert promotion.read_journal(settings) is None
+    assert promotion.reconcile("churn", settings) is None, "nothing left to repair"
 
 
 def test_the_backend_is_chosen_by_the_settings(cluster, tmp_path):

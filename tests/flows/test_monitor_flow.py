@@ -18,8 +18,8 @@ from agentic_mlops.settings import Settings
 from agentic_mlops.tasks import ledger, monitoring
 from agentic_mlops.tasks.batches import read_table
 from agentic_mlops.tasks.churn import generate_churn
+from agentic_mlops.tasks.local_rollout import LocalRollout
 from agentic_mlops.tasks.monitoring import MonitorPoint
-from agentic_mlops.tasks.rollout import LocalRollout
 from agentic_mlops.tasks.serving_log import collect_window
 from tests.conftest import artifacts_by_key
 

@@ -20,7 +20,7 @@ from mlflow import MlflowClient
 from agentic_mlops.settings import Settings
 from agentic_mlops.tasks import ledger, registry
 from agentic_mlops.tasks.churn import generate_churn
-from agentic_mlops.tasks.rollout import LocalRollout
+from agentic_mlops.tasks.local_rollout import LocalRollout
 from tests.conftest import running_prefect_server, subprocess_environment
 from tests.flows.test_canary_flow import customer_traffic
 from tests.test_postgres import SERVER, fresh_database

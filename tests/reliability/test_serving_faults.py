@@ -24,7 +24,9 @@ import httpx
 import pytest
 
 from agentic_mlops.tasks import ledger, registry
-from agentic_mlops.tasks.rollout import LocalRollout, ServingError, journal_path, read_journal
+from agentic_mlops.tasks.local_rollout import LocalRollout
+from agentic_mlops.tasks.promotion import journal_path, read_journal
+from agentic_mlops.tasks.rollout_protocol import ServingError
 from agentic_mlops.tasks.traffic import CustomerTraffic
 from tests.conftest import running_prefect_server, subprocess_environment
 from tests.flows.test_canary_flow import customer_traffic, rollout, start_serving

@@ -22,6 +22,7 @@ import pytest
 from agentic_mlops.settings import Settings
 from agentic_mlops.tasks.canary_judge import judge
 from agentic_mlops.tasks.churn import generate_churn
+from agentic_mlops.tasks.local_rollout import LocalRollout, free_port
 from agentic_mlops.tasks.metrics import (
     MetricsError,
     PrometheusMetrics,
@@ -30,7 +31,6 @@ from agentic_mlops.tasks.metrics import (
     interval_canary_metrics,
     metrics_source,
 )
-from agentic_mlops.tasks.rollout import LocalRollout, free_port
 from agentic_mlops.tasks.training import Hyperparameters
 from tests.conftest import trained_home
 from tests.prometheus import prometheus_binary as find_prometheus

@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from agentic_mlops.cli import app
 from agentic_mlops.serving.router import Backend
-from agentic_mlops.tasks import rollout
-from agentic_mlops.tasks.rollout import LocalRollout, runs_ours
+from agentic_mlops.tasks import local_rollout, promotion, rollout
+from agentic_mlops.tasks.local_rollout import LocalRollout, runs_ours
 from tests.flows.test_canary_flow import serving_home, start_serving, two_versions  # noqa: F401
 
 runner = CliRunner()
@@ -60,7 +60,7 @@ def test_serving_status_lists_and_stop_stops_every_process_twice_safely(serving_
     killed = processes[("model server", 2)]["pid"]
     os.killpg(killed, signal.SIGKILL)
     deadline = time.monotonic() + 10
-    while rollout.alive(killed) and time.monotonic() < deadline:
+    while local_rollout.alive(killed) and time.monotonic() < deadline:
         time.sleep(0.1)
     table = runner.invoke(app, ["serving", "status"])
     assert table.exit_code == 0 and "stale" in table.output and "alive" in table.output
@@ -69,7 +69,7 @@ def test_serving_status_lists_and_stop_stops_every_process_twice_safely(serving_
     stopped = runner.invoke(app, ["serving", "stop"])
     assert stopped.exit_code == 0, stopped.output
     assert stopped.output.count(": stopped") == 2 and "already gone" in stopped.output
-    assert not any(rollout.alive(pid) for pid in pids)
+    assert not any(local_rollout.alive(pid) for pid in pids)
     assert not (serving_home.serving_dir / "router.json").exists()
     again = runner.invoke(app, ["serving", "stop"])
     assert again.exit_code == 0 and "nothing was serving" in again.output
@@ -80,7 +80,7 @@ def test_serving_status_lists_and_stop_stops_every_process_twice_safely(serving_
 def test_a_stale_record_whose_pid_was_reused_is_not_stopped(serving_home):  # noqa: F811
     backend = LocalRollout(serving_home)
     record = backend.record()
-    record.servers["7"] = rollout.ServedProcess(pid=os.getpid(), port=9, version=7, log="x")
+    record.servers["7"] = local_rollout.ServedProcess(pid=os.getpid(), port=9, version=7, log="x")
     backend._save(record)
     assert not runs_ours(record.servers["7"])
     assert [p.status for p in rollout.serving_status(serving_home)] == ["stale"]
@@ -92,15 +92,15 @@ def test_a_stale_record_whose_pid_was_reused_is_not_stopped(serving_home):  # no
 def test_putting_traffic_back_on_the_champion_is_safe_with_nothing_serving_and_twice(
     serving_home,  # noqa: F811
 ):
-    assert rollout.restore_champion_traffic(serving_home) == "nothing was serving a canary"
+    assert promotion.restore_champion_traffic(serving_home) == "nothing was serving a canary"
     backend, url = start_serving(serving_home)
     backend.deploy(2)
     backend.set_weight(0.5)
     challenger = backend.record().servers["2"].pid
-    done = rollout.restore_champion_traffic(serving_home)
+    done = promotion.restore_champion_traffic(serving_home)
     assert "canary v2 at 50% removed" in done and "all traffic on v1" in done
     state = backend.router_state()
     assert state.baseline.version == 1 and state.canary is None and state.weight == 0
-    assert not rollout.alive(challenger) and set(backend.record().servers) == {"1"}
-    assert rollout.restore_champion_traffic(serving_home) == "all traffic on v1"
+    assert not local_rollout.alive(challenger) and set(backend.record().servers) == {"1"}
+    assert promotion.restore_champion_traffic(serving_home) == "all traffic on v1"
     assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
