@@ -88,9 +88,9 @@ def _sequential_detection() -> list[Row]:
 
 
 def _canary_judge() -> list[Row]:
-    from benchmarks.canary_judge import bench_canary_judge
+    from benchmarks.canary_judge import bench_canary_judge, bench_canary_judge_regression
 
-    return bench_canary_judge()
+    return bench_canary_judge() + bench_canary_judge_regression()
 
 
 def _router() -> list[Row]:

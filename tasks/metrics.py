@@ -8,8 +8,8 @@ multiclass classifier. The task is the champion's, from its stored model card
 (`canary_task`). An analysis window starts with `mark()`; each
 `collect()` adds what arrived since and returns everything in the window. From Prometheus
 (`PrometheusMetrics`, chosen by `metrics_source` when `prometheus_url` is set) they are per
-interval instead: one error ratio, mean latency and mean Brier score per step of a range
-query, for binary classifiers only.
+interval instead: one error ratio, mean latency and mean loss of the task per step of a range
+query.
 Every way of not getting data (router or Prometheus down, refused, malformed answer) raises
 `MetricsError`: the caller fails closed, and repeated errors abort the rollout.
 """
@@ -220,23 +220,35 @@ class RouterMetrics:
         }
 
 
-def interval_canary_metrics(min_samples: int) -> list[MetricSpec]:
+def interval_canary_metrics(min_samples: int, task: CanaryTask | None = None) -> list[MetricSpec]:
     """`canary_metrics` for per-interval values: an interval's error ratio lies anywhere in
     [0, 1], so errors are compared as a continuous metric; `min_samples` counts intervals."""
     return [
         spec.model_copy(update={"kind": "continuous"}) if spec.kind == "binary" else spec
-        for spec in canary_metrics(min_samples)
+        for spec in canary_metrics(min_samples, task)
     ]
+
+
+LOSS_SERIES = {
+    "brier": "router_brier_sum_total",
+    "multiclass_brier": "router_brier_sum_total",
+    "absolute_error": "router_absolute_error_sum_total",
+}
+"""The router's counter of each label metric's sum (`serving/router.py`)."""
 
 
 class PrometheusMetrics:
     """Per-interval values per variant from a Prometheus server scraping the router, since
     `mark()`.
 
-    Each value is one interval of one variant: its error ratio, its mean latency in ms, its mean
-    Brier score. So `min_samples` counts intervals, not requests (20 intervals of 2 s are 40 s
-    of traffic), and the values are judged with `interval_canary_metrics`: `canary_metrics`
-    declares errors binary, which ratios are not, so it would judge them nodata.
+    Each value is one interval of one variant: its error ratio, its mean latency in ms, and its
+    mean loss of labelled requests, named by the model's task (`task`, binary by default): the
+    Brier score (`brier`, or `multiclass_brier` summed over the classes) from
+    `router_brier_sum`, or the absolute error of a regression model from
+    `router_absolute_error_sum`, each divided by the labels received. So `min_samples` counts
+    intervals, not requests (20 intervals of 2 s are 40 s of traffic), and the values are
+    judged with `interval_canary_metrics`: `canary_metrics` declares errors binary, which
+    ratios are not, so it would judge them nodata.
 
     `collect()` asks `/api/v1/query_range` for the steps from the mark plus one window to now,
     every `step_seconds` (2 s). Each step's value covers a window of `step_seconds` plus
@@ -245,7 +257,7 @@ class PrometheusMetrics:
     starts at the mark. Prometheus must scrape the router every `scrape_interval_seconds`.
     A range query answers at most 11,000 steps, about six hours at 2 s.
 
-    An interval in which a variant had no calls (or no labels, for Brier) is 0 / 0 and is
+    An interval in which a variant had no calls (or no labels, for the loss) is 0 / 0 and is
     dropped, never counted as 0: with too few intervals the judge says nodata. Errors are
     divided by every model call (`router_latency_seconds_count`), not by the answers in
     `router_requests_total`: a failed canary call answered by the baseline is counted there
@@ -266,9 +278,11 @@ class PrometheusMetrics:
         matchers: str = "",
         timeout: float = 5.0,
         series: Literal["router", "model_server"] = "router",
+        task: CanaryTask | None = None,
     ):
         """`matchers` are label matchers added to every selector, such as `job="router"`, for
-        a Prometheus that scrapes more than one router; `series` whose metrics are read."""
+        a Prometheus that scrapes more than one router; `series` whose metrics are read;
+        `task` the model's, which names the loss of its labelled requests."""
         if step_seconds <= 0 or scrape_interval_seconds <= 0:
             raise ValueError("the step and the scrape interval must be positive")
         self.prometheus_url = prometheus_url.rstrip("/")
@@ -277,6 +291,7 @@ class PrometheusMetrics:
         self.matchers = matchers
         self.timeout = timeout
         self.series = series
+        self.task = task or CanaryTask()
         self.variant_label = "variant" if series == "router" else "track"
         self.start: float | None = None
         self.clock_offset = 0.0
@@ -298,10 +313,11 @@ class PrometheusMetrics:
                 "latency_ms": f"1000 * {rate('model_latency_seconds_sum')} / {calls}",
             }
         calls = rate("router_latency_seconds_count")
+        loss = LOSS_SERIES[self.task.label_metric]
         return {
             "error": f"({rate('router_errors_total')} or {calls} * 0) / {calls}",
             "latency_ms": f"1000 * {rate('router_latency_seconds_sum')} / {calls}",
-            "brier": f"{rate('router_brier_sum_total')} / {rate('router_feedback_total')}",
+            self.task.label_metric: f"{rate(loss)} / {rate('router_feedback_total')}",
         }
 
     def _api(self, path: str, params: dict[str, str]) -> dict:
@@ -391,13 +407,7 @@ def metrics_source(settings: Settings, router_url: str) -> RouterMetrics | Prome
         return PrometheusMetrics(settings.prometheus_url, series="model_server")
     task = canary_task(settings)
     if settings.prometheus_url:
-        if task.task != "binary":
-            raise MetricsError(
-                f"{settings.model_name} is a {task.task} model: its canary is judged on the "
-                f"router's {task.label_metric} per request; Prometheus' series hold the Brier "
-                "score of binary classifiers only (unset AGENTIC_MLOPS_PROMETHEUS_URL)"
-            )
-        return PrometheusMetrics(settings.prometheus_url)
+        return PrometheusMetrics(settings.prometheus_url, task=task)
     return RouterMetrics(router_url, task=task)
 
 
@@ -406,10 +416,10 @@ def judged_metrics(
 ) -> list[MetricSpec]:
     """The metric specs that fit a source: per request from the router; per interval from
     Prometheus, where a step of `step_seconds` holds at most step / interval values, and only
-    the metrics its series have (no Brier score from model servers)."""
+    the metrics its series have (no loss of labelled requests from model servers)."""
     if isinstance(source, PrometheusMetrics):
         intervals = int(step_seconds // source.step_seconds)
-        specs = interval_canary_metrics(max(min(min_requests, intervals // 2), 5))
+        specs = interval_canary_metrics(max(min(min_requests, intervals // 2), 5), source.task)
         read = with_derived_metrics({"any": dict.fromkeys(source.queries())})["any"]
         return [spec for spec in specs if spec.name in read]
     return canary_metrics(min_requests, source.task)

@@ -35,6 +35,7 @@ from prefect.tasks import exponential_backoff
 
 from agentic_mlops.settings import Settings, load_settings
 from agentic_mlops.tasks.batches import DataError
+from agentic_mlops.tasks.mlflow_environment import WORKERS_VARIABLE, environment_kept
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -105,33 +106,7 @@ def _mlflow_task(**options: Any):
     )
 
 
-WORKERS_VARIABLE = "MLFLOW_GENAI_EVAL_MAX_WORKERS"
 SQLITE_EVAL_WORKERS = 4
-_MLFLOW_VARIABLES = (
-    "MLFLOW_TRACKING_URI",
-    "MLFLOW_REGISTRY_URI",
-    "MLFLOW_EXPERIMENT_ID",
-    WORKERS_VARIABLE,
-)
-
-
-@contextmanager
-def _environment_kept():
-    """Undo what MLflow's setters write into the environment.
-
-    `mlflow.set_tracking_uri` and `set_experiment` also export `MLFLOW_*` variables, which
-    `Settings.tracking_uri` would then take for the user's choice: a process that switched
-    homes would keep writing to the first one.
-    """
-    before = {name: os.environ.get(name) for name in _MLFLOW_VARIABLES}
-    try:
-        yield
-    finally:
-        for name, value in before.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def client(settings: Settings | None = None) -> MlflowClient:
@@ -140,7 +115,7 @@ def client(settings: Settings | None = None) -> MlflowClient:
     uri = settings.tracking_uri()
     if settings.uses_embedded_mlflow():
         settings.ensure_dirs()
-    with _environment_kept():
+    with environment_kept():
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -173,7 +148,7 @@ def ensure_experiment(settings: Settings | None = None) -> str:
 def _autolog_agents(tracking_uri: str, experiment_name: str) -> None:
     import mlflow.pydantic_ai
 
-    with _environment_kept():
+    with environment_kept():
         mlflow.set_tracking_uri(tracking_uri)
         mlflow.set_experiment(experiment_name)
         mlflow.pydantic_ai.autolog(silent=True)
@@ -244,7 +219,7 @@ def log_genai_evaluation(
 
     settings = settings or load_settings()
     experiment_id = ensure_experiment(settings)
-    with _environment_kept():
+    with environment_kept():
         if settings.tracking_uri().startswith("sqlite") and WORKERS_VARIABLE not in os.environ:
             os.environ[WORKERS_VARIABLE] = str(SQLITE_EVAL_WORKERS)
         mlflow.set_tracking_uri(settings.tracking_uri())

@@ -30,6 +30,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 
 from agentic_mlops.tasks.batches import DataError
+from agentic_mlops.tasks.mlflow_environment import environment_kept
 
 Task = Literal["binary", "multiclass", "regression"]
 TASKS: tuple[str, ...] = ("binary", "multiclass", "regression")
@@ -205,10 +206,12 @@ def _native_model(uri: str, flavours: dict[str, Any]) -> tuple[Any | None, str]:
 def _load(uri: str, tracking_uri: str) -> ScoringModel:
     import mlflow.pyfunc
 
-    mlflow.set_tracking_uri(tracking_uri)
     try:
-        pyfunc = mlflow.pyfunc.load_model(uri)
-        native, flavour = _native_model(uri, pyfunc.metadata.flavors)
+        with environment_kept():  # MLflow's setter would leave its URI in the environment
+            mlflow.set_tracking_uri(tracking_uri)
+            mlflow.set_registry_uri(tracking_uri)
+            pyfunc = mlflow.pyfunc.load_model(uri)
+            native, flavour = _native_model(uri, pyfunc.metadata.flavors)
     except (MlflowException, OSError) as error:
         raise ScoringError(f"{uri}: the model cannot be loaded ({_one_line(error)})") from error
     except Exception as error:  # a corrupt or incompatible artifact fails in many ways

@@ -11,7 +11,11 @@ regression models runs in `make test`.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -36,6 +40,7 @@ from agentic_mlops.tasks.metrics import (
 )
 from agentic_mlops.tasks.traffic import CustomerTraffic
 from tests.conftest import artifacts_by_key
+from tests.prometheus import running_prometheus
 from tests.test_own_models import (
     adopt,
     diabetes_table,
@@ -84,8 +89,16 @@ def canary_team(team: Settings, monkeypatch) -> Settings:  # noqa: F811
     return team
 
 
-def roll_out(settings: Settings, name: str, version: int, source: pd.DataFrame, target: str):
-    """Serve the champion, roll `version` out at 50% with labelled traffic until decided."""
+def roll_out(
+    settings: Settings,
+    name: str,
+    version: int,
+    source: pd.DataFrame,
+    target: str,
+    prometheus_folder: Path | None = None,
+):
+    """Serve the champion, roll `version` out at 50% with labelled traffic until decided; with
+    `prometheus_folder`, the judge reads the router's series from a real Prometheus there."""
     backend = LocalRollout(settings.for_model(name))
     url = backend.start_router()
     backend.set_baseline(registry.alias_version(name, registry.CHAMPION, settings))
@@ -93,11 +106,18 @@ def roll_out(settings: Settings, name: str, version: int, source: pd.DataFrame, 
         url, source, target=target, rate=150.0, label_delay_seconds=0.0, seconds=300
     )
     try:
-        with traffic:
+        with contextlib.ExitStack() as stack:
+            if prometheus_folder:
+                target_address = {url.removeprefix("http://"): {}}
+                prometheus = stack.enter_context(
+                    running_prometheus("router", target_address, prometheus_folder)
+                )
+                stack.enter_context(environment(AGENTIC_MLOPS_PROMETHEUS_URL=prometheus))
+            stack.enter_context(traffic)
             state = canary_rollout(
                 version=version,
                 steps=[50, 100],
-                step_seconds=240,
+                step_seconds=60 if prometheus_folder else 240,
                 min_samples=60,
                 approval_timeout_seconds=30,
                 model_name=name,
@@ -107,6 +127,20 @@ def roll_out(settings: Settings, name: str, version: int, source: pd.DataFrame, 
         backend.shutdown()
     assert traffic.counts.failed == 0
     return state.result()
+
+
+@contextlib.contextmanager
+def environment(**variables: str) -> Iterator[None]:
+    before = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def label_metric_of_the_decision(settings: Settings, name: str, version: int) -> str:
@@ -214,3 +248,25 @@ def test_a_wine_canary_rolls_back_a_worse_multiclass_model_by_its_brier_score(ca
     judged = next(e for e in entries if e.model_version == worse).evidence["judge"]
     (brier,) = [m for m in judged["metrics"] if m["name"] == "multiclass_brier"]
     assert brier["classification"] == "high" and brier["effect"] > 0.04
+
+
+@pytest.mark.slow
+def test_a_regression_canary_reads_its_absolute_error_from_prometheus(canary_team, tmp_path):
+    """With `AGENTIC_MLOPS_PROMETHEUS_URL` set, a real Prometheus scraping the router gives
+    the judge each interval's mean absolute error: the worse regressor is rolled back on it."""
+    register_sklearn(canary_team.home, "diabetes", *fitted_diabetes_regressor())
+    adopt(canary_team, "diabetes", "diabetes-adopt.csv", "progression")
+    worse = register_sklearn(canary_team.home, "diabetes", *weak_diabetes_regressor())
+    traffic = unseen_rows(diabetes_table())
+
+    rolled_back = roll_out(canary_team, "diabetes", worse, traffic, "progression", tmp_path)
+    assert rolled_back.outcome == "rolled_back", rolled_back
+    assert registry.alias_version("diabetes", registry.CHAMPION, canary_team) == 1
+    assert label_metric_of_the_decision(canary_team, "diabetes", worse) == "absolute_error"
+    entries = ledger.list_decisions(
+        "diabetes", decision_point="canary_promotion", settings=canary_team
+    )
+    judged = next(e for e in entries if e.model_version == worse).evidence["judge"]
+    (error,) = [m for m in judged["metrics"] if m["name"] == "absolute_error"]
+    assert error["classification"] == "high", error
+    assert error["canary_n"] < 100, "per-interval values from Prometheus, not per request"

@@ -165,3 +165,16 @@ def test_the_model_server_answers_with_the_score(tmp_path):
     assert server.task == "regression"
     rows = ROWS.head(3).to_dict("records")
     np.testing.assert_allclose(server.score(rows), regressor.predict(ROWS.head(3)))
+
+
+def test_loading_a_model_leaves_no_tracking_uri_in_the_environment(tmp_path, monkeypatch):
+    """MLflow's setter exports its URI: left there, every later home of this process (a test
+    session's, the check server's) would read and write the first home's registry."""
+    import os
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    classifier = LogisticRegression().fit(ROWS, LABELS)
+    uri = saved(tmp_path, classifier, classifier.predict(ROWS))
+    load_scoring_model(uri, f"sqlite:///{tmp_path / 'elsewhere.db'}")
+    assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_REGISTRY_URI" not in os.environ
