@@ -24,7 +24,7 @@ from prefect.deployments import run_deployment
 from prefect.events import emit_event
 from prefect.runtime import flow_run
 from prefect.states import State
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from sklearn.metrics import brier_score_loss, roc_auc_score
 from sklearn.model_selection import train_test_split
 
@@ -34,6 +34,7 @@ from agentic_mlops.decisions import (
     PastRun,
     SegmentCoverage,
     TriageContext,
+    TriageRecord,
 )
 from agentic_mlops.schemas import TrainingResult
 from agentic_mlops.settings import Settings
@@ -135,12 +136,19 @@ def triage_context(ledger_id: str | None, settings: Settings) -> TriageContext |
     entry = ledger.get_decision(ledger_id, settings)
     if entry is None:
         raise DataError(f"no decision {ledger_id!r} in the ledger")
-    used = entry.evidence.get("used", [])
+    if entry.decision_point != "drift_triage":
+        raise DataError(f"decision {ledger_id!r} is a {entry.decision_point}, not a drift triage")
+    try:
+        evidence = TriageRecord.model_validate(entry.evidence)
+    except ValidationError as error:
+        raise DataError(
+            f"decision {ledger_id!r} holds no triage evidence: {error.errors()[0]['msg']}"
+        ) from error
     return TriageContext(
         action=entry.action,
         severity=entry.severity,
-        drifted_features=list(entry.evidence.get("drifted_features", [])),
-        performance_dropped="performance" in used and entry.action == "retrain",
+        drifted_features=evidence.drifted_features,
+        performance_dropped="performance" in evidence.used and entry.action == "retrain",
         rationale=entry.rationale,
     )
 

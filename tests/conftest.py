@@ -38,6 +38,7 @@ import pytest  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 
+from agentic_mlops.decisions import QualityEvidence, TriageRecord  # noqa: E402
 from agentic_mlops.settings import Settings  # noqa: E402
 
 
@@ -193,3 +194,17 @@ def running_prefect_server(
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
+
+
+def triage_record(used: list[str], drifted_features: list[str]) -> dict:
+    """A drift triage's evidence as the ledger keeps it (`TriageRecord`), for hand-made
+    ledger entries."""
+    return TriageRecord(
+        model_name="churn",
+        quality=QualityEvidence(passed=True, batch_failed=False),
+        dataset_drift=bool(drifted_features),
+        drift_share=0.5 if drifted_features else 0.0,
+        columns={},
+        used=used,
+        drifted_features=drifted_features,
+    ).model_dump(mode="json")

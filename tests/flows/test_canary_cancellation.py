@@ -25,7 +25,7 @@ from prefect.settings import PREFECT_API_URL
 from agentic_mlops.flows.retrain import retrain
 from agentic_mlops.tasks import ledger, registry, rollout, rollout_protocol
 from agentic_mlops.tasks.local_rollout import LocalRollout, alive
-from tests.conftest import artifacts_by_key
+from tests.conftest import artifacts_by_key, triage_record
 from tests.flows.test_canary_flow import (  # noqa: F401
     customer_traffic,
     serving_home,
@@ -168,6 +168,7 @@ def test_a_retrain_with_nothing_serving_registers_the_challenger_and_starts_no_c
             model_version=1,
             inputs_digest="x",
             action="retrain",
+            evidence=triage_record(used=["column_drift"], drifted_features=[]),
             agent_model="policy",
         ),
         serving_home,

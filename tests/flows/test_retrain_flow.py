@@ -9,7 +9,7 @@ from agentic_mlops.flows.retrain import retrain
 from agentic_mlops.settings import Settings
 from agentic_mlops.tasks import ledger, registry
 from agentic_mlops.tasks.batches import read_table, write_table
-from tests.conftest import artifacts_by_key, use_home_copy
+from tests.conftest import artifacts_by_key, triage_record, use_home_copy
 from tests.tasks.test_synthesis import SEGMENT, VALUE, world
 
 QUICK = {"max_trials": 3, "time_budget_seconds": 90, "hand_over": "none"}
@@ -79,7 +79,7 @@ def triage_entry(settings: Settings) -> str:
         severity="medium",
         confidence=0.8,
         rationale="payment method drifted",
-        evidence={"used": ["column_drift"], "drifted_features": [SEGMENT]},
+        evidence=triage_record(used=["column_drift"], drifted_features=[SEGMENT]),
         agent_model="policy",
     )
     return ledger.record_decision(entry, settings).id

@@ -7,6 +7,7 @@ from agentic_mlops.decisions import AdvisorEvidence, SegmentCoverage
 from agentic_mlops.settings import Settings
 from agentic_mlops.tasks import ledger, retraining
 from agentic_mlops.tasks.batches import DataError
+from tests.conftest import triage_record
 
 SEGMENTS = [SegmentCoverage(name="payment_method=crypto", training_share=0.01, recent_share=0.3)]
 
@@ -46,7 +47,7 @@ def test_the_triage_decision_that_asked_is_read_and_an_unknown_one_refused(home)
         severity="high",
         confidence=0.9,
         rationale="performance dropped",
-        evidence={"used": ["performance"], "drifted_features": ["tenure"]},
+        evidence=triage_record(used=["performance"], drifted_features=["tenure"]),
         agent_model="policy",
     )
     ledger.record_decision(entry, home)
@@ -57,3 +58,11 @@ def test_the_triage_decision_that_asked_is_read_and_an_unknown_one_refused(home)
     assert retraining.read_request(None, None, home) == (None, None)
     with pytest.raises(DataError, match="no-such-decision"):
         retraining.read_request("no-such-decision", None, home)
+    step = entry.model_copy(update={"id": "a-canary-step", "decision_point": "canary_promotion"})
+    ledger.record_decision(step, home)
+    with pytest.raises(DataError, match="is a canary_promotion, not a drift triage"):
+        retraining.read_request("a-canary-step", None, home)
+    untyped = entry.model_copy(update={"id": "untyped", "evidence": {"used": ["performance"]}})
+    ledger.record_decision(untyped, home)
+    with pytest.raises(DataError, match="'untyped' holds no triage evidence"):
+        retraining.read_request("untyped", None, home)
