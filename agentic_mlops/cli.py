@@ -66,6 +66,20 @@ def check_settings() -> None:
             fail(problem)
 
 
+def run_flow(
+    flow, arguments: dict, doing: str | None, what: str, invalid: tuple[str, ...] = ("InvalidData",)
+):
+    """Run `flow` here as the command's flow run, on the server `announce_server` names,
+    showing `doing` meanwhile. A failed run ends the command with its message: exit 2 when
+    its state is one of `invalid` (bad input), else 1. Returns the final state."""
+    announce_server()
+    with errors.status(doing) if doing else contextlib.nullcontext():
+        state = flow(**arguments, return_state=True)
+    if state.is_failed():
+        fail(state.message or f"{what} failed", 2 if state.name in invalid else 1)
+    return state
+
+
 def announce_server() -> None:
     """Say on one line (stderr) which Prefect server the command's flows run on."""
     import os
@@ -186,11 +200,7 @@ def train(
         seed=seed,
         model_name=model,
     )
-    announce_server()
-    with errors.status("Training and registering the model..."):
-        state = train_flow(**arguments, return_state=True)
-    if state.is_failed():
-        fail(state.message or "training failed", 2 if state.name == "InvalidData" else 1)
+    state = run_flow(train_flow, arguments, "Training and registering the model...", "training")
     result = state.result()
     if as_json:
         console.print_json(result.model_dump_json())
@@ -246,10 +256,7 @@ def retrain(
         hand_over=hand_over,
         model_name=model,
     )
-    announce_server()
-    state = retrain_flow(**arguments, return_state=True)
-    if state.is_failed():
-        fail(state.message or "retraining failed", 2 if state.name == "InvalidData" else 1)
+    state = run_flow(retrain_flow, arguments, None, "retraining")  # the search shows progress
     result = state.result()
     if as_json:
         console.print_json(result.model_dump_json())
@@ -555,12 +562,8 @@ def adopt(
         version=version,
         task=task,
     )
-    announce_server()
-    with errors.status(f"Scoring {model} and storing its reference..."):
-        state = adopt_flow(**arguments, return_state=True)
-    if state.is_failed():
-        fail(state.message or "adoption failed", 2 if state.name == "InvalidData" else 1)
-    result = state.result()
+    doing = f"Scoring {model} and storing its reference..."
+    result = run_flow(adopt_flow, arguments, doing, "adoption").result()
     if as_json:
         console.print_json(result.model_dump_json())
         return
@@ -604,12 +607,13 @@ def canary(
         step_seconds=step_seconds,
         model_name=model,
     )
-    announce_server()
-    with errors.status("Rolling out the canary (traffic must reach the router)..."):
-        state = canary_rollout(**arguments, return_state=True)
-    if state.is_failed():
-        invalid = state.name in ("InvalidParameters", "NoChallenger")
-        fail(state.message or "canary rollout failed", 2 if invalid else 1)
+    state = run_flow(
+        canary_rollout,
+        arguments,
+        "Rolling out the canary (traffic must reach the router)...",
+        "canary rollout",
+        invalid=("InvalidParameters", "NoChallenger"),
+    )
     result = state.result()
     if result is None:
         console.print(state.message or state.name, highlight=False)

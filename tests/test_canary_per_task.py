@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -95,10 +93,11 @@ def roll_out(
     version: int,
     source: pd.DataFrame,
     target: str,
-    prometheus_folder: Path | None = None,
+    prometheus: tuple[Path, pytest.MonkeyPatch] | None = None,
 ):
     """Serve the champion, roll `version` out at 50% with labelled traffic until decided; with
-    `prometheus_folder`, the judge reads the router's series from a real Prometheus there."""
+    `prometheus` (a folder, and the test's monkeypatch to set its address), the judge reads
+    the router's series from a real Prometheus."""
     backend = LocalRollout(settings.for_model(name))
     url = backend.start_router()
     backend.set_baseline(registry.alias_version(name, registry.CHAMPION, settings))
@@ -107,17 +106,16 @@ def roll_out(
     )
     try:
         with contextlib.ExitStack() as stack:
-            if prometheus_folder:
+            if prometheus:
+                folder, monkeypatch = prometheus
                 target_address = {url.removeprefix("http://"): {}}
-                prometheus = stack.enter_context(
-                    running_prometheus("router", target_address, prometheus_folder)
-                )
-                stack.enter_context(environment(AGENTIC_MLOPS_PROMETHEUS_URL=prometheus))
+                address = stack.enter_context(running_prometheus("router", target_address, folder))
+                monkeypatch.setenv("AGENTIC_MLOPS_PROMETHEUS_URL", address)
             stack.enter_context(traffic)
             state = canary_rollout(
                 version=version,
                 steps=[50, 100],
-                step_seconds=60 if prometheus_folder else 240,
+                step_seconds=60 if prometheus else 240,
                 min_samples=60,
                 approval_timeout_seconds=30,
                 model_name=name,
@@ -127,20 +125,6 @@ def roll_out(
         backend.shutdown()
     assert traffic.counts.failed == 0
     return state.result()
-
-
-@contextlib.contextmanager
-def environment(**variables: str) -> Iterator[None]:
-    before = {name: os.environ.get(name) for name in variables}
-    os.environ.update(variables)
-    try:
-        yield
-    finally:
-        for name, value in before.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def label_metric_of_the_decision(settings: Settings, name: str, version: int) -> str:
@@ -251,7 +235,9 @@ def test_a_wine_canary_rolls_back_a_worse_multiclass_model_by_its_brier_score(ca
 
 
 @pytest.mark.slow
-def test_a_regression_canary_reads_its_absolute_error_from_prometheus(canary_team, tmp_path):
+def test_a_regression_canary_reads_its_absolute_error_from_prometheus(
+    canary_team, tmp_path, monkeypatch
+):
     """With `AGENTIC_MLOPS_PROMETHEUS_URL` set, a real Prometheus scraping the router gives
     the judge each interval's mean absolute error: the worse regressor is rolled back on it."""
     register_sklearn(canary_team.home, "diabetes", *fitted_diabetes_regressor())
@@ -259,7 +245,8 @@ def test_a_regression_canary_reads_its_absolute_error_from_prometheus(canary_tea
     worse = register_sklearn(canary_team.home, "diabetes", *weak_diabetes_regressor())
     traffic = unseen_rows(diabetes_table())
 
-    rolled_back = roll_out(canary_team, "diabetes", worse, traffic, "progression", tmp_path)
+    through = (tmp_path, monkeypatch)
+    rolled_back = roll_out(canary_team, "diabetes", worse, traffic, "progression", through)
     assert rolled_back.outcome == "rolled_back", rolled_back
     assert registry.alias_version("diabetes", registry.CHAMPION, canary_team) == 1
     assert label_metric_of_the_decision(canary_team, "diabetes", worse) == "absolute_error"
