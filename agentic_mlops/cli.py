@@ -80,21 +80,27 @@ def run_flow(
     return state
 
 
-def announce_server() -> None:
-    """Say on one line (stderr) which Prefect server the command's flows run on."""
+NO_STACK = (
+    "No local stack: starting a temporary Prefect server for this command "
+    "(`agentic-mlops up` keeps one running)"
+)
+
+
+def announce_server(temporary: bool = False) -> None:
+    """Say on one line (stderr) which Prefect server the command's flows run on; `temporary`:
+    the command has started its own already."""
     import os
 
     from agentic_mlops import stack
 
-    if url := stack.in_use(load_settings().home):
+    if temporary:
+        line = NO_STACK
+    elif url := stack.in_use(load_settings().home):
         line = f"Using the local stack: Prefect at {url} (`agentic-mlops down` stops it)"
     elif os.environ.get("PREFECT_API_URL"):
         line = f"Using the Prefect server at {os.environ['PREFECT_API_URL']}"
     else:
-        line = (
-            "No local stack: starting a temporary Prefect server for this command "
-            "(`agentic-mlops up` keeps one running)"
-        )
+        line = NO_STACK
     errors.print(line, highlight=False, soft_wrap=True)
 
 
@@ -105,15 +111,7 @@ def start_server_early():
     from agentic_mlops.runtime import start_temporary_server
 
     server = start_temporary_server(load_settings())
-    if server is None:
-        announce_server()
-    else:
-        errors.print(
-            "No local stack: starting a temporary Prefect server for this command "
-            "(`agentic-mlops up` keeps one running)",
-            highlight=False,
-            soft_wrap=True,
-        )
+    announce_server(temporary=server is not None)
     return server
 
 

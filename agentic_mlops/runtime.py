@@ -11,9 +11,7 @@ starts a temporary one for the process.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import os
-import signal
 import sys
 import threading
 from pathlib import Path
@@ -85,17 +83,13 @@ def start_temporary_server(settings: Settings) -> stack.StackProcess | None:
     return temporary_server
 
 
-def stop_temporary_server(grace: float = 5.0) -> None:
-    """End the temporary server this process started; safe to call twice. With no `grace`,
-    it is told to stop and finishes on its own."""
+def stop_temporary_server(grace: float | None = 5.0) -> None:
+    """End the temporary server this process started; safe to call twice. With no `grace`
+    (None), it is told to stop and finishes on its own."""
     global temporary_server
     if temporary_server is None:
         return
-    if grace > 0:
-        stack.stop(temporary_server, grace)
-    else:
-        with contextlib.suppress(OSError):
-            os.killpg(temporary_server.pid, signal.SIGTERM)
+    stack.stop(temporary_server, grace)
     temporary_server = None
 
 
@@ -133,5 +127,5 @@ def quick_exit(code: int, budget: float = 2.0) -> NoReturn:
         for server in list(SubprocessASGIServer._instances.values()):
             if server.server_process is not None:
                 server.server_process.terminate()
-    stop_temporary_server(grace=0)
+    stop_temporary_server(grace=None)
     os._exit(code)

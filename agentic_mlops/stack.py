@@ -339,14 +339,18 @@ def start_checks(
     return _spawn("checks", command, port, folder / "checks.log", env)
 
 
-def stop(process: StackProcess, grace: float = 10.0) -> bool:
-    """Stop a recorded process and its children; False when it had ended already."""
+def stop(process: StackProcess, grace: float | None = 10.0) -> bool:
+    """Stop a recorded process and its children; False when it had ended already. It gets
+    `grace` seconds to end after SIGTERM before SIGKILL; with `grace=None` it is only told to
+    stop and ends on its own (nobody waits)."""
     if not running(process):
         return False
     try:
         os.killpg(process.pid, signal.SIGTERM)
     except OSError:
         return False
+    if grace is None:
+        return True
     deadline = time.monotonic() + grace
     while running(process) and time.monotonic() < deadline:
         time.sleep(0.1)
