@@ -145,7 +145,9 @@ def constructions(folder: Path) -> list[str]:
 def test_every_backend_comes_from_the_one_factory(tmp_path):
     """Flows, the CLI, the MCP tools and the demo take their backend from `rollout_backend`."""
     for folder in ("agentic_mlops", "flows", "agents", "tasks"):
-        built = [place for place in constructions(ROOT / folder) if "tasks/rollout.py:" not in place]
+        built = [
+            place for place in constructions(ROOT / folder) if "tasks/rollout.py:" not in place
+        ]
         assert built == [], f"build it with rollout_backend(settings): {built}"
     (tmp_path / "flow.py").write_text("backend = LocalRollout(settings)\n")
     assert constructions(tmp_path) != [], "the check sees a construction"
