@@ -1060,7 +1060,7 @@ def mcp(
     from agentic_mlops.mcp_server import StartRefused, serve
 
     try:
-        serve(http=http, host=host, port=port)
+        serve(http=http, host=host, port=port, settings=load_settings())
     except StartRefused as error:
         fail(str(error))
 

@@ -500,7 +500,7 @@ def decisions(
         raise ToolFailure("bad_time_filter", f"since ({start}) is after until ({end})")
     narrowed = end is not None or version is not None
     entries = ledger.list_decisions(
-        name, action, decision_point, start, 5_000 if narrowed else limit, settings
+        name, action, decision_point, start, 5_000 if narrowed else limit, settings=settings
     )
     kept = [
         brief(e)
@@ -845,7 +845,7 @@ def drift_report(
                 checked_at=o.created_at,
                 **o.model_dump(exclude={"created_at", "model_name", "detector_state"}),
             )
-            for o in ledger.drift_history(entry.model_name, 10, settings)
+            for o in ledger.drift_history(entry.model_name, 10, settings=settings)
         ],
         report_path=str(report) if report and report.exists() else None,
     )

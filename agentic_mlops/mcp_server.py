@@ -170,9 +170,8 @@ class BearerToken(TokenVerifier):
         return None
 
 
-def build_server(settings: Settings | None = None, auth: TokenVerifier | None = None) -> FastMCP:
+def build_server(settings: Settings, auth: TokenVerifier | None = None) -> FastMCP:
     """The MCP server: read tools, act tools when enabled, resources and prompts."""
-    settings = settings or load_settings()
     server = FastMCP(
         "agentic-mlops",
         instructions=INSTRUCTIONS,
@@ -425,7 +424,8 @@ def serve(
     http: bool = False,
     host: str | None = None,
     port: int | None = None,
-    settings: Settings | None = None,
+    *,
+    settings: Settings,
 ) -> None:
     """Serve until the client hangs up (stdio) or the process is stopped (HTTP).
 
@@ -433,7 +433,6 @@ def serve(
         StartRefused: HTTP without a bearer token (or with one shorter than 16 characters),
             or a port already in use.
     """
-    settings = settings or load_settings()
     if not http:
         build_server(settings).run(transport="stdio", show_banner=False)
         return
@@ -463,4 +462,4 @@ def serve(
 
 
 if __name__ == "__main__":
-    serve()
+    serve(settings=load_settings())

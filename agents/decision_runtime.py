@@ -46,7 +46,7 @@ from pydantic_ai.usage import UsageLimits
 
 from agentic_mlops.agents.mcp_toolsets import mounted_toolsets
 from agentic_mlops.decisions import POLICY, Attribution, Outcome
-from agentic_mlops.settings import DecisionLimits, Settings, load_settings
+from agentic_mlops.settings import DecisionLimits, Settings
 from agentic_mlops.tasks import ledger
 from agentic_mlops.tasks.lifecycle_report import summary, verdict
 
@@ -316,7 +316,7 @@ class DecisionPoint(Generic[Evidence, Limits, Decision]):
         return backed_by_policy(chosen, policy_model(self.evidence_tools, decision))
 
     def decide(
-        self, evidence: Evidence, settings: Settings | None = None, model: Model | None = None
+        self, evidence: Evidence, settings: Settings, model: Model | None = None
     ) -> Outcome[Decision]:
         """Run the agent once on `evidence` and apply the guardrails: always a valid decision.
 
@@ -325,7 +325,6 @@ class DecisionPoint(Generic[Evidence, Limits, Decision]):
         a provider that fails, a timeout, usage limits or an output that stays invalid after
         retries all mean the policy decides, with the reason recorded.
         """
-        settings = settings or load_settings()
         limits = self.limits(settings)
         policy_decision = self.policy(evidence, limits)
         configured = model.model_name if model is not None else settings.agents.model

@@ -27,7 +27,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from agentic_mlops.decisions import POLICY
-from agentic_mlops.settings import Settings, load_settings
+from agentic_mlops.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -103,9 +103,9 @@ def mounted_servers(settings: Settings) -> list[MountedServer]:
     return servers
 
 
-def mounted_toolsets(model: Any, settings: Settings | None = None) -> list[Any]:
+def mounted_toolsets(model: Any, settings: Settings) -> list[Any]:
     """The extra toolsets of an agent on `model`: none for the policy, else every mounted
     server of the settings."""
     if getattr(model, "model_name", model) == POLICY:
         return []
-    return [server_toolset(server) for server in mounted_servers(settings or load_settings())]
+    return [server_toolset(server) for server in mounted_servers(settings)]

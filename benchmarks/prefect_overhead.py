@@ -20,7 +20,10 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agentic_mlops.settings import Settings
 
 Row = dict[str, object]
 REPEATS = 7
@@ -28,9 +31,9 @@ TRAIN_ROWS = 3_000
 BATCH_ROWS = 2_000
 
 
-def _timed(call: Callable[..., Any], *args: Any) -> tuple[float, Any]:
+def _timed(call: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[float, Any]:
     start = time.perf_counter()
-    value = call(*args)
+    value = call(*args, **kwargs)
     return time.perf_counter() - start, value
 
 
@@ -52,33 +55,37 @@ def nothing() -> None:
     """A task that does nothing: what a task run costs with no work and no arguments."""
 
 
-def _steps(batch_path: str) -> list[tuple[str, Any, Callable[[dict], tuple]]]:
+def _steps(
+    batch_path: str, settings: Settings
+) -> list[tuple[str, Any, Callable[[dict], tuple], dict[str, Any]]]:
     """A no-op task, then the drift check's tasks in flow order, each with how to build its
-    arguments from the results of the steps before it (`done`, by task name)."""
+    arguments from the results of the steps before it (`done`, by task name) and its keyword
+    arguments."""
     from prefect import task
 
-    from agentic_mlops.settings import load_settings
     from agentic_mlops.tasks import drift_actions, reference
     from agentic_mlops.tasks.batches import load_batch
     from agentic_mlops.tasks.drift import detect_drift, drift_report, update_sequential
     from agentic_mlops.tasks.quality import check_quality
 
-    settings = load_settings()
     name = settings.model_name
     report = settings.reports_dir / name / "overhead-drift.html"
+    in_force = {"settings": settings}
     return [
-        ("a task doing nothing", task(nothing, name="nothing"), lambda d: ()),
-        ("load-batch", load_batch, lambda d: (batch_path,)),
-        ("resolve-reference", reference.resolve_reference, lambda d: (None, "churn", settings)),
+        ("a task doing nothing", task(nothing, name="nothing"), lambda d: (), {}),
+        ("load-batch", load_batch, lambda d: (batch_path,), {}),
+        ("resolve-reference", reference.resolve_reference, lambda d: (None, "churn"), in_force),
         (
             "check-quality",
             check_quality,
-            lambda d: (batch_path, d["load-batch"], d["resolve-reference"].suite, settings),
+            lambda d: (batch_path, d["load-batch"], d["resolve-reference"].suite),
+            in_force,
         ),
         (
             "score-batch",
             reference.score_batch,
-            lambda d: (d["load-batch"], d["resolve-reference"], settings),
+            lambda d: (d["load-batch"], d["resolve-reference"]),
+            in_force,
         ),
         (
             "detect-drift",
@@ -87,8 +94,8 @@ def _steps(batch_path: str) -> list[tuple[str, Any, Callable[[dict], tuple]]]:
                 d["resolve-reference"].profile,
                 d["load-batch"],
                 d["score-batch"].champion,
-                settings,
             ),
+            in_force,
         ),
         (
             "evidently-report",
@@ -101,16 +108,19 @@ def _steps(batch_path: str) -> list[tuple[str, Any, Callable[[dict], tuple]]]:
                 settings.drift.report_rows,
                 settings.seed,
             ),
+            {},
         ),
         (
             "update-sequential-detector",
             update_sequential,
             lambda d: (name, "overhead.parquet", d["detect-drift"], d["resolve-reference"].key),
+            in_force,
         ),
         (
             "record-triage",
             drift_actions.record_triage,
-            lambda d: (d["triage"], d["evidence"], d["resolve-reference"].version, None, settings),
+            lambda d: (d["triage"], d["evidence"], d["resolve-reference"].version, None),
+            in_force,
         ),
     ]
 
@@ -146,7 +156,7 @@ def _probe(batch_path: str, repeats: int) -> dict[str, tuple[list[float], list[f
     def probe() -> tuple[dict[str, tuple[list[float], list[float]]], Any]:
         done: dict[str, Any] = {}
         timings: dict[str, tuple[list[float], list[float]]] = {}
-        for name, task_obj, arguments in _steps(batch_path):
+        for name, task_obj, arguments, keywords in _steps(batch_path, settings):
             if name == "record-triage":
                 done["evidence"] = _evidence(done)
                 done["triage"] = triage(done["evidence"], settings)
@@ -155,7 +165,7 @@ def _probe(batch_path: str, repeats: int) -> dict[str, tuple[list[float], list[f
                 args = arguments(done)
                 order = [(direct, task_obj.fn), (as_task, task_obj)]
                 for timings_of, call in order if index % 2 == 0 else order[::-1]:
-                    seconds, done[name] = _timed(call, *args)
+                    seconds, done[name] = _timed(call, *args, **keywords)
                     timings_of.append(seconds)
             timings[name] = (direct, as_task)
         in_flow = [_timed(lambda: triage(done["evidence"], settings))[0] for _ in range(repeats)]

@@ -25,7 +25,7 @@ from sklearn.metrics import (
     r2_score,
 )
 
-from agentic_mlops.settings import Settings, load_settings
+from agentic_mlops.settings import Settings
 from agentic_mlops.tasks import registry
 from agentic_mlops.tasks.batches import DataError, read_table, require_columns
 from agentic_mlops.tasks.reference import (
@@ -176,10 +176,10 @@ def check_adoption(
     data_path: str,
     target: str,
     task_name: str,
-    settings: Settings | None = None,
+    settings: Settings,
 ) -> Candidate:
     """The checked candidate (see `prepare`); a `DataError` fails the task with its message."""
-    return prepare(name, version, data_path, target, task_name, settings or load_settings())
+    return prepare(name, version, data_path, target, task_name, settings)
 
 
 @task(name="evaluate-adopted-model", cache_policy=NO_CACHE)
@@ -209,9 +209,7 @@ def evaluate_candidate(candidate: Candidate, seed: int = 42) -> ModelCard:
     )
 
 
-def store_adopted_reference(
-    candidate: Candidate, card: ModelCard, settings: Settings | None = None
-) -> Path:
+def store_adopted_reference(candidate: Candidate, card: ModelCard, settings: Settings) -> Path:
     """Store the version's reference (under home and in its MLflow run)."""
     features = candidate.frame.drop(columns=[candidate.target])
     scores = candidate.model.score(features, candidate.task)
@@ -219,9 +217,7 @@ def store_adopted_reference(
 
 
 @task(name="crown-if-unguarded", cache_policy=NO_CACHE)
-def crown_if_unguarded(
-    name: str, version: int, settings: Settings | None = None
-) -> tuple[int, bool]:
+def crown_if_unguarded(name: str, version: int, settings: Settings) -> tuple[int, bool]:
     """Make `version` the champion when the model has none yet (running it twice is
     harmless); return the champion and whether this call made it."""
     champion = registry.alias_version(name, registry.CHAMPION, settings)

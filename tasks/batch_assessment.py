@@ -130,7 +130,7 @@ def assess_batch(
     broken = quality.result.batch_failed
     rows = current if broken else quality.clean_rows
     scores = reference.score_batch(rows, ref, settings)
-    checked = detect_drift(ref.profile, rows, scores.champion, settings, return_state=True)
+    checked = detect_drift(ref.profile, rows, scores.champion, settings=settings, return_state=True)
     if checked.is_failed():
         error = checked.result(raise_on_failure=False)
         if not broken:
@@ -140,7 +140,7 @@ def assess_batch(
         drift = checked.result()
     report = plan_drift_report(ref, rows, drift, batch_id, settings)
     name = settings.model_name
-    history = [o.drift_score for o in ledger.drift_history(name, 20, settings)]
+    history = [o.drift_score for o in ledger.drift_history(name, 20, settings=settings)]
     observation = None
     if not broken:
         observation = update_sequential(name, batch_id, drift, ref.key, settings)

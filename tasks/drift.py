@@ -41,7 +41,7 @@ from scipy import stats
 from scipy.spatial import distance
 
 from agentic_mlops.decisions import ColumnDrift
-from agentic_mlops.settings import Settings, load_settings
+from agentic_mlops.settings import Settings
 from agentic_mlops.tasks import ledger
 from agentic_mlops.tasks.batches import DataError
 
@@ -378,7 +378,8 @@ def compare_to_profile(
     profile: ReferenceProfile,
     frame: pd.DataFrame,
     prediction: np.ndarray | None = None,
-    settings: Settings | None = None,
+    *,
+    settings: Settings,
 ) -> DriftResult:
     """Per-column, dataset-level and prediction drift of a batch against a profile.
 
@@ -389,7 +390,6 @@ def compare_to_profile(
     Raises:
         DataError: the batch shares no testable column with the profile.
     """
-    settings = settings or load_settings()
     skipped = {str(c): "not in the reference" for c in frame.columns if c not in profile.columns}
     present = [name for name in profile.columns if name in frame.columns]
     for name in profile.columns:
@@ -444,10 +444,11 @@ def detect_drift(
     profile: ReferenceProfile,
     frame: pd.DataFrame,
     prediction: np.ndarray | None = None,
-    settings: Settings | None = None,
+    *,
+    settings: Settings,
 ) -> DriftResult:
     """Prefect task around `compare_to_profile`."""
-    return compare_to_profile(profile, frame, prediction, settings)
+    return compare_to_profile(profile, frame, prediction, settings=settings)
 
 
 class CusumState(BaseModel):
@@ -492,7 +493,7 @@ def update_sequential(
     batch_id: str,
     drift: DriftResult,
     reference: str,
-    settings: Settings | None = None,
+    settings: Settings,
 ) -> ledger.DriftObservation:
     """Advance the CUSUM with this batch and record the batch in the drift history.
 
@@ -500,7 +501,6 @@ def update_sequential(
     batch again replaces its row and starts from the state before it, so a retry does not
     count the batch twice.
     """
-    settings = settings or load_settings()
     history = ledger.drift_history(model_name, limit=2, settings=settings)
     if history and history[-1].batch_id == batch_id:
         history = history[:-1]

@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field
 
 from agentic_mlops.decisions import Outcome, TriageEvidence, TriageRecord
 from agentic_mlops.schemas import DecisionSummary, DriftCheckResult, PerformanceSummary
-from agentic_mlops.settings import Settings, load_settings
+from agentic_mlops.settings import Settings
 from agentic_mlops.tasks import approval, ledger, reference, registry, reports
 from agentic_mlops.tasks.batch_assessment import BatchAssessment
 from agentic_mlops.tasks.quality import QualityCheck
@@ -62,7 +62,7 @@ def record_triage(
     evidence: TriageEvidence,
     model_version: int | None,
     flow_run_id: str | None,
-    settings: Settings | None = None,
+    settings: Settings,
 ) -> ledger.LedgerEntry:
     """Append the triage decision, with the evidence it saw, to the ledger."""
     evidence_json = evidence.model_dump(mode="json")
@@ -178,7 +178,7 @@ def deployment_exists(name: str) -> bool:
 
 
 def start_retraining(
-    retrain_flow: Any, parameters: dict[str, Any], ledger_id: str, settings: Settings | None = None
+    retrain_flow: Any, parameters: dict[str, Any], ledger_id: str, settings: Settings
 ) -> dict[str, Any]:
     """Retrain: through the `retrain` deployment when one is registered, else as a subflow.
 
@@ -189,7 +189,6 @@ def start_retraining(
     itself attaches the outcome (challenger version, holdout comparison with the champion)
     to the ledger entry named in its parameters.
     """
-    settings = settings or load_settings()
     deployed = deployment_exists(RETRAIN_DEPLOYMENT)
     emit_event(
         event=RETRAIN_REQUESTED_EVENT,
@@ -353,7 +352,7 @@ def retrain_for(
     )
 
 
-def roll_back(model_name: str, ledger_id: str, settings: Settings | None = None) -> str:
+def roll_back(model_name: str, ledger_id: str, settings: Settings) -> str:
     """Move `champion` back to the previous champion; record what moved."""
     move = registry.rollback_champion(model_name, settings)
     ledger.record_outcome(

@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from agentic_mlops.settings import Settings, load_settings
+from agentic_mlops.settings import Settings
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS decisions (
@@ -99,13 +99,12 @@ class DriftObservation(BaseModel):
     detector_state: dict[str, Any]
 
 
-def store_path(settings: Settings | None = None) -> Path:
-    settings = settings or load_settings()
+def store_path(settings: Settings) -> Path:
     return settings.home / "ledger.db"
 
 
 @contextmanager
-def connect(settings: Settings | None = None) -> Iterator[sqlite3.Connection]:
+def connect(settings: Settings) -> Iterator[sqlite3.Connection]:
     """A connection to the store, created with its schema on first use; commits on success."""
     path = store_path(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -132,7 +131,7 @@ def now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
-def record_decision(entry: LedgerEntry, settings: Settings | None = None) -> LedgerEntry:
+def record_decision(entry: LedgerEntry, settings: Settings) -> LedgerEntry:
     """Append a decision; recording the same id again keeps the first (a retried flow)."""
     with connect(settings) as db:
         values = {
@@ -159,7 +158,7 @@ def record_agent_decision(
     decision_point: str,
     inputs: dict[str, Any],
     flow_run_id: str | None,
-    settings: Settings | None = None,
+    settings: Settings,
     **fields: Any,
 ) -> LedgerEntry:
     """Record what an agent decided on `inputs` (its evidence, as JSON). The entry's digest and
@@ -194,15 +193,13 @@ def _entry(row: sqlite3.Row) -> LedgerEntry:
     return LedgerEntry(**values)
 
 
-def get_decision(entry_id: str, settings: Settings | None = None) -> LedgerEntry | None:
+def get_decision(entry_id: str, settings: Settings) -> LedgerEntry | None:
     with connect(settings) as db:
         row = db.execute("SELECT * FROM decisions WHERE id = ?", (entry_id,)).fetchone()
     return _entry(row) if row else None
 
 
-def record_outcome(
-    entry_id: str, outcome: dict[str, Any], settings: Settings | None = None
-) -> LedgerEntry:
+def record_outcome(entry_id: str, outcome: dict[str, Any], settings: Settings) -> LedgerEntry:
     """Attach the later outcome of a decision (did the retrained model beat the old one?).
 
     Outcomes accumulate: keys already recorded stay unless this outcome names them again,
@@ -229,7 +226,8 @@ def list_decisions(
     decision_point: str | None = None,
     since: str | None = None,
     limit: int = 100,
-    settings: Settings | None = None,
+    *,
+    settings: Settings,
 ) -> list[LedgerEntry]:
     """Decisions, newest first, filtered by model, action, decision point and time (ISO)."""
     clauses, values = [], []
@@ -253,7 +251,7 @@ def list_decisions(
     return [_entry(row) for row in rows]
 
 
-def record_drift(observation: DriftObservation, settings: Settings | None = None) -> None:
+def record_drift(observation: DriftObservation, settings: Settings) -> None:
     """Add a checked batch to the drift history; the same batch again replaces its row."""
     with connect(settings) as db:
         db.execute(
@@ -265,7 +263,7 @@ def record_drift(observation: DriftObservation, settings: Settings | None = None
 
 
 def drift_history(
-    model_name: str, limit: int = 50, settings: Settings | None = None
+    model_name: str, limit: int = 50, *, settings: Settings
 ) -> list[DriftObservation]:
     """The latest checked batches of a model, oldest first."""
     with connect(settings) as db:

@@ -15,7 +15,7 @@ from pathlib import Path
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from agentic_mlops.schemas import LifecycleResult
-from agentic_mlops.settings import Settings, load_settings
+from agentic_mlops.settings import Settings
 from agentic_mlops.tasks import ledger, registry, reports
 
 LANES = ("drift_triage", "tuning_advisor", "canary_promotion")
@@ -56,11 +56,8 @@ def summary(entry: ledger.LedgerEntry) -> str:
     return "; ".join(parts)
 
 
-def decision_rows(
-    settings: Settings | None = None, limit: int = 200
-) -> list[dict[str, str | float | None]]:
+def decision_rows(settings: Settings, limit: int = 200) -> list[dict[str, str | float | None]]:
     """The ledger as table rows, oldest first."""
-    settings = settings or load_settings()
     entries = ledger.list_decisions(settings.model_name, limit=limit, settings=settings)
     return [
         {
@@ -78,7 +75,7 @@ def decision_rows(
     ]
 
 
-def plot_decisions(path: Path, settings: Settings | None = None, limit: int = 200) -> Path:
+def plot_decisions(path: Path, settings: Settings, limit: int = 200) -> Path:
     """Draw every decision on its lane over time, coloured by outcome; write a PNG."""
     import matplotlib
 
@@ -86,7 +83,6 @@ def plot_decisions(path: Path, settings: Settings | None = None, limit: int = 20
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
-    settings = settings or load_settings()
     entries = list(
         reversed(ledger.list_decisions(settings.model_name, limit=limit, settings=settings))
     )

@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 
 from agentic_mlops.serving.request_log import log_folder
 from agentic_mlops.serving.router import Backend, RouterState
-from agentic_mlops.settings import Settings, load_settings
+from agentic_mlops.settings import Settings
 from agentic_mlops.tasks.rollout_protocol import RolloutStatus, ServingError, ServingProcess
 
 READY, LIVE = "/healthz", "/livez"
@@ -86,8 +86,8 @@ def runs_ours(served: ServedProcess) -> bool:
 class LocalRollout:
     """The router and model servers as local processes on loopback."""
 
-    def __init__(self, settings: Settings | None = None, startup_timeout: float = 90.0):
-        self.settings = settings or load_settings()
+    def __init__(self, settings: Settings, startup_timeout: float = 90.0):
+        self.settings = settings
         self.folder = self.settings.serving_dir
         self.folder.mkdir(parents=True, exist_ok=True)
         self.record_path = self.folder / "processes.json"

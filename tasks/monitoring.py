@@ -43,7 +43,7 @@ from sklearn.metrics import roc_auc_score
 from agentic_mlops.decisions import ServingEvidence
 from agentic_mlops.schemas import DriftCheckResult
 from agentic_mlops.serving.request_log import log_folder
-from agentic_mlops.settings import Settings, load_settings
+from agentic_mlops.settings import Settings
 from agentic_mlops.tasks import ledger
 from agentic_mlops.tasks.drift import ColumnTest, ReferenceProfile, column_drift
 from agentic_mlops.tasks.metrics import MetricsError, PrometheusMetrics, RouterMetrics
@@ -253,11 +253,10 @@ def read_serving_window(
     router_url: str | None,
     cursor: MonitorCursor,
     since_ts: float | None,
-    settings: Settings | None = None,
+    settings: Settings,
 ) -> tuple[ServingWindow | None, MonitorCursor, str | None]:
     """Serving metrics since the last run from Prometheus (when `prometheus_url` is set) or
     the router; the cursor after them; and why there are none, if there are none."""
-    settings = settings or load_settings()
     seconds = time.time() - since_ts if since_ts is not None else None
     try:
         if settings.prometheus_url:
@@ -524,7 +523,7 @@ def detect_trends(
     return trends
 
 
-def record_point(model_name: str, point: MonitorPoint, settings: Settings | None = None) -> None:
+def record_point(model_name: str, point: MonitorPoint, settings: Settings) -> None:
     """Add a run to the monitor history; the same run again replaces its row (a retry)."""
     with ledger.connect(settings) as db:
         db.executescript(HISTORY_SCHEMA)
@@ -545,7 +544,8 @@ def monitor_history(
     model_name: str,
     champion_version: int | None = None,
     limit: int = 50,
-    settings: Settings | None = None,
+    *,
+    settings: Settings,
 ) -> list[MonitorPoint]:
     """The latest monitor runs of a model (of one champion version, if given), oldest first."""
     clause, values = "", [model_name]
@@ -761,7 +761,10 @@ def trends_and_alerts(
     soon, and drifted champion scores)."""
     limits = metric_limits(settings, holdout)
     history = monitor_history(
-        settings.model_name, point.champion_version, settings.monitor.history_points - 1, settings
+        settings.model_name,
+        point.champion_version,
+        settings.monitor.history_points - 1,
+        settings=settings,
     )
     trends = detect_trends([*history, point], limits, settings)
     alerts = alerts_of(point.metrics, limits, trends)

@@ -216,11 +216,10 @@ def clear_journal(settings: Settings) -> None:
 
 
 @task(name="switch-traffic", cache_policy=NO_CACHE)
-def switch_traffic(settings: Settings | None = None) -> RouterState:
+def switch_traffic(settings: Settings) -> RouterState:
     """Send all traffic to the canary inside a promotion transaction; undone on rollback."""
     from prefect.transactions import get_transaction
 
-    settings = settings or load_settings()
     backend = rollout_backend(settings)
     before = backend.router_state()
     transaction = get_transaction()
@@ -235,14 +234,13 @@ def _undo_switch_traffic(transaction) -> None:
     rollout_backend(transaction.get("settings")).restore(transaction.get("router_before"))
 
 
-def reconcile(model_name: str, settings: Settings | None = None) -> str | None:
+def reconcile(model_name: str, settings: Settings) -> str | None:
     """Make the registry's champion and the router's baseline agree; say what was repaired.
 
     A promotion journal left behind means a process died mid-promotion: both sides go back to
     where they were before it (aliases restored, router restored). Otherwise, if the router's
     baseline is not the champion, the champion alias wins and the router follows it.
     """
-    settings = settings or load_settings()
     backend = rollout_backend(settings)
     journal = read_journal(settings)
     if journal is not None:
@@ -268,7 +266,7 @@ def reconcile(model_name: str, settings: Settings | None = None) -> str | None:
     return None
 
 
-def restore_champion_traffic(settings: Settings | None = None) -> str:
+def restore_champion_traffic(settings: Settings) -> str:
     """Put all traffic back on the champion and stop the challenger's server, after a canary
     (or a lifecycle turn running one) ended without finishing: cancelled or crashed.
 
@@ -276,7 +274,6 @@ def restore_champion_traffic(settings: Settings | None = None) -> str:
     traffic and every model server but the baseline's stops. Safe when nothing serves (then
     nothing changes) and safe to run twice. Returns what it did, on one line.
     """
-    settings = settings or load_settings()
     backend = rollout_backend(settings)
     done: list[str] = []
     champion = registry.alias_version(settings.model_name, registry.CHAMPION, settings)
@@ -316,13 +313,10 @@ def _runs_of(flow_run_id: str) -> set[str]:
     return ids
 
 
-def record_interruption(
-    flow_run_id: str, how: str, what: str, settings: Settings | None = None
-) -> list[str]:
+def record_interruption(flow_run_id: str, how: str, what: str, settings: Settings) -> list[str]:
     """Attach to the newest decision of each kind made by a flow run (or its subflows) that
     it was interrupted and what was put back; returns the ledger ids told (none: no decision
     was recorded yet)."""
-    settings = settings or load_settings()
     runs = _runs_of(flow_run_id)
     newest: dict[str, str] = {}
     for entry in ledger.list_decisions(settings.model_name, limit=500, settings=settings):

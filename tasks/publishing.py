@@ -34,7 +34,8 @@ def publish_model(
     parent_run_id: str | None = None,
     extra_datasets: list[tuple[str, pd.DataFrame, dict[str, str]]] | None = None,
     training_rows: pd.DataFrame | None = None,
-    settings: Settings | None = None,
+    *,
+    settings: Settings,
 ) -> tuple[TrainingResult, LoggedRun]:
     """Log a fitted model to MLflow, register it as `challenger`, and store its reference.
 

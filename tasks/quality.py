@@ -29,7 +29,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from agentic_mlops.schemas import QualitySummary
-from agentic_mlops.settings import Settings, load_settings
+from agentic_mlops.settings import Settings
 from agentic_mlops.tasks.batches import DataError, write_table
 
 NUMERIC_TYPES = [
@@ -381,11 +381,10 @@ def summarise(result: QualityResult) -> QualitySummary:
 
 @task(name="check-quality", cache_policy=NO_CACHE)
 def check_quality(
-    path: str, frame: pd.DataFrame, suite: dict[str, Any], settings: Settings | None = None
+    path: str, frame: pd.DataFrame, suite: dict[str, Any], settings: Settings
 ) -> QualityCheck:
     """Validate one loaded batch and quarantine what failed: a failed batch's file, or the
     failing rows, with the clean rows written under home for the rest of the pipeline."""
-    settings = settings or load_settings()
     logger = get_run_logger()
     result = validate_data(frame, suite, settings.quality.row_tolerance)
     if result.batch_failed:

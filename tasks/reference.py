@@ -33,7 +33,7 @@ from agentic_mlops.decisions import (
     ServingEvidence,
     TriageEvidence,
 )
-from agentic_mlops.settings import Settings, load_settings
+from agentic_mlops.settings import Settings
 from agentic_mlops.tasks import registry
 from agentic_mlops.tasks.batches import DataError, read_table, write_table
 from agentic_mlops.tasks.drift import (
@@ -148,10 +148,9 @@ def store_reference(
     train_frame: pd.DataFrame,
     card: ModelCard,
     scores: np.ndarray | None,
-    settings: Settings | None = None,
+    settings: Settings,
 ) -> Path:
     """Save a new version's reference under home and log it to the version's MLflow run."""
-    settings = settings or load_settings()
     folder = registry.reference_dir(card.model_name, card.version, settings)
     save_reference(folder, train_frame, card, scores, settings.seed)
     registry.log_reference(card.model_name, card.version, settings)
@@ -179,7 +178,7 @@ def load_reference(folder: Path, version: int | None, previous: int | None) -> R
     )
 
 
-def stored_card(name: str, version: int, settings: Settings | None = None) -> ModelCard | None:
+def stored_card(name: str, version: int, settings: Settings) -> ModelCard | None:
     """The model card stored with a version (local copy or its MLflow run); None when the
     version has none, or an unreadable one."""
     try:
@@ -189,7 +188,7 @@ def stored_card(name: str, version: int, settings: Settings | None = None) -> Mo
         return None
 
 
-def newest_card(name: str, settings: Settings | None = None) -> ModelCard | None:
+def newest_card(name: str, settings: Settings) -> ModelCard | None:
     """The card of the newest version of a model with one stored under home; None if none."""
     models = registry.reference_dir(name, 1, settings).parent
     versions = sorted(
@@ -209,7 +208,7 @@ def newest_card(name: str, settings: Settings | None = None) -> ModelCard | None
 def resolve_reference(
     reference_path: str | None,
     target: str | None,
-    settings: Settings | None = None,
+    settings: Settings,
     model_name: str | None = None,
 ) -> Reference | State:
     """The reference a batch is checked against.
@@ -226,7 +225,6 @@ def resolve_reference(
     Returns:
         The reference, or a `Failed` state named `NoReference` or `InvalidData`.
     """
-    settings = settings or load_settings()
     name = model_name or settings.model_name
     champion = registry.alias_version(name, registry.CHAMPION, settings)
     previous = registry.alias_version(name, registry.PREVIOUS_CHAMPION, settings)
@@ -304,13 +302,12 @@ def content_digest(path: str) -> str:
     return sha.hexdigest()
 
 
-def scoring_model(name: str, version: int, settings: Settings | None = None) -> ScoringModel:
+def scoring_model(name: str, version: int, settings: Settings) -> ScoringModel:
     """A registered version, loaded for scoring.
 
     Raises:
         ScoringError: no such version, or its artifact cannot be loaded.
     """
-    settings = settings or load_settings()
     registry.client(settings)
     return load_scoring_model(f"models:/{name}/{version}", settings.tracking_uri())
 
@@ -319,7 +316,7 @@ def score_with(
     name: str,
     version: int,
     frame: pd.DataFrame,
-    settings: Settings | None = None,
+    settings: Settings,
     task: Task | None = None,
 ) -> np.ndarray | None:
     """Scores of a registered version for a batch (see `tasks/scoring.py`: the positive-class
@@ -337,11 +334,8 @@ def score_with(
 
 
 @task(name="score-batch", cache_policy=NO_CACHE)
-def score_batch(
-    frame: pd.DataFrame, ref: Reference, settings: Settings | None = None
-) -> BatchScores:
+def score_batch(frame: pd.DataFrame, ref: Reference, settings: Settings) -> BatchScores:
     """Score a batch with the champion and the previous champion, when they exist."""
-    settings = settings or load_settings()
     features = frame.drop(columns=[ref.card.target], errors="ignore")
     if ref.version is None or features.empty:
         return BatchScores()

@@ -109,9 +109,8 @@ def _mlflow_task(**options: Any):
 SQLITE_EVAL_WORKERS = 4
 
 
-def client(settings: Settings | None = None) -> MlflowClient:
+def client(settings: Settings) -> MlflowClient:
     """An MLflow client on the tracking URI in force, also made the fluent API's default."""
-    settings = settings or load_settings()
     uri = settings.tracking_uri()
     if settings.uses_embedded_mlflow():
         settings.ensure_dirs()
@@ -121,9 +120,8 @@ def client(settings: Settings | None = None) -> MlflowClient:
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-def ensure_experiment(settings: Settings | None = None) -> str:
+def ensure_experiment(settings: Settings) -> str:
     """The id of our experiment, created on first use with its artifacts under home."""
-    settings = settings or load_settings()
     mlflow_client = client(settings)
     experiment = mlflow_client.get_experiment_by_name(settings.experiment_name)
     if experiment is not None:
@@ -170,7 +168,7 @@ def decision_trace(decision_point: str, tags: dict[str, str]) -> Iterator[dict[s
         yield found
 
 
-def tag_trace(trace_id: str | None, tags: dict[str, str], settings: Settings | None = None) -> None:
+def tag_trace(trace_id: str | None, tags: dict[str, str], settings: Settings) -> None:
     """Add tags known after a decision (its ledger id) to its trace; best effort."""
     if not trace_id:
         return
@@ -180,12 +178,11 @@ def tag_trace(trace_id: str | None, tags: dict[str, str], settings: Settings | N
             mlflow_client.set_trace_tag(trace_id, key, value)
 
 
-def trace_agent_runs(settings: Settings | None = None) -> bool:
+def trace_agent_runs(settings: Settings) -> bool:
     """Trace pydantic-ai agent runs (model calls, tool calls) to MLflow, once per process.
 
     Best effort: tracing never blocks a decision, so a failure to set it up returns False.
     """
-    settings = settings or load_settings()
     try:
         ensure_experiment(settings)
         _autolog_agents(settings.tracking_uri(), settings.experiment_name)
@@ -200,7 +197,7 @@ def log_genai_evaluation(
     run_name: str,
     params: dict[str, str],
     metrics: dict[str, float],
-    settings: Settings | None = None,
+    settings: Settings,
 ) -> tuple[str, dict[str, float]]:
     """Score `rows` (each `inputs`, `outputs`, `expectations`) with MLflow's GenAI evaluation
     (`mlflow.genai.evaluate` and its `@scorer` functions) in a new run of our experiment, with
@@ -217,7 +214,6 @@ def log_genai_evaluation(
     """
     import mlflow.genai
 
-    settings = settings or load_settings()
     experiment_id = ensure_experiment(settings)
     with environment_kept():
         if settings.tracking_uri().startswith("sqlite") and WORKERS_VARIABLE not in os.environ:
@@ -322,7 +318,8 @@ def log_training_run(
     extras: dict[str, Any],
     data_source: str,
     run_name: str | None = None,
-    settings: Settings | None = None,
+    *,
+    settings: Settings,
     parent_run_id: str | None = None,
     extra_datasets: list[tuple[str, pd.DataFrame, dict[str, str]]] | None = None,
 ) -> LoggedRun:
@@ -346,7 +343,6 @@ def log_training_run(
     Returns:
         The run id, the model URI and the dataset digest.
     """
-    settings = settings or load_settings()
     experiment_id = ensure_experiment(settings)
     mlflow_client = client(settings)
     dataset, extras_in = _training_datasets(
@@ -369,7 +365,7 @@ def log_training_run(
     return LoggedRun(run_id, logged.model_uri, experiment_id, dataset.digest)
 
 
-def alias_version(name: str, alias: str, settings: Settings | None = None) -> int | None:
+def alias_version(name: str, alias: str, settings: Settings) -> int | None:
     """The version that holds an alias, or None when no version does."""
     try:
         return int(client(settings).get_model_version_by_alias(name, alias).version)
@@ -384,21 +380,20 @@ def alias_version(name: str, alias: str, settings: Settings | None = None) -> in
         raise
 
 
-def set_alias(name: str, alias: str, version: int, settings: Settings | None = None) -> None:
+def set_alias(name: str, alias: str, version: int, settings: Settings) -> None:
     """Point an alias at a version; setting it where it already points is harmless."""
     client(settings).set_registered_model_alias(name, alias, str(version))
 
 
 @_mlflow_task(name="register-version", cache_policy=NO_CACHE)
 def register_version(
-    logged: LoggedRun, settings: Settings | None = None, description: str | None = None
+    logged: LoggedRun, settings: Settings, description: str | None = None
 ) -> RegisteredVersion:
     """Register a logged model as a new version, mark it `challenger`, and `champion` if first.
 
     Registering the same run twice returns its existing version instead of a duplicate, so a
     retried flow does not pile up versions.
     """
-    settings = settings or load_settings()
     mlflow_client = client(settings)
     name = settings.model_name
     try:
@@ -425,7 +420,7 @@ def register_version(
     return RegisteredVersion(name, version, logged.run_id, tuple(sorted(current.aliases)))
 
 
-def model_aliases(name: str, settings: Settings | None = None) -> dict[str, int]:
+def model_aliases(name: str, settings: Settings) -> dict[str, int]:
     """Every alias of a registered model and the version it points at."""
     try:
         model = client(settings).get_registered_model(name)
@@ -447,7 +442,7 @@ class AliasMove:
         return self.before != self.after
 
 
-def _apply_aliases(name: str, aliases: dict[str, int | None], settings: Settings | None) -> None:
+def _apply_aliases(name: str, aliases: dict[str, int | None], settings: Settings) -> None:
     mlflow_client = client(settings)
     for alias, version in aliases.items():
         if version is None:
@@ -457,7 +452,7 @@ def _apply_aliases(name: str, aliases: dict[str, int | None], settings: Settings
             set_alias(name, alias, version, settings)
 
 
-def promote_champion(name: str, version: int, settings: Settings | None = None) -> AliasMove:
+def promote_champion(name: str, version: int, settings: Settings) -> AliasMove:
     """Make `version` the champion and remember the one it replaces as `previous-champion`.
 
     Promoting the version that is already champion changes nothing.
@@ -474,7 +469,7 @@ def promote_champion(name: str, version: int, settings: Settings | None = None) 
     return AliasMove(name, before, after)
 
 
-def rollback_champion(name: str, settings: Settings | None = None) -> AliasMove:
+def rollback_champion(name: str, settings: Settings) -> AliasMove:
     """Move `champion` back to `previous-champion`; with no previous champion, change nothing.
 
     The rolled-back version keeps the alias `rolled-back`, and `previous-champion` is cleared,
@@ -496,7 +491,7 @@ def rollback_champion(name: str, settings: Settings | None = None) -> AliasMove:
     return AliasMove(name, before, after)
 
 
-def undo_alias_move(move: AliasMove, settings: Settings | None = None) -> None:
+def undo_alias_move(move: AliasMove, settings: Settings) -> None:
     """Put every alias a move touched back where it was (the registered undo of a move)."""
     if move.changed:
         _apply_aliases(move.name, move.before, settings)
@@ -505,14 +500,13 @@ def undo_alias_move(move: AliasMove, settings: Settings | None = None) -> None:
 REFERENCE_ARTIFACT_PATH = "reference"
 
 
-def reference_dir(name: str, version: int, settings: Settings | None = None) -> Path:
+def reference_dir(name: str, version: int, settings: Settings) -> Path:
     """Where a model version's reference artifacts (profile, expectation suite, model card)
     live under home."""
-    settings = settings or load_settings()
     return settings.home / "models" / name / f"v{version}"
 
 
-def version_run_id(name: str, version: int, settings: Settings | None = None) -> str:
+def version_run_id(name: str, version: int, settings: Settings) -> str:
     return client(settings).get_model_version(name, str(version)).run_id
 
 
@@ -538,7 +532,7 @@ class LoggedFile:
 
 
 def version_file_location(
-    name: str, version: int, file: Path, folder: str, settings: Settings | None = None
+    name: str, version: int, file: Path, folder: str, settings: Settings
 ) -> LoggedFile:
     """Where a file about a version lands in its MLflow run once logged (`log_version_file`),
     so a link can be given before the file exists."""
@@ -549,7 +543,7 @@ def version_file_location(
 
 
 def log_version_file(
-    name: str, version: int, file: Path, folder: str, settings: Settings | None = None
+    name: str, version: int, file: Path, folder: str, settings: Settings
 ) -> LoggedFile:
     """Log a file about a version (a drift report, the decisions plot) to its MLflow run."""
     location = version_file_location(name, version, file, folder, settings)
@@ -558,7 +552,7 @@ def log_version_file(
 
 
 def tag_canary_outcome(
-    name: str, version: int, outcome: str, reason: str, settings: Settings | None = None
+    name: str, version: int, outcome: str, reason: str, settings: Settings
 ) -> bool:
     """Mark a version with how its canary ended (`promoted`, `rolled_back`), in its tags and
     its description, so the registry itself says why a version is or is not serving.
@@ -580,7 +574,7 @@ def tag_canary_outcome(
     return True
 
 
-def log_reference(name: str, version: int, settings: Settings | None = None) -> None:
+def log_reference(name: str, version: int, settings: Settings) -> None:
     """Log a version's reference folder to its MLflow run, beside the model."""
     folder = reference_dir(name, version, settings)
     client(settings).log_artifacts(
@@ -588,7 +582,7 @@ def log_reference(name: str, version: int, settings: Settings | None = None) -> 
     )
 
 
-def fetch_reference(name: str, version: int, settings: Settings | None = None) -> Path:
+def fetch_reference(name: str, version: int, settings: Settings) -> Path:
     """A version's reference folder: the local copy, or downloaded from its MLflow run.
 
     Raises:
@@ -603,7 +597,7 @@ def fetch_reference(name: str, version: int, settings: Settings | None = None) -
             run_id=version_run_id(name, version, settings),
             artifact_path=REFERENCE_ARTIFACT_PATH,
             dst_path=str(folder.parent / f".download-v{version}"),
-            tracking_uri=(settings or load_settings()).tracking_uri(),
+            tracking_uri=settings.tracking_uri(),
         )
     except (MlflowException, OSError) as error:
         raise DataError(f"{name} v{version}: no reference artifacts ({error})") from error
@@ -614,7 +608,7 @@ def fetch_reference(name: str, version: int, settings: Settings | None = None) -
 
 
 @task(name="move-champion-alias", cache_policy=NO_CACHE)
-def move_champion_alias(name: str, version: int, settings: Settings | None = None) -> AliasMove:
+def move_champion_alias(name: str, version: int, settings: Settings) -> AliasMove:
     """Make `version` the champion inside a promotion transaction; undone on rollback."""
     from prefect.transactions import get_transaction
 

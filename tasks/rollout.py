@@ -16,7 +16,7 @@ promoting or rolling back when there is no canary changes nothing.
 from __future__ import annotations
 
 from agentic_mlops.deployments.kubernetes import manifests as k8s
-from agentic_mlops.settings import Settings, load_settings
+from agentic_mlops.settings import Settings
 from agentic_mlops.tasks.kubernetes_rollout import KubernetesRollout, kubernetes_api_client
 from agentic_mlops.tasks.local_rollout import LocalRollout
 from agentic_mlops.tasks.rollout_protocol import RolloutBackend, ServingProcess
@@ -54,8 +54,7 @@ def rollout_backend(settings: Settings) -> RolloutBackend:
     return LocalRollout(settings)
 
 
-def _backends(settings: Settings | None, model_name: str | None) -> list[RolloutBackend]:
-    settings = settings or load_settings()
+def _backends(settings: Settings, model_name: str | None) -> list[RolloutBackend]:
     if settings.serving.backend == "kubernetes":
         names = [model_name or settings.model_name]
     else:
@@ -63,17 +62,13 @@ def _backends(settings: Settings | None, model_name: str | None) -> list[Rollout
     return [rollout_backend(settings.for_model(name)) for name in names]
 
 
-def serving_status(
-    settings: Settings | None = None, model_name: str | None = None
-) -> list[ServingProcess]:
+def serving_status(settings: Settings, model_name: str | None = None) -> list[ServingProcess]:
     """Every serving process recorded under the home (of one model, when named): routers and
     model servers."""
     return [p for backend in _backends(settings, model_name) for p in backend.processes()]
 
 
-def stop_serving(
-    settings: Settings | None = None, model_name: str | None = None
-) -> list[ServingProcess]:
+def stop_serving(settings: Settings, model_name: str | None = None) -> list[ServingProcess]:
     """Stop every serving process recorded under the home (of one model, when named) and
     clean the records."""
     return [p for backend in _backends(settings, model_name) for p in backend.stop_all()]

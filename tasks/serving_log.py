@@ -33,7 +33,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import State
 
 from agentic_mlops.serving.request_log import LABELS, REQUESTS, log_files, log_folder
-from agentic_mlops.settings import Settings, load_settings
+from agentic_mlops.settings import Settings
 from agentic_mlops.tasks import reference
 from agentic_mlops.tasks.batches import write_table
 from agentic_mlops.tasks.rollout import rollout_backend
@@ -337,7 +337,7 @@ def write_window_batch(
 
 
 def collect_window(
-    settings: Settings | None = None, since: float | None = None, limit: int | None = None
+    settings: Settings, since: float | None = None, limit: int | None = None
 ) -> str | None:
     """The latest labelled production rows as a batch file, for a drift check or retraining.
 
@@ -345,7 +345,6 @@ def collect_window(
     empty), the newest `limit` (`monitor_window_rows`), with the label column; None when
     fewer than `monitor_min_labels` are labelled. Windows overlap unless `since` moves on.
     """
-    settings = settings or load_settings()
     folder = log_folder(settings)
     received = labels(folder, since=since, limit=limit or settings.monitor.window_rows)
     rows = labelled_requests(folder, received)

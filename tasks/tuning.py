@@ -26,7 +26,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
 from pydantic import BaseModel, Field, FiniteFloat, model_validator
 
-from agentic_mlops.settings import Settings, load_settings
+from agentic_mlops.settings import Settings
 from agentic_mlops.tasks.models import (
     PARAMETER_BOUNDS,
     STEPS,
@@ -448,7 +448,7 @@ def _best_trial(trials: list[TrialSummary], seconds: float) -> TrialSummary:
 def run_search(
     data: TuningData,
     space: SearchSpace,
-    settings: Settings | None = None,
+    settings: Settings,
     *,
     parent_run_id: str | None = None,
     experiment_id: str | None = None,
@@ -473,7 +473,6 @@ def run_search(
     Raises:
         RuntimeError: no trial reported a result (all failed, or the budget ran out first).
     """
-    settings = settings or load_settings()
     seed = settings.seed if seed is None else seed
     cluster = ensure_ray(settings)
     search_alg = _search_algorithm(space, seed, max_concurrent_trials)
@@ -512,7 +511,7 @@ def search(
     space: SearchSpace,
     parent_run_id: str | None,
     experiment_id: str | None,
-    settings: Settings | None = None,
+    settings: Settings,
 ) -> SearchResult:
     """`run_search` as a Prefect task, logging the outcome."""
     result = run_search(
@@ -530,12 +529,11 @@ def search(
     return result
 
 
-def past_runs(settings: Settings | None = None, limit: int = 200) -> list[dict[str, Any]]:
+def past_runs(settings: Settings, limit: int = 200) -> list[dict[str, Any]]:
     """This model's earlier training runs and tuning trials with a ROC AUC, newest first:
     family, hyperparameters within the family's bounds, ROC AUC and seconds taken."""
     from agentic_mlops.tasks.registry import client, ensure_experiment
 
-    settings = settings or load_settings()
     mlflow_client = client(settings)
     runs = mlflow_client.search_runs(
         [ensure_experiment(settings)],

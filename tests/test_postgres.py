@@ -33,10 +33,10 @@ def test_training_flow_on_postgres_backed_mlflow(postgres_tracking_uri, home):
     assert result.version == 1
     client = MlflowClient(postgres_tracking_uri)
     assert client.get_run(result.run_id).data.metrics["roc_auc"] > 0.5
-    assert registry.model_aliases("churn") == {"challenger": 1, "champion": 1}
+    assert registry.model_aliases("churn", home) == {"challenger": 1, "champion": 1}
     assert any(home.artifacts_dir.iterdir()), "artifacts belong under home, not ./mlruns"
     second = train(generate_rows=500, seed=3, hyperparameters=Hyperparameters(max_iter=20))
-    assert registry.model_aliases("churn") == {"challenger": second.version, "champion": 1}
+    assert registry.model_aliases("churn", home) == {"challenger": second.version, "champion": 1}
 
 
 def fresh_database(admin) -> str:

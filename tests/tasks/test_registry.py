@@ -27,7 +27,7 @@ def log(home, trained):
         {"feature_importance": {"tenure_months": 0.1}},
         str(source),
         "test-run",
-        home,
+        settings=home,
     )
 
 
