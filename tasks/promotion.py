@@ -31,7 +31,7 @@ from agentic_mlops.settings import Settings, load_settings
 from agentic_mlops.tasks import ledger, registry, rollout
 from agentic_mlops.tasks.canary_steps import CanaryResult, CanaryState, CanaryStep
 from agentic_mlops.tasks.rollout import rollout_backend
-from agentic_mlops.tasks.rollout_protocol import ServingError
+from agentic_mlops.tasks.rollout_protocol import RolloutBackend, ServingError
 
 LOCK_LEASE_SECONDS = 60
 """Lease of the promotion lock, renewed while the run lives (Prefect's shortest): a run that is
@@ -123,13 +123,13 @@ def promote(name: str, version: int, champion: int | None, settings: Settings) -
 
 
 def failed_rollout(
-    name: str, message: str, backend: rollout.RolloutBackend, champion: int | None
+    name: str, message: str, backend: RolloutBackend, champion: int | None
 ) -> State:
     """End a rollout that could not finish: the canary loses its traffic if the router still
     answers, the champion is unchanged, and the state says so on one line."""
     try:
         backend.rollback()
-    except rollout.ServingError as error:
+    except ServingError as error:
         message += f"; the canary could not be removed ({error})"
     message = f"{message}; champion v{champion} unchanged"
     get_run_logger().error(message)
@@ -143,7 +143,7 @@ def finish_rollout(
     champion: int | None,
     steps: list[CanaryStep],
     repaired: str | None,
-    backend: rollout.RolloutBackend,
+    backend: RolloutBackend,
     settings: Settings,
 ) -> CanaryResult | State:
     """Carry out how the rollout ended: roll the canary back, or promote it.
