@@ -38,8 +38,9 @@ from agentic_mlops.tasks import retraining
 from agentic_mlops.tasks.batches import DataError
 from agentic_mlops.tasks.churn import Scenario
 from agentic_mlops.tasks.retraining import HandOver, HoldoutComparison
+from agentic_mlops.tasks.search_runs import start_search_run
 from agentic_mlops.tasks.training import training_table
-from agentic_mlops.tasks.tuning import SearchResult, search, start_search_run
+from agentic_mlops.tasks.tuning import SearchResult, search
 
 
 class RetrainResult(BaseModel):

@@ -122,9 +122,7 @@ def promote(name: str, version: int, champion: int | None, settings: Settings) -
         clear_journal(settings)  # committed, or undone by the transaction's hooks
 
 
-def failed_rollout(
-    name: str, message: str, backend: RolloutBackend, champion: int | None
-) -> State:
+def failed_rollout(name: str, message: str, backend: RolloutBackend, champion: int | None) -> State:
     """End a rollout that could not finish: the canary loses its traffic if the router still
     answers, the champion is unchanged, and the state says so on one line."""
     try:

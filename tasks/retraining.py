@@ -44,10 +44,11 @@ from agentic_mlops.tasks.drift_actions import deployment_exists
 from agentic_mlops.tasks.models import TuningData, family_pipeline
 from agentic_mlops.tasks.publishing import publish_model
 from agentic_mlops.tasks.reference import score_with
+from agentic_mlops.tasks.search_runs import finish_search_run, past_runs
 from agentic_mlops.tasks.synthesis import Segment, Synthesis, find_segments
 from agentic_mlops.tasks.synthesis import synthesize as synthesize_rows
 from agentic_mlops.tasks.training import Split, evaluate_model, feature_columns, split_data
-from agentic_mlops.tasks.tuning import SearchResult, finish_search_run, past_runs
+from agentic_mlops.tasks.tuning import SearchResult
 
 CANARY_DEPLOYMENT = "canary-rollout/canary"
 CANARY_REQUESTED_EVENT = "agentic-mlops.canary.requested"

@@ -5,7 +5,8 @@ budget and the search algorithm (random sampling or Optuna's TPE). `run_search` 
 the local Ray runtime (`tune_num_cpus` CPUs) or, when `RAY_ADDRESS` is set, on that cluster;
 the ASHA scheduler ends trials that trail their peers after the first steps. Each trial is an
 MLflow child run of the search's parent run, with its parameters and its validation ROC AUC
-at every step; the driver logs them, so workers need no access to the tracking store.
+at every step; the driver logs them (`tasks/search_runs.py`), so workers need no access to
+the tracking store.
 
 With the same seed a search samples the same configurations wherever it runs; with one trial
 at a time (`max_concurrent_trials=1`) ASHA also stops the same trials, so the best
@@ -19,8 +20,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
@@ -35,9 +34,9 @@ from agentic_mlops.tasks.models import (
     family_params,
     ray_trial,
 )
+from agentic_mlops.tasks.search_runs import METRIC, TrialRuns
 
 Algorithm = Literal["random", "optuna"]
-METRIC = "roc_auc"
 
 
 class ParameterRange(BaseModel):
@@ -216,10 +215,11 @@ class TrialTracker:
         max_trials: int,
         target: float | None,
     ) -> None:
-        self.client = MlflowClient(tracking_uri) if tracking_uri and parent_run_id else None
-        self.experiment_id = experiment_id
-        self.parent_run_id = parent_run_id
-        self.model_name = model_name
+        self.runs = (
+            TrialRuns(tracking_uri, experiment_id, parent_run_id, model_name)
+            if tracking_uri and parent_run_id
+            else None
+        )
         self.max_trials = max_trials
         self.target = target
         self.records: dict[str, _TrialRecord] = {}
@@ -232,20 +232,12 @@ class TrialTracker:
         """Open the trial's child run, with its family and parameters."""
         run_id = None
         family, _ = family_params(trial.config)
-        if self.client is not None:
-            run = self.client.create_run(
-                self.experiment_id,
-                run_name=f"trial-{len(self.records) + 1:03d}-{family}",
-                tags={
-                    "mlflow.parentRunId": self.parent_run_id,
-                    "agentic_mlops.model_name": self.model_name,
-                    "agentic_mlops.kind": "tuning-trial",
-                    "agentic_mlops.trial_id": trial.trial_id,
-                },
+        if self.runs is not None:
+            run_id = self.runs.open(
+                trial.trial_id,
+                f"trial-{len(self.records) + 1:03d}-{family}",
+                {"family": family, **_trial_params(trial.config)},
             )
-            run_id = run.info.run_id
-            params = {"family": family, **_trial_params(trial.config)}
-            self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
         self.records[trial.trial_id] = _TrialRecord(run_id, time.perf_counter())
 
     def report(self, trial: Any, result: dict[str, Any]) -> None:
@@ -257,16 +249,9 @@ class TrialTracker:
         score = float(result[METRIC])
         if self.target is not None and score >= self.target and self.reached_target is None:
             self.reached_target = time.perf_counter() - self.started
-        if record.run_id is not None:
-            stamp = int(time.time() * 1000)
+        if self.runs is not None and record.run_id is not None:
             step = int(result["training_iteration"])
-            self.client.log_batch(
-                record.run_id,
-                metrics=[
-                    Metric(METRIC, score, stamp, step),
-                    Metric("elapsed_seconds", float(result["elapsed_seconds"]), stamp, step),
-                ],
-            )
+            self.runs.log_step(record.run_id, score, float(result["elapsed_seconds"]), step)
 
     def finish(self, trial: Any, status: str) -> None:
         """Close the trial's run (steps taken, whether ASHA stopped it) and say how it did."""
@@ -278,15 +263,8 @@ class TrialTracker:
         self.finished += 1
         if score is not None:
             self.best = max(self.best, float(score))
-        if record.run_id is not None:
-            self.client.log_batch(
-                record.run_id,
-                tags=[
-                    RunTag("agentic_mlops.steps", str(steps)),
-                    RunTag("agentic_mlops.stopped_early", str(steps < STEPS).lower()),
-                ],
-            )
-            self.client.set_terminated(record.run_id, status)
+        if self.runs is not None and record.run_id is not None:
+            self.runs.close(record.run_id, steps, steps < STEPS, status)
         _log(
             "trial %d/%d %s: ROC AUC %s after %d/%d steps%s (best so far %.4f)",
             self.finished,
@@ -527,88 +505,3 @@ def search(
         result.best_roc_auc,
     )
     return result
-
-
-def past_runs(settings: Settings, limit: int = 200) -> list[dict[str, Any]]:
-    """This model's earlier training runs and tuning trials with a ROC AUC, newest first:
-    family, hyperparameters within the family's bounds, ROC AUC and seconds taken."""
-    from agentic_mlops.tasks.registry import client, ensure_experiment
-
-    mlflow_client = client(settings)
-    runs = mlflow_client.search_runs(
-        [ensure_experiment(settings)],
-        filter_string=f"tags.`agentic_mlops.model_name` = '{settings.model_name}' "
-        "and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"],
-        max_results=limit,
-    )
-    found = []
-    for run in runs:
-        score = run.data.metrics.get(METRIC)
-        family = run.data.params.get("family", "gradient_boosting")
-        if score is None or family not in PARAMETER_BOUNDS:
-            continue
-        params = {}
-        for name in PARAMETER_BOUNDS[family]:
-            try:
-                params[name] = float(run.data.params[name])
-            except (KeyError, ValueError):
-                continue
-        kind = run.data.tags.get("agentic_mlops.kind", "training")
-        if kind == "tuning-search":
-            continue
-        seconds = run.data.metrics.get("elapsed_seconds")
-        if seconds is None and run.info.end_time and run.info.start_time:
-            seconds = (run.info.end_time - run.info.start_time) / 1000
-        found.append(
-            {
-                "family": family,
-                "params": params,
-                "roc_auc": float(score),
-                "seconds": seconds,
-                "kind": kind,
-            }
-        )
-    return found
-
-
-def start_search_run(space: SearchSpace, settings: Settings, run_name: str) -> tuple[str, str]:
-    """Open the MLflow parent run a search's trials become children of: (run id, experiment)."""
-    from agentic_mlops.tasks.registry import client, ensure_experiment, prefect_run_tags
-
-    experiment_id = ensure_experiment(settings)
-    mlflow_client = client(settings)
-    run = mlflow_client.create_run(
-        experiment_id,
-        run_name=run_name,
-        tags={
-            "agentic_mlops.model_name": settings.model_name,
-            "agentic_mlops.kind": "tuning-search",
-            **prefect_run_tags(),
-        },
-    )
-    mlflow_client.log_batch(
-        run.info.run_id,
-        params=[
-            Param("families", ",".join(sorted(space.families))),
-            Param("max_trials", str(space.max_trials)),
-            Param("time_budget_seconds", str(space.time_budget_seconds)),
-            Param("algorithm", space.algorithm),
-        ],
-    )
-    mlflow_client.log_dict(run.info.run_id, space.model_dump(mode="json"), "search_space.json")
-    return run.info.run_id, experiment_id
-
-
-def finish_search_run(
-    run_id: str, metrics: dict[str, float], settings: Settings, failed: bool = False
-) -> None:
-    """Record a search's summary figures on its parent run and close it."""
-    from agentic_mlops.tasks.registry import client
-
-    mlflow_client = client(settings)
-    stamp = int(time.time() * 1000)
-    mlflow_client.log_batch(
-        run_id, metrics=[Metric(k, float(v), stamp, 0) for k, v in metrics.items()]
-    )
-    mlflow_client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
