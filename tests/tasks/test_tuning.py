@@ -16,8 +16,8 @@ from sklearn.model_selection import train_test_split
 
 from agentic_mlops.tasks.churn import generate_churn
 from agentic_mlops.tasks.models import STEPS, TuningData, family_pipeline
-from agentic_mlops.tasks.training import feature_columns
 from agentic_mlops.tasks.search_runs import finish_search_run, past_runs, start_search_run
+from agentic_mlops.tasks.training import feature_columns
 from agentic_mlops.tasks.tuning import (
     ParameterRange,
     SearchResult,
