@@ -687,22 +687,29 @@ class ChampionWindow:
 
 def assess_champion(window: LogWindow, ref: Reference, settings: Settings) -> ChampionWindow:
     """Prediction drift, online performance and the label-free estimate of the rows the
-    champion answered in the window, each where there are enough rows to measure it."""
+    champion answered in the window, each where there are enough rows to measure it.
+
+    Online performance and the estimate read scores as one class's probabilities, so they
+    are for a binary classifier only. For a regression or multiclass champion only the drift
+    of its predictions is measured here: a prediction says nothing of its own error, so no
+    error can be estimated without labels (the canary and the drift check judge their loss
+    on labels)."""
     holdout = ref.card.metrics
     rows = champion_rows(window.rows, ref.version)
     labelled = champion_rows(window.labelled, ref.version)
     recent_labelled = champion_rows(window.recent_labelled, ref.version)
     enough_rows = len(rows) >= settings.monitor.min_rows
+    binary = ref.card.task == "binary"
     return ChampionWindow(
         rows=rows,
         drift=prediction_drift(ref.profile, rows["score"], settings) if enough_rows else None,
         online=online_performance(labelled["label"], labelled["score"], holdout)
-        if len(labelled) >= settings.monitor.min_labels
+        if binary and len(labelled) >= settings.monitor.min_labels
         else None,
         estimate=estimate_performance(
             rows["score"], recent_labelled["score"], recent_labelled["label"], holdout, settings
         )
-        if enough_rows
+        if binary and enough_rows
         else None,
     )
 

@@ -288,3 +288,44 @@ def test_with_prometheus_configured_the_window_comes_from_it(prometheus):
     assert window.error_rate == pytest.approx(0.02) and window.brier == pytest.approx(0.2)
     assert window.latency_ms == window.latency_mean_ms == pytest.approx(20.0)
     assert window.latency_p95_ms is None
+
+
+def test_a_regression_champion_gets_prediction_drift_and_no_probability_estimates(tmp_path):
+    """A regressor's predictions are not probabilities: the monitor measures their drift and
+    neither a CBPE estimate nor a Brier score of them (scikit-learn's diabetes regressor)."""
+    from sklearn.datasets import load_diabetes
+    from sklearn.linear_model import LinearRegression
+
+    from agentic_mlops.tasks.reference import ModelCard, Reference
+    from agentic_mlops.tasks.serving_log import LogWindow
+
+    x, y = load_diabetes(return_X_y=True, as_frame=True)
+    model = LinearRegression().fit(x[:300], y[:300])
+    reference_scores, served = model.predict(x[:300]), model.predict(x[300:] * 1.8)
+    settings = Settings(home=tmp_path, monitor={"min_rows": 50, "min_labels": 10_000})
+    logged = pd.DataFrame(
+        {"ts": np.arange(len(served), dtype=float), "version": 1, "variant": "baseline"}
+    ).assign(score=served, label=y[300:].to_numpy())
+    window = LogWindow(rows=logged, labelled=logged, recent_labelled=logged)
+
+    def reference(task: str) -> Reference:
+        card = ModelCard(model_name="diabetes", version=1, target="progression", task=task)
+        return Reference(
+            profile=build_profile(x[:300], reference_scores),
+            suite={},
+            card=card,
+            sample=x[:10],
+            version=1,
+            previous_version=None,
+            folder=tmp_path,
+        )
+
+    regression = monitoring.assess_champion(window, reference("regression"), settings)
+    assert regression.drift is not None and regression.drift.drifted
+    assert regression.estimate is None and regression.online is None
+    labelled = settings.model_copy(
+        update={"monitor": settings.monitor.model_copy(update={"min_labels": 50})}
+    )
+    assert monitoring.assess_champion(window, reference("regression"), labelled).online is None
+    as_if_binary = monitoring.assess_champion(window, reference("binary"), settings)
+    assert as_if_binary.estimate is not None, "the guard, not a lack of rows, left it out"
