@@ -208,25 +208,3 @@ def triage_record(used: list[str], drifted_features: list[str]) -> dict:
         used=used,
         drifted_features=drifted_features,
     ).model_dump(mode="json")
-
-
-LONGEST_FIRST = (
-    "tests/test_deployments.py",
-    "tests/flows/test_canary_flow.py",
-    "tests/flows/test_canary_on_kubernetes.py",
-    "tests/test_stack.py",
-    "tests/test_guarded_models.py",
-    "tests/test_mcp_server.py",
-    "tests/test_mcp_models.py",
-    "tests/test_own_models.py",
-    "tests/agents/test_eval_cli.py",
-    "tests/flows/test_monitor_flow.py",
-)
-"""The modules that take longest in `make test` (`--durations`), run first. With two workers
-each taking whole modules (`--dist loadfile`), the short ones then fill the end, where a long
-module started last would leave one worker waiting on the other."""
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    rank = {module: index for index, module in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))

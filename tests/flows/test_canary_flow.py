@@ -80,7 +80,7 @@ and a good challenger was held, sent to a person and rolled back."""
 
 def test_a_good_challenger_is_promoted_and_traffic_follows_the_alias(serving_home):
     backend, url = start_serving(serving_home)
-    with customer_traffic(url, limit=100_000, seconds=600) as traffic:
+    with customer_traffic(url, rate=300.0, limit=100_000, seconds=600) as traffic:
         state = rollout(**UNTIL_DECIDED)
     result = state.result()
     assert result.outcome == "promoted", result
