@@ -13,7 +13,6 @@ from typing import Any
 
 from agentic_mlops.deployments.kubernetes import manifests as k8s
 from agentic_mlops.serving.router import Backend, RouterState
-from agentic_mlops.settings import load_settings
 from agentic_mlops.tasks.rollout_protocol import RolloutStatus, ServingError, ServingProcess
 
 
@@ -97,7 +96,7 @@ class KubernetesRollout:
         api_client: Any = None,
         serving: k8s.KubernetesServing | None = None,
         *,
-        model_name: str | None = None,
+        model_name: str,
         ready_timeout: float = 600.0,
         poll_seconds: float = 2.0,
         public_url: str | None = None,
@@ -107,7 +106,7 @@ class KubernetesRollout:
         Args:
             api_client: A `kubernetes.client.ApiClient`; default `kubernetes_api_client()`.
             serving: Namespace, image, tracking URI, resources, replicas, Gateway.
-            model_name: Registered model name; default the settings' `model_name`.
+            model_name: The registered model it serves.
             ready_timeout: Longest wait for a Deployment's pods to be ready, in seconds.
             poll_seconds: Pause between two reads of a Deployment's status.
             public_url: Where clients reach the model (the Gateway's address), for `status`.
@@ -119,7 +118,7 @@ class KubernetesRollout:
         self.api_client = api_client if api_client is not None else kubernetes_api_client()
         self.serving = serving or k8s.KubernetesServing()
         self.namespace = self.serving.namespace
-        self.model_name = model_name or load_settings().model_name
+        self.model_name = model_name
         self.ready_timeout, self.poll_seconds = ready_timeout, poll_seconds
         self.public_url = public_url
         self.kubernetes_version = kubernetes_version
