@@ -488,6 +488,13 @@ class MonitorSettings(Section):
     max_brier_rise: float = Field(
         default=0.02, ge=0, le=1, description="Hard limit of the Brier score rise from training."
     )
+    max_mae_rise: float = Field(
+        default=0.2,
+        ge=0,
+        le=10,
+        description="Hard limit of a regression model's mean absolute error on labelled rows, "
+        "as a share above its training holdout's MAE (0.2: 20% higher).",
+    )
     max_ece: float = Field(
         default=0.05,
         ge=0,

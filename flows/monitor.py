@@ -88,6 +88,7 @@ def monitor(
         unusable_lines=window.unusable_lines,
         prediction_drift=champion.drift,
         online=champion.online,
+        online_error=champion.error,
         estimate=champion.estimate,
         trends=trends,
         alerts=alerts,

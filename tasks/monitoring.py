@@ -40,7 +40,7 @@ from pydantic import BaseModel, Field
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
-from agentic_mlops.decisions import ServingEvidence
+from agentic_mlops.decisions import ServingEvidence, task_metric
 from agentic_mlops.schemas import DriftCheckResult
 from agentic_mlops.serving.request_log import log_folder
 from agentic_mlops.settings import Settings
@@ -117,6 +117,16 @@ class OnlinePerformance(BaseModel):
     predicted_rate: float
     reference_roc_auc: float | None = None
     reference_brier: float | None = None
+
+
+class OnlineError(BaseModel):
+    """A regression champion on the rows whose labels arrived, beside its training holdout."""
+
+    rows: int
+    mae: float = Field(description="Mean absolute error of its predictions.")
+    r2: float | None = Field(default=None, description="None when the labels do not vary.")
+    reference_mae: float | None = None
+    reference_r2: float | None = None
 
 
 class CalibrationCheck(BaseModel):
@@ -311,6 +321,23 @@ def online_performance(
     )
 
 
+def online_error(
+    labels: np.ndarray, predictions: np.ndarray, reference: dict[str, float] | None = None
+) -> OnlineError:
+    """Mean absolute error and R² of a regressor's labelled predictions, beside the holdout's."""
+    labels = np.asarray(labels, dtype=float)
+    predictions = np.asarray(predictions, dtype=float)
+    reference = reference or {}
+    varies = len(labels) > 1 and float(np.var(labels)) > 0
+    return OnlineError(
+        rows=len(labels),
+        mae=float(np.mean(np.abs(predictions - labels))),
+        r2=task_metric("regression", labels, predictions) if varies else None,
+        reference_mae=reference.get("mae"),
+        reference_r2=reference.get("r2"),
+    )
+
+
 def expected_roc_auc(scores: np.ndarray) -> float | None:
     """The ROC AUC expected if each row is positive with probability equal to its score.
 
@@ -490,6 +517,8 @@ def metric_limits(settings: Settings, holdout: dict[str, float]) -> dict[str, tu
             holdout["brier_score"] + settings.monitor.max_brier_rise,
             "increase_is_bad",
         )
+    if "mae" in holdout:
+        limits["mae"] = (holdout["mae"] * (1 + settings.monitor.max_mae_rise), "increase_is_bad")
     return limits
 
 
@@ -577,10 +606,12 @@ def point_metrics(
     drift: ColumnTest | None,
     online: OnlinePerformance | None,
     estimate: PerformanceEstimate | None,
+    error: OnlineError | None = None,
 ) -> dict[str, Any]:
     """The values of one run that go into the history (None: not measured this run)."""
     trusted = estimate is not None and estimate.trusted
     return {
+        "mae": error.mae if error else None,
         "requests_per_minute": window.requests_per_minute if window else None,
         "error_rate": window.error_rate if window else None,
         "latency_ms": window.latency_ms if window else None,
@@ -609,6 +640,9 @@ class MonitorResult(BaseModel):
     )
     prediction_drift: ColumnTest | None = None
     online: OnlinePerformance | None = None
+    online_error: OnlineError | None = Field(
+        default=None, description="A regression champion's error on the labelled rows."
+    )
     estimate: PerformanceEstimate | None = None
     trends: list[Trend] = Field(default_factory=list)
     alerts: list[str] = Field(default_factory=list)
@@ -671,6 +705,8 @@ class ChampionWindow:
     """Prediction drift of its scores, with at least `monitor_min_rows` rows."""
     online: OnlinePerformance | None
     """Performance on the newly labelled rows, with at least `monitor_min_labels` of them."""
+    error: OnlineError | None
+    """A regression champion's error on those rows, with as many of them."""
     estimate: PerformanceEstimate | None
     """The label-free estimate (CBPE), with at least `monitor_min_rows` rows."""
 
@@ -690,21 +726,25 @@ def assess_champion(window: LogWindow, ref: Reference, settings: Settings) -> Ch
     champion answered in the window, each where there are enough rows to measure it.
 
     Online performance and the estimate read scores as one class's probabilities, so they
-    are for a binary classifier only. For a regression or multiclass champion only the drift
-    of its predictions is measured here: a prediction says nothing of its own error, so no
-    error can be estimated without labels (the canary and the drift check judge their loss
-    on labels)."""
+    are for a binary classifier only. A regression champion gets the drift of its predictions
+    and, on labelled rows, its mean absolute error and R² (`online_error`); a prediction says
+    nothing of its own error, so none is estimated without labels. A multiclass champion gets
+    the drift of its predicted labels only."""
     holdout = ref.card.metrics
     rows = champion_rows(window.rows, ref.version)
     labelled = champion_rows(window.labelled, ref.version)
     recent_labelled = champion_rows(window.recent_labelled, ref.version)
     enough_rows = len(rows) >= settings.monitor.min_rows
     binary = ref.card.task == "binary"
+    labels_enough = len(labelled) >= settings.monitor.min_labels
     return ChampionWindow(
         rows=rows,
         drift=prediction_drift(ref.profile, rows["score"], settings) if enough_rows else None,
         online=online_performance(labelled["label"], labelled["score"], holdout)
-        if binary and len(labelled) >= settings.monitor.min_labels
+        if binary and labels_enough
+        else None,
+        error=online_error(labelled["label"], labelled["score"], holdout)
+        if ref.card.task == "regression" and labels_enough
         else None,
         estimate=estimate_performance(
             rows["score"], recent_labelled["score"], recent_labelled["label"], holdout, settings
@@ -725,7 +765,9 @@ def next_point(
         created_at=dt.datetime.fromtimestamp(started, dt.UTC).isoformat(timespec="seconds"),
         ts=started,
         champion_version=version,
-        metrics=point_metrics(read.serving, champion.drift, champion.online, champion.estimate),
+        metrics=point_metrics(
+            read.serving, champion.drift, champion.online, champion.estimate, champion.error
+        ),
         cursor=read.cursor.model_copy(
             update={
                 "rows_ts": window.rows_ts or read.cursor.rows_ts,
@@ -821,6 +863,13 @@ def monitor_markdown(result: MonitorResult) -> str:
         lines.append(
             f"Online, {online.rows} labels: ROC AUC {auc} (training {online.reference_roc_auc}), "
             f"Brier {online.brier:.4f}, error rate {online.error_rate:.3f}"
+        )
+    if result.online_error:
+        error = result.online_error
+        r2 = "n/a" if error.r2 is None else f"{error.r2:.3f}"
+        training = "n/a" if error.reference_mae is None else f"{error.reference_mae:.4g}"
+        lines.append(
+            f"Online, {error.rows} labels: MAE {error.mae:.4g} (training {training}), R² {r2}"
         )
     if result.estimate:
         estimate = result.estimate

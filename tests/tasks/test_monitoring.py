@@ -290,9 +290,12 @@ def test_with_prometheus_configured_the_window_comes_from_it(prometheus):
     assert window.latency_p95_ms is None
 
 
-def test_a_regression_champion_gets_prediction_drift_and_no_probability_estimates(tmp_path):
-    """A regressor's predictions are not probabilities: the monitor measures their drift and
-    neither a CBPE estimate nor a Brier score of them (scikit-learn's diabetes regressor)."""
+def test_a_regression_champion_gets_prediction_drift_its_error_and_no_probability_estimates(
+    tmp_path,
+):
+    """A regressor's predictions are not probabilities: the monitor measures their drift and,
+    on labelled rows, their absolute error against the holdout's, and neither a CBPE estimate
+    nor a Brier score of them (scikit-learn's diabetes regressor)."""
     from sklearn.datasets import load_diabetes
     from sklearn.linear_model import LinearRegression
 
@@ -301,6 +304,7 @@ def test_a_regression_champion_gets_prediction_drift_and_no_probability_estimate
 
     x, y = load_diabetes(return_X_y=True, as_frame=True)
     model = LinearRegression().fit(x[:300], y[:300])
+    holdout_mae = float(np.mean(np.abs(model.predict(x[:300]) - y[:300])))
     reference_scores, served = model.predict(x[:300]), model.predict(x[300:] * 1.8)
     settings = Settings(home=tmp_path, monitor={"min_rows": 50, "min_labels": 10_000})
     logged = pd.DataFrame(
@@ -309,7 +313,13 @@ def test_a_regression_champion_gets_prediction_drift_and_no_probability_estimate
     window = LogWindow(rows=logged, labelled=logged, recent_labelled=logged)
 
     def reference(task: str) -> Reference:
-        card = ModelCard(model_name="diabetes", version=1, target="progression", task=task)
+        card = ModelCard(
+            model_name="diabetes",
+            version=1,
+            target="progression",
+            task=task,
+            metrics={"mae": holdout_mae, "r2": 0.5},
+        )
         return Reference(
             profile=build_profile(x[:300], reference_scores),
             suite={},
@@ -326,6 +336,15 @@ def test_a_regression_champion_gets_prediction_drift_and_no_probability_estimate
     labelled = settings.model_copy(
         update={"monitor": settings.monitor.model_copy(update={"min_labels": 50})}
     )
-    assert monitoring.assess_champion(window, reference("regression"), labelled).online is None
+    measured = monitoring.assess_champion(window, reference("regression"), labelled)
+    assert measured.online is None and measured.error.rows == len(logged)
+    # inputs scaled by 1.8: the predictions are far off, and the limit (holdout MAE + 20%) says so
+    assert measured.error.mae == pytest.approx(np.mean(np.abs(served - y[300:].to_numpy())))
+    assert measured.error.mae > 1.2 * holdout_mae and measured.error.r2 < 0.1
+    limits = monitoring.metric_limits(labelled, reference("regression").card.metrics)
+    assert limits["mae"] == (pytest.approx(1.2 * holdout_mae), "increase_is_bad")
+    point = monitoring.point_metrics(None, None, None, None, measured.error)
+    assert monitoring.alerts_of(point, limits, [])[0].startswith("mae is")
+    assert regression.error is None, "fewer labels than monitor_min_labels: not measured"
     as_if_binary = monitoring.assess_champion(window, reference("binary"), settings)
     assert as_if_binary.estimate is not None, "the guard, not a lack of rows, left it out"
