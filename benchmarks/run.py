@@ -93,6 +93,12 @@ def _canary_judge() -> list[Row]:
     return bench_canary_judge() + bench_canary_judge_regression()
 
 
+def _drift_check_regression() -> list[Row]:
+    from benchmarks.drift_regression import bench_drift_check_regression
+
+    return bench_drift_check_regression()
+
+
 def _router() -> list[Row]:
     from benchmarks.serving import bench_router
 
@@ -140,6 +146,7 @@ BENCHMARKS: dict[str, Callable[[], list[Row]]] = {
     "drift_throughput": _drift_throughput,
     "sequential_detection": _sequential_detection,
     "canary_judge": _canary_judge,
+    "drift_check_regression": _drift_check_regression,
     "router": _router,
     "tuning_time_to_target": _tuning,
     "drift_streams": _drift_streams,
