@@ -177,7 +177,9 @@ def train(
     data: Annotated[
         Path | None, typer.Option(help="CSV or Parquet file, or a folder of batches.")
     ] = None,
-    target: Annotated[str, typer.Option(help="Label column.")] = "churn",
+    target: Annotated[
+        str | None, typer.Option(help="Label column; default: the champion's, else churn.")
+    ] = None,
     rows: Annotated[int, typer.Option(help="Rows to generate when no --data is given.")] = 5_000,
     scenario: Annotated[str, typer.Option(help="Drift scenario of generated data.")] = "none",
     seed: Annotated[int, typer.Option(help="Seed for generation, split and model.")] = 42,
@@ -218,7 +220,9 @@ def retrain(
     triage: Annotated[
         str | None, typer.Option(help="Ledger id of the triage decision that asked for it.")
     ] = None,
-    target: Annotated[str, typer.Option(help="Label column.")] = "churn",
+    target: Annotated[
+        str | None, typer.Option(help="Label column; default: the champion's, else churn.")
+    ] = None,
     rows: Annotated[int, typer.Option(help="Rows to generate when no --data is given.")] = 5_000,
     scenario: Annotated[str, typer.Option(help="Drift scenario of generated data.")] = "none",
     seed: Annotated[int, typer.Option(help="Seed for generation, splits, search, models.")] = 42,
@@ -234,9 +238,16 @@ def retrain(
     model: Annotated[
         str | None, typer.Option(help="Registered model to act on; default settings.")
     ] = None,
+    task: Annotated[
+        str,
+        typer.Option(
+            help="auto (the champion's, else the target's), binary, multiclass or regression."
+        ),
+    ] = "auto",
 ) -> None:
     """Search for a better model with Ray Tune (advised by the tuning agent), register it as
-    challenger and hand it to the canary rollout. Runs on RAY_ADDRESS when set."""
+    challenger and hand it to the canary rollout. Fits the model's task (binary, multiclass
+    or regression). Runs on RAY_ADDRESS when set."""
     from agentic_mlops.flows.retrain import retrain as retrain_flow
 
     arguments = checked_arguments(
@@ -253,6 +264,7 @@ def retrain(
         synthesize=synthesize,
         hand_over=hand_over,
         model_name=model,
+        task=task,
     )
     state = run_flow(retrain_flow, arguments, None, "retraining")  # the search shows progress
     result = state.result()
@@ -260,17 +272,11 @@ def retrain(
         console.print_json(result.model_dump_json())
         return
     print_training(result.training)
-    comparison = result.comparison
-    champion = (
-        f"champion v{comparison.champion_version} {comparison.champion_roc_auc:.4f}"
-        if comparison.champion_roc_auc is not None
-        else "no champion yet"
-    )
     console.print(
         f"search: {result.trials} trials ({result.stopped_early} stopped early) in "
         f"{result.search_seconds:.0f} s on {result.cluster}; best {result.best_family}; "
         f"synthetic rows {result.synthetic_rows}\n"
-        f"holdout ROC AUC: challenger {comparison.challenger_roc_auc:.4f}, {champion}\n"
+        f"{result.comparison.summary()}\n"
         f"advisor ({result.advisor.agent_model}): {result.advisor.decision.rationale}\n"
         f"hand-over: {result.hand_over}",
         highlight=False,

@@ -9,7 +9,7 @@ evidence demands is decided by the policies in `agents/`.
 
 from __future__ import annotations
 
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar, get_args
 
 from pydantic import BaseModel, Field, computed_field
 
@@ -97,9 +97,7 @@ class PerformanceEvidence(BaseModel):
     @property
     def metric_label(self) -> str:
         """The metric's name as a person reads it (ROC AUC, R², accuracy)."""
-        return {"roc_auc": "ROC AUC", "r2": "R²", "accuracy": "accuracy"}.get(
-            self.metric, self.metric
-        )
+        return METRIC_LABEL.get(self.metric, self.metric)
 
 
 class ServingEvidence(BaseModel):
@@ -151,6 +149,27 @@ class TriageEvidence(BaseModel):
 
     def drifted(self) -> list[str]:
         return [name for name, column in self.columns.items() if column.drifted]
+
+
+Task = Literal["binary", "multiclass", "regression"]
+"""What a model predicts: a 0/1 label, one of several classes, or a number."""
+TASKS: tuple[str, ...] = get_args(Task)
+TASK_METRIC: dict[str, str] = {"binary": "roc_auc", "multiclass": "accuracy", "regression": "r2"}
+"""The metric a model of each task is judged by on labelled rows (its card's primary metric,
+the one a search maximises): higher is better for each, so they compare the same way."""
+METRIC_LABEL = {"roc_auc": "ROC AUC", "accuracy": "accuracy", "r2": "R²"}
+
+
+def task_metric(task: str, labels: Any, scores: Any) -> float:
+    """The task's metric (`TASK_METRIC`) of scores against labels: ROC AUC of positive-class
+    probabilities, accuracy of predicted labels, R² of predictions."""
+    from sklearn.metrics import accuracy_score, r2_score, roc_auc_score
+
+    if task == "regression":
+        return float(r2_score(labels, scores))
+    if task == "multiclass":
+        return float(accuracy_score(labels, scores))
+    return float(roc_auc_score(labels, scores))
 
 
 LABEL_METRICS = {
@@ -264,7 +283,7 @@ class PastRun(BaseModel):
 
     family: str
     params: dict[str, float]
-    roc_auc: float
+    score: float = Field(description="Its validation metric, the advisor evidence's `metric`.")
     seconds: float | None = None
     kind: str = Field(description="`training` (a registered fit) or `tuning-trial`.")
 
@@ -293,6 +312,12 @@ class AdvisorEvidence(BaseModel):
     """Everything the tuning advisor may look at."""
 
     model_name: str
+    task: Task = Field(default="binary", description="What the model predicts.")
+    metric: str = Field(
+        default="roc_auc",
+        description="The validation metric past runs are scored by (higher is better): "
+        "roc_auc (binary), accuracy (multiclass) or r2 (regression).",
+    )
     past_runs: list[PastRun] = Field(default_factory=list)
     triage: TriageContext | None = None
     segments: list[SegmentCoverage] = Field(default_factory=list)

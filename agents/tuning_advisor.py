@@ -32,7 +32,7 @@ from agentic_mlops.agents.tuning_policy import (
 )
 from agentic_mlops.decisions import AdvisorEvidence, Outcome
 from agentic_mlops.settings import Settings
-from agentic_mlops.tasks.models import PARAMETER_BOUNDS
+from agentic_mlops.tasks.models import PARAMETER_BOUNDS, TASK_FAMILIES
 
 __all__ = ["TuneLimits", "TuningProposal", "enforce_guardrails", "policy_proposal"]
 AdvisorOutcome = Outcome[TuningProposal]
@@ -77,9 +77,14 @@ def within_limits(ctx: RunContext[AdvisorDeps], proposal: TuningProposal) -> Tun
 
 @tuning_advisor.tool
 def past_runs(ctx: RunContext[AdvisorDeps]) -> list[dict[str, Any]]:
-    """Earlier training runs and tuning trials of this model: family, hyperparameters,
-    ROC AUC (holdout for training runs, validation for trials) and seconds taken."""
-    return [run.model_dump() for run in ctx.deps.evidence.past_runs]
+    """Earlier training runs and tuning trials of this model: family, hyperparameters, score
+    (the `metric` named here: holdout for training runs, validation for trials) and seconds
+    taken; and the model's task."""
+    evidence = ctx.deps.evidence
+    return [
+        {**run.model_dump(), "metric": evidence.metric, "task": evidence.task}
+        for run in evidence.past_runs
+    ]
 
 
 @tuning_advisor.tool
@@ -89,7 +94,7 @@ def runs_of_family(ctx: RunContext[AdvisorDeps], family: str, top: int = 5) -> d
     if family not in PARAMETER_BOUNDS:
         return {"error": f"unknown family {family!r}; known: {sorted(PARAMETER_BOUNDS)}"}
     runs = sorted(
-        (r for r in ctx.deps.evidence.past_runs if r.family == family), key=lambda r: -r.roc_auc
+        (r for r in ctx.deps.evidence.past_runs if r.family == family), key=lambda r: -r.score
     )[: max(top, 1)]
     spans = {
         name: [min(values), max(values)]
@@ -117,12 +122,15 @@ def segment_coverage(ctx: RunContext[AdvisorDeps]) -> list[dict[str, Any]]:
 @tuning_advisor.tool
 def search_limits(ctx: RunContext[AdvisorDeps]) -> dict[str, Any]:
     """Trial and time ceilings and floors, default budget, concurrency, algorithm, whether
-    settings force synthesis, and each family's parameters with their bounds [low, high]."""
+    settings force synthesis, and each family that can fit the model's task with its
+    parameters' bounds [low, high]."""
+    fitting = TASK_FAMILIES[ctx.deps.evidence.task]
     return {
         **ctx.deps.limits.model_dump(),
+        "task": ctx.deps.evidence.task,
         "bounds": {
-            family: {name: [b.low, b.high] for name, b in bounds.items()}
-            for family, bounds in PARAMETER_BOUNDS.items()
+            family: {name: [b.low, b.high] for name, b in PARAMETER_BOUNDS[family].items()}
+            for family in fitting
         },
     }
 

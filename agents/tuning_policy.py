@@ -15,13 +15,14 @@ import statistics
 
 from pydantic import BaseModel, Field
 
-from agentic_mlops.decisions import AdvisorEvidence, PastRun
+from agentic_mlops.decisions import METRIC_LABEL, AdvisorEvidence, PastRun
 from agentic_mlops.settings import TuneLimits
-from agentic_mlops.tasks.models import FAMILIES, PARAMETER_BOUNDS
+from agentic_mlops.tasks.models import PARAMETER_BOUNDS, TASK_FAMILIES
 from agentic_mlops.tasks.tuning import DEFAULT_RANGES, ParameterRange, SearchSpace
 
 NEAR_BEST = 0.02
-"""A family whose best ROC AUC is within this of the overall best stays in a narrowed search."""
+"""A family whose best score (ROC AUC, accuracy or R²) is within this of the overall best
+stays in a narrowed search."""
 TOP_RUNS = 3
 """Best runs per family a narrowed range is drawn around."""
 MIN_HISTORY = 2 * TOP_RUNS
@@ -66,6 +67,8 @@ def _around(family: str, name: str, values: list[float], widen: float) -> Parame
 def policy_proposal(evidence: AdvisorEvidence, limits: TuneLimits) -> TuningProposal:
     """The deterministic rule, the default model and every fallback.
 
+    - Only the families that can fit the model's task (no logistic regression for a
+      regression model).
     - Fewer than `MIN_HISTORY` past runs: every family over the default ranges.
     - Past runs and a stable optimum: only families within `NEAR_BEST` of the best, each
       parameter narrowed to its best runs' span (plus half of it each side), half the trials.
@@ -75,26 +78,27 @@ def policy_proposal(evidence: AdvisorEvidence, limits: TuneLimits) -> TuningProp
     - Synthesis when settings force it or the triage named drifted features with segments
       the training rows barely cover.
     """
-    runs = [r for r in evidence.past_runs if r.family in FAMILIES and math.isfinite(r.roc_auc)]
+    fitting = TASK_FAMILIES[evidence.task]
+    runs = [r for r in evidence.past_runs if r.family in fitting and math.isfinite(r.score)]
     triage = evidence.triage
     moved = bool(triage and (triage.performance_dropped or triage.severity == "high"))
     families: dict[str, dict[str, ParameterRange]]
     if len(runs) < MIN_HISTORY:
-        families = {family: {} for family in FAMILIES}
+        families = {family: {} for family in fitting}
         trials = limits.max_trials
         why = (
             f"{len(runs) or 'No'} past run(s) of this model, too few to narrow on: search every "
             "family over the default ranges."
         )
     else:
-        best = max(r.roc_auc for r in runs)
+        best = max(r.score for r in runs)
         by_family: dict[str, list[PastRun]] = {}
-        for run in sorted(runs, key=lambda r: -r.roc_auc):
+        for run in sorted(runs, key=lambda r: -r.score):
             by_family.setdefault(run.family, []).append(run)
-        kept = [f for f, rs in by_family.items() if rs[0].roc_auc >= best - NEAR_BEST]
+        kept = [f for f, rs in by_family.items() if rs[0].score >= best - NEAR_BEST]
         widen = 2.0 if moved else 0.5
         families = {}
-        for family in FAMILIES if moved else kept:
+        for family in fitting if moved else kept:
             top = by_family.get(family, [])[:TOP_RUNS]
             ranges = {}
             for name in PARAMETER_BOUNDS[family]:
@@ -117,7 +121,7 @@ def policy_proposal(evidence: AdvisorEvidence, limits: TuneLimits) -> TuningProp
             "ranges widened around the best past runs."
             if moved and triage
             else f"Narrowed to {', '.join(sorted(families))} around the best {TOP_RUNS} past "
-            f"runs of each (best ROC AUC {best:.3f})."
+            f"runs of each (best {METRIC_LABEL.get(evidence.metric, evidence.metric)} {best:.3f})."
         )
     durations = [r.seconds for r in runs if r.seconds and math.isfinite(r.seconds)]
     seconds = limits.time_budget_seconds
@@ -148,8 +152,12 @@ def policy_proposal(evidence: AdvisorEvidence, limits: TuneLimits) -> TuningProp
 def budget_problems(
     proposal: TuningProposal, evidence: AdvisorEvidence, limits: TuneLimits
 ) -> list[str]:
-    """What a proposal breaks that its own validation cannot know: ceilings, segments."""
+    """What a proposal breaks that its own validation cannot know: ceilings, segments, and
+    families that cannot fit the model's task."""
     problems = []
+    unfit = sorted(set(proposal.space.families) - set(TASK_FAMILIES[evidence.task]))
+    if unfit:
+        problems.append(f"{', '.join(unfit)} cannot fit a {evidence.task} model")
     if proposal.space.max_trials > limits.max_trials_ceiling:
         problems.append(
             f"{proposal.space.max_trials} trials is above the {limits.max_trials_ceiling} cap"

@@ -20,7 +20,7 @@ Runbook:
    shows the decision, its evidence and the deadline; no approval means escalate.
 8. Act: `retrain` runs the team's own training deployment when one is configured (its new
    `challenger` then goes to the canary), else our retrain flow (advisor, search, canary
-   hand-over) on the clean rows, which cannot retrain an adopted model (escalated instead);
+   hand-over) on the clean rows, for the model's task, whether we trained it or adopted it;
    `rollback` moves `champion` back to the previous champion; `escalate` emits
    `agentic-mlops.drift.escalated`.
 """

@@ -12,7 +12,7 @@ Runbook:
    - `retrain` runs the team's own training deployment when one is configured and canaries
      the version it registered as `challenger`; else the retrain subflow (advisor,
      synthesis, Ray Tune, holdout comparison) and, when the challenger beats the champion,
-     the canary subflow (an adopted model without a team deployment is escalated);
+     the canary subflow (our recipe retrains adopted models too, for their task);
    - `rollback` moves `champion` back and the router's traffic with it;
    - `escalate` emits the escalation event.
    Every step's result goes to the outcome of the triage decision that started it, so the

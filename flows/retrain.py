@@ -1,9 +1,11 @@
 """Retraining with a search: advisor -> (synthesis) -> tuning -> evaluate -> register -> canary.
 
 Runbook:
-1. Load the training window (a file, a folder of batches, or generated churn data) and split
-   off the holdout, stratified by the label; the rest is split again into fit and
-   validation rows for the search. Holdout and validation rows are always real.
+1. Load the training window (a file, a folder of batches, or generated churn data) for the
+   model's task (binary, multiclass or regression: asked for, else the champion's, else what
+   the target says) and split off the holdout, stratified by the label for a classifier; the
+   rest is split again into fit and validation rows for the search. Holdout and validation
+   rows are always real.
 2. Read the triage decision that asked for this (`triage_ledger_id`) and, with a recent
    production batch (`recent_path`), find the drifted features' segments the training
    window barely covers.
@@ -13,7 +15,7 @@ Runbook:
 5. Run the Ray Tune search (ASHA, random or Optuna TPE), each trial an MLflow child run of
    one parent run.
 6. Refit the best configuration on all non-holdout rows; evaluate it and the current
-   champion on the same holdout.
+   champion (ours or adopted) on the same holdout by the task's metric.
 7. Log and register the refit as `challenger` (a child of the search run, with the
    synthetic rows as a separate dataset), store its reference, record the outcome.
 8. Hand the challenger to the canary rollout, only when a model serves (else say why no
@@ -23,7 +25,7 @@ Runbook:
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from prefect import flow, get_run_logger
 from prefect.states import Failed, State
@@ -37,9 +39,10 @@ from agentic_mlops.settings import load_settings
 from agentic_mlops.tasks import retraining
 from agentic_mlops.tasks.batches import DataError
 from agentic_mlops.tasks.churn import Scenario
+from agentic_mlops.tasks.reference import champion_target
 from agentic_mlops.tasks.retraining import HandOver, HoldoutComparison
 from agentic_mlops.tasks.search_runs import start_search_run
-from agentic_mlops.tasks.training import training_table
+from agentic_mlops.tasks.training import label_task, training_table
 from agentic_mlops.tasks.tuning import SearchResult, search
 
 
@@ -93,7 +96,7 @@ def retrain(
     generate_rows: Annotated[int, Field(ge=100, le=10_000_000)] | Empty = None,
     recent_path: str | Empty = None,
     triage_ledger_id: str | Empty = None,
-    target: str = "churn",
+    target: str | Empty = None,
     scenario: Scenario = "none",
     seed: int = 42,
     test_size: Annotated[float, Field(gt=0.05, lt=0.9)] = 0.25,
@@ -105,6 +108,7 @@ def retrain(
     hand_over: HandOver = "auto",
     run_name: str | Empty = None,
     model_name: str | Empty = None,
+    task: Literal["auto", "binary", "multiclass", "regression"] = "auto",
 ) -> RetrainResult | State:
     """Search for a better model on recent data, register it, and hand it to the canary.
 
@@ -117,7 +121,8 @@ def retrain(
         recent_path: Recent production batch, to find drifted segments the window lacks.
         triage_ledger_id: Ledger id of the triage decision that asked for this retraining;
             its outcome is recorded there.
-        target: Label column.
+        target: Label column. Empty: the champion's (its model card's), else the settings'
+            `target`.
         scenario: Drift scenario of generated data.
         seed: Seed of generated data, of the splits, of the search and of the models.
         test_size: Share of rows kept as holdout, to compare with the champion.
@@ -126,26 +131,35 @@ def retrain(
         time_budget_seconds: Cap on the search's seconds. Empty: the advisor's own.
         synthesize: Force synthetic rows for drifted segments on or off. Empty: the advisor
             decides.
-        require_improvement: Hand over to the canary only if the challenger's holdout ROC AUC
-            is at least the champion's.
+        require_improvement: Hand over to the canary only if the challenger's holdout metric
+            (ROC AUC, accuracy or R², by task) is at least the champion's.
         hand_over: How the canary starts: auto (the canary deployment when registered, else
             an event), deployment, event, subflow (in this run), or none.
         run_name: Name of the MLflow search run. Empty: "retrain <model> after <ledger id>".
         model_name: The registered model the challenger joins. Empty: the settings' model
             name.
+        task: What the challenger predicts: binary, multiclass or regression. auto: the
+            champion's task (its model card), else what the target's values say.
     """
     settings = load_settings().for_model(model_name)
     settings.ensure_dirs()
-    loaded = training_table(data_path, generate_rows, target, scenario, seed, settings.data_dir)
+    target = target or champion_target(settings)
+    known = retraining.known_task(None if task == "auto" else task, settings)
+    loaded = training_table(
+        data_path, generate_rows, target, scenario, seed, settings.data_dir, known
+    )
     if isinstance(loaded, State):
         return loaded
+    chosen = known or label_task(loaded[0][target])
     try:
         triage, recent = retraining.read_request(triage_ledger_id, recent_path, settings)
     except (DataError, OSError) as error:
         get_run_logger().error("retraining input rejected: %s", error)
         return Failed(name="InvalidData", message=str(error))
 
-    rows = retraining.split_window(loaded, target, test_size, validation_size, seed, triage, recent)
+    rows = retraining.split_window(
+        loaded, target, test_size, validation_size, seed, triage, recent, chosen
+    )
     evidence = retraining.advisor_evidence(rows, triage, settings)
     advice = retraining.advise_search(
         advise, evidence, settings, max_trials, time_budget_seconds, synthesize

@@ -29,7 +29,8 @@ import pandas as pd
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from agentic_mlops.tasks.scoring import TASKS, ScoringModel, Task, load_scoring_model, model_task
+from agentic_mlops.decisions import TASKS, Task
+from agentic_mlops.tasks.scoring import ScoringModel, load_scoring_model, model_task
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 

@@ -10,42 +10,32 @@ the columns, the task) runs before anything is written, so a refused adoption ch
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from sklearn.metrics import (
-    accuracy_score,
-    mean_absolute_error,
-    r2_score,
-)
 
+from agentic_mlops.decisions import Task, task_metric
 from agentic_mlops.settings import Settings
 from agentic_mlops.tasks import registry
 from agentic_mlops.tasks.batches import DataError, read_table, require_columns
 from agentic_mlops.tasks.reference import (
     ModelCard,
-    primary_score,
-    r2_standard_error,
     scoring_model,
     store_reference,
 )
 from agentic_mlops.tasks.scoring import (
     ScoringModel,
-    Task,
     check_task,
     infer_task,
     score_kind,
 )
-from agentic_mlops.tasks.training import binary_metrics
+from agentic_mlops.tasks.training import holdout_metrics, scored_importance
 
 MIN_ADOPTION_ROWS = 20
-IMPORTANCE_REPEATS = 3
 
 
 @dataclass
@@ -122,53 +112,6 @@ def prepare(
     return Candidate(name, version, model, frame, target, chosen, str(Path(data_path).resolve()))
 
 
-def holdout_metrics(task: Task, labels: pd.Series, scores: np.ndarray) -> dict[str, float]:
-    """The metrics a card holds for a task, computed from the model's scores on labelled rows.
-
-    A binary classifier's include the figures the drift check's calibration evidence needs
-    (`positive_rate`, `mean_prediction`, `prediction_variance_sum`, `holdout_rows`).
-    """
-    y = labels.to_numpy()
-    rows = {"holdout_rows": float(len(y))}
-    if task == "regression":
-        errors = scores - y.astype(float)
-        return {
-            "r2": float(r2_score(y, scores)),
-            "r2_standard_error": r2_standard_error(y.astype(float), scores),
-            "rmse": float(np.sqrt(np.mean(errors**2))),
-            "mae": float(mean_absolute_error(y, scores)),
-            "mean_target": float(np.mean(y)),
-            "mean_prediction": float(np.mean(scores)),
-            **rows,
-        }
-    if task == "multiclass":
-        return {"accuracy": float(accuracy_score(y, scores)), **rows}
-    return binary_metrics(y, scores)
-
-
-def permutation_importance(
-    score: Callable[[pd.DataFrame], np.ndarray],
-    features: pd.DataFrame,
-    labels: pd.Series,
-    metric: Callable[[pd.Series, np.ndarray], float],
-    seed: int = 42,
-    repeats: int = IMPORTANCE_REPEATS,
-) -> dict[str, float]:
-    """How much the metric drops when each column is shuffled, averaged over repeats, most
-    important first: computed by scoring the model, so it works for any flavour."""
-    generator = np.random.default_rng(seed)
-    baseline = metric(labels, score(features))
-    drops = {}
-    for column in features.columns:
-        total = 0.0
-        for _ in range(repeats):
-            shuffled = features.copy()
-            shuffled[column] = generator.permutation(shuffled[column].to_numpy())
-            total += baseline - metric(labels, score(shuffled))
-        drops[str(column)] = total / repeats
-    return dict(sorted(drops.items(), key=lambda kv: -kv[1]))
-
-
 @task(name="check-adoption", cache_policy=NO_CACHE)
 def check_adoption(
     name: str,
@@ -188,11 +131,11 @@ def evaluate_candidate(candidate: Candidate, seed: int = 42) -> ModelCard:
     features = candidate.frame.drop(columns=[candidate.target])
     labels = candidate.frame[candidate.target]
     scores = candidate.model.score(features, candidate.task)
-    importance = permutation_importance(
+    importance = scored_importance(
         lambda rows: candidate.model.score(rows, candidate.task),
         features,
         labels,
-        lambda y, s: primary_score(candidate.task, y, s),
+        lambda y, s: task_metric(candidate.task, y, s),
         seed,
     )
     return ModelCard(

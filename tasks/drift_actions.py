@@ -48,12 +48,10 @@ class TeamTraining(BaseModel):
     summary: str
 
 
-def retraining_route(adopted: bool, settings: Settings) -> Literal["team", "recipe", "none"]:
+def retraining_route(settings: Settings) -> Literal["team", "recipe"]:
     """Who retrains this model: the team's own deployment when one is configured, else our
-    recipe, which cannot retrain a model adopted from elsewhere (none: a person decides)."""
-    if settings.team_retrain_deployment():
-        return "team"
-    return "none" if adopted else "recipe"
+    recipe (any task, a model we trained or one adopted from elsewhere)."""
+    return "team" if settings.team_retrain_deployment() else "recipe"
 
 
 @task(name="record-triage", cache_policy=NO_CACHE)
@@ -144,9 +142,8 @@ def drift_check_result(
 def action_to_take(
     proposed: str, result: DriftCheckResult, entry: ledger.LedgerEntry, settings: Settings
 ) -> str:
-    """The decided action once people and recipes have had their say: with approval mode
-    `all`, a retrain or rollback nobody approved escalates; so does a retrain with no way to
-    retrain (an adopted model and no team deployment). Why is added to the result."""
+    """The decided action once people have had their say: with approval mode `all`, a
+    retrain or rollback nobody approved escalates. Why is added to the result."""
     action = proposed
     if action in ("retrain", "rollback"):
         go, why = approval.ask_before_acting(
@@ -158,12 +155,6 @@ def action_to_take(
         if not go:
             result.actions_taken.append(f"{action} not approved ({why})")
             action = "escalate"
-    if action == "retrain" and retraining_route(result.adopted, settings) == "none":
-        result.actions_taken.append(
-            f"retrain not started: no retraining recipe for the adopted {result.model_name!r} "
-            "and no training deployment of the team's (retrain_deployment); escalated to a person"
-        )
-        action = "escalate"
     return action
 
 
@@ -222,8 +213,7 @@ def start_retraining(
         "how": "subflow",
         "version": trained.version,
         "summary": f"{trained.model_name} v{trained.version} registered as challenger "
-        f"({retrained.best_family}, holdout ROC AUC "
-        f"{retrained.comparison.challenger_roc_auc:.3f}); {retrained.hand_over}",
+        f"({retrained.best_family}, {retrained.comparison.summary()}); {retrained.hand_over}",
     }
 
 
@@ -336,7 +326,7 @@ def retrain_for(
     """Retrain for a retrain decision, by `retraining_route`: the team's own deployment, whose
     new challenger is then handed over to the canary, or our `retrain_flow`. What happened
     is added to the result and the ledger entry's outcome."""
-    if retraining_route(result.adopted, settings) == "team":
+    if retraining_route(settings) == "team":
         team = run_team_training(parameters, ledger_id, settings)
         result.retrained_version = team.challenger
         result.actions_taken.append(f"retrain: {team.summary}")

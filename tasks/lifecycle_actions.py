@@ -83,7 +83,7 @@ def cleared_action(
     check: DriftCheckResult, limits: TurnLimits, settings: Settings
 ) -> tuple[str, str, list[str]]:
     """The action to carry out, the retraining route, and why the action changed if it did:
-    a retrain or rollback a person did not approve, or a retrain with no route, escalates."""
+    a retrain or rollback a person did not approve escalates."""
     action, notes = check.decision.action, []
     if action in ("retrain", "rollback"):
         ok, why = approval.ask_before_acting(
@@ -95,14 +95,7 @@ def cleared_action(
         if not ok:
             notes.append(f"not approved: {why}")
             action = "escalate"
-    route = actions.retraining_route(check.adopted, settings)
-    if action == "retrain" and route == "none":
-        notes.append(
-            f"retrain not started: no retraining recipe for the adopted {settings.model_name!r} "
-            "and no training deployment of the team's (retrain_deployment)"
-        )
-        action = "escalate"
-    return action, route, notes
+    return action, actions.retraining_route(settings), notes
 
 
 def roll_back(check: DriftCheckResult, settings: Settings) -> str:
@@ -174,12 +167,9 @@ def retrain_by_recipe(
         return Retrained(None, [], {}, [f"retrain failed: {state.message}"])
     retrained = state.result()
     version, comparison = retrained.training.version, retrained.comparison
-    champion_auc = (
-        "none" if comparison.champion_roc_auc is None else f"{comparison.champion_roc_auc:.3f}"
-    )
     steps = [
-        f"retrain: v{version} ({retrained.best_family}, {retrained.trials} trials), holdout "
-        f"ROC AUC {comparison.challenger_roc_auc:.3f} vs champion {champion_auc}"
+        f"retrain: v{version} ({retrained.best_family}, {retrained.trials} trials), "
+        f"{comparison.summary()}"
     ]
     update = {"retrained_version": version, "beat_champion": comparison.beats_champion}
     if limits.require_improvement and not comparison.beats_champion:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from agentic_mlops.decisions import METRIC_LABEL
 from agentic_mlops.schemas import LifecycleResult
 from agentic_mlops.settings import Settings
 from agentic_mlops.tasks import ledger, registry, reports
@@ -44,10 +45,12 @@ def summary(entry: ledger.LedgerEntry) -> str:
     parts = []
     if "challenger_version" in outcome:
         parts.append(f"v{outcome['challenger_version']}")
-    if outcome.get("challenger_holdout_roc_auc") is not None:
-        champion = outcome.get("champion_holdout_roc_auc")
+    metric = outcome.get("holdout_metric", "roc_auc")
+    if outcome.get(f"challenger_holdout_{metric}") is not None:
+        champion = outcome.get(f"champion_holdout_{metric}")
         parts.append(
-            f"holdout ROC AUC {outcome['challenger_holdout_roc_auc']:.3f}"
+            f"holdout {METRIC_LABEL.get(metric, metric)} "
+            f"{outcome[f'challenger_holdout_{metric}']:.3f}"
             + (f" vs {champion:.3f}" if champion is not None else "")
         )
     for key in ("canary", "carried_out", "human", "held", "note"):

@@ -28,8 +28,8 @@ from agentic_mlops.decisions import LABEL_METRICS
 from agentic_mlops.tasks.canary_judge import MetricSpec
 
 if TYPE_CHECKING:
+    from agentic_mlops.decisions import Task
     from agentic_mlops.settings import Settings
-    from agentic_mlops.tasks.scoring import Task
 
 VARIANTS = ("baseline", "canary")
 TRACK_VARIANTS = {"stable": "baseline", "canary": "canary"}

@@ -1,10 +1,12 @@
 """The model families a search can choose from, their parameter bounds, and one tuning trial.
 
 Each family is one scikit-learn `Pipeline` (imputation, one-hot encoding, scaling where the
-family needs it, then the classifier). A trial grows its family's budget parameter (boosting
+family needs it, then the estimator for the task: a classifier for a binary or multiclass
+label, a regressor for a numeric one). A trial grows its family's budget parameter (boosting
 rounds, trees, solver iterations) over `STEPS` equal steps with warm starts and reports the
-validation ROC AUC after each, so an early-stopping scheduler can end a poor trial after its
-first steps. This module imports no Prefect or MLflow: Ray workers load it for every trial.
+task's validation metric after each (`TASK_METRIC`: ROC AUC, accuracy or R², higher is better
+for each), so an early-stopping scheduler can end a poor trial after its first steps. This
+module imports no Prefect or MLflow: Ray workers load it for every trial.
 """
 
 from __future__ import annotations
@@ -15,18 +17,31 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
+import numpy as np
 import pandas as pd
 from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+from sklearn.ensemble import (
+    HistGradientBoostingClassifier,
+    HistGradientBoostingRegressor,
+    RandomForestClassifier,
+    RandomForestRegressor,
+)
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
+from agentic_mlops.decisions import TASK_METRIC, Task, task_metric
+
 ModelFamily = Literal["gradient_boosting", "logistic_regression", "random_forest"]
 FAMILIES: tuple[str, ...] = get_args(ModelFamily)
+TASK_FAMILIES: dict[str, tuple[str, ...]] = {
+    "binary": FAMILIES,
+    "multiclass": FAMILIES,
+    "regression": ("gradient_boosting", "random_forest"),
+}
+"""The families that can fit each task: logistic regression is a classifier only."""
 STEPS = 8
 """Steps of a trial: its budget parameter grows by an eighth at each."""
 
@@ -98,6 +113,17 @@ def _integers(family: str, params: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _estimator(family: str, task: str, values: dict[str, Any], seed: int, n_jobs: int) -> Any:
+    regression = task == "regression"
+    if family == "gradient_boosting":
+        boosting = HistGradientBoostingRegressor if regression else HistGradientBoostingClassifier
+        return boosting(random_state=seed, early_stopping=False, **values)
+    if family == "random_forest":
+        forest = RandomForestRegressor if regression else RandomForestClassifier
+        return forest(random_state=seed, n_jobs=n_jobs, **values)
+    return LogisticRegression(random_state=seed, **values)
+
+
 def family_pipeline(
     family: str,
     params: dict[str, Any],
@@ -105,32 +131,49 @@ def family_pipeline(
     categorical: list[str],
     seed: int = 42,
     n_jobs: int = 1,
+    task: Task = "binary",
 ) -> Pipeline:
-    """The unfitted pipeline of one family with the given hyperparameters.
+    """The unfitted pipeline of one family with the given hyperparameters, for a task.
+
+    The estimator's step is named `classifier` for every task, so a pipeline's parameters
+    are addressed the same way whatever it predicts.
 
     Raises:
-        ValueError: an unknown family or a parameter the family does not have.
+        ValueError: an unknown family, a family that cannot fit the task, or a parameter the
+            family does not have.
     """
     if family not in PARAMETER_BOUNDS:
         raise ValueError(f"unknown model family {family!r}; choose one of {', '.join(FAMILIES)}")
+    if family not in TASK_FAMILIES[task]:
+        raise ValueError(
+            f"{family} cannot fit a {task} model; choose one of {', '.join(TASK_FAMILIES[task])}"
+        )
     unknown = set(params) - set(PARAMETER_BOUNDS[family])
     if unknown:
         raise ValueError(f"{family} has no parameter(s) {', '.join(sorted(unknown))}")
-    values = _integers(family, params)
-    if family == "gradient_boosting":
-        classifier: Any = HistGradientBoostingClassifier(
-            random_state=seed, early_stopping=False, **values
-        )
-    elif family == "random_forest":
-        classifier = RandomForestClassifier(random_state=seed, n_jobs=n_jobs, **values)
-    else:
-        classifier = LogisticRegression(random_state=seed, **values)
+    estimator = _estimator(family, task, _integers(family, params), seed, n_jobs)
     return Pipeline(
         [
             ("preprocess", preprocessor(numeric, categorical, family == "logistic_regression")),
-            ("classifier", classifier),
+            ("classifier", estimator),
         ]
     )
+
+
+def pipeline_scores(model: Pipeline, rows: pd.DataFrame, task: str) -> np.ndarray:
+    """A fitted pipeline's score per row, as `tasks/scoring.py` scores any model: the
+    positive-class probability (binary), the predicted label (multiclass), the prediction
+    (regression)."""
+    if task == "binary":
+        return model.predict_proba(rows)[:, 1]
+    return np.asarray(model.predict(rows))
+
+
+def task_labels(labels: pd.Series, task: str) -> pd.Series:
+    """Labels as the task's estimators fit them: 0/1 integers, classes as they are, floats."""
+    if task == "binary":
+        return labels.astype(int)
+    return labels.astype(float) if task == "regression" else labels
 
 
 @dataclass
@@ -144,6 +187,12 @@ class TuningData:
     numeric: list[str]
     categorical: list[str]
     seed: int = 42
+    task: Task = "binary"
+
+    @property
+    def metric(self) -> str:
+        """The validation metric the search maximises for this data's task."""
+        return TASK_METRIC[self.task]
 
 
 def family_params(config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -159,7 +208,8 @@ def step_budget(total: int, step: int) -> int:
 
 
 def run_trial(config: dict[str, Any], data: TuningData, report: Any) -> None:
-    """Fit one configuration step by step, calling `report(metrics)` after each step.
+    """Fit one configuration step by step, calling `report(metrics)` after each step: the
+    task's validation metric as `score` and under its own name, the step and the seconds.
 
     The budget parameter grows to its configured value over `STEPS` warm-started fits; for
     the tree families the last fit equals one with the full budget at once (scikit-learn's warm
@@ -169,7 +219,12 @@ def run_trial(config: dict[str, Any], data: TuningData, report: Any) -> None:
     budget = BUDGET_PARAMETER[family]
     total = int(round(params[budget]))
     model = family_pipeline(
-        family, {**params, budget: step_budget(total, 1)}, data.numeric, data.categorical, data.seed
+        family,
+        {**params, budget: step_budget(total, 1)},
+        data.numeric,
+        data.categorical,
+        data.seed,
+        task=data.task,
     )
     model.set_params(classifier__warm_start=True)
     started = time.perf_counter()
@@ -178,10 +233,11 @@ def run_trial(config: dict[str, Any], data: TuningData, report: Any) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             model.fit(data.x_fit, data.y_fit)
-        scores = model.predict_proba(data.x_val)[:, 1]
+        score = task_metric(data.task, data.y_val, pipeline_scores(model, data.x_val, data.task))
         report(
             {
-                "roc_auc": float(roc_auc_score(data.y_val, scores)),
+                "score": score,
+                data.metric: score,
                 "step": step,
                 "elapsed_seconds": time.perf_counter() - started,
             }

@@ -14,11 +14,14 @@ import pandas as pd
 from prefect.artifacts import create_markdown_artifact
 from sklearn.pipeline import Pipeline
 
+from agentic_mlops.decisions import Task
 from agentic_mlops.schemas import TrainingResult
 from agentic_mlops.settings import Settings
+from agentic_mlops.tasks.models import pipeline_scores
 from agentic_mlops.tasks.reference import ModelCard, store_reference
 from agentic_mlops.tasks.registry import LoggedRun, log_training_run, register_version
 from agentic_mlops.tasks.reports import artifact_key, mlflow_run_link
+from agentic_mlops.tasks.scoring import score_kind
 from agentic_mlops.tasks.training import Evaluation, Split
 
 
@@ -36,8 +39,10 @@ def publish_model(
     training_rows: pd.DataFrame | None = None,
     *,
     settings: Settings,
+    task: Task = "binary",
 ) -> tuple[TrainingResult, LoggedRun]:
-    """Log a fitted model to MLflow, register it as `challenger`, and store its reference.
+    """Log a fitted model to MLflow, register it as `challenger`, and store its reference
+    (its card names the model's task and what its score is).
 
     `training_rows` are the rows the model was fitted on when they are not the split's own
     (synthetic rows added); the reference is always built from the real `frame`.
@@ -74,8 +79,10 @@ def publish_model(
             feature_importance=evaluation.feature_importance,
             features=list(split.x_train.columns),
             data_source=source,
+            task=task,
+            score=score_kind(task, None),
         ),
-        model.predict_proba(frame.drop(columns=[target]))[:, 1],
+        pipeline_scores(model, frame.drop(columns=[target]), task),
         settings,
     )
     result = TrainingResult(

@@ -24,6 +24,7 @@ from prefect.states import Failed, State
 from pydantic import BaseModel, Field
 
 from agentic_mlops.decisions import (
+    TASK_METRIC,
     ColumnDrift,
     ColumnEvidence,
     Distribution,
@@ -31,7 +32,9 @@ from agentic_mlops.decisions import (
     QualityEvidence,
     SegmentScore,
     ServingEvidence,
+    Task,
     TriageEvidence,
+    task_metric,
 )
 from agentic_mlops.settings import Settings
 from agentic_mlops.tasks import registry
@@ -50,7 +53,6 @@ from agentic_mlops.tasks.quality import QualityResult, build_suite, load_suite, 
 from agentic_mlops.tasks.scoring import (
     ScoringError,
     ScoringModel,
-    Task,
     load_scoring_model,
     model_task,
     score_kind,
@@ -66,8 +68,6 @@ TOP_VALUES = 8
 SEGMENT_ROWS = 20_000
 """Labelled rows a segment breakdown is computed on at most (a seeded sample beyond that)."""
 MIN_SEGMENT_ROWS = 20
-PRIMARY_METRIC = {"binary": "roc_auc", "multiclass": "accuracy", "regression": "r2"}
-"""Higher is better for each, so the triage compares them the same way."""
 
 
 class ModelCard(BaseModel):
@@ -87,14 +87,14 @@ class ModelCard(BaseModel):
     )
     adopted: bool = Field(
         default=False,
-        description="Registered outside agentic-mlops and adopted: our retraining recipe "
-        "does not apply to it.",
+        description="Registered outside agentic-mlops and adopted (by `adopt`), not trained "
+        "by our recipe; the recipe retrains it all the same, for the card's task.",
     )
 
     @property
     def primary_metric(self) -> str:
         """The metric performance on labelled batches is judged by, for the card's task."""
-        return PRIMARY_METRIC[self.task]
+        return TASK_METRIC[self.task]
 
 
 @dataclass
@@ -347,17 +347,6 @@ def score_batch(frame: pd.DataFrame, ref: Reference, settings: Settings) -> Batc
     return BatchScores(score_with(name, ref.version, features, settings, task), previous)
 
 
-def primary_score(task: Task, labels: pd.Series, scores: np.ndarray) -> float:
-    """The card's primary metric (see `PRIMARY_METRIC`) of scores against labels."""
-    from sklearn.metrics import accuracy_score, r2_score, roc_auc_score
-
-    if task == "regression":
-        return float(r2_score(labels, scores))
-    if task == "multiclass":
-        return float(accuracy_score(labels, scores))
-    return float(roc_auc_score(labels, scores))
-
-
 def r2_standard_error(labels: np.ndarray, predictions: np.ndarray) -> float:
     """Approximate standard error of R² on these rows: that of the mean squared error (the
     spread of the squared errors over sqrt(n)) divided by the labels' variance, which is
@@ -390,11 +379,11 @@ def labelled_performance(
         return None
     task = ref.card.task
     previous = (
-        primary_score(task, labels, scores.previous_champion)
+        task_metric(task, labels, scores.previous_champion)
         if scores.previous_champion is not None
         else None
     )
-    current = primary_score(task, labels, scores.champion)
+    current = task_metric(task, labels, scores.champion)
     segments = segment_scores(frame, labels, scores.champion, task, list(ref.profile.columns))
     if task != "binary":
         noise = None
@@ -470,7 +459,7 @@ def _segment_score(task: Task, labels: pd.Series, scores: np.ndarray) -> float |
     if len(labels) < MIN_SEGMENT_ROWS or labels.nunique() < 2:
         return None
     try:
-        return round(primary_score(task, labels, scores), 4)
+        return round(task_metric(task, labels, scores), 4)
     except ValueError:
         return None
 

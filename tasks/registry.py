@@ -292,18 +292,20 @@ def _log_json_files(mlflow_client: MlflowClient, run_id: str, files: dict[str, A
 
 def _log_model(model: Any, features: pd.DataFrame) -> Any:
     """Log the fitted pipeline to the active run with its signature and an input example;
-    served models answer with `predict_proba`."""
+    a binary classifier's pyfunc answers with `predict_proba` (its probability pair), any
+    other model's with `predict` (a label or a prediction)."""
     import mlflow.sklearn
     from mlflow.models import infer_signature
 
     example = as_model_input(features.head(5))
+    predict = "predict_proba" if len(getattr(model, "classes_", ())) == 2 else "predict"
     return mlflow.sklearn.log_model(
         model,
         name=MODEL_ARTIFACT,
-        signature=infer_signature(example, model.predict_proba(example)),
+        signature=infer_signature(example, getattr(model, predict)(example)),
         input_example=example,
         pip_requirements=_pip_requirements(),
-        pyfunc_predict_fn="predict_proba",
+        pyfunc_predict_fn=predict,
         skops_trusted_types=SKOPS_TRUSTED_TYPES,
     )
 

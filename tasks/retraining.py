@@ -1,11 +1,14 @@
 """A retraining's steps, in the order the `retrain` flow (`flows/retrain.py`) runs them.
 
-What asked for it (the triage decision, a recent production batch) is read first; the window
-is split into holdout, fit and validation rows, all real; the advisor's proposal gets the run's
-own caps and goes to the ledger; synthetic rows, when asked for, join the fit rows only. After
-the search, the best configuration is refit on every non-holdout row and compared with the
-champion on the same holdout, then registered as `challenger`. The search's MLflow run is
-closed either way (`closed_on_failure`), and the challenger is handed to the canary.
+What asked for it (the triage decision, a recent production batch) is read first. The task
+the retraining fits is the one asked for, else the champion's (its model card), else what the
+target's values say. The window is split into holdout, fit and validation rows, all real; the
+advisor's proposal gets the run's own caps and goes to the ledger; synthetic rows, when asked
+for, join the fit rows only (SMOTE-NC per label: binary labels only). After the search, the
+best configuration is refit on every non-holdout row and compared with the champion on the
+same holdout by the task's metric (ROC AUC, accuracy or R²), then registered as `challenger`.
+The search's MLflow run is closed either way (`closed_on_failure`), and the challenger is
+handed to the canary.
 """
 
 from __future__ import annotations
@@ -25,50 +28,75 @@ from prefect.events import emit_event
 from prefect.runtime import flow_run
 from prefect.states import State
 from pydantic import BaseModel, ValidationError
-from sklearn.metrics import brier_score_loss, roc_auc_score
+from sklearn.metrics import brier_score_loss, mean_absolute_error
 from sklearn.model_selection import train_test_split
 
 from agentic_mlops.decisions import (
+    METRIC_LABEL,
+    TASK_METRIC,
     AdvisorEvidence,
     Outcome,
     PastRun,
     SegmentCoverage,
+    Task,
     TriageContext,
     TriageRecord,
+    task_metric,
 )
 from agentic_mlops.schemas import TrainingResult
 from agentic_mlops.settings import Settings
 from agentic_mlops.tasks import ledger, registry, reports, rollout
 from agentic_mlops.tasks.batches import DataError, read_data, write_table
 from agentic_mlops.tasks.drift_actions import deployment_exists
-from agentic_mlops.tasks.models import TuningData, family_pipeline
+from agentic_mlops.tasks.models import TuningData, family_pipeline, pipeline_scores, task_labels
 from agentic_mlops.tasks.publishing import publish_model
-from agentic_mlops.tasks.reference import score_with
+from agentic_mlops.tasks.reference import score_with, stored_card
 from agentic_mlops.tasks.search_runs import finish_search_run, past_runs
 from agentic_mlops.tasks.synthesis import Segment, Synthesis, find_segments
 from agentic_mlops.tasks.synthesis import synthesize as synthesize_rows
-from agentic_mlops.tasks.training import Split, evaluate_model, feature_columns, split_data
+from agentic_mlops.tasks.training import (
+    Split,
+    evaluate_model,
+    feature_columns,
+    split_data,
+)
 from agentic_mlops.tasks.tuning import SearchResult
 
 CANARY_DEPLOYMENT = "canary-rollout/canary"
 CANARY_REQUESTED_EVENT = "agentic-mlops.canary.requested"
 HandOver = Literal["auto", "deployment", "event", "subflow", "none"]
 NOT_BETTER = "none: the challenger did not beat the champion on the holdout"
+TASK_LOSS = {"binary": "brier_score", "regression": "mae"}
+"""The loss a holdout comparison shows beside the task's metric (none for multiclass, whose
+models are compared on predicted labels)."""
 
 
 class HoldoutComparison(BaseModel):
-    """Challenger and champion on the same holdout rows."""
+    """Challenger and champion on the same holdout rows, by the task's metric (higher is
+    better) and, where the task has one, a loss (lower is better)."""
 
     rows: int
-    challenger_roc_auc: float
+    metric: str = "roc_auc"
+    challenger_score: float
     champion_version: int | None
-    champion_roc_auc: float | None = None
-    challenger_brier: float
-    champion_brier: float | None = None
+    champion_score: float | None = None
+    loss_metric: str | None = None
+    challenger_loss: float | None = None
+    champion_loss: float | None = None
 
     @property
     def beats_champion(self) -> bool:
-        return self.champion_roc_auc is None or self.challenger_roc_auc >= self.champion_roc_auc
+        return self.champion_score is None or self.challenger_score >= self.champion_score
+
+    def summary(self) -> str:
+        """ "holdout R² 0.412 vs champion v1 0.398" (or "vs no champion")."""
+        champion = (
+            f"champion v{self.champion_version} {self.champion_score:.3f}"
+            if self.champion_score is not None
+            else "no champion"
+        )
+        label = METRIC_LABEL.get(self.metric, self.metric)
+        return f"holdout {label} {self.challenger_score:.3f} vs {champion}"
 
 
 @dataclass(frozen=True)
@@ -89,6 +117,7 @@ class SearchRows:
     y_val: pd.Series
     segments: list[Segment]
     synthesis: Synthesis | None = None
+    task: Task = "binary"
 
     @property
     def fit_rows(self) -> pd.DataFrame:
@@ -104,12 +133,15 @@ class SearchRows:
         synthetic = self.synthetic
         return TuningData(
             x_fit=pd.concat([self.x_fit, synthetic.drop(columns=[self.target])], ignore_index=True),
-            y_fit=pd.concat([self.y_fit, synthetic[self.target]], ignore_index=True).astype(int),
+            y_fit=task_labels(
+                pd.concat([self.y_fit, synthetic[self.target]], ignore_index=True), self.task
+            ),
             x_val=self.x_val,
             y_val=self.y_val,
             numeric=numeric,
             categorical=categorical,
             seed=self.seed,
+            task=self.task,
         )
 
     def training_rows(self) -> pd.DataFrame:
@@ -154,6 +186,17 @@ def triage_context(ledger_id: str | None, settings: Settings) -> TriageContext |
     )
 
 
+def known_task(asked: Task | None, settings: Settings) -> Task | None:
+    """The task a retraining fits, when known before its data is read: the one asked for,
+    else the champion's as its model card says (an adopted model's too). None: the target's
+    values will say (`training.label_task`)."""
+    if asked:
+        return asked
+    champion = registry.alias_version(settings.model_name, registry.CHAMPION, settings)
+    card = stored_card(settings.model_name, champion, settings) if champion else None
+    return card.task if card is not None else None
+
+
 def read_request(
     triage_ledger_id: str | None, recent_path: str | None, settings: Settings
 ) -> tuple[TriageContext | None, pd.DataFrame | None]:
@@ -174,22 +217,39 @@ def split_window(
     seed: int,
     triage: TriageContext | None,
     recent: pd.DataFrame | None,
+    task: Task = "binary",
 ) -> SearchRows:
-    """Split off the holdout (stratified by the label), split the rest into fit and
-    validation rows, and find the drifted features' segments the fit rows barely cover."""
+    """Split off the holdout (stratified by the label for a classifier), split the rest into
+    fit and validation rows, and find the drifted features' segments the fit rows barely
+    cover (binary labels only: synthesis interpolates per label).
+
+    Raises:
+        DataError: the target does not suit the task.
+    """
     frame, source = loaded
-    split = split_data(frame, target, test_size, seed)
+    split = split_data(frame, target, test_size, seed, task)
     x_fit, x_val, y_fit, y_val = train_test_split(
         split.x_train,
         split.y_train,
         test_size=validation_size,
         random_state=seed,
-        stratify=split.y_train,
+        stratify=None if task == "regression" else split.y_train,
     )
     rows = SearchRows(
-        frame, source, target, seed, test_size, split, x_fit, x_val, y_fit, y_val, segments=[]
+        frame,
+        source,
+        target,
+        seed,
+        test_size,
+        split,
+        x_fit,
+        x_val,
+        y_fit,
+        y_val,
+        segments=[],
+        task=task,
     )
-    if recent is None or not triage or not triage.drifted_features:
+    if recent is None or not triage or not triage.drifted_features or task != "binary":
         return rows
     return replace(rows, segments=find_segments(rows.fit_rows, recent, triage.drifted_features))
 
@@ -198,9 +258,12 @@ def advisor_evidence(
     rows: SearchRows, triage: TriageContext | None, settings: Settings
 ) -> AdvisorEvidence:
     """What the tuning advisor sees: past runs, the triage decision, the segments' coverage."""
+    metric = TASK_METRIC[rows.task]
     return AdvisorEvidence(
         model_name=settings.model_name,
-        past_runs=[PastRun(**run) for run in past_runs(settings)],
+        task=rows.task,
+        metric=metric,
+        past_runs=[PastRun(**run) for run in past_runs(settings, metric)],
         triage=triage,
         segments=[
             SegmentCoverage(
@@ -293,27 +356,40 @@ def search_run_name(settings: Settings, triage_ledger_id: str | None) -> str:
     return f"retrain {settings.model_name}{after}"
 
 
+def _loss(task: Task, labels: np.ndarray, scores: np.ndarray | None) -> float | None:
+    if scores is None or task not in TASK_LOSS:
+        return None
+    if task == "regression":
+        return float(mean_absolute_error(labels, scores))
+    return float(brier_score_loss(labels, scores))
+
+
 @task(name="compare-on-holdout", cache_policy=NO_CACHE)
 def compare_on_holdout(
-    challenger_scores: np.ndarray, x_test: pd.DataFrame, y_test: pd.Series, settings: Settings
+    challenger_scores: np.ndarray,
+    x_test: pd.DataFrame,
+    y_test: pd.Series,
+    settings: Settings,
+    task: Task = "binary",
 ) -> HoldoutComparison:
-    """The challenger's and the current champion's ROC AUC and Brier score on one holdout."""
+    """The challenger's and the current champion's metric for the task (and its loss) on
+    one holdout; the champion is scored as any MLflow model is (`tasks/scoring.py`)."""
     y = y_test.to_numpy()
     champion = registry.alias_version(settings.model_name, registry.CHAMPION, settings)
     champion_scores = (
-        score_with(settings.model_name, champion, x_test, settings) if champion else None
+        score_with(settings.model_name, champion, x_test, settings, task) if champion else None
     )
     return HoldoutComparison(
         rows=len(y),
-        challenger_roc_auc=float(roc_auc_score(y, challenger_scores)),
-        challenger_brier=float(brier_score_loss(y, challenger_scores)),
+        metric=TASK_METRIC[task],
+        challenger_score=task_metric(task, y, challenger_scores),
         champion_version=champion,
-        champion_roc_auc=(
-            float(roc_auc_score(y, champion_scores)) if champion_scores is not None else None
+        champion_score=(
+            task_metric(task, y, champion_scores) if champion_scores is not None else None
         ),
-        champion_brier=(
-            float(brier_score_loss(y, champion_scores)) if champion_scores is not None else None
-        ),
+        loss_metric=TASK_LOSS.get(task),
+        challenger_loss=_loss(task, y, challenger_scores),
+        champion_loss=_loss(task, y, champion_scores),
     )
 
 
@@ -339,19 +415,17 @@ def publish_challenger(
     numeric, categorical = feature_columns(rows.frame, target)
     train_rows = rows.training_rows()
     model = family_pipeline(
-        found.best_family, found.best_params, numeric, categorical, rows.seed
-    ).fit(train_rows.drop(columns=[target]), train_rows[target].astype(int))
-    evaluation = evaluate_model(model, split.x_test, split.y_test, rows.seed)
+        found.best_family, found.best_params, numeric, categorical, rows.seed, task=rows.task
+    ).fit(train_rows.drop(columns=[target]), task_labels(train_rows[target], rows.task))
+    evaluation = evaluate_model(model, split.x_test, split.y_test, rows.seed, rows.task)
     comparison = compare_on_holdout(
-        model.predict_proba(split.x_test)[:, 1], split.x_test, split.y_test, settings
+        pipeline_scores(model, split.x_test, rows.task),
+        split.x_test,
+        split.y_test,
+        settings,
+        rows.task,
     )
-    get_run_logger().info(
-        "holdout ROC AUC: challenger %.4f, champion %s",
-        comparison.challenger_roc_auc,
-        f"v{comparison.champion_version} {comparison.champion_roc_auc:.4f}"
-        if comparison.champion_roc_auc is not None
-        else "none",
-    )
+    get_run_logger().info("challenger: %s", comparison.summary())
     synthetic_rows = len(rows.synthetic)
     trained, _ = publish_model(
         model,
@@ -373,6 +447,7 @@ def publish_challenger(
         extra_datasets=keep_synthetic_rows(rows, settings),
         training_rows=train_rows,
         settings=settings,
+        task=rows.task,
     )
     return Challenger(trained, comparison, synthetic_rows)
 
@@ -402,14 +477,15 @@ def close_search(
     """Record the search's summary figures on its run and close it; tell the ledger entries
     (the advisor's, the triage's) what the retraining produced."""
     comparison = challenger.comparison
+    metric = comparison.metric
     finish_search_run(
         search_run_id,
         {
-            "best_validation_roc_auc": found.best_roc_auc,
-            "holdout_roc_auc": comparison.challenger_roc_auc,
+            f"best_validation_{metric}": found.best_score,
+            f"holdout_{metric}": comparison.challenger_score,
             **(
-                {"champion_holdout_roc_auc": comparison.champion_roc_auc}
-                if comparison.champion_roc_auc is not None
+                {f"champion_holdout_{metric}": comparison.champion_score}
+                if comparison.champion_score is not None
                 else {}
             ),
             "trials": len(found.trials),
@@ -422,9 +498,10 @@ def close_search(
     )
     outcome = {
         "challenger_version": challenger.training.version,
-        "challenger_holdout_roc_auc": comparison.challenger_roc_auc,
+        "holdout_metric": metric,
+        f"challenger_holdout_{metric}": comparison.challenger_score,
         "champion_version": comparison.champion_version,
-        "champion_holdout_roc_auc": comparison.champion_roc_auc,
+        f"champion_holdout_{metric}": comparison.champion_score,
         "beat_champion": comparison.beats_champion,
         "search_run_id": search_run_id,
     }
@@ -497,14 +574,15 @@ def hand_over(
 
 
 def search_markdown(result: SearchResult, comparison: HoldoutComparison, synth: int) -> str:
+    label = METRIC_LABEL.get(result.metric, result.metric)
     rows = "\n".join(
-        f"| {t.family} | {t.roc_auc:.4f} | {t.steps} | {'yes' if t.stopped_early else ''} |"
-        for t in sorted(result.trials, key=lambda t: -(t.roc_auc or 0))
-        if t.roc_auc is not None
+        f"| {t.family} | {t.score:.4f} | {t.steps} | {'yes' if t.stopped_early else ''} |"
+        for t in sorted(result.trials, key=lambda t: -(t.score or 0))
+        if t.score is not None
     )
     champion = (
-        f"champion v{comparison.champion_version}: {comparison.champion_roc_auc:.4f}"
-        if comparison.champion_roc_auc is not None
+        f"champion v{comparison.champion_version}: {comparison.champion_score:.4f}"
+        if comparison.champion_score is not None
         else "no champion to compare with"
     )
     return (
@@ -513,9 +591,9 @@ def search_markdown(result: SearchResult, comparison: HoldoutComparison, synth: 
         f"{len(result.trials)} trials, {result.stopped_early} stopped early, "
         f"{result.seconds:.0f} s; synthetic rows: {synth}\n\n"
         f"Best: **{result.best_family}** {result.best_params}\n\n"
-        f"Holdout ROC AUC ({comparison.rows} rows): challenger "
-        f"{comparison.challenger_roc_auc:.4f}, {champion}\n\n"
-        f"| family | validation ROC AUC | steps | stopped early |\n|---|---|---|---|\n{rows}\n"
+        f"Holdout {label} ({comparison.rows} rows): challenger "
+        f"{comparison.challenger_score:.4f}, {champion}\n\n"
+        f"| family | validation {label} | steps | stopped early |\n|---|---|---|---|\n{rows}\n"
     )
 
 
@@ -526,6 +604,7 @@ def publish_search_report(
     attribution) and a table of every trial, as keyed Prefect artifacts."""
     key = reports.artifact_key(settings.model_name)
     trained = challenger.training
+    label = f"validation {METRIC_LABEL.get(found.metric, found.metric)}"
     create_markdown_artifact(
         key=f"{key}-retrain-search",
         markdown=search_markdown(found, challenger.comparison, challenger.synthetic_rows)
@@ -538,7 +617,7 @@ def publish_search_report(
         table=[
             {
                 "family": t.family,
-                "validation ROC AUC": None if t.roc_auc is None else round(t.roc_auc, 4),
+                label: None if t.score is None else round(t.score, 4),
                 "steps": t.steps,
                 "stopped early": t.stopped_early,
                 "parameters": ", ".join(
@@ -547,7 +626,7 @@ def publish_search_report(
                     if k != "family"
                 ),
             }
-            for t in sorted(found.trials, key=lambda t: -(t.roc_auc or 0))
+            for t in sorted(found.trials, key=lambda t: -(t.score or 0))
         ],
         description="Every trial of the latest retraining search",
     )

@@ -22,18 +22,17 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Any
 
 import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
+from agentic_mlops.decisions import Task
 from agentic_mlops.tasks.batches import DataError
 from agentic_mlops.tasks.mlflow_environment import environment_kept
 
-Task = Literal["binary", "multiclass", "regression"]
-TASKS: tuple[str, ...] = ("binary", "multiclass", "regression")
 NATIVE_FLAVOURS = ("sklearn", "xgboost", "lightgbm")
 """MLflow flavours whose native model is loaded beside the pyfunc, for `predict_proba`."""
 _NUMERIC_TYPES = {"double", "float", "long", "integer"}

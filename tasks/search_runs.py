@@ -1,7 +1,7 @@
 """The MLflow side of a tuning search: its parent run, one child run per trial (its
-parameters, its validation ROC AUC at every step, how it ended), and the model's earlier runs
-read back for the tuning advisor. `tasks/tuning.py` runs the search; this module writes and
-reads its runs, through the registry's client and experiment.
+parameters, its validation metric under its own name at every step, how it ended), and the
+model's earlier runs read back for the tuning advisor. `tasks/tuning.py` runs the search;
+this module writes and reads its runs, through the registry's client and experiment.
 """
 
 from __future__ import annotations
@@ -19,17 +19,20 @@ from agentic_mlops.tasks.registry import client, ensure_experiment, prefect_run_
 if TYPE_CHECKING:
     from agentic_mlops.tasks.tuning import SearchSpace
 
-METRIC = "roc_auc"
-"""The validation metric each trial reports and the search maximises."""
-
 
 class TrialRuns:
     """The child runs of one search's parent run, written from the driver."""
 
     def __init__(
-        self, tracking_uri: str, experiment_id: str | None, parent_run_id: str, model_name: str
+        self,
+        tracking_uri: str,
+        experiment_id: str | None,
+        parent_run_id: str,
+        model_name: str,
+        metric: str = "roc_auc",
     ) -> None:
         self.client = MlflowClient(tracking_uri)
+        self.metric = metric
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.model_name = model_name
@@ -56,7 +59,7 @@ class TrialRuns:
         self.client.log_batch(
             run_id,
             metrics=[
-                Metric(METRIC, score, stamp, step),
+                Metric(self.metric, score, stamp, step),
                 Metric("elapsed_seconds", elapsed_seconds, stamp, step),
             ],
         )
@@ -73,9 +76,11 @@ class TrialRuns:
         self.client.set_terminated(run_id, status)
 
 
-def past_runs(settings: Settings, limit: int = 200) -> list[dict[str, Any]]:
-    """This model's earlier training runs and tuning trials with a ROC AUC, newest first:
-    family, hyperparameters within the family's bounds, ROC AUC and seconds taken."""
+def past_runs(
+    settings: Settings, metric: str = "roc_auc", limit: int = 200
+) -> list[dict[str, Any]]:
+    """This model's earlier training runs and tuning trials scored by `metric`, newest first:
+    family, hyperparameters within the family's bounds, the metric and seconds taken."""
     mlflow_client = client(settings)
     runs = mlflow_client.search_runs(
         [ensure_experiment(settings)],
@@ -86,7 +91,7 @@ def past_runs(settings: Settings, limit: int = 200) -> list[dict[str, Any]]:
     )
     found = []
     for run in runs:
-        score = run.data.metrics.get(METRIC)
+        score = run.data.metrics.get(metric)
         family = run.data.params.get("family", "gradient_boosting")
         if score is None or family not in PARAMETER_BOUNDS:
             continue
@@ -106,7 +111,7 @@ def past_runs(settings: Settings, limit: int = 200) -> list[dict[str, Any]]:
             {
                 "family": family,
                 "params": params,
-                "roc_auc": float(score),
+                "score": float(score),
                 "seconds": seconds,
                 "kind": kind,
             }

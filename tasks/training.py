@@ -1,13 +1,17 @@
-"""Fitting and evaluating the churn classifier with scikit-learn.
+"""Fitting and evaluating models with scikit-learn: the churn classifier, and the checks and
+holdout figures of any task.
 
-The model is one `Pipeline`: imputation and one-hot encoding in a `ColumnTransformer`, then a
-histogram gradient-boosting classifier. Evaluation reports discrimination (ROC AUC), accuracy,
-log loss and calibration (Brier score, expected calibration error and the reliability curve),
-and permutation feature importance, which the drift-triage agent later weighs drift by.
+The churn model is one `Pipeline`: imputation and one-hot encoding in a `ColumnTransformer`,
+then a histogram gradient-boosting classifier. A binary classifier's evaluation reports
+discrimination (ROC AUC), accuracy, log loss and calibration (Brier score, expected
+calibration error and the reliability curve); a multiclass one's accuracy, a regressor's R²
+and its errors (`holdout_metrics`). Both come with permutation feature importance, which the
+drift-triage agent later weighs drift by.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,15 +24,27 @@ from pydantic import BaseModel, Field
 from sklearn.calibration import calibration_curve
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.inspection import permutation_importance
-from sklearn.metrics import accuracy_score, brier_score_loss, log_loss, roc_auc_score
+from sklearn.metrics import (
+    accuracy_score,
+    brier_score_loss,
+    log_loss,
+    mean_absolute_error,
+    r2_score,
+    roc_auc_score,
+)
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
 
+from agentic_mlops.decisions import Task, task_metric
 from agentic_mlops.tasks.batches import DataError, read_data, require_columns, write_table
 from agentic_mlops.tasks.churn import Scenario, generate_churn
-from agentic_mlops.tasks.models import preprocessor
+from agentic_mlops.tasks.models import pipeline_scores, preprocessor, task_labels
+from agentic_mlops.tasks.reference import r2_standard_error
 
 MIN_TRAINING_ROWS = 40
+IMPORTANCE_REPEATS = 3
+MULTICLASS_LABELS = 20
+"""Most distinct labels a table's target may hold and be read as classes, not numbers."""
 
 
 class Hyperparameters(BaseModel):
@@ -69,22 +85,43 @@ def feature_columns(frame: pd.DataFrame, target: str) -> tuple[list[str], list[s
     return numeric, categorical
 
 
+def label_task(labels: pd.Series) -> Task:
+    """The task a target column asks for, from its values alone: 0/1 labels are binary;
+    numbers with a fraction or more than `MULTICLASS_LABELS` distinct values are a
+    regression; anything else (a few integers, text) is multiclass."""
+    values = labels.dropna()
+    if values.isin([0, 1, True, False]).all():
+        return "binary"
+    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+        fractional = bool((values.astype(float) % 1 != 0).any())
+        if fractional or values.nunique() > MULTICLASS_LABELS:
+            return "regression"
+    return "multiclass"
+
+
 def validate_training_table(
-    frame: pd.DataFrame, target: str, source: str = "training data"
+    frame: pd.DataFrame, target: str, source: str = "training data", task: Task = "binary"
 ) -> None:
-    """Raise `DataError` unless the table can be trained on: a clean binary target, enough rows.
+    """Raise `DataError` unless the table can be trained on for the task: a clean target
+    (0/1 for binary, two classes or more for multiclass, numbers for regression), enough rows.
 
     Raises:
-        DataError: the target is missing, null, not 0/1, or a single class; too few rows.
+        DataError: the target is missing or null, does not suit the task, or holds a single
+            value; too few rows; no feature columns.
     """
     require_columns(frame, [target], source=source)
     labels = frame[target]
     if labels.isna().any():
         raise DataError(f"{source}: target column {target!r} has null values")
-    if not labels.isin([0, 1, True, False]).all():
+    if task == "binary" and not labels.isin([0, 1, True, False]).all():
         raise DataError(f"{source}: target column {target!r} must hold only 0/1 labels")
+    if task == "regression" and (
+        not pd.api.types.is_numeric_dtype(labels) or pd.api.types.is_bool_dtype(labels)
+    ):
+        raise DataError(f"{source}: target column {target!r} must hold numbers to regress on")
     if labels.nunique() < 2:
-        raise DataError(f"{source}: target column {target!r} has a single class")
+        single = "value" if task == "regression" else "class"
+        raise DataError(f"{source}: target column {target!r} has a single {single}")
     if len(frame) < MIN_TRAINING_ROWS:
         raise DataError(
             f"{source}: {len(frame)} rows is too few to train (need {MIN_TRAINING_ROWS})"
@@ -94,17 +131,23 @@ def validate_training_table(
 
 
 @task(name="split-data", cache_policy=NO_CACHE)
-def split_data(frame: pd.DataFrame, target: str, test_size: float = 0.25, seed: int = 42) -> Split:
-    """Stratified train/holdout split.
+def split_data(
+    frame: pd.DataFrame,
+    target: str,
+    test_size: float = 0.25,
+    seed: int = 42,
+    task: Task = "binary",
+) -> Split:
+    """Train/holdout split, stratified by the label for a classifier.
 
     Raises:
-        DataError: the target column is missing or null, or holds fewer than two classes.
+        DataError: the target column is missing or null, or does not suit the task.
     """
-    validate_training_table(frame, target)
+    validate_training_table(frame, target, task=task)
     x = frame.drop(columns=[target])
-    y = frame[target].astype(int)
+    y = task_labels(frame[target], task)
     x_train, x_test, y_train, y_test = train_test_split(
-        x, y, test_size=test_size, random_state=seed, stratify=y
+        x, y, test_size=test_size, random_state=seed, stratify=None if task == "regression" else y
     )
     return Split(x_train, x_test, y_train, y_test)
 
@@ -160,9 +203,20 @@ def binary_metrics(y_true: np.ndarray, scores: np.ndarray) -> dict[str, float]:
 
 @task(name="evaluate-model", cache_policy=NO_CACHE)
 def evaluate_model(
-    model: Pipeline, x_test: pd.DataFrame, y_test: pd.Series, seed: int = 42
+    model: Pipeline, x_test: pd.DataFrame, y_test: pd.Series, seed: int = 42, task: Task = "binary"
 ) -> Evaluation:
-    """Holdout metrics, reliability curve and permutation feature importance (ROC AUC drop)."""
+    """Holdout metrics and permutation feature importance (the drop of the task's metric),
+    with the reliability curve for a binary classifier."""
+    if task != "binary":
+        scores = pipeline_scores(model, x_test, task)
+        importance = scored_importance(
+            lambda rows: pipeline_scores(model, rows, task),
+            x_test,
+            y_test,
+            lambda y, s: task_metric(task, y, s),
+            seed,
+        )
+        return Evaluation(holdout_metrics(task, y_test, scores), {}, importance)
     y_true = y_test.to_numpy()
     scores = model.predict_proba(x_test)[:, 1]
     metrics = binary_metrics(y_true, scores)
@@ -180,6 +234,53 @@ def evaluate_model(
     )
 
 
+def holdout_metrics(task: Task, labels: pd.Series, scores: np.ndarray) -> dict[str, float]:
+    """The metrics a card holds for a task, computed from the model's scores on labelled rows.
+
+    A binary classifier's include the figures the drift check's calibration evidence needs
+    (`positive_rate`, `mean_prediction`, `prediction_variance_sum`, `holdout_rows`).
+    """
+    y = labels.to_numpy()
+    rows = {"holdout_rows": float(len(y))}
+    if task == "regression":
+        errors = scores - y.astype(float)
+        return {
+            "r2": float(r2_score(y, scores)),
+            "r2_standard_error": r2_standard_error(y.astype(float), scores),
+            "rmse": float(np.sqrt(np.mean(errors**2))),
+            "mae": float(mean_absolute_error(y, scores)),
+            "mean_target": float(np.mean(y)),
+            "mean_prediction": float(np.mean(scores)),
+            **rows,
+        }
+    if task == "multiclass":
+        return {"accuracy": float(accuracy_score(y, scores)), **rows}
+    return binary_metrics(y, scores)
+
+
+def scored_importance(
+    score: Callable[[pd.DataFrame], np.ndarray],
+    features: pd.DataFrame,
+    labels: pd.Series,
+    metric: Callable[[pd.Series, np.ndarray], float],
+    seed: int = 42,
+    repeats: int = IMPORTANCE_REPEATS,
+) -> dict[str, float]:
+    """How much the metric drops when each column is shuffled, averaged over repeats, most
+    important first: computed by scoring the model, so it works for any flavour."""
+    generator = np.random.default_rng(seed)
+    baseline = metric(labels, score(features))
+    drops = {}
+    for column in features.columns:
+        total = 0.0
+        for _ in range(repeats):
+            shuffled = features.copy()
+            shuffled[column] = generator.permutation(shuffled[column].to_numpy())
+            total += baseline - metric(labels, score(shuffled))
+        drops[str(column)] = total / repeats
+    return dict(sorted(drops.items(), key=lambda kv: -kv[1]))
+
+
 @task(name="load-training-data", cache_policy=NO_CACHE)
 def load_training_data(
     data_path: str | None,
@@ -188,8 +289,9 @@ def load_training_data(
     rows: int = 5_000,
     scenario: Scenario = "none",
     seed: int = 42,
+    task: Task | None = "binary",
 ) -> tuple[pd.DataFrame, str] | State:
-    """The training table and where it came from.
+    """The training table and where it came from, checked for the task.
 
     Args:
         data_path: A CSV or Parquet file, or a folder of batches. When None, a churn table is
@@ -199,6 +301,7 @@ def load_training_data(
         rows: Rows to generate.
         scenario: Drift scenario of generated data.
         seed: Seed of generated data.
+        task: The task the table must suit; None: the one its target's values say.
 
     Returns:
         The table and its source path, or a `Failed` state named `InvalidData` whose message
@@ -208,7 +311,9 @@ def load_training_data(
     if data_path:
         try:
             frame = read_data(data_path)
-            validate_training_table(frame, target, source=str(data_path))
+            if task is None and target in frame:
+                task = label_task(frame[target])
+            validate_training_table(frame, target, source=str(data_path), task=task or "binary")
         except DataError as error:
             return Failed(name="InvalidData", message=str(error))
         return frame, str(Path(data_path).resolve())
@@ -224,9 +329,11 @@ def training_table(
     scenario: Scenario,
     seed: int,
     data_dir: Path,
+    task: Task | None = "binary",
 ) -> tuple[pd.DataFrame, str] | State:
     """The table a run names (`data_path`, or `generate_rows` of generated churn data) and its
-    source, or the `Failed` state named `InvalidData` the run ends with.
+    source, checked for the task (None: the one its target says), or the `Failed` state
+    named `InvalidData` the run ends with.
 
     A run that names neither fails: a deployed run whose data path was left empty must not
     train on generated data without anyone asking for it.
@@ -242,6 +349,7 @@ def training_table(
         generate_rows or 0,
         scenario,
         seed,
+        task,
         return_state=True,
     )
     if loaded.is_failed():

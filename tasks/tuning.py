@@ -3,9 +3,11 @@
 A `SearchSpace` names the families to try, a range per hyperparameter, a trial and time
 budget and the search algorithm (random sampling or Optuna's TPE). `run_search` runs it on
 the local Ray runtime (`tune_num_cpus` CPUs) or, when `RAY_ADDRESS` is set, on that cluster;
-the ASHA scheduler ends trials that trail their peers after the first steps. Each trial is an
-MLflow child run of the search's parent run, with its parameters and its validation ROC AUC
-at every step; the driver logs them (`tasks/search_runs.py`), so workers need no access to
+the ASHA scheduler ends trials that trail their peers after the first steps. A search fits the
+task of its data (`TuningData.task`): families that cannot fit it are left out, and trials are
+ranked by the task's validation metric (ROC AUC, accuracy or R²). Each trial is an MLflow
+child run of the search's parent run, with its parameters and its validation metric at every
+step; the driver logs them (`tasks/search_runs.py`), so workers need no access to
 the tracking store.
 
 With the same seed a search samples the same configurations wherever it runs; with one trial
@@ -25,16 +27,21 @@ from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
 from pydantic import BaseModel, Field, FiniteFloat, model_validator
 
+from agentic_mlops.decisions import METRIC_LABEL
 from agentic_mlops.settings import Settings
 from agentic_mlops.tasks.models import (
     PARAMETER_BOUNDS,
     STEPS,
+    TASK_FAMILIES,
     ModelFamily,
     TuningData,
     family_params,
     ray_trial,
 )
-from agentic_mlops.tasks.search_runs import METRIC, TrialRuns
+from agentic_mlops.tasks.search_runs import TrialRuns
+
+SCORE = "score"
+"""What each trial reports its task's validation metric as, and the search maximises."""
 
 Algorithm = Literal["random", "optuna"]
 
@@ -149,7 +156,7 @@ class TrialSummary(BaseModel):
     trial_id: str
     family: str
     params: dict[str, Any]
-    roc_auc: float | None = Field(description="Validation ROC AUC at its last step.")
+    score: float | None = Field(description="Validation metric at its last step.")
     steps: int
     stopped_early: bool
     seconds: float
@@ -162,7 +169,8 @@ class SearchResult(BaseModel):
 
     best_family: str
     best_params: dict[str, Any]
-    best_roc_auc: float
+    metric: str = Field(default="roc_auc", description="The validation metric trials ran by.")
+    best_score: float
     best_run_id: str | None
     trials: list[TrialSummary]
     seconds: float
@@ -170,12 +178,30 @@ class SearchResult(BaseModel):
     algorithm: str
     early_stopping: bool
     time_to_target_seconds: float | None = Field(
-        default=None, description="When a reported ROC AUC first reached the target, if set."
+        default=None, description="When a reported score first reached the target, if set."
     )
 
     @property
     def stopped_early(self) -> int:
         return sum(t.stopped_early for t in self.trials)
+
+
+def fitting_space(space: SearchSpace, task: str) -> SearchSpace:
+    """The space without the families that cannot fit the task.
+
+    Raises:
+        ValueError: none of its families can.
+    """
+    kept = {f: r for f, r in space.families.items() if f in TASK_FAMILIES[task]}
+    if not kept:
+        raise ValueError(
+            f"no family of the search ({', '.join(sorted(space.families))}) can fit a {task} "
+            f"model; choose among {', '.join(TASK_FAMILIES[task])}"
+        )
+    if len(kept) == len(space.families):
+        return space
+    _log("left out of the %s search: %s", task, ", ".join(sorted(set(space.families) - set(kept))))
+    return space.model_copy(update={"families": kept})
 
 
 def _trial_params(config: dict[str, Any]) -> dict[str, Any]:
@@ -200,7 +226,7 @@ class _TrialRecord:
 
 class TrialTracker:
     """Logs each trial as an MLflow child run of the search's parent run (none without a
-    parent run), shows progress, and notes when a reported ROC AUC first reached `target`.
+    parent run), shows progress, and notes when a reported score first reached `target`.
 
     Ray Tune calls it through `_ray_callback`; it runs on the driver, so workers need no
     access to the tracking store.
@@ -214,12 +240,14 @@ class TrialTracker:
         model_name: str,
         max_trials: int,
         target: float | None,
+        metric: str = "roc_auc",
     ) -> None:
         self.runs = (
-            TrialRuns(tracking_uri, experiment_id, parent_run_id, model_name)
+            TrialRuns(tracking_uri, experiment_id, parent_run_id, model_name, metric)
             if tracking_uri and parent_run_id
             else None
         )
+        self.metric = metric
         self.max_trials = max_trials
         self.target = target
         self.records: dict[str, _TrialRecord] = {}
@@ -241,12 +269,12 @@ class TrialTracker:
         self.records[trial.trial_id] = _TrialRecord(run_id, time.perf_counter())
 
     def report(self, trial: Any, result: dict[str, Any]) -> None:
-        """Log one step's validation ROC AUC and elapsed seconds."""
+        """Log one step's validation score and elapsed seconds."""
         record = self.records.get(trial.trial_id)
         if record is None:
             return
         record.last = result
-        score = float(result[METRIC])
+        score = float(result[SCORE])
         if self.target is not None and score >= self.target and self.reached_target is None:
             self.reached_target = time.perf_counter() - self.started
         if self.runs is not None and record.run_id is not None:
@@ -259,17 +287,18 @@ class TrialTracker:
         if record is None:
             return
         steps = int(record.last.get("training_iteration", 0))
-        score = record.last.get(METRIC)
+        score = record.last.get(SCORE)
         self.finished += 1
         if score is not None:
             self.best = max(self.best, float(score))
         if self.runs is not None and record.run_id is not None:
             self.runs.close(record.run_id, steps, steps < STEPS, status)
         _log(
-            "trial %d/%d %s: ROC AUC %s after %d/%d steps%s (best so far %.4f)",
+            "trial %d/%d %s: %s %s after %d/%d steps%s (best so far %.4f)",
             self.finished,
             self.max_trials,
             family_params(trial.config)[0],
+            METRIC_LABEL.get(self.metric, self.metric),
             f"{score:.4f}" if score is not None else "n/a",
             steps,
             STEPS,
@@ -330,7 +359,7 @@ def _search_algorithm(space: SearchSpace, seed: int, max_concurrent_trials: int 
     from ray.tune.search.optuna import OptunaSearch
 
     if space.algorithm == "optuna":
-        return OptunaSearch(metric=METRIC, mode="max", seed=seed)
+        return OptunaSearch(metric=SCORE, mode="max", seed=seed)
     return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent_trials or 0)
 
 
@@ -367,7 +396,7 @@ def _tuner(
         tune.with_resources(tune.with_parameters(ray_trial, data=data), {"cpu": 1}),
         param_space=param_space(space),
         tune_config=tune.TuneConfig(
-            metric=METRIC,
+            metric=SCORE,
             mode="max",
             search_alg=search_alg,
             scheduler=scheduler,
@@ -401,7 +430,7 @@ def _trial_summaries(grid: Any, tracker: TrialTracker) -> list[TrialSummary]:
                 trial_id=trial_id,
                 family=config["family"],
                 params=_trial_params(config),
-                roc_auc=metrics.get(METRIC),
+                score=metrics.get(SCORE),
                 steps=steps,
                 stopped_early=0 < steps < STEPS,
                 seconds=float(metrics.get("elapsed_seconds", 0.0)),
@@ -413,14 +442,14 @@ def _trial_summaries(grid: Any, tracker: TrialTracker) -> list[TrialSummary]:
 
 
 def _best_trial(trials: list[TrialSummary], seconds: float) -> TrialSummary:
-    """The trial that ran every step with the best ROC AUC (the faster on a tie)."""
-    scored = [t for t in trials if t.roc_auc is not None and t.steps == STEPS]
+    """The trial that ran every step with the best score (the faster on a tie)."""
+    scored = [t for t in trials if t.score is not None and t.steps == STEPS]
     if not scored:
         raise RuntimeError(
             f"the search finished no trial ({len(trials)} started in {seconds:.0f} s): "
             "raise the time budget or the trial count"
         )
-    return max(scored, key=lambda t: (t.roc_auc, -t.seconds))
+    return max(scored, key=lambda t: (t.score, -t.seconds))
 
 
 def run_search(
@@ -432,25 +461,28 @@ def run_search(
     experiment_id: str | None = None,
     early_stopping: bool = True,
     max_concurrent_trials: int | None = None,
-    target_roc_auc: float | None = None,
+    target_score: float | None = None,
     seed: int | None = None,
 ) -> SearchResult:
     """Run the search and summarise its trials.
 
     Args:
-        data: Fit and validation rows (the holdout stays out of the search).
-        space: Families, ranges, budget and algorithm.
+        data: Fit and validation rows (the holdout stays out of the search), and their task.
+        space: Families, ranges, budget and algorithm; families that cannot fit the task
+            are left out.
         settings: Settings in force (Ray CPUs, seed, ASHA grace steps, MLflow).
         parent_run_id: MLflow run that every trial becomes a child of; None logs nothing.
         experiment_id: The parent run's experiment.
         early_stopping: ASHA when true, else every trial runs all its steps.
         max_concurrent_trials: Trials at once; default: as many as the cluster's CPUs allow.
-        target_roc_auc: Record when a reported validation ROC AUC first reaches it.
+        target_score: Record when a reported validation score first reaches it.
         seed: Seed of the search algorithm; default: settings.
 
     Raises:
+        ValueError: no family of the space can fit the data's task.
         RuntimeError: no trial reported a result (all failed, or the budget ran out first).
     """
+    space = fitting_space(space, data.task)
     seed = settings.seed if seed is None else seed
     cluster = ensure_ray(settings)
     search_alg = _search_algorithm(space, seed, max_concurrent_trials)
@@ -461,7 +493,8 @@ def run_search(
         parent_run_id,
         settings.model_name,
         space.max_trials,
-        target_roc_auc,
+        target_score,
+        data.metric,
     )
     tuner = _tuner(data, space, settings, search_alg, scheduler, tracker, max_concurrent_trials)
     started = time.perf_counter()
@@ -472,7 +505,8 @@ def run_search(
     return SearchResult(
         best_family=best.family,
         best_params=best.params,
-        best_roc_auc=float(best.roc_auc),
+        metric=data.metric,
+        best_score=float(best.score),
         best_run_id=best.run_id,
         trials=trials,
         seconds=seconds,
@@ -496,12 +530,13 @@ def search(
         data, space, settings, parent_run_id=parent_run_id, experiment_id=experiment_id
     )
     _log(
-        "search on %s: %d trials (%d stopped early) in %.0f s; best %s ROC AUC %.4f",
+        "search on %s: %d trials (%d stopped early) in %.0f s; best %s %s %.4f",
         result.cluster,
         len(result.trials),
         result.stopped_early,
         result.seconds,
         result.best_family,
-        result.best_roc_auc,
+        METRIC_LABEL.get(result.metric, result.metric),
+        result.best_score,
     )
     return result

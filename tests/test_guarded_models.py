@@ -155,26 +155,24 @@ def test_the_python_api_is_lazy_and_the_teams_flow_calls_the_phases_as_subflows(
     assert registry.model_aliases("tumour", team) == {"challenger": 1, "champion": 1}
 
 
-def test_a_retrain_of_an_adopted_model_escalates_without_a_team_deployment(team):  # noqa: F811
+def test_a_team_deployment_configured_but_not_registered_moves_nothing(team):  # noqa: F811
+    """Without a team deployment our recipe retrains an adopted model
+    (tests/test_recipe_on_own_models.py); with one configured that Prefect does not know, the
+    decision's outcome says so and nothing moves."""
     register(team, "tumour")
     cli_json("adopt", "--model", "tumour", "--data", str(team.home / "data" / "tumour-adopt.csv"),
              "--target", "malignant")  # fmt: skip
-    turn = lifecycle(batch_path=str(team.home / "data" / "tumour-shifted.csv"), model_name="tumour")
-    assert turn.model_name == "tumour" and turn.decision == "retrain"
-    assert any("no retraining recipe for the adopted 'tumour'" in s for s in turn.steps)
-    assert any(s.startswith("escalate: emitted") for s in turn.steps), turn.steps
-    assert registry.model_aliases("tumour", team) == {"champion": 1}
-
-    # configured, but not registered: the decision's outcome says so, nothing moves
+    drift(team, "tumour", "tumour-shifted.csv", "malignant")
     settings = team.model_copy(
         update={"retrain_deployments": {"tumour": "train-tumour/absent"}}
     ).for_model("tumour")
-    assert drift_actions.retraining_route(True, settings) == "team"
-    assert drift_actions.retraining_route(True, team.for_model("tumour")) == "none"
+    assert drift_actions.retraining_route(settings) == "team"
+    assert drift_actions.retraining_route(team.for_model("tumour")) == "recipe"
     entry = ledger.list_decisions("tumour", settings=team)[0]
     trained = drift_actions.run_team_training({"data_path": "x.csv"}, entry.id, settings)
     assert trained.state == "NotFound" and trained.challenger is None
     assert "not registered" in ledger.get_decision(entry.id, team).outcome["retrain_failed"]
+    assert registry.model_aliases("tumour", team) == {"champion": 1}
 
 
 @pytest.mark.slow

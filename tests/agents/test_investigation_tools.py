@@ -203,7 +203,7 @@ def test_the_canary_model_reads_one_metric_and_the_promotion_rule(home):
 
 def test_the_advisor_model_reads_one_family(home):
     runs = [
-        PastRun(family="random_forest", params={"n_estimators": n}, roc_auc=auc, kind="training")
+        PastRun(family="random_forest", params={"n_estimators": n}, score=auc, kind="training")
         for n, auc in ((100, 0.80), (300, 0.84), (200, 0.82))
     ]
     evidence = AdvisorEvidence(model_name="churn", past_runs=runs)
@@ -216,7 +216,7 @@ def test_the_advisor_model_reads_one_family(home):
     ]
     settings = home.model_copy(update={"agent_tracing": False})
     tuning_advisor.advise(evidence, settings, investigating(calls, answer, seen))
-    assert [r["roc_auc"] for r in seen["c0"]["runs"]] == [0.84, 0.82]
+    assert [r["score"] for r in seen["c0"]["runs"]] == [0.84, 0.82]
     assert seen["c0"]["spans"] == {"n_estimators": [200.0, 300.0]}
     assert "unknown family 'transformer'" in seen["c1"]["error"]
     assert json.dumps(seen), "every tool result is plain data"

@@ -28,7 +28,7 @@ def history(n_per_family=4) -> list[PastRun]:
             PastRun(
                 family="gradient_boosting",
                 params={"learning_rate": 0.08 + 0.01 * i, "max_iter": 100 + 10 * i},
-                roc_auc=0.85 - 0.002 * i,
+                score=0.85 - 0.002 * i,
                 seconds=2.0,
                 kind="tuning-trial",
             )
@@ -37,7 +37,7 @@ def history(n_per_family=4) -> list[PastRun]:
             PastRun(
                 family="random_forest",
                 params={"n_estimators": 100, "max_depth": 5 + i},
-                roc_auc=0.78 - 0.01 * i,
+                score=0.78 - 0.01 * i,
                 seconds=4.0,
                 kind="tuning-trial",
             )

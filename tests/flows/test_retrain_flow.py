@@ -51,14 +51,14 @@ def test_retraining_registers_the_best_trial_as_challenger(champion_home):
     # judged against the champion on the same holdout
     assert result.comparison.champion_version == 1
     assert result.comparison.rows == 750
-    assert result.comparison.challenger_roc_auc == pytest.approx(
-        version_run.data.metrics["roc_auc"]
-    )
+    assert result.comparison.metric == "roc_auc" and result.comparison.loss_metric == "brier_score"
+    assert result.comparison.challenger_score == pytest.approx(version_run.data.metrics["roc_auc"])
     # the advisor's decision and its outcome are in the ledger
     entry = ledger.get_decision(result.ledger_id, champion_home)
     assert entry.decision_point == "tuning_advisor" and entry.agent_model == "policy"
     assert entry.outcome["challenger_version"] == 2
-    assert entry.outcome["champion_holdout_roc_auc"] == result.comparison.champion_roc_auc
+    assert entry.outcome["holdout_metric"] == "roc_auc"
+    assert entry.outcome["champion_holdout_roc_auc"] == result.comparison.champion_score
     assert artifacts_by_key("churn-retrain-search")[0]["data"].startswith("# Retraining search")
     # a reference was stored, so the challenger can be drift-checked once it is champion
     assert (registry.reference_dir(name, 2, champion_home) / "profile.json").exists()
@@ -102,7 +102,7 @@ def test_synthesis_feeds_only_the_fit_rows_and_is_logged_with_lineage(champion_h
     # evaluation data untouched: the same real holdout rows, so the champion scores the same
     holdout = math.ceil(len(window) * 0.25)
     assert with_synth.comparison.rows == without.comparison.rows == holdout
-    assert with_synth.comparison.champion_roc_auc == without.comparison.champion_roc_auc
+    assert with_synth.comparison.champion_score == without.comparison.champion_score
 
     client = MlflowClient(champion_home.tracking_uri())
     run = client.get_run(with_synth.training.run_id)

@@ -168,7 +168,7 @@ past_run = st.sampled_from(FAMILIES).flatmap(
         PastRun,
         family=st.just(family),
         params=logged_params(family),
-        roc_auc=st.floats(0.4, 1) | st.just(math.nan),
+        score=st.floats(0.4, 1) | st.just(math.nan),
         seconds=st.none() | st.floats(0, 600) | non_finite,
         kind=st.sampled_from(["training", "tuning-trial"]),
     )

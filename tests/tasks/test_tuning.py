@@ -90,7 +90,7 @@ def test_trials_are_child_runs_with_metrics_per_step(home, data):
     space = small_space(trials=5)
     parent, experiment = start_search_run(space, home, "search-test")
     result = run_search(data, space, home, parent_run_id=parent, experiment_id=experiment)
-    finish_search_run(parent, {"best": result.best_roc_auc}, home)
+    finish_search_run(parent, {"best": result.best_score}, home)
 
     client = MlflowClient(home.tracking_uri())
     children = client.search_runs(
@@ -103,14 +103,14 @@ def test_trials_are_child_runs_with_metrics_per_step(home, data):
         assert run.data.params["family"] == trial.family
         history = client.get_metric_history(trial.run_id, "roc_auc")
         assert [m.step for m in history] == list(range(1, trial.steps + 1))
-        assert history[-1].value == pytest.approx(trial.roc_auc)
+        assert history[-1].value == pytest.approx(trial.score)
         assert run.data.tags["agentic_mlops.stopped_early"] == str(trial.steps < STEPS).lower()
         assert run.info.status == "FINISHED"
-    best = max((t for t in result.trials if t.steps == STEPS), key=lambda t: t.roc_auc)
-    assert (result.best_family, result.best_roc_auc) == (best.family, best.roc_auc)
+    best = max((t for t in result.trials if t.steps == STEPS), key=lambda t: t.score)
+    assert (result.best_family, result.best_score) == (best.family, best.score)
     assert result.best_run_id == best.run_id
     parent_run = client.get_run(parent)
-    assert parent_run.data.metrics["best"] == pytest.approx(result.best_roc_auc)
+    assert parent_run.data.metrics["best"] == pytest.approx(result.best_score)
     assert parent_run.data.params["families"] == (
         "gradient_boosting,logistic_regression,random_forest"
     )
@@ -192,6 +192,6 @@ def test_ray_address_is_honoured_and_results_match_local(home, data):
     line = next(x for x in driver.stdout.splitlines() if x.startswith("RESULT "))
     remote = SearchResult.model_validate_json(line.removeprefix("RESULT "))
     assert remote.cluster == f"127.0.0.1:{port}" and local.cluster == "local"
-    summary = lambda r: [(t.family, t.params, round(t.roc_auc, 10), t.steps) for t in r.trials]  # noqa: E731
+    summary = lambda r: [(t.family, t.params, round(t.score, 10), t.steps) for t in r.trials]  # noqa: E731
     assert sorted(summary(remote), key=str) == sorted(summary(local), key=str)
     assert (remote.best_family, remote.best_params) == (local.best_family, local.best_params)
