@@ -177,9 +177,7 @@ def train(
     data: Annotated[
         Path | None, typer.Option(help="CSV or Parquet file, or a folder of batches.")
     ] = None,
-    target: Annotated[
-        str | None, typer.Option(help="Label column; default: the champion's, else churn.")
-    ] = None,
+    target: Annotated[str, typer.Option(help="Label column.")] = "churn",
     rows: Annotated[int, typer.Option(help="Rows to generate when no --data is given.")] = 5_000,
     scenario: Annotated[str, typer.Option(help="Drift scenario of generated data.")] = "none",
     seed: Annotated[int, typer.Option(help="Seed for generation, split and model.")] = 42,
