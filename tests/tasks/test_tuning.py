@@ -3,10 +3,14 @@
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
@@ -137,42 +141,72 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@contextmanager
+def ray_head(port: int, env: dict[str, str]) -> Iterator[None]:
+    """A `ray start --head` cluster of its own, stopped with its process group on leaving.
+
+    `ray stop` would do, but it kills every Ray process on the machine (it matches them by
+    name): the local runtime of a test on the other xdist worker, or of anyone else's run, with
+    it. `--block` keeps `ray start` in the foreground, and the cluster's processes in its group.
+    """
+    temp_dir = Path(tempfile.mkdtemp(prefix="ray-"))  # short: Ray's socket paths must fit
+    log_path = temp_dir / "head.log"
+    with log_path.open("wb") as log:
+        head = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "ray"),
+                "start",
+                "--head",
+                "--block",
+                "--node-ip-address=127.0.0.1",
+                f"--port={port}",
+                "--num-cpus=2",
+                "--include-dashboard=false",
+                "--disable-usage-stats",
+                f"--temp-dir={temp_dir}",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while b"Ray runtime started" not in log_path.read_bytes():
+            output = log_path.read_text(errors="replace")[-2000:]
+            assert head.poll() is None, f"ray start --head ended:\n{output}"
+            assert time.monotonic() < deadline, f"ray start --head did not start:\n{output}"
+            time.sleep(0.5)
+        yield
+    finally:
+        with suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            head.kill()
+            head.wait()
+        with suppress(ProcessLookupError):  # any of its processes still running
+            os.killpg(head.pid, signal.SIGKILL)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
 @pytest.mark.slow
 def test_ray_address_is_honoured_and_results_match_local(home, data):
     import ray
 
-    ray_bin = Path(sys.executable).parent / "ray"
     space = small_space(trials=3, algorithm="random")
     ray.shutdown()
     local = run_search(data, space, home, max_concurrent_trials=1)
     ray.shutdown()
 
     port = _free_port()
-    temp_dir = Path(tempfile.mkdtemp(prefix="ray-"))  # short: Ray's socket paths must fit
     env = {
         **os.environ,
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN": secrets.token_hex(16),
     }
-    started = subprocess.run(
-        [
-            str(ray_bin),
-            "start",
-            "--head",
-            "--node-ip-address=127.0.0.1",
-            f"--port={port}",
-            "--num-cpus=2",
-            "--include-dashboard=false",
-            "--disable-usage-stats",
-            f"--temp-dir={temp_dir}",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert started.returncode == 0, started.stderr[-2000:]
-    try:
+    with ray_head(port, env):
         driver = subprocess.run(
             [
                 sys.executable,
@@ -185,9 +219,6 @@ def test_ray_address_is_honoured_and_results_match_local(home, data):
             text=True,
             timeout=300,
         )
-    finally:
-        subprocess.run([str(ray_bin), "stop", "--force"], env=env, capture_output=True, timeout=120)
-        shutil.rmtree(temp_dir, ignore_errors=True)
     assert driver.returncode == 0, driver.stderr[-3000:]
     line = next(x for x in driver.stdout.splitlines() if x.startswith("RESULT "))
     remote = SearchResult.model_validate_json(line.removeprefix("RESULT "))
