@@ -2,7 +2,8 @@
 
 Runbook:
 1. Get the champion's reference (its reference scores and training metrics); no champion
-   ends the run in `Failed` named `NoReference`.
+   ends the run in `Failed` named `NoReference`. A `challenger` alias moved in MLflow by code
+   that did not announce it is announced (once), so the canary deployment's trigger takes it.
 2. Read the serving metrics since the previous run: traffic, failed calls, latency, Brier
    score, from the router (or Prometheus when `prometheus_url` is set).
 3. Read the router's request log: rows logged since the previous run, labels received since
@@ -26,14 +27,14 @@ import time
 import uuid
 from typing import Literal
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.states import Failed, State
 
 from agentic_mlops.flows.drift import drift_check
 from agentic_mlops.flows.form import Empty
 from agentic_mlops.settings import load_settings
-from agentic_mlops.tasks import monitoring, reference, serving_log
+from agentic_mlops.tasks import drift_actions, monitoring, reference, serving_log
 from agentic_mlops.tasks.monitoring import MonitorResult
 
 
@@ -69,6 +70,9 @@ def monitor(
         return Failed(name=resolved.name, message=" ".join(str(resolved.message).split()))
     ref = resolved.result()
     holdout = ref.card.metrics
+    announced = drift_actions.announce_unseen_challenger(settings)
+    if announced is not None:
+        get_run_logger().info("%s v%d is challenger and nobody said so: announced", name, announced)
 
     read = monitoring.read_since_last_run(router_url, settings)
     window = read.window
@@ -89,6 +93,7 @@ def monitor(
         prediction_drift=champion.drift,
         online=champion.online,
         online_error=champion.error,
+        announced_challenger=announced,
         estimate=champion.estimate,
         trends=trends,
         alerts=alerts,

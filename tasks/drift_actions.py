@@ -10,6 +10,7 @@ ledger with its evidence, and its outcome is attached when the action finishes.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Literal
 
 from prefect import task
@@ -218,7 +219,11 @@ def start_retraining(
 
 
 def announce_challenger(
-    model_name: str, version: int, triage_ledger_id: str | None = None
+    model_name: str,
+    version: int,
+    triage_ledger_id: str | None = None,
+    tracking_uri: str | None = None,
+    how: str = "announced by the team's flow",
 ) -> dict[str, Any]:
     """Say that a team's own training registered a version as `challenger`, by a Prefect event.
 
@@ -227,6 +232,8 @@ def announce_challenger(
     started by a retrain decision of ours (it was given a `triage_ledger_id`) is canaried by
     that decision's turn when the run ends (`run_team_training`), so its event is labelled
     `agentic-mlops.canary.handled: yes` and the trigger lets it pass: one canary per version.
+    The version is tagged as announced in the registry (`tracking_uri`, default: MLflow's
+    current one, the team's), so the monitor does not announce it again.
 
     Returns:
         The event's payload.
@@ -244,7 +251,42 @@ def announce_challenger(
         },
         payload=payload,
     )
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        MlflowClient(tracking_uri).set_model_version_tag(
+            model_name, str(version), registry.ANNOUNCED_TAG, how
+        )
+    except MlflowException as error:  # the event starts the canary; the tag only dedupes
+        logging.getLogger(__name__).warning(
+            "%s v%s announced, but not tagged as announced: %s", model_name, version, error
+        )
     return payload
+
+
+def announce_unseen_challenger(settings: Settings) -> int | None:
+    """A `challenger` alias moved in MLflow by code that did not announce it: announce it now
+    and return its version, once.
+
+    MLflow's registry emits no event of its own, so the monitor looks on every run. A version
+    is unseen when it is the challenger, not the champion, carries no `ANNOUNCED_TAG` (our own
+    registrations and `announce_challenger` set it) and no canary of it is in the ledger.
+    """
+    name = settings.model_name
+    challenger = registry.alias_version(name, registry.CHALLENGER, settings)
+    if challenger is None or challenger == registry.alias_version(
+        name, registry.CHAMPION, settings
+    ):
+        return None
+    if registry.announced(name, challenger, settings):
+        return None
+    canaried = ledger.list_decisions(name, decision_point="canary_promotion", settings=settings)
+    if any(entry.model_version == challenger for entry in canaried):
+        registry.mark_announced(name, challenger, "canaried before", settings)
+        return None
+    announce_challenger(name, challenger, None, settings.tracking_uri(), "seen by the monitor")
+    return challenger
 
 
 def run_team_training(

@@ -643,6 +643,11 @@ class MonitorResult(BaseModel):
     online_error: OnlineError | None = Field(
         default=None, description="A regression champion's error on the labelled rows."
     )
+    announced_challenger: int | None = Field(
+        default=None,
+        description="A challenger moved in MLflow without being announced, announced this run "
+        "(the canary deployment's trigger starts its canary).",
+    )
     estimate: PerformanceEstimate | None = None
     trends: list[Trend] = Field(default_factory=list)
     alerts: list[str] = Field(default_factory=list)

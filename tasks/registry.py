@@ -403,7 +403,7 @@ def register_version(
     except MlflowException:
         try:
             mlflow_client.create_registered_model(
-                name, description="Customer churn classifier managed by agentic-mlops."
+                name, description=f"{name}, trained and guarded by agentic-mlops."
             )
         except MlflowException:
             mlflow_client.get_registered_model(name)
@@ -416,10 +416,26 @@ def register_version(
         )
         version = int(created.version)
     set_alias(name, CHALLENGER, version, settings)
+    mark_announced(name, version, "registered by agentic-mlops", settings)  # its flow hands over
     if alias_version(name, CHAMPION, settings) is None:
         set_alias(name, CHAMPION, version, settings)
     current = mlflow_client.get_model_version(name, str(version))
     return RegisteredVersion(name, version, logged.run_id, tuple(sorted(current.aliases)))
+
+
+ANNOUNCED_TAG = "agentic_mlops.challenger_announced"
+"""A version tag saying how its turn as `challenger` became known (registered by our flows,
+announced by a team's flow, seen by the monitor), so that it is canaried once."""
+
+
+def mark_announced(name: str, version: int, how: str, settings: Settings) -> None:
+    """Tag a version as a known challenger (`ANNOUNCED_TAG`)."""
+    client(settings).set_model_version_tag(name, str(version), ANNOUNCED_TAG, how)
+
+
+def announced(name: str, version: int, settings: Settings) -> str | None:
+    """How a version became a known challenger; None when nobody said so."""
+    return client(settings).get_model_version(name, str(version)).tags.get(ANNOUNCED_TAG)
 
 
 def model_aliases(name: str, settings: Settings) -> dict[str, int]:

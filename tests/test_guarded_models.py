@@ -8,11 +8,13 @@ own training deployment run for a `retrain` decision.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -278,3 +280,49 @@ def test_the_teams_deployment_gets_only_the_parameters_its_flow_declares(home):
         assert run.parameters == {"data_path": "/w.csv", "triage_ledger_id": entry.id,
                                   "model_name": "tumour"}  # fmt: skip
         client.delete_flow_run(run.id)
+
+
+def challenger_events(model_name: str, since: dt.datetime) -> list[dict]:
+    body = {
+        "filter": {
+            "event": {"name": [drift_actions.CHALLENGER_REGISTERED_EVENT]},
+            "occurred": {
+                "since": since.isoformat(),
+                "until": (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5)).isoformat(),
+            },
+        },
+        "limit": 50,
+    }
+    with get_client(sync_client=True) as client:
+        events = client.request("POST", "/events/filter", json=body).json()["events"]
+    return [e["payload"] for e in events if e["payload"]["model_name"] == model_name]
+
+
+def test_a_challenger_moved_by_plain_mlflow_calls_is_announced_by_the_monitor_once(team):  # noqa: F811
+    """MLflow's registry emits no event: the monitor sees a `challenger` alias that code moved
+    without `announce_challenger`, announces it for the canary trigger, and only once."""
+    from agentic_mlops.flows.monitor import monitor
+
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+    register(team, "tumour")
+    cli_json("adopt", "--model", "tumour", "--data", str(team.home / "data" / "tumour-adopt.csv"),
+             "--target", "malignant")  # fmt: skip
+    register(team, "tumour")  # v2, by the team's own code, which then moves the alias by hand
+    with team_mlflow(team.home):
+        mlflow.MlflowClient().set_registered_model_alias("tumour", "challenger", "2")
+
+    first = monitor(check_drift=False, model_name="tumour")
+    assert first.announced_challenger == 2 and first.champion_version == 1
+    assert registry.announced("tumour", 2, team) == "seen by the monitor"
+    deadline = time.monotonic() + 30
+    while not (payloads := challenger_events("tumour", since)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert payloads == [{"model_name": "tumour", "version": 2, "triage_ledger_id": ""}]
+    assert monitor(check_drift=False, model_name="tumour").announced_challenger is None
+
+    # a version our own flows registered is handed over by them, and never announced here
+    train(generate_rows=400, seed=3)
+    train(generate_rows=400, seed=4)
+    assert registry.model_aliases("churn", team) == {"champion": 1, "challenger": 2}
+    assert registry.announced("churn", 2, team) == "registered by agentic-mlops"
+    assert drift_actions.announce_unseen_challenger(team.for_model("churn")) is None

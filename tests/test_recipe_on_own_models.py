@@ -114,6 +114,7 @@ def test_a_three_class_model_is_trained_then_retrained_by_accuracy(team):  # noq
     assert task == "multiclass" and set(labels) <= {0.0, 1.0, 2.0} and len(set(labels)) == 3
 
 
+@pytest.mark.slow
 def test_a_lifecycle_turn_retrains_an_adopted_classifier_with_our_recipe(team):  # noqa: F811
     register(team, "tumour")
     adopt(team, "tumour", "tumour-adopt.csv", "malignant")
