@@ -271,15 +271,21 @@ def announce_unseen_challenger(settings: Settings) -> int | None:
 
     MLflow's registry emits no event of its own, so the monitor looks on every run. A version
     is unseen when it is the challenger, not the champion, carries no `ANNOUNCED_TAG` (our own
-    registrations and `announce_challenger` set it) and no canary of it is in the ledger.
+    registrations and `announce_challenger` set it) and no canary of it is in the ledger. A
+    registry that cannot be read leaves it for the next run (logged): None.
     """
+    from mlflow.exceptions import MlflowException
+
     name = settings.model_name
-    challenger = registry.alias_version(name, registry.CHALLENGER, settings)
-    if challenger is None or challenger == registry.alias_version(
-        name, registry.CHAMPION, settings
-    ):
-        return None
-    if registry.announced(name, challenger, settings):
+    try:
+        challenger = registry.alias_version(name, registry.CHALLENGER, settings)
+        champion = registry.alias_version(name, registry.CHAMPION, settings)
+        if challenger is None or challenger == champion:
+            return None
+        if registry.announced(name, challenger, settings):
+            return None
+    except MlflowException as error:
+        logging.getLogger(__name__).warning("challenger of %s not looked at: %s", name, error)
         return None
     canaried = ledger.list_decisions(name, decision_point="canary_promotion", settings=settings)
     if any(entry.model_version == challenger for entry in canaried):
