@@ -160,8 +160,26 @@ class ScoringModel:
                 return outputs[:, 1].astype(float)
             return _one_column(outputs, self.uri).astype(float)
         if task == "multiclass":
-            return np.asarray(self.labels(rows), dtype=float)
+            return numeric_classes(self.labels(rows), self.uri)
         return _one_column(self.outputs(rows), self.uri).astype(float)
+
+
+def numeric_classes(labels: Any, source: str) -> np.ndarray:
+    """Class labels as numbers: a multiclass score is the predicted class, kept as a number in
+    drift profiles, request logs and the router.
+
+    Raises:
+        ScoringError: a class is named by text ("setosa"), which is not supported yet.
+    """
+    try:
+        return np.asarray(labels, dtype=float)
+    except (TypeError, ValueError):
+        shown = sorted({str(label) for label in np.asarray(labels).ravel()})[:3]
+        raise ScoringError(
+            f"{source}: multiclass labels must be numbers; the classes are named by text "
+            f"({', '.join(repr(s) for s in shown)}): encode them as 0, 1, 2... (scikit-learn's "
+            "LabelEncoder) before training"
+        ) from None
 
 
 def _missing_message(uri: str, missing: list[str], expected: int) -> str:
@@ -278,7 +296,8 @@ def check_task(model: ScoringModel, task: Task, features: pd.DataFrame, labels: 
 
     Raises:
         ScoringError: a classifier asked to regress, a regressor asked to classify, a binary
-            task on a model or labels with other than two classes.
+            task on a model or labels with other than two classes, a multiclass task whose
+            classes are named by text.
     """
     declared = model_task(model)
     if task == "regression" and declared in ("binary", "multiclass"):
@@ -305,6 +324,10 @@ def check_task(model: ScoringModel, task: Task, features: pd.DataFrame, labels: 
             )
     if task == "regression" and not pd.api.types.is_numeric_dtype(labels):
         raise ScoringError(f"task 'regression' needs numeric labels; {labels.name!r} is not")
+    if task == "multiclass":
+        numeric_classes(pd.unique(labels.dropna()), f"target column {labels.name!r}")
+        if model.classes is not None:
+            numeric_classes(model.classes, model.uri)
 
 
 def score_kind(task: Task, model: ScoringModel | None) -> str:

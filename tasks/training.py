@@ -119,6 +119,11 @@ def validate_training_table(
         not pd.api.types.is_numeric_dtype(labels) or pd.api.types.is_bool_dtype(labels)
     ):
         raise DataError(f"{source}: target column {target!r} must hold numbers to regress on")
+    if task == "multiclass" and not pd.api.types.is_numeric_dtype(labels):
+        raise DataError(
+            f"{source}: target column {target!r} names its classes by text; encode them as "
+            "0, 1, 2... (multiclass labels must be numbers)"
+        )
     if labels.nunique() < 2:
         single = "value" if task == "regression" else "class"
         raise DataError(f"{source}: target column {target!r} has a single {single}")

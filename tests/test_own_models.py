@@ -435,6 +435,34 @@ def test_data_without_the_models_input_columns_is_refused(team):
     nothing_written(team, "tumour")
 
 
+def test_a_multiclass_model_naming_its_classes_by_text_is_refused_in_one_line(team):
+    """Class names as text ("setosa") are not supported yet: a multiclass score is the
+    predicted class as a number. The adoption says so and how to encode them, and writes
+    nothing."""
+    from sklearn.datasets import load_iris
+
+    data = load_iris(as_frame=True)
+    frame = data.data.assign(species=data.target.map(dict(enumerate(data.target_names))))
+    x = frame.drop(columns=["species"])
+    model = LogisticRegression(max_iter=1_000).fit(x, frame["species"])
+    register_sklearn(team.home, "iris", model, x)
+    frame.to_csv(team.home / "data" / "iris.csv", index=False)
+    result = cli(
+        "adopt",
+        "--model",
+        "iris",
+        "--data",
+        str(team.home / "data" / "iris.csv"),
+        "--target",
+        "species",
+    )
+    assert result.exit_code == 2, result.output
+    error = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "multiclass labels must be numbers" in error[0]
+    assert "'setosa'" in error[0] and "LabelEncoder" in error[0]
+    nothing_written(team, "iris")
+
+
 def test_an_artifact_that_cannot_be_loaded_is_refused(team):
     register(team, "tumour")
     corrupted = [

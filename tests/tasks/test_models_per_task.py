@@ -154,7 +154,9 @@ def test_a_table_that_does_not_suit_the_task_is_refused_in_one_line():
         validate_training_table(frame, "cultivar", task="regression")
     with pytest.raises(DataError, match="must hold only 0/1 labels"):
         validate_training_table(wine(), "cultivar", task="binary")
-    validate_training_table(frame, "cultivar", task="multiclass")
+    with pytest.raises(DataError, match="names its classes by text; encode them"):
+        validate_training_table(frame, "cultivar", task="multiclass")
+    validate_training_table(wine(), "cultivar", task="multiclass")
 
 
 def test_a_regression_split_and_evaluation_name_r2_and_its_errors():
