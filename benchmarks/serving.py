@@ -146,20 +146,17 @@ class ConstantModelServer:
 @contextmanager
 def temporary_home() -> Iterator[Path]:
     """A fresh home with its own MLflow store, made the one in force; restored afterwards."""
+    from agentic_mlops.tasks.mlflow_environment import environment_kept
+
     home = Path(tempfile.mkdtemp(prefix="agentic-mlops-bench-serving-"))
-    saved = {name: os.environ.get(name) for name in _OVERRIDDEN}
-    for name in _OVERRIDDEN:
-        os.environ.pop(name, None)
-    os.environ["AGENTIC_MLOPS_HOME"] = str(home)
-    try:
-        yield home
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        shutil.rmtree(home, ignore_errors=True)
+    with environment_kept(_OVERRIDDEN):
+        for name in _OVERRIDDEN:
+            os.environ.pop(name, None)
+        os.environ["AGENTIC_MLOPS_HOME"] = str(home)
+        try:
+            yield home
+        finally:
+            shutil.rmtree(home, ignore_errors=True)
 
 
 def request_bodies(count: int = 2_000, seed: int = 11) -> list[bytes]:

@@ -10,7 +10,7 @@ models through it without importing the registry's Prefect tasks.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 WORKERS_VARIABLE = "MLFLOW_GENAI_EVAL_MAX_WORKERS"
@@ -23,9 +23,10 @@ KEPT_VARIABLES = (
 
 
 @contextmanager
-def environment_kept() -> Iterator[None]:
-    """Put every variable of `KEPT_VARIABLES` back as it was, whatever ran inside."""
-    before = {name: os.environ.get(name) for name in KEPT_VARIABLES}
+def environment_kept(names: Iterable[str] = KEPT_VARIABLES) -> Iterator[None]:
+    """Put every variable named (`KEPT_VARIABLES` by default) back as it was, whatever ran
+    inside."""
+    before = {name: os.environ.get(name) for name in names}
     try:
         yield
     finally:
