@@ -254,9 +254,20 @@ def _program(name: str) -> str:
     return str(beside) if beside.exists() else name
 
 
+SQLITE_WAIT_SECONDS = "30"
+"""How long Prefect's server waits on the home's SQLite database while another write holds it.
+Prefect's default, 10 s, was passed on a loaded two-core machine ("database is locked" on a
+worker's heartbeat); Prefect's own test mode waits 30 s."""
+
+
 def _server_env(prefect_home: Path) -> dict[str, str]:
-    """The environment of the Prefect server: the home's database, its UI on."""
+    """The environment of the Prefect server: the home's database, its UI on, a longer wait
+    on a locked SQLite database (unless the user set one)."""
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    if not any(
+        k in env for k in ("PREFECT_SERVER_DATABASE_TIMEOUT", "PREFECT_API_DATABASE_TIMEOUT")
+    ):
+        env["PREFECT_SERVER_DATABASE_TIMEOUT"] = SQLITE_WAIT_SECONDS
     env.update(
         PREFECT_HOME=str(prefect_home),
         PREFECT_UI_ENABLED="true",

@@ -146,10 +146,12 @@ def running_prefect_server(
     folder: Path, database_url: str | None = None, **extra: str
 ) -> Iterator[str]:
     """A `prefect server start` of its own, with its services (the test harness's server runs
-    none), on `database_url` or else SQLite under `folder`; yields its API address.
+    none), on `database_url` or else SQLite under `folder`, waiting on a locked database as
+    our stack's server does; yields its API address.
 
     Its output goes to `folder / "server.log"`; `extra` are more of its settings.
     """
+    from agentic_mlops.stack import SQLITE_WAIT_SECONDS
     from agentic_mlops.tasks.local_rollout import free_port
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -159,6 +161,7 @@ def running_prefect_server(
         PREFECT_HOME=str(folder),
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         PREFECT_UI_ENABLED="false",
+        PREFECT_SERVER_DATABASE_TIMEOUT=SQLITE_WAIT_SECONDS,
         **database,
         **extra,
     )
