@@ -249,4 +249,17 @@ def test_schedules_the_cli_and_events_start_runs_that_a_worker_completes(
                     except subprocess.TimeoutExpired:
                         os.killpg(worker.pid, signal.SIGKILL)
     log = (server_folder / "server.log").read_text(errors="replace")
-    assert "Traceback" not in log, log[-3000:]
+    assert not server_errors(log), log[-3000:]
+
+
+def server_errors(log: str) -> list[str]:
+    """The exceptions of the tracebacks in a Prefect server's log, but for Prefect's own SQLite
+    contention: on a loaded two-core machine its server's SQLite store refuses a write now and
+    then ("database is locked", seen on a worker's heartbeat, which the worker sends again), an
+    error of Prefect's store and not of our flows. On PostgreSQL every traceback counts."""
+    errors = []
+    for part in log.split("Traceback (most recent call last):")[1:]:
+        raised = next((line for line in part.splitlines()[1:] if line[:1] not in " \t"), "")
+        if not raised.endswith("database is locked"):
+            errors.append(raised)
+    return errors
