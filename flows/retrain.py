@@ -39,7 +39,6 @@ from agentic_mlops.settings import load_settings
 from agentic_mlops.tasks import retraining
 from agentic_mlops.tasks.batches import DataError
 from agentic_mlops.tasks.churn import Scenario
-from agentic_mlops.tasks.reference import champion_target
 from agentic_mlops.tasks.retraining import HandOver, HoldoutComparison
 from agentic_mlops.tasks.search_runs import start_search_run
 from agentic_mlops.tasks.training import label_task, training_table
@@ -143,8 +142,9 @@ def retrain(
     """
     settings = load_settings().for_model(model_name)
     settings.ensure_dirs()
-    target = target or champion_target(settings)
-    known = retraining.known_task(None if task == "auto" else task, settings)
+    card = retraining.champion_card(settings)  # the champion's target and task, read once
+    target = target or (card.target if card else settings.target)
+    known = (None if task == "auto" else task) or (card.task if card else None)
     loaded = training_table(
         data_path, generate_rows, target, scenario, seed, settings.data_dir, known
     )

@@ -50,7 +50,7 @@ from agentic_mlops.tasks.batches import DataError, read_data, write_table
 from agentic_mlops.tasks.drift_actions import deployment_exists
 from agentic_mlops.tasks.models import TuningData, family_pipeline, pipeline_scores, task_labels
 from agentic_mlops.tasks.publishing import publish_model
-from agentic_mlops.tasks.reference import score_with, stored_card
+from agentic_mlops.tasks.reference import ModelCard, score_with, stored_card
 from agentic_mlops.tasks.search_runs import finish_search_run, past_runs
 from agentic_mlops.tasks.synthesis import Segment, Synthesis, find_segments
 from agentic_mlops.tasks.synthesis import synthesize as synthesize_rows
@@ -186,15 +186,11 @@ def triage_context(ledger_id: str | None, settings: Settings) -> TriageContext |
     )
 
 
-def known_task(asked: Task | None, settings: Settings) -> Task | None:
-    """The task a retraining fits, when known before its data is read: the one asked for,
-    else the champion's as its model card says (an adopted model's too). None: the target's
-    values will say (`training.label_task`)."""
-    if asked:
-        return asked
+def champion_card(settings: Settings) -> ModelCard | None:
+    """The champion's model card (ours or adopted), read once: the target and the task a
+    retraining fits unless told otherwise. None without a champion or a card."""
     champion = registry.alias_version(settings.model_name, registry.CHAMPION, settings)
-    card = stored_card(settings.model_name, champion, settings) if champion else None
-    return card.task if card is not None else None
+    return stored_card(settings.model_name, champion, settings) if champion else None
 
 
 def read_request(
