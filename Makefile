@@ -24,7 +24,7 @@ down: setup
 	$(BIN)/agentic-mlops down
 
 # two workers, each module on one of them (its module fixtures made once); docs/testing.md
-PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadfile
+PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 test: setup tools
 	$(PYTEST) -m "not slow"

@@ -41,6 +41,36 @@ from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 from agentic_mlops.decisions import QualityEvidence, TriageRecord  # noqa: E402
 from agentic_mlops.settings import Settings  # noqa: E402
 
+LONGEST_MODULES = (
+    "tests/flows/test_canary_flow.py",
+    "tests/test_deployments.py",
+    "tests/test_stack.py",
+    "tests/flows/test_canary_on_kubernetes.py",
+    "tests/tasks/test_scoring.py",
+    "tests/test_mcp_server.py",
+    "tests/test_own_models.py",
+    "tests/test_guarded_models.py",
+    "tests/flows/test_drift_flow.py",
+    "tests/agents/test_through_an_openai_compatible_server.py",
+    "tests/flows/test_monitor_flow.py",
+    "tests/test_mcp_models.py",
+    "tests/deployments/test_kubernetes_rollout.py",
+    "tests/agents/test_eval_cli.py",
+    "tests/agents/test_drift_triage.py",
+    "tests/reliability/test_prompt_injection.py",
+)
+"""The modules that take longest in `make test`, longest first (`--durations`, 2026-11-29).
+
+The two workers take whole modules (`--dist loadfile`) in collection order
+(`--no-loadscope-reorder`): the long ones first, so the short ones fill the gaps at the end
+and neither worker is left running a long module alone. A module missing here costs balance,
+never a test."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {module: place for place, module in enumerate(LONGEST_MODULES)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
+
 
 @pytest.fixture(scope="session", autouse=True)
 def prefect_server():

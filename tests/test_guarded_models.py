@@ -157,6 +157,7 @@ def test_the_python_api_is_lazy_and_the_teams_flow_calls_the_phases_as_subflows(
     assert registry.model_aliases("tumour", team) == {"challenger": 1, "champion": 1}
 
 
+@pytest.mark.slow
 def test_a_team_deployment_configured_but_not_registered_moves_nothing(team):  # noqa: F811
     """Without a team deployment our recipe retrains an adopted model
     (tests/test_recipe_on_own_models.py); with one configured that Prefect does not know, the

@@ -19,13 +19,14 @@ from tests.conftest import champion_recipe, trained_home
 
 @pytest.fixture(scope="module")
 def two_versions(tmp_path_factory, mlflow_template, trained_champion):
-    """A home with champion v1 and a challenger v2 exactly as good (the same recipe on the same
-    rows), trained once per module: any real gap in quality would eat into the Brier margin, and
-    whether the sequential test shows non-inferiority in time would then hang on how much traffic
-    a loaded machine manages to send."""
-    return trained_home(
-        tmp_path_factory, mlflow_template, "canary", champion_recipe(), start=trained_champion
-    )
+    """A home with champion v1 (`champion_recipe`) and a challenger v2 trained the same way on
+    four times the rows, trained once per module. v2's Brier score on the customers' rows is
+    0.142 against v1's 0.150: the sequential test shows it non-inferior after a few hundred
+    canary requests. Two equally good versions needed from 350 to 4,300 of them (10 to 65 s) as
+    the estimate of their gap wandered around 0, and on a loaded machine the step could end
+    first."""
+    better = dict(champion_recipe(), generate_rows=12_000, seed=2)
+    return trained_home(tmp_path_factory, mlflow_template, "canary", better, start=trained_champion)
 
 
 @pytest.fixture

@@ -232,6 +232,7 @@ def test_a_cluster_that_serves_nothing_is_told(cluster):
     )
 
 
+@pytest.mark.slow
 def test_serve_on_kubernetes_applies_the_champion_and_leaves_it_serving(cluster):
     settings, server = cluster
     result = runner.invoke(app, ["serve"])

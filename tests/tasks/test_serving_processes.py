@@ -42,6 +42,7 @@ def test_the_router_is_not_ready_until_a_model_serves(home):
     assert "no router is running" in rollout.why_no_canary(home)
 
 
+@pytest.mark.slow
 def test_serving_status_lists_and_stop_stops_every_process_twice_safely(serving_home):  # noqa: F811
     backend, _ = start_serving(serving_home)
     backend.deploy(2)
