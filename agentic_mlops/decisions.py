@@ -82,6 +82,12 @@ class PerformanceEvidence(BaseModel):
     current: float
     rows: int
     previous_champion_current: float | None = None
+    previous_champion_gain_standard_error: float | None = Field(
+        default=None,
+        description="Standard error of (previous_champion_current - current), paired on these "
+        "rows (DeLong's for ROC AUC); a gain within two of them is noise, and no rollback "
+        "rests on it.",
+    )
     observed_rate: float | None = None
     predicted_rate: float | None = None
     calibration_z: float | None = None

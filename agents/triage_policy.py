@@ -186,24 +186,28 @@ def quarantined_batch(
 def previous_champion_better(
     evidence: TriageEvidence, limits: TriageLimits, drifted: Drifted
 ) -> TriageDecision | None:
-    """A previous champion that beats the champion by `performance_drop` on the same labelled
-    batch rolls back."""
+    """A previous champion that beats the champion on the same labelled batch by
+    `performance_drop`, and by more than twice the gain's standard error, rolls back: on a
+    small or mislabelled batch a gap of that size can be noise."""
     performance = evidence.performance
     if not (
         performance
         and performance.previous_champion_current is not None
         and evidence.previous_champion_version is not None
-        and performance.previous_champion_current - performance.current >= limits.performance_drop
     ):
         return None
     gain = performance.previous_champion_current - performance.current
+    noise = performance.previous_champion_gain_standard_error
+    if gain < limits.performance_drop or (noise is not None and gain < 2 * noise):
+        return None
     return _decide(
         "rollback",
         "high",
         0.6 + min(gain * 5, 0.35),
         f"The previous champion scores {gain:.3f} {performance.metric_label} better than "
-        "the champion on the "
-        "same labelled batch: the champion is the problem, and the old one is proven here.",
+        "the champion on the same labelled batch"
+        + (f" (beyond twice its standard error, {2 * noise:.3f})" if noise is not None else "")
+        + ": the champion is the problem, and the old one is proven here.",
         ["performance", "registry", "column_drift"],
         drifted.features,
     )

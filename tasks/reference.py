@@ -358,6 +358,51 @@ def r2_standard_error(labels: np.ndarray, predictions: np.ndarray) -> float:
     return float(np.std(squared, ddof=1) / math.sqrt(len(labels)) / variance)
 
 
+def _auc_components(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """DeLong's structural components of ROC AUC: for each positive row, the share of negative
+    rows it outscores (ties count half), and for each negative row, the share of positive rows
+    that outscore it. Each averages to the AUC; midranks give both in O(n log n)."""
+    from scipy.stats import rankdata
+
+    positives, negatives = scores[positive], scores[~positive]
+    ranks = rankdata(np.concatenate([positives, negatives]))
+    size = positives.size
+    below = (ranks[:size] - rankdata(positives)) / negatives.size
+    above = 1 - (ranks[size:] - rankdata(negatives)) / size
+    return below, above
+
+
+def paired_gain_standard_error(
+    task: str, labels: np.ndarray, previous: np.ndarray, current: np.ndarray
+) -> float | None:
+    """Standard error of (previous champion's metric - champion's metric) on the same rows,
+    from the rows' paired contributions: DeLong's for ROC AUC, each row's correct answer for
+    accuracy, each row's squared error over the labels' variance for R². None when the rows
+    cannot give it (a single class, fewer than two rows of a class)."""
+    previous, current = np.asarray(previous, dtype=float), np.asarray(current, dtype=float)
+    if task == "binary":
+        positive = np.asarray(labels).astype(bool)
+        if min(positive.sum(), (~positive).sum()) < 2:
+            return None
+        previous_below, previous_above = _auc_components(previous, positive)
+        current_below, current_above = _auc_components(current, positive)
+        variance = np.var(previous_below - current_below, ddof=1) / previous_below.size
+        variance += np.var(previous_above - current_above, ddof=1) / previous_above.size
+        return float(math.sqrt(variance))
+    if len(labels) < 2:
+        return None
+    if task == "multiclass":
+        truth = np.asarray(labels, dtype=float)
+        gains = (previous == truth).astype(float) - (current == truth).astype(float)
+    else:
+        truth = np.asarray(labels, dtype=float)
+        spread = float(np.var(truth))
+        if spread <= 0:
+            return None
+        gains = ((truth - current) ** 2 - (truth - previous) ** 2) / spread
+    return float(np.std(gains, ddof=1) / math.sqrt(len(gains)))
+
+
 def labelled_performance(
     frame: pd.DataFrame, target: str | None, ref: Reference, scores: BatchScores
 ) -> PerformanceEvidence | None:
@@ -378,11 +423,12 @@ def labelled_performance(
     if labels.isna().any() or labels.nunique() < 2:
         return None
     task = ref.card.task
-    previous = (
-        task_metric(task, labels, scores.previous_champion)
-        if scores.previous_champion is not None
-        else None
-    )
+    previous = gain_noise = None
+    if scores.previous_champion is not None:
+        previous = task_metric(task, labels, scores.previous_champion)
+        gain_noise = paired_gain_standard_error(
+            task, labels.to_numpy(), scores.previous_champion, scores.champion
+        )
     current = task_metric(task, labels, scores.champion)
     segments = segment_scores(frame, labels, scores.champion, task, list(ref.profile.columns))
     if task != "binary":
@@ -397,6 +443,7 @@ def labelled_performance(
             current=current,
             rows=len(frame),
             previous_champion_current=previous,
+            previous_champion_gain_standard_error=gain_noise,
             drop_standard_error=noise,
             segments=segment_scores(
                 frame, labels, scores.champion, task, list(ref.profile.columns)
@@ -408,6 +455,7 @@ def labelled_performance(
         current=current,
         rows=len(frame),
         previous_champion_current=previous,
+        previous_champion_gain_standard_error=gain_noise,
         observed_rate=float(labels.mean()),
         predicted_rate=float(predicted.mean()),
         calibration_z=calibration_shift_z(

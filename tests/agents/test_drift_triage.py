@@ -97,6 +97,18 @@ LIMITS = TriageLimits()
             ),
             "rollback",
         ),
+        (
+            evidence(
+                performance=PerformanceEvidence(
+                    reference=0.8,
+                    current=0.7,
+                    rows=300,
+                    previous_champion_current=0.79,
+                    previous_champion_gain_standard_error=0.05,
+                )
+            ),
+            "retrain",
+        ),
     ],
     ids=[
         "clean",
@@ -107,6 +119,7 @@ LIMITS = TriageLimits()
         "concept",
         "broken-batch",
         "bad-champion",
+        "previous-champion-better-within-noise",
     ],
 )
 def test_policy_decisions(case, expected):

@@ -4,10 +4,16 @@ built from an explicit file, profiled once per content."""
 import shutil
 
 import numpy as np
+import pytest
 
 from agentic_mlops.tasks.batches import write_table
 from agentic_mlops.tasks.churn import generate_churn
-from agentic_mlops.tasks.reference import PROFILE_FILE, calibration_shift_z, resolve_reference
+from agentic_mlops.tasks.reference import (
+    PROFILE_FILE,
+    calibration_shift_z,
+    paired_gain_standard_error,
+    resolve_reference,
+)
 
 
 def holdout_figures(rng, truth, predicted):
@@ -70,3 +76,75 @@ def test_a_changed_reference_file_is_profiled_again(home, tmp_path):
     assert changed.profile.rows == 1_500 and (changed.folder / PROFILE_FILE).exists()
     missing = resolve_reference.fn(str(tmp_path / "gone.parquet"), "churn", home)
     assert missing.is_failed() and missing.name == "InvalidData"
+
+
+def paired_bootstrap(task, labels, previous, current, draws=400):
+    """The spread of the metric gain over rows drawn again with replacement."""
+    from agentic_mlops.decisions import task_metric
+
+    rng = np.random.default_rng(7)
+    gains = []
+    for _ in range(draws):
+        rows = rng.integers(0, len(labels), len(labels))
+        gains.append(
+            task_metric(task, labels[rows], previous[rows])
+            - task_metric(task, labels[rows], current[rows])
+        )
+    return float(np.std(gains))
+
+
+def two_models(task):
+    """Two models of one of scikit-learn's own tables, fitted on its first half and scored on
+    the second: a binary tumour classifier, a multiclass wine classifier, a diabetes regressor."""
+    from sklearn.datasets import load_breast_cancer, load_diabetes, load_wine
+    from sklearn.linear_model import LinearRegression, LogisticRegression
+    from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
+
+    loader = {"binary": load_breast_cancer, "multiclass": load_wine, "regression": load_diabetes}
+    x, y = loader[task](return_X_y=True)
+    order = np.random.default_rng(3).permutation(len(y))
+    x, y = x[order], y[order]
+    half = len(y) // 2
+    if task == "regression":
+        first, second = LinearRegression(), DecisionTreeRegressor(max_depth=3, random_state=0)
+    else:
+        first = LogisticRegression(max_iter=5_000)
+        second = DecisionTreeClassifier(max_depth=2, random_state=0)
+    scores = []
+    for model in (first, second):
+        model.fit(x[:half], y[:half])
+        if task == "binary":
+            scores.append(model.predict_proba(x[half:])[:, 1])
+        else:
+            scores.append(model.predict(x[half:]).astype(float))
+    return y[half:], scores[0], scores[1]
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass", "regression"])
+def test_the_gain_of_one_model_over_another_has_the_standard_error_a_bootstrap_finds(task):
+    labels, previous, current = two_models(task)
+    bootstrap = paired_bootstrap(task, labels, previous, current)
+    assert paired_gain_standard_error(task, labels, previous, current) == pytest.approx(
+        bootstrap, rel=0.2
+    )
+
+
+def test_shuffled_labels_give_a_standard_error_that_covers_the_noise_of_the_gain():
+    """Two models of the same table, judged on labels shuffled by a broken join: each batch's
+    gain is noise, and it exceeds twice its standard error about as rarely as a normal
+    variable exceeds 2 (one side: 2.3%)."""
+    from agentic_mlops.decisions import task_metric
+
+    labels, previous, current = two_models("binary")
+    rng = np.random.default_rng(11)
+    beyond = 0
+    for _ in range(300):
+        shuffled = rng.permutation(labels)
+        gain = task_metric("binary", shuffled, previous) - task_metric("binary", shuffled, current)
+        beyond += gain >= 2 * paired_gain_standard_error("binary", shuffled, previous, current)
+    assert beyond / 300 < 0.06
+
+
+def test_one_class_gives_no_standard_error():
+    scores = np.linspace(0, 1, 10)
+    assert paired_gain_standard_error("binary", np.ones(10), scores, scores[::-1]) is None
