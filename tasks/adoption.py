@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 from mlflow.exceptions import MlflowException
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from agentic_mlops.decisions import Task, task_metric
@@ -31,6 +31,7 @@ from agentic_mlops.tasks.scoring import (
     ScoringModel,
     check_task,
     infer_task,
+    requirement_mismatches,
     score_kind,
 )
 from agentic_mlops.tasks.training import holdout_metrics, scored_importance
@@ -121,8 +122,14 @@ def check_adoption(
     task_name: str,
     settings: Settings,
 ) -> Candidate:
-    """The checked candidate (see `prepare`); a `DataError` fails the task with its message."""
-    return prepare(name, version, data_path, target, task_name, settings)
+    """The checked candidate (see `prepare`); a `DataError` fails the task with its message.
+    Packages installed here that differ from those the model was logged with are warned of:
+    the model may score differently than where it was trained."""
+    candidate = prepare(name, version, data_path, target, task_name, settings)
+    uri = f"models:/{candidate.name}/{candidate.version}"
+    for mismatch in requirement_mismatches(uri, settings.tracking_uri()):
+        get_run_logger().warning("%s v%s: %s", candidate.name, candidate.version, mismatch)
+    return candidate
 
 
 @task(name="evaluate-adopted-model", cache_policy=NO_CACHE)

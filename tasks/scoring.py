@@ -207,10 +207,17 @@ def _signature_inputs(pyfunc: Any) -> list[tuple[str, str]] | None:
         return None
 
 
-def _native_model(uri: str, flavours: dict[str, Any]) -> tuple[Any | None, str]:
+def _native_model(uri: str, pyfunc: Any) -> tuple[Any | None, str]:
+    """The flavour's own model object beside the pyfunc, for `predict_proba`: the one the
+    pyfunc already holds when the flavour loaded it (no second download and deserialisation),
+    else loaded by the flavour."""
+    flavours = pyfunc.metadata.flavors
+    loader = flavours.get("python_function", {}).get("loader_module")
     for flavour in NATIVE_FLAVOURS:
         if flavour not in flavours:
             continue
+        if loader == f"mlflow.{flavour}":
+            return pyfunc.get_raw_model(), flavour
         try:
             module = importlib.import_module(f"mlflow.{flavour}")
             return module.load_model(uri), flavour
@@ -227,8 +234,11 @@ def _load(uri: str, tracking_uri: str) -> ScoringModel:
         with environment_kept():  # MLflow's setter would leave its URI in the environment
             mlflow.set_tracking_uri(tracking_uri)
             mlflow.set_registry_uri(tracking_uri)
-            pyfunc = mlflow.pyfunc.load_model(uri)
-            native, flavour = _native_model(uri, pyfunc.metadata.flavors)
+            # MLflow's check of the model's requirements against what is installed scans
+            # every installed distribution: 1.3 s in each new process, a model server's
+            # start included; adoption runs it once (`requirement_mismatches`)
+            pyfunc = mlflow.pyfunc.load_model(uri, suppress_warnings=True)
+            native, flavour = _native_model(uri, pyfunc)
     except (MlflowException, OSError) as error:
         raise ScoringError(f"{uri}: the model cannot be loaded ({_one_line(error)})") from error
     except Exception as error:  # a corrupt or incompatible artifact fails in many ways
@@ -243,6 +253,24 @@ def _load(uri: str, tracking_uri: str) -> ScoringModel:
         inputs=_signature_inputs(pyfunc),
         proba_from_pyfunc=proba_from_pyfunc,
     )
+
+
+def requirement_mismatches(uri: str, tracking_uri: str) -> list[str]:
+    """The model's logged pip requirements that the packages installed here do not meet, as
+    MLflow words them ("scikit-learn (current: 1.9.1, required: scikit-learn==1.3.0)")."""
+    from mlflow.pyfunc import get_model_dependencies
+    from mlflow.utils.requirements_utils import _check_requirement_satisfied, _parse_requirements
+
+    with environment_kept():
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
+        path = get_model_dependencies(uri)
+    found = []
+    for requirement in _parse_requirements(path, is_constraint=False):
+        mismatch = _check_requirement_satisfied(requirement.req_str)
+        if mismatch is not None:
+            found.append(str(mismatch))
+    return found
 
 
 def load_scoring_model(uri: str, tracking_uri: str | None = None) -> ScoringModel:

@@ -19,6 +19,7 @@ from agentic_mlops.tasks.scoring import (
     infer_task,
     load_scoring_model,
     model_task,
+    requirement_mismatches,
     score_kind,
 )
 
@@ -178,3 +179,16 @@ def test_loading_a_model_leaves_no_tracking_uri_in_the_environment(tmp_path, mon
     uri = saved(tmp_path, classifier, classifier.predict(ROWS))
     load_scoring_model(uri, f"sqlite:///{tmp_path / 'elsewhere.db'}")
     assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_REGISTRY_URI" not in os.environ
+
+
+def test_a_model_logged_with_other_packages_is_told_and_loaded_once(tmp_path):
+    """Loading skips MLflow's requirements check (a scan of every installed distribution);
+    `requirement_mismatches`, which adoption runs, names what differs. The flavour's own model
+    is the one the pyfunc holds, not a second copy."""
+    classifier = LogisticRegression().fit(ROWS, LABELS)
+    uri = saved(tmp_path, classifier, pip_requirements=["scikit-learn==0.24.2", "numpy"])
+    model = load_scoring_model(uri)
+    assert model.native is model.pyfunc.get_raw_model()
+    [mismatch] = requirement_mismatches(uri, mlflow.get_tracking_uri())
+    assert mismatch.startswith("scikit-learn (current: ") and "scikit-learn==0.24.2" in mismatch
+    assert requirement_mismatches(saved(tmp_path / "same", classifier), "") == []
