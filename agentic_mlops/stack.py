@@ -333,7 +333,10 @@ def start_mlflow(
         "--workers",
         "1",
     ]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # MLflow's server job runner (huey consumers for its GenAI jobs, which nothing here
+    # submits) is off: it started seven more processes that took the CPU from the first
+    # command run after `up`
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     return _spawn("mlflow", command, port, folder / "mlflow.log", env)
 
 
