@@ -20,6 +20,7 @@ import json
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -36,10 +37,12 @@ from agentic_mlops.tasks import ledger, registry
 from agentic_mlops.tasks.batches import write_table
 from agentic_mlops.tasks.churn import generate_churn
 from agentic_mlops.tasks.lifecycle_report import summary, verdict
+from agentic_mlops.tasks.mlflow_environment import environment_kept
 from agentic_mlops.tasks.rollout import rollout_backend
 from agentic_mlops.tasks.rollout_protocol import RolloutBackend
 from agentic_mlops.tasks.traffic import CustomerTraffic
 from agentic_mlops.tasks.training import Hyperparameters
+from agentic_mlops.tasks.tuning import warm_up
 
 DRIFT_SEVERITY = 1.0
 
@@ -50,7 +53,7 @@ class DemoPlan:
 
     train_rows: int = 3_000
     window_rows: int = 700
-    rate: float = 70.0
+    rate: float = 160.0
     label_delay_seconds: float = 1.0
     max_trials: int = 4
     search_seconds: float = 30.0
@@ -97,20 +100,27 @@ def train_and_serve(run: DemoRun) -> tuple[RolloutBackend, str]:
     """Step 1: train the champion on reference customers and serve it behind the router."""
     run.step("1/5 Training the champion on reference customers")
     console = run.console
-    with console.status("Training, logging to MLflow, registering..."):
-        trained = train(
-            generate_rows=run.plan.train_rows,
-            seed=1,
-            hyperparameters=Hyperparameters(max_iter=100),
-        )
-    console.print(
-        f"champion: {trained.model_name} v{trained.version}, holdout ROC AUC "
-        f"{trained.metrics['roc_auc']:.3f}"
-    )
     backend = rollout_backend(run.settings)
-    with console.status("Starting the router and the champion's model server..."):
-        url = backend.start_router()
-        backend.set_baseline(trained.version)
+    with ThreadPoolExecutor(1) as pool:
+        router = pool.submit(backend.start_router)  # the router needs no model: it starts now
+        try:
+            with console.status("Training, logging to MLflow, registering..."):
+                trained = train(
+                    generate_rows=run.plan.train_rows,
+                    seed=1,
+                    hyperparameters=Hyperparameters(max_iter=100),
+                )
+            console.print(
+                f"champion: {trained.model_name} v{trained.version}, holdout ROC AUC "
+                f"{trained.metrics['roc_auc']:.3f}"
+            )
+            with console.status("Starting the champion's model server behind the router..."):
+                url = router.result()
+                backend.set_baseline(trained.version)
+        except BaseException:
+            router.exception()  # the router has started or failed; either way, stop it
+            backend.shutdown()
+            raise
     console.print(f"serving v{trained.version} behind the router at {url}")
     run.took("trained and serving")
     return backend, url
@@ -252,9 +262,29 @@ def run_demo(
     wait_for_person: bool = False,
     on_step: Callable[[str], None] | None = None,
 ) -> dict:
-    """Run the story and return the final state (aliases, router weights, ledger)."""
-    if wait_for_person:
-        os.environ["AGENTIC_MLOPS_APPROVAL_MODE"] = "all"
+    """Run the story and return the final state (aliases, router weights, ledger).
+
+    The settings the demo sets for itself are put back afterwards: a person's approval of
+    every decision (`wait_for_person`), and canary steps that look at their metrics every half
+    second (default 2 s; the sequential test may look as often as it likes, and the story
+    moves on as soon as it decides).
+    """
+    with environment_kept(DEMO_VARIABLES):
+        if wait_for_person:
+            os.environ["AGENTIC_MLOPS_APPROVAL_MODE"] = "all"
+        os.environ.setdefault("AGENTIC_MLOPS_CANARY_POLL_SECONDS", "0.5")
+        return _run(console, plan, wait_for_person, on_step)
+
+
+DEMO_VARIABLES = ("AGENTIC_MLOPS_APPROVAL_MODE", "AGENTIC_MLOPS_CANARY_POLL_SECONDS")
+
+
+def _run(
+    console: Console,
+    plan: DemoPlan | None,
+    wait_for_person: bool,
+    on_step: Callable[[str], None] | None,
+) -> dict:
     settings = load_settings()
     settings.ensure_dirs()
     run = DemoRun(
@@ -272,6 +302,8 @@ def run_demo(
         label_delay_seconds=run.plan.label_delay_seconds,
     ).start()
     try:
+        with console.status("Customers are calling; starting Ray for the retraining searches..."):
+            warm_up(settings)  # while the first window fills, not when the drift turn waits
         results = tell_the_story(run, traffic)
     except BaseException:
         traffic.stop()

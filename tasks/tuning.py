@@ -352,6 +352,16 @@ def ensure_ray(settings: Settings) -> str:
     return address or "local"
 
 
+def warm_up(settings: Settings) -> str:
+    """Start Ray and import Ray Tune and Optuna ahead of a search (`ensure_ray`); a process
+    that knows a search will come, as the demo does, pays for them while it waits anyway.
+    Call it from the main thread: Ray's processes end with the thread that started them."""
+    import ray.tune.search.optuna  # noqa: F401
+    from ray import tune  # noqa: F401
+
+    return ensure_ray(settings)
+
+
 def _search_algorithm(space: SearchSpace, seed: int, max_concurrent_trials: int | None) -> Any:
     """Optuna's TPE or random sampling, seeded, so a search samples the same configurations
     wherever it runs."""
