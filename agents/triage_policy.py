@@ -100,10 +100,10 @@ def demands_action(evidence: TriageEvidence, limits: TriageLimits) -> str | None
     if evidence.quality.batch_failed:
         return "the batch failed its quality checks and was quarantined"
     performance = evidence.performance
-    if performance and performance.reference - performance.current >= limits.performance_drop:
+    if performance and performance_dropped(performance, limits):
         return (
-            f"ROC AUC fell by {performance.reference - performance.current:.3f} on labelled "
-            f"rows (limit {limits.performance_drop:.3f})"
+            f"{performance.metric_label} fell by {performance.reference - performance.current:.3f}"
+            f" on labelled rows (limit {limits.performance_drop:.3f}, beyond its noise)"
         )
     if performance and is_miscalibrated(performance, limits):
         return f"the champion is miscalibrated (z {performance.calibration_z:.1f})"

@@ -11,6 +11,7 @@ from agentic_mlops.flows.retrain import retrain
 from agentic_mlops.flows.train import train
 from agentic_mlops.schemas import DecisionSummary
 from agentic_mlops.tasks import drift_actions, ledger
+from tests.conftest import triage_record
 
 
 def record(home, action="retrain"):
@@ -23,6 +24,7 @@ def record(home, action="retrain"):
             inputs_digest="x",
             action=action,
             agent_model="policy",
+            evidence=triage_record(["column_drift"], ["monthly_charges"]),
         ),
         home,
     )
