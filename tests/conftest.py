@@ -53,7 +53,6 @@ LONGEST_MODULES = (
     "tests/flows/test_drift_flow.py",
     "tests/agents/test_through_an_openai_compatible_server.py",
     "tests/flows/test_monitor_flow.py",
-    "tests/test_mcp_models.py",
     "tests/deployments/test_kubernetes_rollout.py",
     "tests/agents/test_eval_cli.py",
     "tests/agents/test_drift_triage.py",

@@ -299,6 +299,7 @@ def challenger_events(model_name: str, since: dt.datetime) -> list[dict]:
     return [e["payload"] for e in events if e["payload"]["model_name"] == model_name]
 
 
+@pytest.mark.slow
 def test_a_challenger_moved_by_plain_mlflow_calls_is_announced_by_the_monitor_once(team):  # noqa: F811
     """MLflow's registry emits no event: the monitor sees a `challenger` alias that code moved
     without `announce_challenger`, announces it for the canary trigger, and only once."""

@@ -19,6 +19,7 @@ MODEL_ACTS = (
 )
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_the_act_and_read_tools_guard_the_model_they_are_given(team: Settings):  # noqa: F811
     register(team, "tumour")
