@@ -51,7 +51,8 @@ def run_demo_process(home: Path, command: str = "demo") -> float:
 
 
 def bench_demo_with_stack() -> list[dict]:
-    """`make demo`: the local stack started on a new home, then the demo on it."""
+    """`make demo`: the local stack started on a new home, then the demo on it; the target is
+    for both, as the user waits for both."""
     home = Path(tempfile.mkdtemp(prefix="agentic-mlops-demo-stack-"))
     up = run_demo_process(home, "up")
     try:
@@ -60,15 +61,15 @@ def bench_demo_with_stack() -> list[dict]:
         run_demo_process(home, "down")
     return [
         {
-            "name": "end to end: `agentic-mlops demo` with the local stack up (`make demo`), "
+            "name": "end to end: `make demo` (`agentic-mlops up`, then `agentic-mlops demo`), "
             "new home",
-            "value": round(wall, 1),
+            "value": round(up + wall, 1),
             "unit": "s",
             "target": f"<= {DEMO_TARGET_SECONDS} s",
-            "met": wall <= DEMO_TARGET_SECONDS,
+            "met": up + wall <= DEMO_TARGET_SECONDS,
             "headline": True,
         },
-        {"name": "end to end: `agentic-mlops up` before it", "value": round(up, 1), "unit": "s"},
+        {"name": "end to end: of which `agentic-mlops up`", "value": round(up, 1), "unit": "s"},
     ]
 
 
