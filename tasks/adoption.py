@@ -126,8 +126,7 @@ def check_adoption(
     Packages installed here that differ from those the model was logged with are warned of:
     the model may score differently than where it was trained."""
     candidate = prepare(name, version, data_path, target, task_name, settings)
-    uri = f"models:/{candidate.name}/{candidate.version}"
-    for mismatch in requirement_mismatches(uri, settings.tracking_uri()):
+    for mismatch in requirement_mismatches(candidate.model.uri, settings.tracking_uri()):
         get_run_logger().warning("%s v%s: %s", candidate.name, candidate.version, mismatch)
     return candidate
 

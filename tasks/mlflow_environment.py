@@ -35,3 +35,15 @@ def environment_kept(names: Iterable[str] = KEPT_VARIABLES) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+@contextmanager
+def tracking_at(uri: str) -> Iterator[None]:
+    """MLflow's fluent API pointed at `uri` for tracking and the registry (it stays so after
+    the block), with the variables its setters export put back when the block ends."""
+    import mlflow
+
+    with environment_kept():
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        yield

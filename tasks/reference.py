@@ -391,11 +391,10 @@ def paired_gain_standard_error(
         return float(math.sqrt(variance))
     if len(labels) < 2:
         return None
+    truth = np.asarray(labels, dtype=float)
     if task == "multiclass":
-        truth = np.asarray(labels, dtype=float)
         gains = (previous == truth).astype(float) - (current == truth).astype(float)
     else:
-        truth = np.asarray(labels, dtype=float)
         spread = float(np.var(truth))
         if spread <= 0:
             return None
@@ -445,9 +444,7 @@ def labelled_performance(
             previous_champion_current=previous,
             previous_champion_gain_standard_error=gain_noise,
             drop_standard_error=noise,
-            segments=segment_scores(
-                frame, labels, scores.champion, task, list(ref.profile.columns)
-            ),
+            segments=segments,
         )
     predicted = np.clip(scores.champion, 1e-6, 1 - 1e-6)
     return PerformanceEvidence(

@@ -35,7 +35,7 @@ from prefect.tasks import exponential_backoff
 
 from agentic_mlops.settings import Settings, load_settings
 from agentic_mlops.tasks.batches import DataError
-from agentic_mlops.tasks.mlflow_environment import WORKERS_VARIABLE, environment_kept
+from agentic_mlops.tasks.mlflow_environment import WORKERS_VARIABLE, environment_kept, tracking_at
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -114,10 +114,8 @@ def client(settings: Settings) -> MlflowClient:
     uri = settings.tracking_uri()
     if settings.uses_embedded_mlflow():
         settings.ensure_dirs()
-    with environment_kept():
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(uri)
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    with tracking_at(uri):
+        return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def ensure_experiment(settings: Settings) -> str:

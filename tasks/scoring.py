@@ -31,7 +31,7 @@ from mlflow.exceptions import MlflowException
 
 from agentic_mlops.decisions import Task
 from agentic_mlops.tasks.batches import DataError
-from agentic_mlops.tasks.mlflow_environment import environment_kept
+from agentic_mlops.tasks.mlflow_environment import tracking_at
 
 NATIVE_FLAVOURS = ("sklearn", "xgboost", "lightgbm")
 """MLflow flavours whose native model is loaded beside the pyfunc, for `predict_proba`."""
@@ -231,9 +231,7 @@ def _load(uri: str, tracking_uri: str) -> ScoringModel:
     import mlflow.pyfunc
 
     try:
-        with environment_kept():  # MLflow's setter would leave its URI in the environment
-            mlflow.set_tracking_uri(tracking_uri)
-            mlflow.set_registry_uri(tracking_uri)
+        with tracking_at(tracking_uri):
             # MLflow's check of the model's requirements against what is installed scans
             # every installed distribution: 1.3 s in each new process, a model server's
             # start included; adoption runs it once (`requirement_mismatches`)
@@ -261,9 +259,7 @@ def requirement_mismatches(uri: str, tracking_uri: str) -> list[str]:
     from mlflow.pyfunc import get_model_dependencies
     from mlflow.utils.requirements_utils import _check_requirement_satisfied, _parse_requirements
 
-    with environment_kept():
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_registry_uri(tracking_uri)
+    with tracking_at(tracking_uri):
         path = get_model_dependencies(uri)
     found = []
     for requirement in _parse_requirements(path, is_constraint=False):

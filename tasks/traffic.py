@@ -52,11 +52,11 @@ class CustomerTraffic:
         self._stop = threading.Event()
         self._deadline: float | None = None
         self._threads = [
-            threading.Thread(target=self.run, args=(rate / callers,), name=f"customer-{i}")
+            threading.Thread(
+                target=self.run, args=(rate / callers,), name=f"customer-{i}", daemon=True
+            )
             for i in range(callers)
         ]
-        for thread in self._threads:
-            thread.daemon = True
         self.use(source)
 
     def use(self, source: pd.DataFrame) -> None:
