@@ -464,10 +464,24 @@ def drift_report(
     report: Annotated[
         Path, typer.Argument(help="The report's .html path, or the .request.json beside it.")
     ],
+    nice: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=19,
+            help="Lower this process's CPU priority by this much (a drift check starts its "
+            "report at 19, so rendering takes only CPU that nothing else wants).",
+        ),
+    ] = 0,
 ) -> None:
     """Render a drift check's Evidently HTML report from the sample the check kept, and log
     it to the model version's MLflow run. Drift checks start this themselves after deciding."""
+    import os
+
     from agentic_mlops.tasks.reports import publish_drift_report
+
+    if nice:
+        os.nice(nice)
 
     request = (
         report if report.name.endswith(".request.json") else report.with_suffix(".request.json")
