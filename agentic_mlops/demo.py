@@ -5,12 +5,15 @@ caught.
    simulated customer traffic with delayed labels.
 2. A lifecycle turn on a normal window: nothing to do. Its rows come as in production: the
    monitor's window of what the router logged, with the labels customers sent back.
-3. A price rise that also changes churn behaviour arrives mid-stream. The next lifecycle turn,
-   on the router's window since the rise, detects it, triages, retrains with a search,
-   canaries the challenger on live traffic and promotes it.
+3. A price rise that also changes churn behaviour arrives mid-stream, as the normal turn
+   begins. The next lifecycle turn, on the router's window since the rise, detects it,
+   triages, retrains with a search, canaries the challenger on live traffic and promotes it.
 4. A broken label join in an offline pipeline feeds the next retraining wrong labels (this
-   turn gets that offline batch). Offline evaluation shares the bug; the canary, judged on
-   live labels, catches the worse model and rolls it back.
+   turn gets that offline batch: the window after the rise's, which filled while the drift
+   turn ran). Offline evaluation shares the bug; the canary, judged on live labels, catches
+   the worse model and rolls it back.
+
+Customers call all along, so each window fills while the turn before it runs.
 5. Final state: aliases, the router's traffic, the ledger with outcomes, and where to look.
 """
 
@@ -161,39 +164,54 @@ def lifecycle_turn(
 
 def tell_the_story(run: DemoRun, traffic: CustomerTraffic) -> dict[str, LifecycleResult]:
     """Steps 2 to 4: a normal stretch, a price rise that changes churn behaviour, and (with
-    `bad_model`) a broken label join feeding the next retraining."""
+    `bad_model`) a broken label join feeding the next retraining.
+
+    Customers keep calling while a turn runs, so each window fills during the turn before
+    it: a turn checks the window that had closed when it started (`window_until`), as a
+    scheduled monitor does while traffic goes on.
+    """
     plan, console = run.plan, run.console
     results = {}
     run.step("2/5 A normal stretch of production traffic")
-    mark, since = traffic.mark(), time.time() + plan.label_delay_seconds
-    _wait_for_window(traffic, mark, plan.window_rows, console, "normal traffic")
+    since = _label_time(plan)
+    _wait_for_window(traffic, traffic.mark(), plan.window_rows, console, "normal traffic")
+    until = time.time()
+    traffic.use(generate_churn(20_000, 22, "gradual", severity=DRIFT_SEVERITY))
+    onset, drift_mark, drift_since = time.monotonic(), traffic.mark(), _label_time(plan)
     results["normal"] = lifecycle_turn(
-        run, "normal-window", window_since=since, window_rows=plan.window_rows
+        run, "normal-window", window_since=since, window_rows=plan.window_rows, window_until=until
     )
 
-    run.step("3/5 A price rise arrives, and churn behaviour changes with it")
-    traffic.use(generate_churn(20_000, 22, "gradual", severity=DRIFT_SEVERITY))
-    onset = time.monotonic()
-    mark, since = traffic.mark(), time.time() + plan.label_delay_seconds
-    _wait_for_window(traffic, mark, plan.window_rows, console, "after the rise")
+    run.step("3/5 A price rise arrived as that turn began, and churn behaviour changed with it")
+    _wait_for_window(traffic, drift_mark, plan.window_rows, console, "after the rise")
+    until, next_mark = time.time(), traffic.mark()
     results["drift"] = lifecycle_turn(
-        run, "drift-window", window_since=since, window_rows=plan.window_rows
+        run,
+        "drift-window",
+        window_since=drift_since,
+        window_rows=plan.window_rows,
+        window_until=until,
     )
     run.took("drift onset to new champion", onset)
 
     if plan.bad_model:
         run.step("4/5 A broken label join feeds the next retraining wrong labels")
-        mark = traffic.mark()
-        window = _wait_for_window(traffic, mark, plan.window_rows, console, "next window")
+        window = _wait_for_window(traffic, next_mark, plan.window_rows, console, "next window")
+        window = window.head(plan.window_rows)
         rng = np.random.default_rng(5)
         window["churn"] = rng.permutation(window["churn"].to_numpy())
         console.print(
-            "The labels of this window were shuffled by the broken join. The holdout "
-            "shares the bug, so the holdout gate is off for this turn; the canary is "
+            "The labels of the window after the rise were shuffled by the broken join. The "
+            "holdout shares the bug, so the holdout gate is off for this turn; the canary is "
             "judged on live labels."
         )
         results["bad"] = lifecycle_turn(run, "bad-labels-window", window, require_improvement=False)
     return results
+
+
+def _label_time(plan: DemoPlan) -> float:
+    """When the labels of the requests sent from now on begin to arrive: a window's start."""
+    return time.time() + plan.label_delay_seconds
 
 
 def ledger_table(settings: Settings) -> Table:

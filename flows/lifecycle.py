@@ -50,6 +50,7 @@ def lifecycle(
     batch_path: str | Empty = None,
     window_since: float | Empty = None,
     window_rows: Annotated[int, Field(ge=1)] | Empty = None,
+    window_until: float | Empty = None,
     target: str | Empty = None,
     retrain_max_trials: Annotated[int, Field(ge=1)] | Empty = None,
     retrain_time_budget_seconds: Annotated[float, Field(gt=0)] | Empty = None,
@@ -68,6 +69,8 @@ def lifecycle(
         window_since: Without a batch: only rows whose labels arrived after this time
             (seconds since the epoch). Empty: the latest window.
         window_rows: Without a batch: at most this many newest rows.
+        window_until: Without a batch: only rows whose labels arrived by this time (a window
+            that has passed; later traffic goes on). Empty: up to now.
         target: Label column. Empty: the champion's (its model card's target).
         retrain_max_trials: Cap on a retraining's trials. Empty: the advisor's own.
         retrain_time_budget_seconds: Cap on a retraining's search seconds. Empty: the
@@ -91,7 +94,7 @@ def lifecycle(
     batch = batch_path
     if batch is None:
         flush_router_log(local_router_url(settings))
-        batch = collect_window(settings, window_since, window_rows)
+        batch = collect_window(settings, window_since, window_rows, window_until)
         if batch is None:
             return Failed(name="NoTraffic", message="the router has logged no labelled rows yet")
     checked = drift_check(

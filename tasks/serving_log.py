@@ -137,18 +137,19 @@ def _unusable_since(lines: list[dict | None], since: float | None, newer_records
 
 
 def _recent(
-    folder: Path, kind: str, since: float | None, limit: int | None
+    folder: Path, kind: str, since: float | None, limit: int | None, until: float | None = None
 ) -> tuple[list[dict], int]:
-    """The records of a log after `since`, at least the newest `limit` of them, oldest first;
-    and how many unusable lines were logged among them."""
+    """The records of a log after `since` and up to `until`, at least the newest `limit` of
+    them, oldest first; and how many unusable lines were logged after `since`."""
     kept: list[list[dict]] = []
     count = unusable = 0
     for lines in _newest_first(folder, kind):
         records = [r for r in lines if r is not None]
         fresh = [r for r in records if since is None or r["ts"] > since]
         unusable += _unusable_since(lines, since, count > 0)
-        kept.append(fresh)
-        count += len(fresh)
+        inside = [r for r in fresh if until is None or r["ts"] <= until]
+        kept.append(inside)
+        count += len(inside)
         if (limit is not None and count >= limit) or len(fresh) < len(records):
             break
     return [record for records in reversed(kept) for record in records], unusable
@@ -172,10 +173,12 @@ def requests_by_id(folder: Path, request_ids: Iterable[str]) -> pd.DataFrame:
     return _table(record for records in reversed(kept) for record in records)
 
 
-def labels(folder: Path, since: float | None = None, limit: int | None = None) -> pd.DataFrame:
-    """The labels received after `since`, the newest `limit`, oldest first; a request labelled
-    twice keeps its last label."""
-    return _labels_table(_recent(folder, LABELS, since, limit)[0], limit)
+def labels(
+    folder: Path, since: float | None = None, limit: int | None = None, until: float | None = None
+) -> pd.DataFrame:
+    """The labels received after `since` and up to `until`, the newest `limit`, oldest first;
+    a request labelled twice keeps its last label."""
+    return _labels_table(_recent(folder, LABELS, since, limit, until)[0], limit)
 
 
 def _labels_table(records: list[dict], limit: int | None) -> pd.DataFrame:
@@ -337,16 +340,20 @@ def write_window_batch(
 
 
 def collect_window(
-    settings: Settings, since: float | None = None, limit: int | None = None
+    settings: Settings,
+    since: float | None = None,
+    limit: int | None = None,
+    until: float | None = None,
 ) -> str | None:
     """The latest labelled production rows as a batch file, for a drift check or retraining.
 
-    Rows whose labels arrived after `since` (seconds since the epoch; all of them when
-    empty), the newest `limit` (`monitor_window_rows`), with the label column; None when
-    fewer than `monitor_min_labels` are labelled. Windows overlap unless `since` moves on.
+    Rows whose labels arrived after `since` and up to `until` (seconds since the epoch; no
+    bound when empty), the newest `limit` (`monitor_window_rows`), with the label column;
+    None when fewer than `monitor_min_labels` are labelled. Windows overlap unless `since`
+    moves on; `until` checks a window that has passed while later traffic goes on.
     """
     folder = log_folder(settings)
-    received = labels(folder, since=since, limit=limit or settings.monitor.window_rows)
+    received = labels(folder, since=since, limit=limit or settings.monitor.window_rows, until=until)
     rows = labelled_requests(folder, received)
     if len(rows) < settings.monitor.min_labels:
         return None

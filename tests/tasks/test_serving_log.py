@@ -180,6 +180,28 @@ def test_reading_since_a_time_returns_only_newer_rows(tmp_path):
     assert logged_rows(folder, since=newer["ts"].max()).empty
 
 
+def test_a_past_window_is_bounded_on_both_sides_while_traffic_goes_on(tmp_path):
+    folder = tmp_path / "log"
+    log = RequestLog(folder, max_bytes=2_048, files=50, chunk_bytes=512)
+    ids = fill(log, 90)
+    bursts: list[list[str]] = []
+    for burst in (ids[:30], ids[30:60], ids[60:]):
+        for request_id in burst:
+            log.labelled(request_id, 1)
+        log.flush()
+        bursts.append(burst)
+        time.sleep(0.01)
+    times = serving_log.labels(folder)["label_ts"].tolist()
+    since, until = times[29], times[59]
+    assert len(log_files(folder, LABELS)) > 1, "the window spans rotated files"
+
+    window = serving_log.labels(folder, since=since, until=until)
+    assert window["request_id"].tolist() == bursts[1]
+    newest = serving_log.labels(folder, since=since, until=until, limit=10)
+    assert newest["request_id"].tolist() == bursts[1][-10:]
+    assert serving_log.labels(folder, until=times[29])["request_id"].tolist() == bursts[0]
+
+
 def test_a_failing_disk_drops_lines_and_never_raises(tmp_path):
     blocked = tmp_path / "not-a-folder"
     blocked.write_text("a file where the log folder should be")
