@@ -99,7 +99,7 @@ class RolloutBackend(Protocol):
 class ServingProcess(BaseModel):
     """One recorded serving process, as `agentic-mlops serving status` lists it."""
 
-    role: Literal["router", "model server"]
+    role: Literal["router", "model server", "standby"]
     model_name: str = Field(default="", description="The registered model it serves.")
     pid: int
     port: int

@@ -26,6 +26,9 @@ os.environ.setdefault("AGENTIC_MLOPS_TUNE_MAX_TRIALS", "3")
 os.environ.setdefault("AGENTIC_MLOPS_TUNE_TIME_BUDGET_SECONDS", "60")
 # the Evidently report is rendered before a check returns, so tests can read it at once
 os.environ.setdefault("AGENTIC_MLOPS_DRIFT_REPORT_MODE", "inline")
+# no standby model server warming beside each test's servers (10 CPU seconds each here): the
+# standby's own tests and the demo's turn it on
+os.environ.setdefault("AGENTIC_MLOPS_SERVING_STANDBY", "false")
 for _name in (
     "MLFLOW_TRACKING_URI",
     "PREFECT_API_URL",

@@ -65,8 +65,10 @@ def test_approval_mode_all_waits_and_no_answer_escalates(champion_home, monkeypa
 
 
 @pytest.mark.slow
-def test_the_demo_promotes_the_fix_and_rolls_back_the_bad_model(home):
+def test_the_demo_promotes_the_fix_and_rolls_back_the_bad_model(home, monkeypatch):
     from agentic_mlops.demo import DemoPlan, run_demo
+
+    monkeypatch.setenv("AGENTIC_MLOPS_SERVING_STANDBY", "true")  # as a user's demo runs
 
     # the demo's own data sizes (a smaller champion makes a normal window look like a drop),
     # with a smaller search
@@ -95,3 +97,7 @@ def test_the_demo_promotes_the_fix_and_rolls_back_the_bad_model(home):
     summary = json.loads((home.reports_dir / "demo-summary.json").read_text())
     assert summary["aliases"] == state["aliases"] and summary["traffic"]["failed"] == 0
     assert 0 < summary["timings"]["drift onset to new champion"] < summary["timings"]["total"]
+    logs = {path.name for path in home.serving_dir.glob("model-*.log")}
+    assert len(logs) == 4 and all("standby" in name for name in logs), (
+        "v1, v2 and v3 were served by warm standbys, and a fourth waited"
+    )
