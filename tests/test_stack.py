@@ -186,6 +186,37 @@ def test_a_pid_taken_by_another_program_is_not_our_server(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_new_home_starts_its_prefect_server_from_the_migrated_template(tmp_path, monkeypatch):
+    import sqlite3
+
+    monkeypatch.setenv(stack.TEMPLATES_VARIABLE, str(tmp_path / "templates"))
+    template = stack.prepare_prefect_template()
+    assert template is not None and template == stack.prefect_template()
+    db = sqlite3.connect(template)
+    (revision,) = db.execute("select version_num from alembic_version").fetchone()
+    db.execute("create table made_by_the_template (x)")
+    db.commit()
+    db.close()
+    assert not Path(f"{template}-wal").exists(), "the template is one file"
+    assert stack.prepare_prefect_template() is None, "made once"
+
+    prefect_home = tmp_path / "home" / "prefect"
+    assert stack.seed_prefect_database(prefect_home)
+    assert not stack.seed_prefect_database(prefect_home), "a home's own database stays"
+    process = stack.start_prefect(prefect_home, tmp_path / "stack")
+    try:
+        stack.wait_ready(process, 120)
+    finally:
+        stack.stop(process)
+    with sqlite3.connect(prefect_home / "prefect.db") as db:
+        assert db.execute("select version_num from alembic_version").fetchone() == (revision,)
+        assert db.execute("select count(*) from made_by_the_template").fetchone() == (0,)
+
+    monkeypatch.setenv("PREFECT_SERVER_DATABASE_CONNECTION_URL", "postgresql+asyncpg://x/y")
+    assert stack.prefect_template() is None, "a database the user names is never seeded"
+
+
+@pytest.mark.slow
 def test_the_check_server_opens_a_new_mlflow_store_only_after_the_ui_answers(tmp_path):
     """Two processes creating a new SQLite store's tables at once fail (MLflow's migrations
     race), so `up` has the check server wait for the MLflow UI, which creates them."""
