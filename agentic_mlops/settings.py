@@ -288,7 +288,8 @@ class ServingSettings(Section):
         default=True,
         description="The local backend keeps one model server started ahead, its libraries "
         "imported, so that serving a new version (a canary) takes about a second instead of "
-        "a new process's start (9 s on the 2-core machine); it costs one idle process.",
+        "a new process's start (9 s on the 2-core machine); it costs one idle process "
+        "(about 350 MB).",
     )
     log_dir: Path | None = Field(
         default=None, description="Folder of the router's log; empty: home/serving/<model>/log."
