@@ -12,8 +12,8 @@ $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet --constraint constraints.txt --editable '.[test]'
-	@# an empty Prefect database at this Prefect's schema: a new home's server starts from it
-	$(BIN)/python -c 'from agentic_mlops.stack import prepare_prefect_template as p; p()'
+	@# empty Prefect and MLflow databases at their schemas: a new home's servers start from them
+	$(BIN)/python -c 'from agentic_mlops.stack import prepare_templates as p; p()'
 	@touch $(STAMP)
 
 # the local stack (Prefect server and MLflow UI) stays up after the demo: its URLs are printed

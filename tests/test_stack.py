@@ -186,34 +186,50 @@ def test_a_pid_taken_by_another_program_is_not_our_server(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_new_home_starts_its_prefect_server_from_the_migrated_template(tmp_path, monkeypatch):
+def test_a_new_home_starts_its_servers_from_the_migrated_templates(tmp_path, monkeypatch):
     import sqlite3
+    from contextlib import closing
 
     monkeypatch.setenv(stack.TEMPLATES_VARIABLE, str(tmp_path / "templates"))
-    template = stack.prepare_prefect_template()
-    assert template is not None and template == stack.prefect_template()
-    db = sqlite3.connect(template)
-    (revision,) = db.execute("select version_num from alembic_version").fetchone()
-    db.execute("create table made_by_the_template (x)")
-    db.commit()
-    db.close()
-    assert not Path(f"{template}-wal").exists(), "the template is one file"
-    assert stack.prepare_prefect_template() is None, "made once"
+    made = stack.prepare_templates()
+    assert made == [stack.template("prefect"), stack.template("mlflow")]
+    revisions = {}
+    for store, path in zip(("prefect", "mlflow"), made, strict=True):
+        with closing(sqlite3.connect(path)) as db, db:
+            (revisions[store],) = db.execute("select version_num from alembic_version").fetchone()
+            db.execute("create table made_by_the_template (x)")
+        assert not Path(f"{path}-wal").exists(), "a template is one file"
+    assert stack.prepare_templates() == [], "made once"
 
-    prefect_home = tmp_path / "home" / "prefect"
-    assert stack.seed_prefect_database(prefect_home)
-    assert not stack.seed_prefect_database(prefect_home), "a home's own database stays"
-    process = stack.start_prefect(prefect_home, tmp_path / "stack")
+    home = tmp_path / "home"
+    monkeypatch.setenv("AGENTIC_MLOPS_HOME", str(home))
+    settings = Settings()
+    assert stack.seed_database("prefect", settings.prefect_home / "prefect.db")
+    assert not stack.seed_database("prefect", settings.prefect_home / "prefect.db"), (
+        "a home's own database stays"
+    )
     try:
-        stack.wait_ready(process, 120)
+        started = stack.up(settings, timeout=180)
+        assert {role: how for role, (_, how) in started.items()} == dict.fromkeys(
+            ("prefect", "mlflow", "checks"), "started"
+        )
     finally:
-        stack.stop(process)
-    with sqlite3.connect(prefect_home / "prefect.db") as db:
-        assert db.execute("select version_num from alembic_version").fetchone() == (revision,)
-        assert db.execute("select count(*) from made_by_the_template").fetchone() == (0,)
+        stack.down(home)
+    for store, database in (
+        ("prefect", settings.prefect_home / "prefect.db"),
+        ("mlflow", settings.mlflow_db),
+    ):
+        with closing(sqlite3.connect(database)) as db:
+            assert db.execute("select version_num from alembic_version").fetchone() == (
+                revisions[store],
+            )
+            assert db.execute("select count(*) from made_by_the_template").fetchone() == (0,)
+    with closing(sqlite3.connect(settings.mlflow_db)) as db:
+        location = db.execute("select artifact_location from experiments where experiment_id = 0")
+        assert location.fetchone() == (f"{settings.artifacts_dir.as_uri()}/0",)
 
     monkeypatch.setenv("PREFECT_SERVER_DATABASE_CONNECTION_URL", "postgresql+asyncpg://x/y")
-    assert stack.prefect_template() is None, "a database the user names is never seeded"
+    assert stack.template("prefect") is None, "a database the user names is never seeded"
 
 
 @pytest.mark.slow
