@@ -402,6 +402,11 @@ def served_check(current: Path, reference: Path | None, target, act, model):
     url = stack.check_server_url(settings.home)
     if url is None:
         return None
+    if not stack.answers(f"{url}{stack.HEALTH['checks']}"):
+        with errors.status(f"The local stack's check server at {url} is still starting..."):
+            if not stack.wait_for_checks(settings.home):
+                errors.print("Checking in this process: the check server did not start")
+                return None
     request = CheckRequest(
         current_path=str(current.resolve()),
         reference_path=str(reference.resolve()) if reference else None,
@@ -963,8 +968,10 @@ def up() -> None:
         if process is None:
             console.print(f"{role}: {how} (tracking is {settings.tracking_uri()})")
             continue
+        note = "; it loads its libraries on its own, a drift check waits for it"
         console.print(
-            f"{role}: {how} at {process.url} (pid {process.pid}, log {process.log})",
+            f"{role}: {how} at {process.url} (pid {process.pid}, log {process.log})"
+            + (note if how == "starting" else ""),
             highlight=False,
             soft_wrap=True,
         )

@@ -152,6 +152,19 @@ def check_server_url(home: Path) -> str | None:
     return process.url if process and in_use(home) else None
 
 
+def wait_for_checks(home: Path, timeout: float = 180.0) -> bool:
+    """Wait while the home's check server runs but does not answer yet (it imports and opens
+    the MLflow store after `up` returns); whether it answers."""
+    deadline = time.monotonic() + timeout
+    while (process := live_record(home).checks) is not None:
+        if answers(process.url + HEALTH["checks"]):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return False
+
+
 def ask_check_server(url: str, request_json: str) -> dict | None:
     """Send a drift check to the check server and wait for its answer; None when it cannot be
     reached (the command then checks by itself)."""
@@ -477,14 +490,16 @@ def stop(process: StackProcess, grace: float | None = 10.0) -> bool:
     return True
 
 
-StartState = Literal["started", "already running", "skipped"]
+StartState = Literal["started", "starting", "already running", "skipped"]
 
 
 def up(settings, timeout: float = 180.0) -> dict[Role, tuple[StackProcess | None, StartState]]:
-    """Start what of the stack does not run yet, all at once, wait until it answers, and
-    record it. The check server needs the Prefect server only at its first check, so it
-    loads its modules while the Prefect server starts; it opens the MLflow store after the
-    MLflow UI answers, as two processes creating a new store's tables at once fail.
+    """Start what of the stack does not run yet, all at once, wait until the Prefect server
+    and the MLflow UI answer, and record it. The check server needs the Prefect server only at
+    its first check, so it loads its modules while the others start, at a lower CPU priority,
+    and goes on after `up` returns (a drift check waits for it: `wait_for_checks`); it opens
+    the MLflow store after the MLflow UI answers, as two processes creating a new store's
+    tables at once fail.
 
     The MLflow UI is skipped when tracking is not the home's own store on a database (an
     MLflow server is its own UI).
@@ -526,9 +541,15 @@ def up(settings, timeout: float = 180.0) -> dict[Role, tuple[StackProcess | None
         else:
             record.checks = start_checks(record.prefect.api_url, folder, mlflow=record.mlflow)
             started.append(record.checks)
-            outcome["checks"] = (record.checks, "started")
+            outcome["checks"] = (record.checks, "starting")
         for process in started:
-            wait_ready(process, timeout)
+            if process is not record.checks:  # it warms up on its own (`wait_for_checks`)
+                wait_ready(process, timeout)
+        if not running(record.checks):
+            raise StackError(
+                f"checks exited while starting; {record.checks.log} ends:\n"
+                + _log_tail(Path(record.checks.log))
+            )
         for store in new:  # made here, nothing in it yet: the next new home starts sooner
             if getattr(record, store) in started:
                 save_template(store, databases[store])

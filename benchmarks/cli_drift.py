@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from agentic_mlops import stack
+
 Row = dict[str, object]
 ROWS = 200_000
 SMALL_ROWS = 10_000
@@ -127,6 +129,8 @@ def bench_cli_drift() -> list[Row]:
     stacked_env = clean_env(folder / "home-stack")
     up_s, _ = timed_process([cli("agentic-mlops"), "up"], stacked_env)
     try:
+        # "stack up" is the whole stack ready: the check server goes on loading after `up`
+        stack.wait_for_checks(Path(stacked_env["AGENTIC_MLOPS_HOME"]))
         stacked_s, stacked_gap = drift_check(reference, current, stacked_env)
         again_s, _ = drift_check(reference, current, stacked_env)
         small_s, small_gap = drift_check(reference, small, stacked_env)
