@@ -6,10 +6,11 @@ as `tasks/scoring.py` defines it (a classifier's positive-class probability, a r
 prediction), the same score the drift check uses. A multiclass classifier with class
 probabilities also answers `"classes": [...]` and `"probabilities": [[p, ...], ...]`, one
 list per row in the order of the classes, so the router can score a label by Brier. A row
-the model's signature refuses gets 422 naming the column. A request of up to `INLINE_ROWS`
-rows is scored on the event loop (a few milliseconds; handing it to a thread and back cost a
-fifth of the server's CPU per request, and 79 instead of 103 requests a second here); a larger
-batch in a worker thread, so that health checks are answered meanwhile.
+the model's signature refuses gets 422 naming the column. Rows are scored in a worker thread
+so the event loop keeps answering health checks. (Scoring a request of a few rows on the
+event loop answered 103 requests a second instead of 79 here, but the canary test between two
+such servers then took 167 and 214 s to decide instead of 57 s; our guess is that requests
+waiting behind one another spread the latencies the sequential test compares.)
 
 Fault injection for drills and tests (`--fault-error-rate`, `--fault-latency-ms`) makes a
 share of requests fail with 503 or every request slower; both are off unless given.
@@ -42,7 +43,6 @@ from pydantic import BaseModel, Field, ValidationError
 from agentic_mlops.decisions import TASKS, Task
 from agentic_mlops.tasks.scoring import ScoringModel, load_scoring_model, model_task
 
-INLINE_ROWS = 16
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -108,11 +108,7 @@ class ModelServer:
         if self.fault_error_rate and self.random.random() < self.fault_error_rate:
             return self._answer(503, {"error": "injected fault"}, start)
         try:
-            answer = (
-                self.answer(rows)
-                if len(rows) <= INLINE_ROWS
-                else await asyncio.to_thread(self.answer, rows)
-            )
+            answer = await asyncio.to_thread(self.answer, rows)
         except Exception as error:  # schema enforcement and model errors name the problem
             return self._answer(422, {"error": f"cannot score: {error}"}, start)
         return self._answer(200, {**answer, "model": self.name, "version": self.version}, start)
