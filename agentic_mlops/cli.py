@@ -968,10 +968,13 @@ def up() -> None:
         if process is None:
             console.print(f"{role}: {how} (tracking is {settings.tracking_uri()})")
             continue
-        note = "; it loads its libraries on its own, a drift check waits for it"
+        notes = {
+            "checks": "; it loads its libraries on its own, and a drift check waits for it",
+            "mlflow": "; the UI answers in a few seconds (commands use the store itself)",
+        }
         console.print(
             f"{role}: {how} at {process.url} (pid {process.pid}, log {process.log})"
-            + (note if how == "starting" else ""),
+            + (notes.get(role, "") if how == "starting" else ""),
             highlight=False,
             soft_wrap=True,
         )

@@ -495,11 +495,13 @@ StartState = Literal["started", "starting", "already running", "skipped"]
 
 def up(settings, timeout: float = 180.0) -> dict[Role, tuple[StackProcess | None, StartState]]:
     """Start what of the stack does not run yet, all at once, wait until the Prefect server
-    and the MLflow UI answer, and record it. The check server needs the Prefect server only at
-    its first check, so it loads its modules while the others start, at a lower CPU priority,
-    and goes on after `up` returns (a drift check waits for it: `wait_for_checks`); it opens
-    the MLflow store after the MLflow UI answers, as two processes creating a new store's
-    tables at once fail.
+    answers, and record it. The MLflow UI is waited for only when it creates the home's store
+    (no template) or serves another database: commands use the store itself, so a UI over a
+    store with its tables goes on starting after `up` returns. The check server needs the
+    Prefect server only at its first check, so it loads its modules while the others start,
+    at a lower CPU priority, and goes on after `up` returns (a drift check waits for it:
+    `wait_for_checks`); it opens the MLflow store after the MLflow UI answers, as two
+    processes creating a new store's tables at once fail.
 
     The MLflow UI is skipped when tracking is not the home's own store on a database (an
     MLflow server is its own UI).
@@ -535,7 +537,11 @@ def up(settings, timeout: float = 180.0) -> dict[Role, tuple[StackProcess | None
                 seed_database("mlflow", settings.mlflow_db, settings.artifacts_dir)
             record.mlflow = start_mlflow(tracking, settings.artifacts_dir, folder)
             started.append(record.mlflow)
-            outcome["mlflow"] = (record.mlflow, "started")
+            # a store whose tables exist is used by commands while its UI still starts; one
+            # the UI creates (or another database) is waited for: two creators at once fail
+            creates = "mlflow" in new and not settings.mlflow_db.exists()
+            waited = creates or not settings.uses_embedded_mlflow()
+            outcome["mlflow"] = (record.mlflow, "started" if waited else "starting")
         if record.checks:
             outcome["checks"] = (record.checks, "already running")
         else:
@@ -543,13 +549,14 @@ def up(settings, timeout: float = 180.0) -> dict[Role, tuple[StackProcess | None
             started.append(record.checks)
             outcome["checks"] = (record.checks, "starting")
         for process in started:
-            if process is not record.checks:  # it warms up on its own (`wait_for_checks`)
+            if outcome[process.role][1] == "started":  # the others go on starting on their own
                 wait_ready(process, timeout)
-        if not running(record.checks):
-            raise StackError(
-                f"checks exited while starting; {record.checks.log} ends:\n"
-                + _log_tail(Path(record.checks.log))
-            )
+        for process in started:
+            if not running(process):
+                raise StackError(
+                    f"{process.role} exited while starting; {process.log} ends:\n"
+                    + _log_tail(Path(process.log))
+                )
         for store in new:  # made here, nothing in it yet: the next new home starts sooner
             if getattr(record, store) in started:
                 save_template(store, databases[store])

@@ -212,9 +212,9 @@ def test_a_new_home_starts_its_servers_from_the_migrated_templates(tmp_path, mon
     try:
         started = stack.up(settings, timeout=180)
         assert {role: how for role, (_, how) in started.items()} == dict.fromkeys(
-            ("prefect", "mlflow"), "started"
-        ) | {"checks": "starting"}
-        assert stack.wait_for_checks(home)
+            ("mlflow", "checks"), "starting"
+        ) | {"prefect": "started"}
+        assert stack.wait_for_checks(home)  # which waits for the MLflow UI before its store
     finally:
         stack.down(home)
     for store, database in (
