@@ -241,6 +241,19 @@ def _spawn(
     )
 
 
+def ensure_running(process: StackProcess) -> None:
+    """Check that a process that was starting still runs.
+
+    Raises:
+        StackError: it has exited (the message ends with its log's tail).
+    """
+    if not running(process):
+        raise StackError(
+            f"{process.role} exited while starting; {process.log} ends:\n"
+            + _log_tail(Path(process.log))
+        )
+
+
 def wait_ready(process: StackProcess, timeout: float) -> None:
     """Wait until a started process answers its health address.
 
@@ -250,11 +263,7 @@ def wait_ready(process: StackProcess, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     health = process.url + HEALTH[process.role]
     while time.monotonic() < deadline:
-        if not running(process):
-            raise StackError(
-                f"{process.role} exited while starting; {process.log} ends:\n"
-                + _log_tail(Path(process.log))
-            )
+        ensure_running(process)
         if answers(health):
             return
         time.sleep(0.25)
@@ -539,9 +548,8 @@ def up(settings, timeout: float = 180.0) -> dict[Role, tuple[StackProcess | None
             started.append(record.mlflow)
             # a store whose tables exist is used by commands while its UI still starts; one
             # the UI creates (or another database) is waited for: two creators at once fail
-            creates = "mlflow" in new and not settings.mlflow_db.exists()
-            waited = creates or not settings.uses_embedded_mlflow()
-            outcome["mlflow"] = (record.mlflow, "started" if waited else "starting")
+            has_tables = settings.uses_embedded_mlflow() and settings.mlflow_db.exists()
+            outcome["mlflow"] = (record.mlflow, "starting" if has_tables else "started")
         if record.checks:
             outcome["checks"] = (record.checks, "already running")
         else:
@@ -552,11 +560,7 @@ def up(settings, timeout: float = 180.0) -> dict[Role, tuple[StackProcess | None
             if outcome[process.role][1] == "started":  # the others go on starting on their own
                 wait_ready(process, timeout)
         for process in started:
-            if not running(process):
-                raise StackError(
-                    f"{process.role} exited while starting; {process.log} ends:\n"
-                    + _log_tail(Path(process.log))
-                )
+            ensure_running(process)
         for store in new:  # made here, nothing in it yet: the next new home starts sooner
             if getattr(record, store) in started:
                 save_template(store, databases[store])

@@ -195,7 +195,8 @@ class LocalRollout:
             return record.standby
         port = free_port()
         log = self.folder / f"model-standby-{time.time_ns() // 1_000_000}.log"
-        pid = self._spawn("agentic_mlops.serving.model_server", ["--standby", *_on(port)], log)
+        args = ["--standby", "--port", str(port)]
+        pid = self._spawn("agentic_mlops.serving.model_server", args, log)
         record.standby = ServedProcess(pid=pid, port=port, log=str(log))
         self._save(record)
         return record.standby
@@ -283,8 +284,8 @@ class LocalRollout:
         """A new model server process for the version (not waited for)."""
         port = free_port()
         log = self.folder / f"model-v{version}.log"
-        args = [*("--model-uri", load["model_uri"]), *_on(port)]
-        args += [*("--tracking-uri", load["tracking_uri"], "--task", load["task"])]
+        args = ["--model-uri", load["model_uri"], "--port", str(port)]
+        args += ["--tracking-uri", load["tracking_uri"], "--task", load["task"]]
         for option in ("fault_error_rate", "fault_latency_ms"):
             if load[option]:
                 args += [f"--{option.replace('_', '-')}", str(load[option])]
@@ -448,10 +449,6 @@ class LocalRollout:
                 self._retire(int(version), drain_seconds=0.0)
                 stopped.append(int(version))
         return stopped
-
-
-def _on(port: int) -> list[str]:
-    return ["--port", str(port)]
 
 
 def _listed(
