@@ -115,15 +115,24 @@ def running(process: StackProcess) -> bool:
     except OSError:
         return False
     try:
-        command = Path(f"/proc/{process.pid}/cmdline").read_bytes()
-        if not command:  # between fork and exec, or ended and not yet reaped
-            state = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-            return state not in ("Z", "X")
+        command = command_line(process.pid)
     except FileNotFoundError:
         return False
     except OSError:
         return True
     return COMMAND_MARKERS[process.role] in command
+
+
+def command_line(pid: int, patience: float = 1.0) -> bytes:
+    """A process's command line from `/proc`. It reads empty for a moment while the process
+    runs exec (its new name already shows), so an empty one is read again for a short while;
+    a zombie's stays empty."""
+    deadline = time.monotonic() + patience
+    while not (command := Path(f"/proc/{pid}/cmdline").read_bytes()):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    return command
 
 
 def live_record(home: Path) -> StackRecord:

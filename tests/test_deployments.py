@@ -70,14 +70,16 @@ def runs_of(client, deployment_id, *states: StateType) -> list:
     )
 
 
-def wait_for(check, seconds: float, what: str):
+def wait_for(check, seconds: float, what: str, log: Path | None = None):
+    """`check()` once it is true; a failure shows the end of `log`, where given."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         found = check()
         if found:
             return found
         time.sleep(0.5)
-    raise AssertionError(f"{what} within {seconds:.0f} s")
+    tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
+    raise AssertionError(f"{what} within {seconds:.0f} s\n{tail}".rstrip())
 
 
 @pytest.fixture(
@@ -191,14 +193,17 @@ def test_schedules_the_cli_and_events_start_runs_that_a_worker_completes(
                 for run in announced:
                     client.delete_flow_run(run.id)
 
-                # a short schedule of our own, with its parameters, and the obvious CLI trigger
+                # a short schedule of our own, with its parameters, and the obvious CLI trigger;
+                # its first run is due a margin ahead, as a scheduler that first looks after the
+                # anchor has passed schedules the next interval's run (an hour on, once in CI)
+                anchor = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=20)
                 client.create_deployment_schedules(
                     drift.id,
                     [
                         DeploymentScheduleCreate(
                             schedule=IntervalSchedule(
                                 interval=dt.timedelta(seconds=3600),
-                                anchor_date=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=3),
+                                anchor_date=anchor,
                             ),
                             active=True,
                             parameters={"current_path": str(batch), "act": False},
@@ -210,6 +215,8 @@ def test_schedules_the_cli_and_events_start_runs_that_a_worker_completes(
                     60,
                     "the scheduler created no run",
                 )[0]
+                due = (scheduled.expected_start_time - anchor).total_seconds()
+                assert abs(due) < 1, f"the schedule's first run is due {due:.0f} s after its anchor"
                 typed = prefect_cli(
                     "deployment",
                     "run",
@@ -236,7 +243,12 @@ def test_schedules_the_cli_and_events_start_runs_that_a_worker_completes(
                     states = [client.read_flow_run(i).state for i in (scheduled.id, cli_run)]
                     return all(s is not None and s.is_final() for s in states) and states
 
-                for state in wait_for(finished, 300, "the worker did not finish both runs"):
+                for state in wait_for(
+                    finished,
+                    300,
+                    "the worker did not finish both runs",
+                    log=server_folder / "worker.log",
+                ):
                     assert state.is_completed(), state
                 decisions = ledger.list_decisions("churn", settings=home)
                 assert {d.flow_run_id for d in decisions} == {str(scheduled.id), cli_run}

@@ -186,6 +186,18 @@ def test_a_pid_taken_by_another_program_is_not_our_server(tmp_path):
         other.wait()
 
 
+def test_a_process_read_as_it_starts_shows_its_command_line():
+    # the kernel shows a process's new name before its command line while it runs exec:
+    # reading at that moment once took a stranger's program for our server
+    for _ in range(20):
+        started = subprocess.Popen(["sleep", "30"])
+        try:
+            assert stack.command_line(started.pid) == b"sleep\x0030\x00"
+        finally:
+            started.kill()
+            started.wait()
+
+
 @pytest.mark.slow
 def test_a_new_home_starts_its_servers_from_the_migrated_templates(tmp_path, monkeypatch):
     import sqlite3
