@@ -19,7 +19,6 @@ $(STAMP): pyproject.toml constraints.txt
 # the local stack (Prefect server and MLflow UI) stays up after the demo: its URLs are printed
 # at the end; `make down` stops it
 demo: setup
-	$(BIN)/agentic-mlops up
 	$(BIN)/agentic-mlops demo
 
 down: setup

@@ -115,6 +115,22 @@ def start_server_early():
     return server
 
 
+def start_stack_early(settings):
+    """Start the local stack (`stack.start`) when no Prefect server is set and none runs, and
+    point Prefect at it, so the command imports its libraries while the servers start (then
+    `finish_stack`). Called before Prefect is imported; None when nothing was started."""
+    import os
+    import sys
+
+    from agentic_mlops import stack
+
+    if os.environ.get("PREFECT_API_URL") or "prefect" in sys.modules:
+        return None  # the stack already runs (`runtime` pointed Prefect at it), or another
+    starting = stack.start(settings)
+    os.environ["PREFECT_API_URL"] = starting.record.prefect.api_url
+    return starting
+
+
 def wait_for_server(server) -> None:
     """Wait for the temporary server started early, if one was; a one-line error if it fails."""
     from agentic_mlops import stack
@@ -322,14 +338,25 @@ def demo(
     no_bad_model: Annotated[
         bool, typer.Option("--no-bad-model", help="Skip the second scenario (a worse model).")
     ] = False,
+    with_stack: Annotated[
+        bool,
+        typer.Option(
+            "--stack/--no-stack",
+            help="Start the local stack (`up`) when none runs and leave it up, to look at the "
+            "runs afterwards; --no-stack runs on a temporary Prefect server.",
+        ),
+    ] = True,
 ) -> None:
     """The whole loop on the embedded defaults: serve a champion to simulated customers, let
     drift arrive, and watch the system detect it, retrain, canary and promote; then catch a
     worse model in its canary and roll it back."""
-    from agentic_mlops.demo import DemoPlan, run_demo
-
     settings = load_settings()
     settings.ensure_dirs()
+    starting = start_stack_early(settings) if with_stack else None
+    from agentic_mlops.demo import DemoPlan, run_demo  # imported while the stack starts
+
+    if starting is not None:
+        finish_stack(settings, starting)
     announce_server()
     run_demo(console, DemoPlan(bad_model=not no_bad_model), wait_for_person=wait_for_person)
     console.print(where_to_look(), highlight=False)
@@ -959,9 +986,17 @@ def up() -> None:
 
     settings = load_settings()
     settings.ensure_dirs()
+    finish_stack(settings, stack.start(settings))
+
+
+def finish_stack(settings, starting) -> None:
+    """Wait for the stack `stack.start` set going and say what runs where; a one-line error
+    (exit 1) when a process fails, with what it started stopped again."""
+    from agentic_mlops import stack
+
     try:
         with errors.status("Starting the Prefect server and the MLflow UI..."):
-            started = stack.up(settings)
+            started = stack.finish(starting)
     except stack.StackError as error:
         fail(str(error).splitlines()[0] + f" (logs in {stack.stack_dir(settings.home)})", 1)
     for role, (process, how) in started.items():

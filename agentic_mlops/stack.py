@@ -511,34 +511,33 @@ def stop(process: StackProcess, grace: float | None = 10.0) -> bool:
 StartState = Literal["started", "starting", "already running", "skipped"]
 
 
-def up(settings, timeout: float = 180.0) -> dict[Role, tuple[StackProcess | None, StartState]]:
-    """Start what of the stack does not run yet, all at once, wait until the Prefect server
-    answers, and record it. The MLflow UI is waited for only when it creates the home's store
-    (no template) or serves another database: commands use the store itself, so a UI over a
-    store with its tables goes on starting after `up` returns. The check server needs the
-    Prefect server only at its first check, so it loads its modules while the others start,
-    at a lower CPU priority, and goes on after `up` returns (a drift check waits for it:
-    `wait_for_checks`); it opens the MLflow store after the MLflow UI answers, as two
-    processes creating a new store's tables at once fail.
+class Starting(BaseModel):
+    """A stack `start` has set going and `finish` waits for and records."""
 
-    The MLflow UI is skipped when tracking is not the home's own store on a database (an
-    MLflow server is its own UI).
+    home: Path
+    record: StackRecord
+    outcome: dict[Role, tuple[StackProcess | None, StartState]]
+    started: list[StackProcess]
+    new_stores: dict[Store, Path]
+    """The databases made by this start, saved as templates once their servers answer."""
 
-    Raises:
-        StackError: a process exited or did not answer within `timeout`; what started in this
-            call is stopped again.
-    """
+
+def start(settings) -> Starting:
+    """Start what of the stack does not run yet, all at once, without waiting for it: the
+    Prefect server's address is known at once, so a command points Prefect at it and imports
+    its libraries while the servers start (`finish` then waits). What started is stopped
+    again if starting the rest fails."""
     home = settings.home
     folder = stack_dir(home)
     folder.mkdir(parents=True, exist_ok=True)
     record = live_record(home)
     outcome: dict[Role, tuple[StackProcess | None, StartState]] = {}
     started: list[StackProcess] = []
+    databases: dict[Store, Path] = {"prefect": settings.prefect_home / "prefect.db"}
+    if settings.uses_embedded_mlflow():
+        databases["mlflow"] = settings.mlflow_db
+    new = {store: path for store, path in databases.items() if not path.exists()}
     try:
-        databases: dict[Store, Path] = {"prefect": settings.prefect_home / "prefect.db"}
-        if settings.uses_embedded_mlflow():
-            databases["mlflow"] = settings.mlflow_db
-        new = {store for store, path in databases.items() if not path.exists()}
         if record.prefect:
             outcome["prefect"] = (record.prefect, "already running")
         else:
@@ -565,20 +564,58 @@ def up(settings, timeout: float = 180.0) -> dict[Role, tuple[StackProcess | None
             record.checks = start_checks(record.prefect.api_url, folder, mlflow=record.mlflow)
             started.append(record.checks)
             outcome["checks"] = (record.checks, "starting")
-        for process in started:
-            if outcome[process.role][1] == "started":  # the others go on starting on their own
-                wait_ready(process, timeout)
-        for process in started:
-            ensure_running(process)
-        for store in new:  # made here, nothing in it yet: the next new home starts sooner
-            if getattr(record, store) in started:
-                save_template(store, databases[store])
     except BaseException:
         for process in started:
             stop(process)
         raise
-    write_record(home, record)
-    return outcome
+    return Starting(
+        home=home,
+        record=record,
+        outcome=outcome,
+        started=started,
+        new_stores={s: p for s, p in new.items() if getattr(record, s) in started},
+    )
+
+
+def finish(
+    starting: Starting, timeout: float = 180.0
+) -> dict[Role, tuple[StackProcess | None, StartState]]:
+    """Wait until the Prefect server `start` started answers, and record the stack. The
+    MLflow UI is waited for only when it creates the home's store (no template) or serves
+    another database: commands use the store itself, so a UI over a store with its tables goes
+    on starting. The check server needs the Prefect server only at its first check, so it
+    loads its modules while the others start, at a lower CPU priority, and goes on after this
+    returns (a drift check waits for it: `wait_for_checks`); it opens the MLflow store after
+    the MLflow UI answers, as two processes creating a new store's tables at once fail.
+
+    Raises:
+        StackError: a process exited or did not answer within `timeout`; what `start` started
+            is stopped again.
+    """
+    try:
+        for process in starting.started:
+            if starting.outcome[process.role][1] == "started":  # the others go on starting
+                wait_ready(process, timeout)
+        for process in starting.started:
+            ensure_running(process)
+        for (
+            store,
+            path,
+        ) in starting.new_stores.items():  # empty yet: the next new home starts sooner
+            save_template(store, path)
+    except BaseException:
+        for process in starting.started:
+            stop(process)
+        raise
+    write_record(starting.home, starting.record)
+    return starting.outcome
+
+
+def up(settings, timeout: float = 180.0) -> dict[Role, tuple[StackProcess | None, StartState]]:
+    """Start what of the stack does not run yet and wait for it (`start`, then `finish`).
+    The MLflow UI is skipped when tracking is not the home's own store on a database (an
+    MLflow server is its own UI)."""
+    return finish(start(settings), timeout)
 
 
 def down(home: Path) -> list[tuple[StackProcess, bool]]:

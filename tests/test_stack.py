@@ -199,6 +199,25 @@ def test_a_process_read_as_it_starts_shows_its_command_line():
 
 
 @pytest.mark.slow
+def test_the_demo_starts_the_stack_it_runs_on_and_leaves_it_up(tmp_path):
+    home = tmp_path / "home"
+    try:
+        shown = run(home, "demo", "--no-bad-model", timeout=900)
+        assert shown.returncode == 0, shown.stderr[-3000:]
+        record = stack.live_record(home)
+        assert record.prefect and record.mlflow and record.checks, "left up"
+        assert f"prefect: started at {record.prefect.url}" in shown.stdout
+        assert f"Using the local stack: Prefect at {record.prefect.api_url}" in shown.stderr
+        entries = ledger.list_decisions(settings=Settings(home=home))
+        assert {e.action for e in entries} >= {"retrain"}
+        for entry in entries:  # the flows ran on the stack's server, whose UI shows them
+            _, state = asyncio.run(flow_run_name(record.prefect.api_url, entry.flow_run_id))
+            assert state == "COMPLETED"
+    finally:
+        run(home, "down")
+
+
+@pytest.mark.slow
 def test_a_new_home_starts_its_servers_from_the_migrated_templates(tmp_path, monkeypatch):
     import sqlite3
     from contextlib import closing
@@ -222,7 +241,10 @@ def test_a_new_home_starts_its_servers_from_the_migrated_templates(tmp_path, mon
         "a home's own database stays"
     )
     try:
-        started = stack.up(settings, timeout=180)
+        starting = stack.start(settings)  # returns at once: a command imports meanwhile
+        assert not stack.read_record(home).processes(), "recorded only once it answers"
+        started = stack.finish(starting, timeout=180)
+        assert stack.prefect_api_url(home) == starting.record.prefect.api_url
         assert {role: how for role, (_, how) in started.items()} == dict.fromkeys(
             ("mlflow", "checks"), "starting"
         ) | {"prefect": "started"}
