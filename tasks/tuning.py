@@ -96,7 +96,11 @@ class SearchSpace(BaseModel):
         min_length=1, description="Model families to try, each with its parameter ranges."
     )
     max_trials: int = Field(ge=1, description="Most trials (configurations) to run.")
-    time_budget_seconds: float = Field(gt=0, description="Wall-clock budget of the search.")
+    time_budget_seconds: float = Field(
+        gt=0,
+        description="Wall-clock budget of the search; spent before any trial finished, the "
+        "search runs on until one does (at most 5 minutes more).",
+    )
     algorithm: Algorithm = Field(default="optuna", description="random or optuna (TPE).")
 
     @model_validator(mode="after")
@@ -387,6 +391,34 @@ def _scheduler(early_stopping: bool, settings: Settings) -> Any:
     )
 
 
+BUDGET_GRACE_SECONDS = 300.0
+"""How long past its budget a search may run while no trial has run every step."""
+
+
+def _budget(seconds: float) -> Any:
+    """A Ray Tune stopper that ends the search once `seconds` have passed and some trial has
+    run every step. A budget spent on Ray's workers starting (a loaded 2-core machine once
+    took the demo's whole 30 s before the first trial reported) would end the search with
+    nothing to register; it then runs on until a trial finishes, for up to
+    `BUDGET_GRACE_SECONDS` more."""
+    from ray.tune import Stopper
+
+    class Budget(Stopper):
+        def __init__(self) -> None:
+            self.started = time.monotonic()
+            self.finished = False
+
+        def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+            self.finished = self.finished or result.get("training_iteration", 0) >= STEPS
+            return False
+
+        def stop_all(self) -> bool:
+            spent = time.monotonic() - self.started
+            return spent >= seconds + (0 if self.finished else BUDGET_GRACE_SECONDS)
+
+    return Budget()
+
+
 def _tuner(
     data: TuningData,
     space: SearchSpace,
@@ -396,8 +428,8 @@ def _tuner(
     tracker: TrialTracker,
     max_concurrent_trials: int | None,
 ) -> Any:
-    """Ray Tune's `Tuner` over the space: one CPU per trial, the budget's trials and seconds,
-    results under home's `ray_results`."""
+    """Ray Tune's `Tuner` over the space: one CPU per trial, the budget's trials and seconds
+    (`_budget`), results under home's `ray_results`."""
     from ray import tune
 
     storage = settings.home / "ray_results"
@@ -412,13 +444,13 @@ def _tuner(
             scheduler=scheduler,
             num_samples=space.max_trials,
             max_concurrent_trials=max_concurrent_trials if space.algorithm == "optuna" else None,
-            time_budget_s=space.time_budget_seconds,
             reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name=f"{settings.model_name}-search-{int(time.time() * 1000)}",
             storage_path=str(storage),
             callbacks=[_ray_callback(tracker)],
+            stop=_budget(space.time_budget_seconds),
             verbose=0,
         ),
     )

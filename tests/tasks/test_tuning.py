@@ -124,6 +124,17 @@ def test_trials_are_child_runs_with_metrics_per_step(home, data):
 
 
 @pytest.mark.slow
+def test_a_budget_spent_before_any_trial_finished_waits_for_the_first(home, data):
+    # Ray's workers take longer to start than this whole budget: the search runs on until one
+    # trial has run every step, then stops (it once ended empty-handed on a loaded machine)
+    space = small_space(trials=6, families={"logistic_regression": {}})
+    space.time_budget_seconds = 0.2
+    result = run_search(data, space, home, max_concurrent_trials=1)
+    finished = [t for t in result.trials if t.steps == STEPS and t.score is not None]
+    assert finished and result.best_score == max(t.score for t in finished)
+    assert len(result.trials) < 6, "the budget, spent, still ends the search"
+
+
 def test_asha_stops_trailing_trials_and_fifo_does_not(home, data):
     space = small_space(trials=6, algorithm="random")
     asha = run_search(data, space, home, early_stopping=True)
