@@ -54,6 +54,13 @@ class MountedServer(BaseModel):
     tools: list[str] | None = Field(
         default=None, description="Only these tools (names as the server gives them)."
     )
+    start_timeout_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="How long the server may take to start and answer MCP's handshake: a "
+        "Python server importing its libraries takes tens of seconds on a busy machine "
+        "(pydantic-ai's default is 5 s).",
+    )
 
     @model_validator(mode="after")
     def _one_transport(self) -> MountedServer:
@@ -77,10 +84,19 @@ def server_toolset(server: MountedServer) -> Any:
         source = StdioTransport(
             command=server.command, args=server.args, env=server.env, keep_alive=False
         )
-        toolset = MCPToolset(source, id=server.name, tool_error_behavior="failed")
+        toolset = MCPToolset(
+            source,
+            id=server.name,
+            tool_error_behavior="failed",
+            init_timeout=server.start_timeout_seconds,
+        )
     else:
         toolset = MCPToolset(
-            server.url, id=server.name, headers=server.headers, tool_error_behavior="failed"
+            server.url,
+            id=server.name,
+            headers=server.headers,
+            tool_error_behavior="failed",
+            init_timeout=server.start_timeout_seconds,
         )
     allowed = set(server.tools) if server.tools is not None else None
 

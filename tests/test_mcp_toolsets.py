@@ -114,6 +114,15 @@ def test_a_read_only_mount_shows_only_tools_declared_read_only_unless_told_other
 
 
 @pytest.mark.slow
+def test_a_server_slower_to_start_than_pydantic_ais_five_seconds_is_mounted(home, monkeypatch):
+    late = our_server(home)
+    late["args"] = ["-c", f"sleep 6; exec {CLI} mcp"]
+    late["command"] = "/bin/sh"
+    seen = visible_tools(mount(monkeypatch, late))
+    assert seen == {f"mlops_{name}" for name in READ_TOOLS}
+
+
+@pytest.mark.slow
 def test_the_triage_agent_on_a_model_calls_a_mounted_tool_and_its_decision_is_guarded(
     home, monkeypatch
 ):
