@@ -122,13 +122,21 @@ def start_stack_early(settings):
     import os
     import sys
 
-    from agentic_mlops import stack
-
     if os.environ.get("PREFECT_API_URL") or "prefect" in sys.modules:
         return None  # the stack already runs (`runtime` pointed Prefect at it), or another
-    starting = stack.start(settings)
+    starting = start_stack(settings)
     os.environ["PREFECT_API_URL"] = starting.record.prefect.api_url
     return starting
+
+
+def start_stack(settings):
+    """`stack.start`; a one-line error (exit 1) when a process cannot be started."""
+    from agentic_mlops import stack
+
+    try:
+        return stack.start(settings)
+    except stack.StackError as error:
+        fail(str(error).splitlines()[0] + f" (logs in {stack.stack_dir(settings.home)})", 1)
 
 
 def wait_for_server(server) -> None:
@@ -343,7 +351,7 @@ def demo(
         typer.Option(
             "--stack/--no-stack",
             help="Start the local stack (`up`) when none runs and leave it up, to look at the "
-            "runs afterwards; --no-stack runs on a temporary Prefect server.",
+            "runs afterwards; --no-stack: with none running, a temporary Prefect server.",
         ),
     ] = True,
 ) -> None:
@@ -982,11 +990,10 @@ def notify(
 def up() -> None:
     """Start the local stack in the background: a Prefect server on the home's SQLite and the
     MLflow UI on the home's tracking store. Every command and flow uses it until `down`."""
-    from agentic_mlops import stack
 
     settings = load_settings()
     settings.ensure_dirs()
-    finish_stack(settings, stack.start(settings))
+    finish_stack(settings, start_stack(settings))
 
 
 def finish_stack(settings, starting) -> None:
