@@ -526,7 +526,8 @@ def start(settings) -> Starting:
     """Start what of the stack does not run yet, all at once, without waiting for it: the
     Prefect server's address is known at once, so a command points Prefect at it and imports
     its libraries while the servers start (`finish` then waits). What started is stopped
-    again if starting the rest fails."""
+    again if starting the rest fails. The MLflow UI is skipped when tracking is not the
+    home's own store on a database (an MLflow server is its own UI)."""
     home = settings.home
     folder = stack_dir(home)
     folder.mkdir(parents=True, exist_ok=True)
@@ -598,10 +599,8 @@ def finish(
                 wait_ready(process, timeout)
         for process in starting.started:
             ensure_running(process)
-        for (
-            store,
-            path,
-        ) in starting.new_stores.items():  # empty yet: the next new home starts sooner
+        # empty yet: the next new home starts sooner from them
+        for store, path in starting.new_stores.items():
             save_template(store, path)
     except BaseException:
         for process in starting.started:
@@ -609,13 +608,6 @@ def finish(
         raise
     write_record(starting.home, starting.record)
     return starting.outcome
-
-
-def up(settings, timeout: float = 180.0) -> dict[Role, tuple[StackProcess | None, StartState]]:
-    """Start what of the stack does not run yet and wait for it (`start`, then `finish`).
-    The MLflow UI is skipped when tracking is not the home's own store on a database (an
-    MLflow server is its own UI)."""
-    return finish(start(settings), timeout)
 
 
 def down(home: Path) -> list[tuple[StackProcess, bool]]:
