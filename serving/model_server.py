@@ -3,10 +3,11 @@
 `POST /predict` takes one row (a JSON object) or `{"instances": [row, ...]}` and answers
 `{"predictions": [score, ...], "task": task, "model": name, "version": n}`: the model's score
 as `tasks/scoring.py` defines it (a classifier's positive-class probability, a regressor's
-prediction), the same score the drift check uses. A multiclass classifier with class
-probabilities also answers `"classes": [...]` and `"probabilities": [[p, ...], ...]`, one
-list per row in the order of the classes, so the router can score a label by Brier. A row
-the model's signature refuses gets 422 naming the column. Rows are scored in a worker thread
+prediction), the same score the drift check uses. A multiclass classifier answers its
+`"classes": [...]` (a class named by text is scored as its position in that list) and, with
+class probabilities, `"probabilities": [[p, ...], ...]`, one list per row in the order of
+the classes, so the router can read a label by name and score it by Brier. A row the
+model's signature refuses gets 422 naming the column. Rows are scored in a worker thread
 so the event loop keeps answering health checks. (Scoring a request of a few rows on the
 event loop answered 103 requests a second instead of 79 here, but the canary test between two
 such servers then took 167 and 214 s to decide instead of 57 s; our guess is that requests
@@ -82,11 +83,13 @@ class ModelServer:
         """The scores of the rows, the task, and a multiclass model's class probabilities."""
         answer: dict[str, Any] = {"predictions": self.score(rows), "task": self.task}
         if self.task == "multiclass" and self.model.classes is not None:
+            # the router reads a label by its class name: a class named by text is scored
+            # as its position in this list
+            answer["classes"] = [
+                c.item() if hasattr(c, "item") else str(c) for c in self.model.classes
+            ]
             probabilities = self.model.probabilities(self.model.conform(pd.DataFrame(rows)))
             if probabilities is not None:
-                answer["classes"] = [
-                    c.item() if hasattr(c, "item") else str(c) for c in self.model.classes
-                ]
                 answer["probabilities"] = [
                     [round(float(p), 6) for p in row] for row in probabilities
                 ]

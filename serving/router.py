@@ -85,15 +85,34 @@ def served_from(variant: str, answer: dict[str, Any]) -> Served | None:
     )
 
 
+def predicted_class(score: float, classes: tuple[str, ...]) -> str:
+    """The class a multiclass score names: the number itself, or, when the model names its
+    classes by text, the name at that position of its class list."""
+    if classes and not all(_is_number(name) for name in classes):
+        position = int(score)
+        if score.is_integer() and 0 <= position < len(classes):
+            return classes[position]
+    return str(int(score)) if score.is_integer() else str(score)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def label_loss(served: Served, label: Any) -> tuple[int | None, float | None, str]:
     """The loss of one labelled request, by its model's task.
 
     - binary: the label is 0 or 1; the Brier score (score - label)^2, and whether the score
       is on the label's side of 0.5;
     - regression: the label is a number; the absolute error |prediction - label|;
-    - multiclass: the label is one of the model's classes; the Brier score summed over the
-      classes, sum_k (p_k - [label = k])^2 (0 to 2), and whether the predicted class is the
-      label. A model that gave no probabilities has no loss (None), only correctness.
+    - multiclass: the label is one of the model's classes, by number or name; the Brier
+      score summed over the classes, sum_k (p_k - [label = k])^2 (0 to 2), and whether the
+      predicted class is the label. A model that gave no probabilities has no loss (None),
+      only correctness.
 
     Returns:
         Correct (1, 0, or None for regression), the loss, and the loss's metric name.
@@ -115,8 +134,7 @@ def label_loss(served: Served, label: Any) -> tuple[int | None, float | None, st
         name = str(int(label)) if isinstance(label, float) and label.is_integer() else str(label)
         if classes and name not in classes:
             raise ValueError(f"label must be one of the model's classes {list(classes)}")
-        predicted = str(int(served.score)) if served.score.is_integer() else str(served.score)
-        correct = int(predicted == name)
+        correct = int(predicted_class(served.score, classes) == name)
         if not served.probabilities or len(served.probabilities) != len(classes):
             return correct, None, metric
         brier = sum(

@@ -135,7 +135,7 @@ def check_adoption(
 def evaluate_candidate(candidate: Candidate, seed: int = 42) -> ModelCard:
     """The model card: holdout metrics and permutation importance from the model's scores."""
     features = candidate.frame.drop(columns=[candidate.target])
-    labels = candidate.frame[candidate.target]
+    labels = candidate.model.coded(candidate.frame[candidate.target], candidate.task)
     scores = candidate.model.score(features, candidate.task)
     importance = scored_importance(
         lambda rows: candidate.model.score(rows, candidate.task),

@@ -33,6 +33,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from agentic_mlops.decisions import TASK_METRIC, Task, task_metric
+from agentic_mlops.tasks.classes import class_positions, coded_series
 
 ModelFamily = Literal["gradient_boosting", "logistic_regression", "random_forest"]
 FAMILIES: tuple[str, ...] = get_args(ModelFamily)
@@ -162,11 +163,18 @@ def family_pipeline(
 
 def pipeline_scores(model: Pipeline, rows: pd.DataFrame, task: str) -> np.ndarray:
     """A fitted pipeline's score per row, as `tasks/scoring.py` scores any model: the
-    positive-class probability (binary), the predicted label (multiclass), the prediction
-    (regression)."""
+    positive-class probability (binary), the predicted label (multiclass: a number, a class
+    named by text coded by the pipeline's classes), the prediction (regression)."""
     if task == "binary":
         return model.predict_proba(rows)[:, 1]
+    if task == "multiclass":
+        return class_positions(model.predict(rows), list(model.classes_))
     return np.asarray(model.predict(rows))
+
+
+def pipeline_labels(model: Pipeline, labels: pd.Series, task: str) -> pd.Series:
+    """Labels as they meet a fitted pipeline's scores: multiclass ones coded by its classes."""
+    return coded_series(labels, list(model.classes_)) if task == "multiclass" else labels
 
 
 def task_labels(labels: pd.Series, task: str) -> pd.Series:
@@ -233,7 +241,11 @@ def run_trial(config: dict[str, Any], data: TuningData, report: Any) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             model.fit(data.x_fit, data.y_fit)
-        score = task_metric(data.task, data.y_val, pipeline_scores(model, data.x_val, data.task))
+        score = task_metric(
+            data.task,
+            pipeline_labels(model, data.y_val, data.task),
+            pipeline_scores(model, data.x_val, data.task),
+        )
         report(
             {
                 "score": score,

@@ -53,6 +53,7 @@ from agentic_mlops.tasks.quality import QualityResult, build_suite, load_suite, 
 from agentic_mlops.tasks.scoring import (
     ScoringError,
     ScoringModel,
+    coded_labels,
     load_scoring_model,
     model_task,
     score_kind,
@@ -117,10 +118,13 @@ class Reference:
 
 @dataclass
 class BatchScores:
-    """The champion's (and previous champion's) churn scores for a batch."""
+    """The champion's (and previous champion's) scores for a batch, and, for a multiclass
+    model, each one's class list (by which labels named by text are coded)."""
 
     champion: np.ndarray | None = None
     previous_champion: np.ndarray | None = None
+    champion_classes: list[Any] | None = None
+    previous_classes: list[Any] | None = None
 
 
 def save_reference(
@@ -344,7 +348,12 @@ def score_batch(frame: pd.DataFrame, ref: Reference, settings: Settings) -> Batc
     task = ref.card.task
     if ref.previous_version is not None:
         previous = score_with(name, ref.previous_version, features, settings, task)
-    return BatchScores(score_with(name, ref.version, features, settings, task), previous)
+    scores = BatchScores(score_with(name, ref.version, features, settings, task), previous)
+    if task == "multiclass":
+        scores.champion_classes = scoring_model(name, ref.version, settings).classes
+        if ref.previous_version is not None:
+            scores.previous_classes = scoring_model(name, ref.previous_version, settings).classes
+    return scores
 
 
 def r2_standard_error(labels: np.ndarray, predictions: np.ndarray) -> float:
@@ -423,11 +432,23 @@ def labelled_performance(
         return None
     task = ref.card.task
     previous = gain_noise = None
+    if task == "multiclass":  # each version's scores meet the labels coded by its classes
+        labels = coded_labels(frame[target], scores.champion_classes)
     if scores.previous_champion is not None:
-        previous = task_metric(task, labels, scores.previous_champion)
-        gain_noise = paired_gain_standard_error(
-            task, labels.to_numpy(), scores.previous_champion, scores.champion
-        )
+        if task == "multiclass":
+            previous_labels = coded_labels(frame[target], scores.previous_classes)
+            previous = task_metric(task, previous_labels, scores.previous_champion)
+            # two versions may code their classes apart: compared by whether each is right
+            previous_right = scores.previous_champion == previous_labels.to_numpy()
+            right = scores.champion == labels.to_numpy()
+            gain_noise = paired_gain_standard_error(
+                task, np.ones(len(right)), previous_right, right
+            )
+        else:
+            previous = task_metric(task, labels, scores.previous_champion)
+            gain_noise = paired_gain_standard_error(
+                task, labels.to_numpy(), scores.previous_champion, scores.champion
+            )
     current = task_metric(task, labels, scores.champion)
     segments = segment_scores(frame, labels, scores.champion, task, list(ref.profile.columns))
     if task != "binary":

@@ -48,9 +48,15 @@ from agentic_mlops.settings import Settings
 from agentic_mlops.tasks import ledger, registry, reports, rollout
 from agentic_mlops.tasks.batches import DataError, read_data, write_table
 from agentic_mlops.tasks.drift_actions import deployment_exists
-from agentic_mlops.tasks.models import TuningData, family_pipeline, pipeline_scores, task_labels
+from agentic_mlops.tasks.models import (
+    TuningData,
+    family_pipeline,
+    pipeline_labels,
+    pipeline_scores,
+    task_labels,
+)
 from agentic_mlops.tasks.publishing import publish_model
-from agentic_mlops.tasks.reference import ModelCard, score_with, stored_card
+from agentic_mlops.tasks.reference import ModelCard, score_with, scoring_model, stored_card
 from agentic_mlops.tasks.search_runs import finish_search_run, past_runs
 from agentic_mlops.tasks.synthesis import Segment, Synthesis, find_segments
 from agentic_mlops.tasks.synthesis import synthesize as synthesize_rows
@@ -367,21 +373,33 @@ def compare_on_holdout(
     y_test: pd.Series,
     settings: Settings,
     task: Task = "binary",
+    challenger_labels: pd.Series | None = None,
 ) -> HoldoutComparison:
     """The challenger's and the current champion's metric for the task (and its loss) on
-    one holdout; the champion is scored as any MLflow model is (`tasks/scoring.py`)."""
+    one holdout; the champion is scored as any MLflow model is (`tasks/scoring.py`).
+
+    Args:
+        challenger_labels: The holdout's labels as they meet the challenger's scores
+            (multiclass: coded by its classes); None: `y_test` as it is.
+    """
     y = y_test.to_numpy()
     champion = registry.alias_version(settings.model_name, registry.CHAMPION, settings)
-    champion_scores = (
-        score_with(settings.model_name, champion, x_test, settings, task) if champion else None
-    )
+    champion_scores = champion_y = None
+    if champion:
+        champion_scores = score_with(settings.model_name, champion, x_test, settings, task)
+        champion_y = y
+        if champion_scores is not None and task == "multiclass":
+            model = scoring_model(settings.model_name, champion, settings)
+            champion_y = model.coded(y_test, task).to_numpy()
     return HoldoutComparison(
         rows=len(y),
         metric=TASK_METRIC[task],
-        challenger_score=task_metric(task, y, challenger_scores),
+        challenger_score=task_metric(
+            task, y if challenger_labels is None else challenger_labels, challenger_scores
+        ),
         champion_version=champion,
         champion_score=(
-            task_metric(task, y, champion_scores) if champion_scores is not None else None
+            task_metric(task, champion_y, champion_scores) if champion_scores is not None else None
         ),
         loss_metric=TASK_LOSS.get(task),
         challenger_loss=_loss(task, y, challenger_scores),
@@ -420,6 +438,7 @@ def publish_challenger(
         split.y_test,
         settings,
         rows.task,
+        pipeline_labels(model, split.y_test, rows.task),
     )
     get_run_logger().info("challenger: %s", comparison.summary())
     synthetic_rows = len(rows.synthetic)

@@ -6,6 +6,9 @@ Its *score* is one number per row, the same wherever the model is scored:
 - a classifier whose flavour offers `predict_proba` (scikit-learn, XGBoost and LightGBM
   through their MLflow flavours): the positive-class probability (binary), else the
   predicted label (multiclass, or a classifier without probabilities);
+- a multiclass label is a number: numeric classes as they are, classes named by text
+  ("setosa") as their position in the model's class list (`class_codes`); labels of a table
+  are coded by the same list before they meet the scores;
 - a model logged with `pyfunc_predict_fn="predict_proba"` (our own churn models): the
   second column of what `predict` returns;
 - a regression model: its prediction;
@@ -31,6 +34,7 @@ from mlflow.exceptions import MlflowException
 
 from agentic_mlops.decisions import Task
 from agentic_mlops.tasks.batches import DataError
+from agentic_mlops.tasks.classes import class_positions, named_by_text
 from agentic_mlops.tasks.mlflow_environment import tracking_at
 
 NATIVE_FLAVOURS = ("sklearn", "xgboost", "lightgbm")
@@ -66,9 +70,17 @@ class ScoringModel:
 
     @property
     def classes(self) -> list[Any] | None:
-        """The classifier's classes, when its native model says."""
+        """The classifier's classes, when its native model says (or a custom pyfunc model's
+        `PythonModel` lists them as `classes_`)."""
         classes = getattr(self.native, "classes_", None)
+        if classes is None and self.native is None:
+            classes = getattr(_python_model(self.pyfunc), "classes_", None)
         return list(classes) if classes is not None else None
+
+    def coded(self, labels: pd.Series, task: Task) -> pd.Series:
+        """A table's labels as they meet this model's scores: multiclass labels coded as its
+        scores are (`class_codes`), other tasks' as they are."""
+        return coded_labels(labels, self.classes) if task == "multiclass" else labels
 
     @property
     def has_proba(self) -> bool:
@@ -160,26 +172,40 @@ class ScoringModel:
                 return outputs[:, 1].astype(float)
             return _one_column(outputs, self.uri).astype(float)
         if task == "multiclass":
-            return numeric_classes(self.labels(rows), self.uri)
+            return class_codes(self.labels(rows), self.classes, self.uri)
         return _one_column(self.outputs(rows), self.uri).astype(float)
 
 
-def numeric_classes(labels: Any, source: str) -> np.ndarray:
-    """Class labels as numbers: a multiclass score is the predicted class, kept as a number in
-    drift profiles, request logs and the router.
+def _python_model(pyfunc: Any) -> Any:
+    try:
+        return pyfunc.unwrap_python_model()
+    except Exception:  # not a custom pyfunc model: no PythonModel to ask
+        return None
+
+
+def class_codes(labels: Any, classes: list[Any] | None, source: str) -> np.ndarray:
+    """Multiclass labels as the numbers a multiclass score is (`tasks/classes.py`): numeric
+    classes as they are, classes named by text as their position in `classes`. The model
+    server sends the class list beside its scores, so the router reads a label by its name.
 
     Raises:
-        ScoringError: a class is named by text ("setosa"), which is not supported yet.
+        ScoringError: the classes are named by text and no class list is known.
     """
-    try:
-        return np.asarray(labels, dtype=float)
-    except (TypeError, ValueError):
-        shown = sorted({str(label) for label in np.asarray(labels).ravel()})[:3]
+    values = np.asarray(labels).ravel()
+    if named_by_text(values) and classes is None:
+        shown = sorted({str(label) for label in values})[:3]
         raise ScoringError(
-            f"{source}: multiclass labels must be numbers; the classes are named by text "
-            f"({', '.join(repr(s) for s in shown)}): encode them as 0, 1, 2... (scikit-learn's "
-            "LabelEncoder) before training"
-        ) from None
+            f"{source}: the classes are named by text ({', '.join(repr(s) for s in shown)}) "
+            "but the model lists no classes (`classes_`): give its PythonModel a `classes_` "
+            "attribute, or encode the classes as 0, 1, 2..."
+        )
+    return class_positions(values, classes or [])
+
+
+def coded_labels(labels: pd.Series, classes: list[Any] | None) -> pd.Series:
+    """A table's multiclass labels coded by a model's class list (`class_codes`)."""
+    codes = class_codes(labels, classes, f"target column {labels.name!r}")
+    return pd.Series(codes, index=labels.index, name=labels.name)
 
 
 def _missing_message(uri: str, missing: list[str], expected: int) -> str:
@@ -320,8 +346,8 @@ def check_task(model: ScoringModel, task: Task, features: pd.DataFrame, labels: 
 
     Raises:
         ScoringError: a classifier asked to regress, a regressor asked to classify, a binary
-            task on a model or labels with other than two classes, a multiclass task whose
-            classes are named by text.
+            task on a model or labels with other than two classes, multiclass labels named by
+            text that are none of the model's classes, or that the model cannot code.
     """
     declared = model_task(model)
     if task == "regression" and declared in ("binary", "multiclass"):
@@ -348,10 +374,18 @@ def check_task(model: ScoringModel, task: Task, features: pd.DataFrame, labels: 
             )
     if task == "regression" and not pd.api.types.is_numeric_dtype(labels):
         raise ScoringError(f"task 'regression' needs numeric labels; {labels.name!r} is not")
-    if task == "multiclass":
-        numeric_classes(pd.unique(labels.dropna()), f"target column {labels.name!r}")
-        if model.classes is not None:
-            numeric_classes(model.classes, model.uri)
+    if task == "multiclass" and named_by_text(pd.unique(labels.dropna())):
+        known = model.classes
+        if known is None:
+            model.score(features, task)  # names without a class list: refused, in one line
+            known = []
+        named = {str(name) for name in known}
+        present = {str(label) for label in pd.unique(labels.dropna())}
+        if not present & named:
+            raise ScoringError(
+                f"target column {labels.name!r} holds none of the model's classes "
+                f"{sorted(named)[:5]} (it holds {sorted(present)[:5]})"
+            )
 
 
 def score_kind(task: Task, model: ScoringModel | None) -> str:

@@ -52,7 +52,8 @@ def _number(value: object) -> bool:
 
 def _usable(record: object, kind: str, latest: float) -> bool:
     """Whether a parsed line is a record as the router writes it: a finite `ts` up to
-    `latest`, a string `request_id`, and a label of 0 or 1, or a body of one row object or
+    `latest`, a string `request_id`, and a label (a finite number, or a class named by text:
+    the router has checked it against the model's task), or a body of one row object or
     `{"instances": [...]}` with a finite score per row."""
     if not (
         isinstance(record, dict)
@@ -62,7 +63,8 @@ def _usable(record: object, kind: str, latest: float) -> bool:
     ):
         return False
     if kind == LABELS:
-        return record.get("label") in (0, 1)
+        label = record.get("label")
+        return _number(label) or (isinstance(label, str) and bool(label))
     body, scores = record.get("row"), record.get("scores")
     instances = body.get("instances", [body]) if isinstance(body, dict) else None
     return (
@@ -185,7 +187,7 @@ def _labels_table(records: list[dict], limit: int | None) -> pd.DataFrame:
     frame = pd.DataFrame(
         {
             "request_id": [r["request_id"] for r in records],
-            "label": [int(r["label"]) for r in records],
+            "label": [r["label"] for r in records],
             "label_ts": [float(r["ts"]) for r in records],
         },
         columns=list(LABEL_COLUMNS),
@@ -241,8 +243,21 @@ def as_batch(
         if batch[column].dtype == object:
             batch[column] = batch[column].map(_text)
     if target is not None and "label" in rows.columns:
-        batch[target] = rows["label"].astype("int64")
+        batch[target] = whole_numbers(rows["label"])
+        if like is not None and target in like.columns:
+            with contextlib.suppress(TypeError, ValueError):
+                batch[target] = batch[target].astype(like[target].dtype)
     return batch.reset_index(drop=True)
+
+
+def whole_numbers(labels: pd.Series) -> pd.Series:
+    """Labels as the table they came from held them: whole numbers (0/1, classes) as
+    integers, regression targets as floats, class names as text (JSON writes `1` and `1.0`
+    alike)."""
+    numbers = pd.to_numeric(labels, errors="coerce")
+    if numbers.notna().all() and (numbers % 1 == 0).all():
+        return numbers.astype("int64")
+    return numbers if numbers.notna().all() else labels.astype(str)
 
 
 def write_batch(batch: pd.DataFrame, folder: Path, name: str, keep: int) -> Path:

@@ -38,7 +38,7 @@ from sklearn.pipeline import Pipeline
 from agentic_mlops.decisions import Task, task_metric
 from agentic_mlops.tasks.batches import DataError, read_data, require_columns, write_table
 from agentic_mlops.tasks.churn import Scenario, generate_churn
-from agentic_mlops.tasks.models import pipeline_scores, preprocessor, task_labels
+from agentic_mlops.tasks.models import pipeline_labels, pipeline_scores, preprocessor, task_labels
 from agentic_mlops.tasks.reference import r2_standard_error
 
 MIN_TRAINING_ROWS = 40
@@ -119,11 +119,6 @@ def validate_training_table(
         not pd.api.types.is_numeric_dtype(labels) or pd.api.types.is_bool_dtype(labels)
     ):
         raise DataError(f"{source}: target column {target!r} must hold numbers to regress on")
-    if task == "multiclass" and not pd.api.types.is_numeric_dtype(labels):
-        raise DataError(
-            f"{source}: target column {target!r} names its classes by text; encode them as "
-            "0, 1, 2... (multiclass labels must be numbers)"
-        )
     if labels.nunique() < 2:
         single = "value" if task == "regression" else "class"
         raise DataError(f"{source}: target column {target!r} has a single {single}")
@@ -214,6 +209,7 @@ def evaluate_model(
     with the reliability curve for a binary classifier."""
     if task != "binary":
         scores = pipeline_scores(model, x_test, task)
+        y_test = pipeline_labels(model, y_test, task)
         importance = scored_importance(
             lambda rows: pipeline_scores(model, rows, task),
             x_test,

@@ -149,11 +149,18 @@ def test_a_label_gives_the_loss_of_its_models_task():
     assert label_loss(wine, 2)[:2] == (0, pytest.approx(0.1**2 + 0.7**2 + 0.8**2))
     without_probabilities = Served("baseline", 2.0, "multiclass", ("0", "1", "2"))
     assert label_loss(without_probabilities, 2) == (1, None, "multiclass_brier")
+    # classes named by text: the score is the predicted class's position in the class list
+    iris = Served("baseline", 2.0, "multiclass", ("setosa", "versicolor", "virginica"))
+    assert label_loss(iris, "virginica") == (1, None, "multiclass_brier")
+    assert label_loss(iris, "setosa") == (0, None, "multiclass_brier")
+    named = Served("baseline", 0.0, "multiclass", ("a", "b"), (0.9, 0.1))
+    assert label_loss(named, "b") == (0, pytest.approx(0.9**2 + 0.9**2), "multiclass_brier")
     for served, label, message in [
         (binary, 3, "0 or 1"),
         (regression, "high", "finite number"),
         (regression, math.inf, "finite number"),
         (wine, 7, "one of the model's classes"),
+        (iris, "tulip", "one of the model's classes"),
     ]:
         with pytest.raises(ValueError, match=message):
             label_loss(served, label)

@@ -1,6 +1,7 @@
 """Our retraining recipe (advisor, Ray Tune search, holdout comparison, registry) on models and
 tables we did not make: a team's diabetes regressor and breast-cancer classifier, registered by
-plain MLflow calls and adopted, and a wine-cultivar classifier trained from scratch.
+plain MLflow calls and adopted, and a wine-cultivar classifier trained from scratch (its
+classes named by text).
 
 Each retraining fits the model's own task (the champion's card says which, else the target's
 values), ranks its trials and judges the challenger against the champion by that task's metric
@@ -85,8 +86,9 @@ def test_an_adopted_regressor_is_retrained_by_our_recipe_and_judged_by_r2(team):
 
 @pytest.mark.slow
 def test_a_three_class_model_is_trained_then_retrained_by_accuracy(team):  # noqa: F811
+    # the classes named by text: the recipe fits the names, its scores code them
     data = load_wine(as_frame=True)
-    table = data.data.assign(cultivar=data.target)
+    table = data.data.assign(cultivar=data.target.map({0: "barolo", 1: "grignolino", 2: "barbera"}))
     path = team.home / "data" / "wine.csv"
     table.to_csv(path, index=False)
 
@@ -112,6 +114,10 @@ def test_a_three_class_model_is_trained_then_retrained_by_accuracy(team):  # noq
     assert (card.task, card.score) == ("multiclass", "predicted label")
     task, labels = scored(team, "wine", 2, table.drop(columns=["cultivar"]), "multiclass")
     assert task == "multiclass" and set(labels) <= {0.0, 1.0, 2.0} and len(set(labels)) == 3
+    names = load_scoring_model("models:/wine/2", team.tracking_uri()).classes
+    assert names == ["barbera", "barolo", "grignolino"]
+    right = [names[int(code)] for code in labels] == table["cultivar"]
+    assert right.mean() == pytest.approx(card.metrics["accuracy"], abs=0.1)
 
 
 @pytest.mark.slow

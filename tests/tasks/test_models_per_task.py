@@ -154,9 +154,32 @@ def test_a_table_that_does_not_suit_the_task_is_refused_in_one_line():
         validate_training_table(frame, "cultivar", task="regression")
     with pytest.raises(DataError, match="must hold only 0/1 labels"):
         validate_training_table(wine(), "cultivar", task="binary")
-    with pytest.raises(DataError, match="names its classes by text; encode them"):
-        validate_training_table(frame, "cultivar", task="multiclass")
     validate_training_table(wine(), "cultivar", task="multiclass")
+
+
+def test_classes_named_by_text_are_trained_on_and_scored_as_their_position():
+    """Our recipe fits classes named by text as they are; its scores and the labels they are
+    judged against are both coded by the pipeline's sorted class list."""
+    names = {0: "barolo", 1: "grignolino", 2: "barbera"}
+    frame = wine().assign(cultivar=lambda f: f["cultivar"].map(names))
+    validate_training_table(frame, "cultivar", task="multiclass")
+    split = split_data.fn(frame, "cultivar", 0.3, 0, "multiclass")
+    model = family_pipeline(
+        "random_forest",
+        middle("random_forest"),
+        list(split.x_train.columns),
+        [],
+        task="multiclass",
+    ).fit(split.x_train, split.y_train)
+    assert list(model.classes_) == ["barbera", "barolo", "grignolino"]
+    scores = pipeline_scores(model, split.x_test, "multiclass")
+    predicted = model.predict(split.x_test)
+    assert scores.tolist() == [["barbera", "barolo", "grignolino"].index(p) for p in predicted]
+    evaluation = evaluate_model.fn(model, split.x_test, split.y_test, 0, "multiclass")
+    assert evaluation.metrics["accuracy"] == pytest.approx(
+        float((predicted == split.y_test.to_numpy()).mean())
+    )
+    assert evaluation.metrics["accuracy"] > 0.8
 
 
 def test_a_regression_split_and_evaluation_name_r2_and_its_errors():

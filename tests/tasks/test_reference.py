@@ -4,6 +4,7 @@ built from an explicit file, profiled once per content."""
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from agentic_mlops.tasks.batches import write_table
@@ -148,3 +149,46 @@ def test_shuffled_labels_give_a_standard_error_that_covers_the_noise_of_the_gain
 def test_one_class_gives_no_standard_error():
     scores = np.linspace(0, 1, 10)
     assert paired_gain_standard_error("binary", np.ones(10), scores, scores[::-1]) is None
+
+
+def test_two_versions_with_other_class_lists_are_each_judged_by_their_own(tmp_path):
+    """Classes named by text are coded by each version's class list: a previous champion
+    that knew two of the three classes is still judged by the names it predicted."""
+    from agentic_mlops.tasks.drift import build_profile
+    from agentic_mlops.tasks.reference import (
+        BatchScores,
+        ModelCard,
+        Reference,
+        labelled_performance,
+    )
+
+    rng = np.random.default_rng(4)
+    names = np.array(["a", "b", "c"])
+    truth = names[rng.integers(0, 3, 300)]
+    current = np.where(rng.random(300) < 0.8, truth, names[rng.integers(0, 3, 300)])
+    previous = np.where(truth == "b", "c", truth)  # never says "b": its classes are a and c
+    frame = pd.DataFrame({"x": rng.normal(size=300), "kind": truth})
+    card = ModelCard(model_name="m", target="kind", task="multiclass", metrics={"accuracy": 0.8})
+    ref = Reference(
+        profile=build_profile(frame[["x"]]),
+        suite={},
+        card=card,
+        sample=frame.head(5),
+        version=2,
+        previous_version=1,
+        folder=tmp_path,
+    )
+    scores = BatchScores(
+        champion=np.searchsorted(names, current).astype(float),
+        previous_champion=np.searchsorted(["a", "c"], previous).astype(float),
+        champion_classes=list(names),
+        previous_classes=["a", "c"],
+    )
+    found = labelled_performance(frame, "kind", ref, scores)
+    assert found.metric == "accuracy"
+    assert found.current == pytest.approx(np.mean(current == truth))
+    assert found.previous_champion_current == pytest.approx(np.mean(previous == truth))
+    gains = (previous == truth).astype(float) - (current == truth).astype(float)
+    assert found.previous_champion_gain_standard_error == pytest.approx(
+        np.std(gains, ddof=1) / np.sqrt(300)
+    )

@@ -113,6 +113,34 @@ def test_a_custom_pyfunc_scores_its_output_and_its_task_is_read_from_the_labels(
         check_task(model, "binary", ROWS, LABELS)
 
 
+class Sized(mlflow.pyfunc.PythonModel):
+    """A team's custom pyfunc naming its classes by text, listed as `classes_` when given."""
+
+    def __init__(self, classes=None):
+        if classes is not None:
+            self.classes_ = classes
+
+    def predict(self, context, model_input, params=None):
+        return np.where(model_input["tumour size"] > 10, "large", "small")
+
+
+def test_a_custom_pyfunc_naming_its_classes_by_text_scores_them_by_its_class_list(tmp_path):
+    mlflow.pyfunc.save_model(tmp_path / "listed", python_model=Sized(["large", "small"]))
+    listed = load_scoring_model(str(tmp_path / "listed"))
+    sizes = pd.Series(np.where(ROWS["tumour size"] > 10, "large", "small"), name="size")
+    assert listed.classes == ["large", "small"] and model_task(listed) == "binary"
+    check_task(listed, "multiclass", ROWS, sizes)
+    codes = listed.score(ROWS, "multiclass")
+    np.testing.assert_array_equal(codes, (ROWS["tumour size"] <= 10).astype(float))
+    np.testing.assert_array_equal(listed.coded(sizes, "multiclass"), codes)
+    mlflow.pyfunc.save_model(tmp_path / "unlisted", python_model=Sized())
+    unlisted = load_scoring_model(str(tmp_path / "unlisted"))
+    with pytest.raises(ScoringError, match="lists no classes .*give its PythonModel a `classes_`"):
+        unlisted.score(ROWS, "multiclass")
+    with pytest.raises(ScoringError, match="lists no classes"):
+        check_task(unlisted, "multiclass", ROWS, sizes)
+
+
 def test_a_model_that_cannot_be_loaded_is_one_line(tmp_path):
     with pytest.raises(ScoringError, match="cannot be loaded"):
         load_scoring_model(str(tmp_path / "absent"))

@@ -266,3 +266,25 @@ def test_a_window_moves_past_labels_whose_rows_left_the_log(tmp_path):
     later = serving_log.read_window.fn(folder, window.rows_ts, window.labels_ts, limit=100)
     assert later.rows.empty and later.labelled.empty and later.labels_ts is None
     assert len(later.recent_labelled) == 1
+
+
+@pytest.mark.parametrize(
+    ("labels", "dtype"),
+    [((151.0, 75.0), "int64"), ((151.5, 75.0), "float64"), (("setosa", "virginica"), "object")],
+)
+def test_labels_of_every_task_reach_the_monitors_window(tmp_path, labels, dtype):
+    """A regressor's targets and classes named by text are read back as logged, not only 0/1
+    labels (the router has checked each against the model's task)."""
+    folder = tmp_path / "log"
+    log = RequestLog(folder)
+    ids = fill(log, 3)
+    for request_id, label in zip(ids, labels, strict=False):
+        log.labelled(request_id, label)
+    log.flush()
+    window = serving_log.read_window.fn(folder, None, None, limit=100)
+    assert window.labelled["label"].tolist() == list(labels) and window.unusable_lines == 0
+    batch = serving_log.as_batch(window.labelled, target="target")
+    assert batch["target"].tolist() == list(labels) and str(batch["target"].dtype) == dtype
+    like = pd.DataFrame({"target": [0.5]})
+    if dtype != "object":
+        assert serving_log.as_batch(window.labelled, like, "target")["target"].dtype == float
