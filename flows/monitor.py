@@ -74,7 +74,7 @@ def monitor(
     if announced is not None:
         get_run_logger().info("%s v%d is challenger and nobody said so: announced", name, announced)
 
-    read = monitoring.read_since_last_run(router_url, settings)
+    read = monitoring.read_since_last_run(router_url, settings, ref.card.task)
     window = read.window
     champion = monitoring.assess_champion(window, ref, settings)
 

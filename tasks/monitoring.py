@@ -682,11 +682,13 @@ class SinceLastRun:
     window: LogWindow
 
 
-def read_since_last_run(router_url: str | None, settings: Settings) -> SinceLastRun:
+def read_since_last_run(
+    router_url: str | None, settings: Settings, task: str = "binary"
+) -> SinceLastRun:
     """The serving metrics since the previous run, from the router (the one that serves this
     home when `router_url` is empty) or Prometheus, and the rows and labels logged since
-    then, after asking the router to write its buffered log lines (unusable lines are
-    skipped, and logged)."""
+    then, after asking the router to write its buffered log lines (unusable lines, a label
+    the champion's `task` does not take among them, are skipped, and logged)."""
     earlier = monitor_history(settings.model_name, limit=1, settings=settings)
     cursor = earlier[-1].cursor if earlier else MonitorCursor()
     since = earlier[-1].ts if earlier else None
@@ -694,7 +696,11 @@ def read_since_last_run(router_url: str | None, settings: Settings) -> SinceLast
     serving, cursor, serving_error = read_serving_window(router_url, cursor, since, settings)
     flush_router_log(router_url)
     window = read_window(
-        log_folder(settings), cursor.rows_ts, cursor.labels_ts, settings.monitor.window_rows
+        log_folder(settings),
+        cursor.rows_ts,
+        cursor.labels_ts,
+        settings.monitor.window_rows,
+        task,
     )
     if window.unusable_lines:
         get_run_logger().warning("%d unusable request-log lines skipped", window.unusable_lines)

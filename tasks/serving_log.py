@@ -50,10 +50,11 @@ def _number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _usable(record: object, kind: str, latest: float) -> bool:
+def _usable(record: object, kind: str, latest: float, task: str = "binary") -> bool:
     """Whether a parsed line is a record as the router writes it: a finite `ts` up to
-    `latest`, a string `request_id`, and a label (a finite number, or a class named by text:
-    the router has checked it against the model's task), or a body of one row object or
+    `latest`, a string `request_id`, and a label the model's task takes (0 or 1; a finite
+    number for a regressor; a number or a class name for a multiclass model), or a body of
+    one row object or
     `{"instances": [...]}` with a finite score per row."""
     if not (
         isinstance(record, dict)
@@ -64,7 +65,11 @@ def _usable(record: object, kind: str, latest: float) -> bool:
         return False
     if kind == LABELS:
         label = record.get("label")
-        return _number(label) or (isinstance(label, str) and bool(label))
+        if task == "regression":
+            return _number(label)
+        if task == "multiclass":
+            return _number(label) or (isinstance(label, str) and bool(label))
+        return label in (0, 1)
     body, scores = record.get("row"), record.get("scores")
     instances = body.get("instances", [body]) if isinstance(body, dict) else None
     return (
@@ -76,7 +81,7 @@ def _usable(record: object, kind: str, latest: float) -> bool:
     )
 
 
-def _lines(path: Path, kind: str) -> list[dict | None]:
+def _lines(path: Path, kind: str, task: str) -> list[dict | None]:
     """The lines of one log file in order: each a usable record, or None for one that is not."""
     try:
         content = path.read_bytes()
@@ -91,14 +96,14 @@ def _lines(path: Path, kind: str) -> list[dict | None]:
             record = json.loads(line)
         except ValueError:
             record = None
-        records.append(record if _usable(record, kind, latest) else None)
+        records.append(record if _usable(record, kind, latest, task) else None)
     return records
 
 
-def _newest_first(folder: Path, kind: str) -> Iterator[list[dict | None]]:
+def _newest_first(folder: Path, kind: str, task: str = "binary") -> Iterator[list[dict | None]]:
     """The lines of each file of a log, newest file first, each file's lines in order."""
     for path in reversed(log_files(folder, kind)):
-        yield _lines(path, kind)
+        yield _lines(path, kind, task)
 
 
 def _expand(record: dict) -> list[dict]:
@@ -139,13 +144,19 @@ def _unusable_since(lines: list[dict | None], since: float | None, newer_records
 
 
 def _recent(
-    folder: Path, kind: str, since: float | None, limit: int | None, until: float | None = None
+    folder: Path,
+    kind: str,
+    since: float | None,
+    limit: int | None,
+    until: float | None = None,
+    task: str = "binary",
 ) -> tuple[list[dict], int]:
     """The records of a log after `since` and up to `until`, at least the newest `limit` of
-    them, oldest first; and how many unusable lines were logged after `since`."""
+    them, oldest first; and how many unusable lines (for the model's task) were logged after
+    `since`."""
     kept: list[list[dict]] = []
     count = unusable = 0
-    for lines in _newest_first(folder, kind):
+    for lines in _newest_first(folder, kind, task):
         records = [r for r in lines if r is not None]
         fresh = [r for r in records if since is None or r["ts"] > since]
         unusable += _unusable_since(lines, since, count > 0)
@@ -176,11 +187,15 @@ def requests_by_id(folder: Path, request_ids: Iterable[str]) -> pd.DataFrame:
 
 
 def labels(
-    folder: Path, since: float | None = None, limit: int | None = None, until: float | None = None
+    folder: Path,
+    since: float | None = None,
+    limit: int | None = None,
+    until: float | None = None,
+    task: str = "binary",
 ) -> pd.DataFrame:
-    """The labels received after `since` and up to `until`, the newest `limit`, oldest first;
-    a request labelled twice keeps its last label."""
-    return _labels_table(_recent(folder, LABELS, since, limit, until)[0], limit)
+    """The labels (of the model's task) received after `since` and up to `until`, the newest
+    `limit`, oldest first; a request labelled twice keeps its last label."""
+    return _labels_table(_recent(folder, LABELS, since, limit, until, task)[0], limit)
 
 
 def _labels_table(records: list[dict], limit: int | None) -> pd.DataFrame:
@@ -290,17 +305,22 @@ class LogWindow:
 
 @task(name="read-request-log", cache_policy=NO_CACHE)
 def read_window(
-    folder: Path, rows_since: float | None, labels_since: float | None, limit: int
+    folder: Path,
+    rows_since: float | None,
+    labels_since: float | None,
+    limit: int,
+    task: str = "binary",
 ) -> LogWindow:
     """The rows and labels logged after the given times, the latest labelled rows, and how
-    many lines since the last run were unusable."""
+    many lines since the last run were unusable (a label the model's `task` does not take
+    among them)."""
     row_records, unusable_rows = _recent(folder, REQUESTS, rows_since, limit)
-    label_records, unusable_labels = _recent(folder, LABELS, labels_since, limit)
+    label_records, unusable_labels = _recent(folder, LABELS, labels_since, limit, task=task)
     new_labels = _labels_table(label_records, limit)
     return LogWindow(
         rows=_requests_table(row_records, limit),
         labelled=labelled_requests(folder, new_labels),
-        recent_labelled=labelled_requests(folder, labels(folder, limit=limit)),
+        recent_labelled=labelled_requests(folder, labels(folder, limit=limit, task=task)),
         labels_ts=float(new_labels["label_ts"].max()) if len(new_labels) else None,
         unusable_lines=unusable_rows + unusable_labels,
     )

@@ -269,20 +269,28 @@ def test_a_window_moves_past_labels_whose_rows_left_the_log(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("labels", "dtype"),
-    [((151.0, 75.0), "int64"), ((151.5, 75.0), "float64"), (("setosa", "virginica"), "object")],
+    ("task", "labels", "dtype"),
+    [
+        ("regression", (151.0, 75.0), "int64"),
+        ("regression", (151.5, 75.0), "float64"),
+        ("multiclass", ("setosa", "virginica"), "object"),
+    ],
 )
-def test_labels_of_every_task_reach_the_monitors_window(tmp_path, labels, dtype):
+def test_labels_of_every_task_reach_the_monitors_window(tmp_path, task, labels, dtype):
     """A regressor's targets and classes named by text are read back as logged, not only 0/1
-    labels (the router has checked each against the model's task)."""
+    labels; a binary champion's window still skips them as unusable."""
     folder = tmp_path / "log"
     log = RequestLog(folder)
-    ids = fill(log, 3)
+    ids = fill(log, 4)
     for request_id, label in zip(ids, labels, strict=False):
         log.labelled(request_id, label)
+    log.labelled(ids[-1], 1)
     log.flush()
-    window = serving_log.read_window.fn(folder, None, None, limit=100)
-    assert window.labelled["label"].tolist() == list(labels) and window.unusable_lines == 0
+    window = serving_log.read_window.fn(folder, None, None, limit=100, task=task)
+    assert window.labelled["label"].tolist()[:2] == list(labels) and window.unusable_lines == 0
+    binary = serving_log.read_window.fn(folder, None, None, limit=100)
+    assert binary.labelled["label"].tolist() == [1] and binary.unusable_lines == 2
+    window.labelled = window.labelled.head(2)
     batch = serving_log.as_batch(window.labelled, target="target")
     assert batch["target"].tolist() == list(labels) and str(batch["target"].dtype) == dtype
     like = pd.DataFrame({"target": [0.5]})
