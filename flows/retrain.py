@@ -172,7 +172,8 @@ def retrain(
     name = run_name or retraining.search_run_name(settings, triage_ledger_id)
     run_id, experiment_id = start_search_run(space, settings, name)
     with retraining.closed_on_failure(run_id, settings):
-        found = search(rows.tuning_data(), space, run_id, experiment_id, settings)
+        limit = retraining.champion_latency_limit(rows, settings)
+        found = search(rows.tuning_data(limit), space, run_id, experiment_id, settings)
         challenger = retraining.publish_challenger(found, rows, run_id, settings)
     retraining.close_search(found, challenger, run_id, ledger_ids, settings)
 

@@ -114,6 +114,11 @@ def label_metric(task: CanaryTask, min_samples: int) -> MetricSpec:
     )
 
 
+LATENCY_REGRESSION_MS = 5.0
+"""The slowdown a canary may show before a person decides (the soft latency limit); the
+retraining search prefers challengers that serve one row within it of the champion."""
+
+
 def canary_metrics(min_samples: int, task: CanaryTask | None = None) -> list[MetricSpec]:
     """What a canary is judged on.
 
@@ -147,7 +152,7 @@ def canary_metrics(min_samples: int, task: CanaryTask | None = None) -> list[Met
             kind="continuous",
             direction="increase_is_bad",
             weight=0.5,
-            tolerance=5.0,
+            tolerance=LATENCY_REGRESSION_MS,
             min_samples=min_samples,
         ),
         label_metric(task or CanaryTask(), min_samples),

@@ -45,6 +45,8 @@ TASK_FAMILIES: dict[str, tuple[str, ...]] = {
 """The families that can fit each task: logistic regression is a classifier only."""
 STEPS = 8
 """Steps of a trial: its budget parameter grows by an eighth at each."""
+LATENCY_CALLS = 15
+"""One-row scorings timed after a trial's last step; their median is its `latency_ms`."""
 
 
 @dataclass(frozen=True)
@@ -196,6 +198,9 @@ class TuningData:
     categorical: list[str]
     seed: int = 42
     task: Task = "binary"
+    latency_limit_ms: float | None = None
+    """One-row scoring time a challenger should stay within (the champion's plus the
+    canary's soft latency limit); None: no champion to compare with."""
 
     @property
     def metric(self) -> str:
@@ -215,9 +220,22 @@ def step_budget(total: int, step: int) -> int:
     return max(1, math.ceil(total * step / STEPS))
 
 
+def row_latency_ms(score: Any, rows: pd.DataFrame, calls: int = LATENCY_CALLS) -> float:
+    """Median milliseconds `score` takes on one row, as a model server scores a request
+    (rows taken in turn from `rows`)."""
+    times = []
+    for index in range(calls):
+        row = rows.iloc[[index % len(rows)]]
+        started = time.perf_counter()
+        score(row)
+        times.append((time.perf_counter() - started) * 1000)
+    return float(np.median(times))
+
+
 def run_trial(config: dict[str, Any], data: TuningData, report: Any) -> None:
     """Fit one configuration step by step, calling `report(metrics)` after each step: the
-    task's validation metric as `score` and under its own name, the step and the seconds.
+    task's validation metric as `score` and under its own name, the step and the seconds;
+    after the last step also `latency_ms`, the fitted model's one-row scoring time.
 
     The budget parameter grows to its configured value over `STEPS` warm-started fits; for
     the tree families the last fit equals one with the full budget at once (scikit-learn's warm
@@ -246,14 +264,17 @@ def run_trial(config: dict[str, Any], data: TuningData, report: Any) -> None:
             pipeline_labels(model, data.y_val, data.task),
             pipeline_scores(model, data.x_val, data.task),
         )
-        report(
-            {
-                "score": score,
-                data.metric: score,
-                "step": step,
-                "elapsed_seconds": time.perf_counter() - started,
-            }
-        )
+        metrics = {
+            "score": score,
+            data.metric: score,
+            "step": step,
+            "elapsed_seconds": time.perf_counter() - started,
+        }
+        if step == STEPS:
+            metrics["latency_ms"] = row_latency_ms(
+                lambda row: pipeline_scores(model, row, data.task), data.x_val
+            )
+        report(metrics)
 
 
 def ray_trial(config: dict[str, Any], data: TuningData) -> None:

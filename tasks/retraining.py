@@ -48,11 +48,13 @@ from agentic_mlops.settings import Settings
 from agentic_mlops.tasks import ledger, registry, reports, rollout
 from agentic_mlops.tasks.batches import DataError, read_data, write_table
 from agentic_mlops.tasks.drift_actions import deployment_exists
+from agentic_mlops.tasks.metrics import LATENCY_REGRESSION_MS
 from agentic_mlops.tasks.models import (
     TuningData,
     family_pipeline,
     pipeline_labels,
     pipeline_scores,
+    row_latency_ms,
     task_labels,
 )
 from agentic_mlops.tasks.publishing import publish_model
@@ -133,8 +135,9 @@ class SearchRows:
     def synthetic(self) -> pd.DataFrame:
         return self.synthesis.rows if self.synthesis is not None else self.fit_rows.iloc[:0]
 
-    def tuning_data(self) -> TuningData:
-        """The search's rows: the fit rows with the synthetic ones, and the validation rows."""
+    def tuning_data(self, latency_limit_ms: float | None = None) -> TuningData:
+        """The search's rows: the fit rows with the synthetic ones, and the validation rows;
+        and the one-row scoring time its best trial should stay within."""
         numeric, categorical = feature_columns(self.frame, self.target)
         synthetic = self.synthetic
         return TuningData(
@@ -148,6 +151,7 @@ class SearchRows:
             categorical=categorical,
             seed=self.seed,
             task=self.task,
+            latency_limit_ms=latency_limit_ms,
         )
 
     def training_rows(self) -> pd.DataFrame:
@@ -350,6 +354,24 @@ def add_synthetic_rows(rows: SearchRows, proposal: Any, settings: Settings) -> S
     )
     get_run_logger().info("synthesised %s (skipped: %s)", synthesis.per_segment, synthesis.skipped)
     return replace(rows, synthesis=synthesis)
+
+
+@task(name="time-the-champion", cache_policy=NO_CACHE)
+def champion_latency_limit(rows: SearchRows, settings: Settings) -> float | None:
+    """The one-row scoring time a challenger should stay within: the champion's own, timed
+    here as a model server scores a request, plus the canary's soft latency limit. None
+    without a champion, or one that cannot score these rows."""
+    champion = registry.alias_version(settings.model_name, registry.CHAMPION, settings)
+    if champion is None:
+        return None
+    try:
+        model = scoring_model(settings.model_name, champion, settings)
+        own = row_latency_ms(lambda row: model.score(row, rows.task), rows.x_val)
+    except DataError as error:
+        get_run_logger().info("champion v%s not timed: %s", champion, error)
+        return None
+    get_run_logger().info("champion v%s scores a row in %.1f ms", champion, own)
+    return own + LATENCY_REGRESSION_MS
 
 
 def search_run_name(settings: Settings, triage_ledger_id: str | None) -> str:

@@ -166,6 +166,9 @@ class TrialSummary(BaseModel):
     seconds: float
     status: str
     run_id: str | None = None
+    latency_ms: float | None = Field(
+        default=None, description="One-row scoring time of the fitted model (finished trials)."
+    )
 
 
 class SearchResult(BaseModel):
@@ -183,6 +186,15 @@ class SearchResult(BaseModel):
     early_stopping: bool
     time_to_target_seconds: float | None = Field(
         default=None, description="When a reported score first reached the target, if set."
+    )
+    latency_limit_ms: float | None = Field(
+        default=None,
+        description="One-row scoring time the best trial had to stay within, when a champion "
+        "set one (its own plus the canary's soft latency limit).",
+    )
+    passed_over: list[str] = Field(
+        default_factory=list,
+        description="Better-scoring trials left out for serving slower than the limit.",
     )
 
     @property
@@ -298,7 +310,7 @@ class TrialTracker:
         if self.runs is not None and record.run_id is not None:
             self.runs.close(record.run_id, steps, steps < STEPS, status)
         _log(
-            "trial %d/%d %s: %s %s after %d/%d steps%s (best so far %.4f)",
+            "trial %d/%d %s: %s %s after %d/%d steps%s%s (best so far %.4f)",
             self.finished,
             self.max_trials,
             family_params(trial.config)[0],
@@ -307,6 +319,7 @@ class TrialTracker:
             steps,
             STEPS,
             ", stopped early" if status == "FINISHED" and steps < STEPS else "",
+            f", {record.last['latency_ms']:.1f} ms a row" if "latency_ms" in record.last else "",
             self.best if self.best > float("-inf") else float("nan"),
         )
 
@@ -478,20 +491,40 @@ def _trial_summaries(grid: Any, tracker: TrialTracker) -> list[TrialSummary]:
                 seconds=float(metrics.get("elapsed_seconds", 0.0)),
                 status="error" if result.error else "finished",
                 run_id=record.run_id if record else None,
+                latency_ms=metrics.get("latency_ms"),
             )
         )
     return trials
 
 
-def _best_trial(trials: list[TrialSummary], seconds: float) -> TrialSummary:
-    """The trial that ran every step with the best score (the faster on a tie)."""
+def _best_trial(
+    trials: list[TrialSummary], seconds: float, latency_limit_ms: float | None = None
+) -> tuple[TrialSummary, list[TrialSummary]]:
+    """The trial that ran every step with the best score (the faster on a tie), among those
+    that serve a row within `latency_limit_ms` when any does: a challenger slower than that
+    would be held by the canary for a person, or rolled back, whatever its score. Also the
+    better-scoring trials passed over for their latency.
+
+    Raises:
+        RuntimeError: no trial ran every step.
+    """
     scored = [t for t in trials if t.score is not None and t.steps == STEPS]
     if not scored:
         raise RuntimeError(
             f"the search finished no trial ({len(trials)} started in {seconds:.0f} s): "
             "raise the time budget or the trial count"
         )
-    return max(scored, key=lambda t: (t.score, -t.seconds))
+
+    def rank(trial: TrialSummary) -> tuple[float, float]:
+        return (trial.score, -trial.seconds)
+
+    fast = [
+        t
+        for t in scored
+        if latency_limit_ms is None or t.latency_ms is None or t.latency_ms <= latency_limit_ms
+    ]
+    best = max(fast or scored, key=rank)
+    return best, [t for t in scored if t not in fast and rank(t) > rank(best)]
 
 
 def run_search(
@@ -543,7 +576,7 @@ def run_search(
     grid = tuner.fit()
     seconds = time.perf_counter() - started
     trials = _trial_summaries(grid, tracker)
-    best = _best_trial(trials, seconds)
+    best, passed_over = _best_trial(trials, seconds, data.latency_limit_ms)
     return SearchResult(
         best_family=best.family,
         best_params=best.params,
@@ -556,6 +589,10 @@ def run_search(
         algorithm=space.algorithm,
         early_stopping=early_stopping,
         time_to_target_seconds=tracker.reached_target,
+        latency_limit_ms=data.latency_limit_ms,
+        passed_over=[
+            f"{t.family} {t.score:.4f} ({t.latency_ms:.1f} ms a row)" for t in passed_over
+        ],
     )
 
 
@@ -581,4 +618,11 @@ def search(
         METRIC_LABEL.get(result.metric, result.metric),
         result.best_score,
     )
+    if result.passed_over:
+        _log(
+            "passed over for serving a row slower than %.1f ms (the champion's time plus the "
+            "canary's soft latency limit): %s",
+            result.latency_limit_ms,
+            "; ".join(result.passed_over),
+        )
     return result

@@ -74,6 +74,9 @@ def test_a_regression_trial_reports_r2_at_every_step(family):
     reports = trial(flat(family), tuning_data(diabetes(), "progression", "regression"))
     assert [r["step"] for r in reports] == list(range(1, STEPS + 1))
     assert all(r["score"] == r["r2"] and "roc_auc" not in r for r in reports)
+    # the fitted model's one-row scoring time, once, after the last step
+    assert [r for r in reports if "latency_ms" in r] == reports[-1:]
+    assert 0 < reports[-1]["latency_ms"] < 1_000
     # diabetes progression is hard: R² near 0.4 is what these families reach on it
     assert 0.25 < reports[-1]["r2"] < 0.7
 

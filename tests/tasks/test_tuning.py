@@ -237,3 +237,38 @@ def test_ray_address_is_honoured_and_results_match_local(home, data):
     summary = lambda r: [(t.family, t.params, round(t.score, 10), t.steps) for t in r.trials]  # noqa: E731
     assert sorted(summary(remote), key=str) == sorted(summary(local), key=str)
     assert (remote.best_family, remote.best_params) == (local.best_family, local.best_params)
+
+
+def summary(family: str, score: float, latency_ms: float | None, steps: int = STEPS):
+    from agentic_mlops.tasks.tuning import TrialSummary
+
+    return TrialSummary(
+        trial_id=f"{family}-{score}",
+        family=family,
+        params={},
+        score=score,
+        steps=steps,
+        stopped_early=steps < STEPS,
+        seconds=1.0,
+        status="finished",
+        latency_ms=latency_ms,
+    )
+
+
+def test_the_best_trial_is_one_the_canary_would_not_hold_for_its_latency():
+    """A forest that scores a row in 12 ms beside a 3 ms champion would make the canary ask a
+    person (its soft latency limit is 5 ms): the best trial within 8 ms is chosen instead,
+    and the forest is named as passed over."""
+    from agentic_mlops.tasks.tuning import _best_trial
+
+    forest = summary("random_forest", 0.891, 12.2)
+    boosting = summary("gradient_boosting", 0.887, 3.1)
+    unfinished = summary("logistic_regression", 0.95, 1.0, steps=3)
+    trials = [forest, boosting, unfinished]
+    assert _best_trial(trials, 10.0) == (forest, [])
+    assert _best_trial(trials, 10.0, latency_limit_ms=8.0) == (boosting, [forest])
+    # when every finished trial is too slow, the best of them all the same: the canary judges
+    assert _best_trial([forest], 10.0, latency_limit_ms=8.0) == (forest, [])
+    # a slower trial that scores worse is not "passed over"
+    slow_and_worse = summary("random_forest", 0.80, 20.0)
+    assert _best_trial([boosting, slow_and_worse], 10.0, 8.0) == (boosting, [])
