@@ -50,14 +50,32 @@ def run_demo_process(home: Path, command: str = "demo", *options: str) -> float:
     return seconds
 
 
+STORY = "retrain -> canary promoted; retrain -> canary rolled_back; 0 failed requests"
+"""What the demo's loop must do: the price-rise fix promoted, the broken-label model rolled
+back, no customer request failed."""
+
+
+def demo_story(summary: dict) -> str:
+    """What a demo's loop did, in `STORY`'s words (from its `demo-summary.json`)."""
+    results = summary["results"]
+    drift, bad = results.get("drift", {}), results.get("bad", {})
+    return (
+        f"{drift.get('decision')} -> canary {drift.get('canary')}; "
+        f"{bad.get('decision')} -> canary {bad.get('canary')}; "
+        f"{summary['traffic']['failed']} failed requests"
+    )
+
+
 def bench_demo_with_stack() -> list[dict]:
     """`make demo`: `agentic-mlops demo` on a new home, starting the local stack itself and
-    running on it; the stack is stopped after the timing."""
+    running on it; the stack is stopped after the timing. Its time meets the target only
+    when its story held."""
     home = Path(tempfile.mkdtemp(prefix="agentic-mlops-demo-stack-"))
     try:
         wall = run_demo_process(home)
     finally:
         run_demo_process(home, "down")
+    story = demo_story(json.loads((home / "reports" / "demo-summary.json").read_text()))
     return [
         {
             "name": "end to end: `make demo` (`agentic-mlops demo`, the stack started with it), "
@@ -65,8 +83,14 @@ def bench_demo_with_stack() -> list[dict]:
             "value": round(wall, 1),
             "unit": "s",
             "target": f"<= {DEMO_TARGET_SECONDS} s",
-            "met": wall <= DEMO_TARGET_SECONDS,
+            "met": wall <= DEMO_TARGET_SECONDS and story == STORY,
             "headline": True,
+        },
+        {
+            "name": "end to end: `make demo`, what the loop did",
+            "value": story,
+            "target": STORY,
+            "met": story == STORY,
         },
     ]
 

@@ -45,8 +45,8 @@ TASK_FAMILIES: dict[str, tuple[str, ...]] = {
 """The families that can fit each task: logistic regression is a classifier only."""
 STEPS = 8
 """Steps of a trial: its budget parameter grows by an eighth at each."""
-LATENCY_CALLS = 15
-"""One-row scorings timed after a trial's last step; their median is its `latency_ms`."""
+LATENCY_CALLS = 21
+"""One-row scorings timed after a trial's last step; the fastest is its `latency_ms`."""
 
 
 @dataclass(frozen=True)
@@ -221,15 +221,18 @@ def step_budget(total: int, step: int) -> int:
 
 
 def row_latency_ms(score: Any, rows: pd.DataFrame, calls: int = LATENCY_CALLS) -> float:
-    """Median milliseconds `score` takes on one row, as a model server scores a request
-    (rows taken in turn from `rows`)."""
+    """Milliseconds `score` takes on one row, as a model server scores a request (rows taken
+    in turn from `rows`): the fastest of `calls`, the model's own cost. A busy machine (the
+    demo's traffic, the search's other trial) slows the median by up to four times here
+    (a boosting champion at 12.6 ms against 3.5 ms quiet), and unevenly, so a champion timed
+    under load made the limit lax enough to let a slow forest through."""
     times = []
     for index in range(calls):
         row = rows.iloc[[index % len(rows)]]
         started = time.perf_counter()
         score(row)
         times.append((time.perf_counter() - started) * 1000)
-    return float(np.median(times))
+    return float(np.min(times))
 
 
 def run_trial(config: dict[str, Any], data: TuningData, report: Any) -> None:
