@@ -190,7 +190,7 @@ class SearchResult(BaseModel):
     latency_limit_ms: float | None = Field(
         default=None,
         description="One-row scoring time the best trial had to stay within, when a champion "
-        "set one (its own plus the canary's soft latency limit).",
+        "set one (its own plus half the canary's soft latency limit).",
     )
     passed_over: list[str] = Field(
         default_factory=list,
@@ -620,8 +620,8 @@ def search(
     )
     if result.passed_over:
         _log(
-            "passed over for serving a row slower than %.1f ms (the champion's time plus the "
-            "canary's soft latency limit): %s",
+            "passed over for serving a row slower than %.1f ms (the champion's time plus half "
+            "the canary's soft latency limit): %s",
             result.latency_limit_ms,
             "; ".join(result.passed_over),
         )
