@@ -116,7 +116,8 @@ def label_metric(task: CanaryTask, min_samples: int) -> MetricSpec:
 
 LATENCY_REGRESSION_MS = 5.0
 """The slowdown a canary may show before a person decides (the soft latency limit); the
-retraining search prefers challengers that serve one row within it of the champion."""
+retraining search prefers challengers that score one row within half of it of the champion
+(`retraining.LATENCY_MARGIN_MS`)."""
 
 
 def canary_metrics(min_samples: int, task: CanaryTask | None = None) -> list[MetricSpec]:

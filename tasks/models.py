@@ -199,8 +199,8 @@ class TuningData:
     seed: int = 42
     task: Task = "binary"
     latency_limit_ms: float | None = None
-    """One-row scoring time a challenger should stay within (the champion's plus the
-    canary's soft latency limit); None: no champion to compare with."""
+    """One-row scoring time a challenger should stay within (the champion's plus
+    `retraining.LATENCY_MARGIN_MS`); None: no champion to compare with."""
 
     @property
     def metric(self) -> str:

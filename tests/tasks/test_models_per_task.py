@@ -57,6 +57,14 @@ def trial(config: dict, data: TuningData) -> list[dict]:
     return reports
 
 
+def fitted(family: str, split, task: str):
+    """A family's pipeline in the middle of its ranges, fitted on a split's training rows
+    (every column numeric)."""
+    columns = list(split.x_train.columns)
+    pipeline = family_pipeline(family, middle(family), columns, [], task=task)
+    return pipeline.fit(split.x_train, split.y_train)
+
+
 def flat(family: str) -> dict:
     return {"family": family, **{f"{family}.{k}": v for k, v in middle(family).items()}}
 
@@ -167,13 +175,7 @@ def test_classes_named_by_text_are_trained_on_and_scored_as_their_position():
     frame = wine().assign(cultivar=lambda f: f["cultivar"].map(names))
     validate_training_table(frame, "cultivar", task="multiclass")
     split = split_data.fn(frame, "cultivar", 0.3, 0, "multiclass")
-    model = family_pipeline(
-        "random_forest",
-        middle("random_forest"),
-        list(split.x_train.columns),
-        [],
-        task="multiclass",
-    ).fit(split.x_train, split.y_train)
+    model = fitted("random_forest", split, "multiclass")
     assert list(model.classes_) == ["barbera", "barolo", "grignolino"]
     scores = pipeline_scores(model, split.x_test, "multiclass")
     predicted = model.predict(split.x_test)
@@ -189,13 +191,7 @@ def test_a_regression_split_and_evaluation_name_r2_and_its_errors():
     frame = diabetes()
     split = split_data.fn(frame, "progression", 0.25, 0, "regression")
     assert split.y_train.dtype == float and len(split.x_test) == 111
-    model = family_pipeline(
-        "gradient_boosting",
-        middle("gradient_boosting"),
-        list(split.x_train.columns),
-        [],
-        task="regression",
-    ).fit(split.x_train, split.y_train)
+    model = fitted("gradient_boosting", split, "regression")
     evaluation = evaluate_model.fn(model, split.x_test, split.y_test, 0, "regression")
     assert {"r2", "rmse", "mae", "r2_standard_error"} <= set(evaluation.metrics)
     assert "roc_auc" not in evaluation.metrics and evaluation.calibration == {}
